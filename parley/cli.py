@@ -1,0 +1,117 @@
+"""The `parley` command: transcribe, say, ask, serve.
+
+Bad input (a missing, empty or non-audio file) is one line on stderr and exit
+code 2; a failing service is one line and exit code 1; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from media.errors import MediaError
+from parley.errors import ParleyError
+from parley.settings import Settings, load_settings
+from pipeline.errors import PipelineError
+
+EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="parley", description="A real-time, fully local voice assistant.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    transcribe = commands.add_parser("transcribe", help="print the transcript of an audio file")
+    transcribe.add_argument("file", help="wav, flac, mp3 or anything PyAV decodes, at any sample rate")
+
+    say = commands.add_parser("say", help="speak TEXT into a WAV file")
+    say.add_argument("text")
+    say.add_argument("--out", required=True, help="the WAV file to write")
+
+    ask = commands.add_parser("ask", help="print the LLM's streamed answer to TEXT")
+    ask.add_argument("text")
+
+    serve = commands.add_parser("serve", help="run the server")
+    serve.add_argument("--host", help="default: [server] host in models.toml")
+    serve.add_argument("--port", type=int, help="default: [server] port in models.toml")
+    return parser
+
+
+async def _transcribe(settings: Settings, file: str) -> None:
+    from media.audio_file import read_audio
+    from pipeline.asr import Transcriber
+
+    samples = read_audio(file, 16000)
+    transcript = await Transcriber(settings.asr).transcribe(samples)
+    print(transcript.text)
+
+
+async def _say(settings: Settings, text: str, out: str) -> None:
+    from media.audio_file import write_wav
+    from pipeline.tts import Synthesizer
+
+    if not text.strip():
+        raise ValueError("nothing to say: TEXT is empty")
+    synthesizer = Synthesizer(settings.tts)
+    write_wav(out, await synthesizer.synthesize(text), synthesizer.sample_rate)
+
+
+async def _ask(settings: Settings, text: str) -> None:
+    from parley.runtime import services
+    from pipeline.llm_client import LLMClient
+
+    if not text.strip():
+        raise ValueError("nothing to ask: TEXT is empty")
+    async with services(settings, redis=False) as running:
+        async with LLMClient(running.settings.llm) as client:
+            async for delta in client.stream_chat(client.with_system_prompt([{"role": "user", "content": text}])):
+                print(delta, end="", flush=True)
+    print()
+
+
+def _serve(settings: Settings, host: str | None, port: int | None) -> None:
+    import uvicorn
+
+    from signaling.app import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.server.host,
+        port=port or settings.server.port,
+        log_level="info",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.command == "serve" else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = load_settings()
+        if args.command == "transcribe":
+            asyncio.run(_transcribe(settings, args.file))
+        elif args.command == "say":
+            asyncio.run(_say(settings, args.text, args.out))
+        elif args.command == "ask":
+            asyncio.run(_ask(settings, args.text))
+        elif args.command == "serve":
+            _serve(settings, args.host, args.port)
+    except (MediaError, ValueError, OSError) as exc:
+        print(f"parley {args.command}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (ParleyError, PipelineError) as exc:
+        print(f"parley {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Starting what a process needs from its settings: Redis and the LLM, embedded or external."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from parley.services.llm_server import EmbeddedLLMServer
+from parley.services.redis_server import EmbeddedRedis
+from parley.settings import Settings
+
+
+@dataclass(slots=True)
+class Services:
+    """The URLs in use, and the embedded children (None where an external service is configured)."""
+
+    settings: Settings
+    redis: EmbeddedRedis | None = None
+    llm_server: EmbeddedLLMServer | None = None
+
+
+@contextlib.asynccontextmanager
+async def services(settings: Settings, *, redis: bool = True, llm: bool = True) -> AsyncIterator[Services]:
+    """Start the embedded Redis and llama-server where no URL is configured; stop them on exit.
+
+    The yielded `settings` carry the URLs actually in use, so callers read them from one place.
+    """
+    running = Services(settings)
+    try:
+        if redis and not settings.redis.url:
+            running.redis = EmbeddedRedis(settings.redis.state_dir)
+            url = await running.redis.start()
+            running.settings = replace(running.settings, redis=replace(settings.redis, url=url))
+        if llm and not settings.llm.base_url:
+            running.llm_server = EmbeddedLLMServer(
+                settings.llm_server, log_dir=Path(settings.server.log_dir).expanduser()
+            )
+            url = await running.llm_server.start()
+            running.settings = replace(running.settings, llm=replace(running.settings.llm, base_url=url))
+        yield running
+    finally:
+        if running.llm_server is not None:
+            await running.llm_server.stop()
+        if running.redis is not None:
+            await running.redis.stop()

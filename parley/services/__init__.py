@@ -1,0 +1,1 @@
+"""Child processes Parley starts when nothing external is configured: Redis and llama-server."""

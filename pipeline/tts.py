@@ -1,0 +1,56 @@
+"""Speech synthesis with piper: text in, 22.05 kHz mono 16-bit PCM out, one sentence at a time.
+
+piper splits the text into sentences and synthesises them lazily; each is
+produced in the inference pool and handed over as soon as it is ready, so the
+first sentence plays while the next is computed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+from pipeline.config import TTSConfig
+from pipeline.errors import SynthesisError
+from pipeline.inference import run_inference
+from pipeline.model_files import package_dir
+
+
+class Synthesizer:
+    """One loaded piper voice."""
+
+    def __init__(self, config: TTSConfig) -> None:
+        from piper import PiperVoice, SynthesisConfig  # heavy import (onnxruntime)
+
+        self.config = config
+        folder = package_dir(config.package) / config.directory
+        model = folder / f"{config.voice}.onnx"
+        try:
+            self._voice = PiperVoice.load(str(model), config_path=str(model) + ".json")
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise SynthesisError(f"cannot load voice {config.voice!r} from {folder}: {exc}") from exc
+        self._syn_config = SynthesisConfig(length_scale=config.length_scale)
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self._voice.config.sample_rate)
+
+    async def stream(self, text: str) -> AsyncIterator[bytes]:
+        """Yield the PCM of each sentence of `text` as soon as it is synthesised."""
+        sentences = self._voice.synthesize(text, syn_config=self._syn_config)
+        while True:
+            chunk = await run_inference(self._next_chunk, sentences)
+            if chunk is None:
+                return
+            yield chunk
+
+    async def synthesize(self, text: str) -> bytes:
+        """All of `text` as one PCM buffer."""
+        return b"".join([chunk async for chunk in self.stream(text)])
+
+    @staticmethod
+    def _next_chunk(sentences: Iterator) -> bytes | None:
+        try:
+            chunk = next(sentences, None)
+        except (RuntimeError, ValueError) as exc:
+            raise SynthesisError(f"synthesis failed: {exc}") from exc
+        return None if chunk is None else chunk.audio_int16_bytes

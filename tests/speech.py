@@ -1,0 +1,29 @@
+"""Reference recordings and word error rate, shared by the tests."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import jiwer
+
+SHARED_AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
+JFK = SHARED_AUDIO / "jfk.flac"
+STEREO = SHARED_AUDIO / "stereo_diarization.wav"
+JFK_TEXT = (
+    "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
+)
+STEREO_TEXT = {
+    0: "He began a confused complaint against the wizard, who had vanished behind the curtain on the left.",
+    1: "The horizon seems extremely distant.",
+}
+
+
+def normalise(text: str) -> str:
+    """Lower case, no punctuation, single spaces."""
+    return " ".join(re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split())
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    """Word error rate after normalising case and punctuation."""
+    return jiwer.wer(normalise(reference), normalise(hypothesis) or "<empty>")

