@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import av
+import numpy as np
 import av.audio.resampler
 
 
@@ -23,3 +24,14 @@ class Resampler:
         out = self._resampler.resample(frame)
         # A plane can be padded past the last sample; keep only the samples.
         return b"".join(bytes(f.planes[0])[: f.samples * 2 * self.channels] for f in out)
+
+
+def resample_pcm(pcm: bytes, from_rate: int, to_rate: int) -> bytes:
+    """Resample a whole buffer of mono 16-bit PCM (one utterance) in one go."""
+    if from_rate == to_rate or not pcm:
+        return pcm
+    samples = np.frombuffer(pcm, dtype=np.int16).reshape(1, -1)
+    frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+    frame.sample_rate = from_rate
+    resampler = Resampler(to_rate)
+    return resampler.convert(frame) + resampler.convert(None)

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from media.errors import MediaError
-from parley.errors import ParleyError
+from parley.errors import CallFailed, ParleyError
 from parley.settings import Settings, load_settings
 from pipeline.errors import PipelineError
 
@@ -34,6 +34,22 @@ def _parser() -> argparse.ArgumentParser:
 
     ask = commands.add_parser("ask", help="print the LLM's streamed answer to TEXT")
     ask.add_argument("text")
+
+    call = commands.add_parser("call", help="call the server and talk with audio files, like a browser")
+    call.add_argument("files", nargs="+", metavar="FILE", help="said one after another in one session")
+    call.add_argument("--server", default="http://127.0.0.1:8000")
+    call.add_argument("--out", default="call-out", help="directory for reply-N.wav (default: call-out)")
+    call.add_argument("--json", dest="report", help="write the report here (default: print it)")
+    call.add_argument("--reply-timeout", type=float, default=15.0, help="seconds to wait for a reply to start")
+    call.add_argument(
+        "--barge-in-after", type=float, help="start each next file this many seconds into the bot's reply"
+    )
+
+    bench = commands.add_parser("bench", help="benchmarks; results go to bench/results/")
+    bench_kinds = bench.add_subparsers(dest="bench", required=True)
+    bench_call = bench_kinds.add_parser("call", help="voice-to-voice latency over calls one after another")
+    bench_call.add_argument("--calls", type=int, default=10)
+    bench_call.add_argument("--server", help="an already running server (default: start one)")
 
     serve = commands.add_parser("serve", help="run the server")
     serve.add_argument("--host", help="default: [server] host in models.toml")
@@ -73,16 +89,43 @@ async def _ask(settings: Settings, text: str) -> None:
     print()
 
 
+async def _call(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    from parley.call_client import run_call
+
+    report = await run_call(
+        args.server,
+        args.files,
+        out_dir=Path(args.out),
+        reply_timeout_s=args.reply_timeout,
+        barge_in_after_s=args.barge_in_after,
+    )
+    text = json.dumps(report, indent=2)
+    if args.report:
+        Path(args.report).write_text(text + "\n")
+    else:
+        print(text)
+
+
 def _serve(settings: Settings, host: str | None, port: int | None) -> None:
     import uvicorn
 
     from signaling.app import create_app
 
+    signaling = settings.signaling
     uvicorn.run(
         create_app(settings),
         host=host or settings.server.host,
         port=port or settings.server.port,
         log_level="info",
+        # Protocol-level keepalive and the message size limit are the WebSocket server's job.
+        ws="websockets",
+        ws_ping_interval=signaling.ping_interval_s,
+        ws_ping_timeout=signaling.pong_timeout_s,
+        ws_max_size=signaling.max_message_bytes,
+        timeout_graceful_shutdown=10,
     )
 
 
@@ -100,12 +143,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(_say(settings, args.text, args.out))
         elif args.command == "ask":
             asyncio.run(_ask(settings, args.text))
+        elif args.command == "call":
+            asyncio.run(_call(args))
+        elif args.command == "bench":
+            from parley.bench import run_bench
+
+            asyncio.run(run_bench(args))
         elif args.command == "serve":
             _serve(settings, args.host, args.port)
     except (MediaError, ValueError, OSError) as exc:
         print(f"parley {args.command}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (ParleyError, PipelineError) as exc:
+    except (ParleyError, PipelineError, CallFailed) as exc:
         print(f"parley {args.command}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:

@@ -11,3 +11,7 @@ class ConfigError(ParleyError):
 
 class ServiceError(ParleyError):
     """An embedded service (Redis, llama-server) cannot be started or has died."""
+
+
+class CallFailed(ParleyError):
+    """`parley call` could not make or finish the call: server unreachable, refused, or broken."""

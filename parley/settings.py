@@ -14,7 +14,8 @@ from typing import Any, Mapping
 
 from parley.errors import ConfigError
 from parley.services.llm_server import LLMServerConfig
-from pipeline.config import ASRConfig, LLMConfig, ModelSource, TTSConfig, VADConfig
+from signaling.config import SignalingConfig
+from pipeline.config import ASRConfig, DialogConfig, LLMConfig, ModelSource, TTSConfig, TurnConfig, VADConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PATH = ROOT / "models.toml"
@@ -43,7 +44,10 @@ class Settings:
 
     server: ServerConfig = ServerConfig()
     redis: RedisConfig = RedisConfig()
+    signaling: SignalingConfig = SignalingConfig()
     vad: VADConfig = VADConfig()
+    turns: TurnConfig = TurnConfig()
+    dialog: DialogConfig = DialogConfig()
     asr: ASRConfig = ASRConfig()
     tts: TTSConfig = TTSConfig()
     llm: LLMConfig = LLMConfig()

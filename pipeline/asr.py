@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -70,15 +71,14 @@ class Transcriber:
         except (RuntimeError, ValueError, OSError) as exc:
             raise TranscriptionError(f"cannot load ASR model {config.model!r} from {path}: {exc}") from exc
         # faster-whisper keeps the window size on the shared feature extractor, so two
-        # transcriptions with different windows must not overlap; both would use the
-        # same cores anyway. An asyncio lock waits without holding an inference thread.
-        self._lock = asyncio.Lock()
+        # transcriptions with different windows must not overlap (both would use the same
+        # cores anyway). The lock is taken in the worker thread, not the event loop: a
+        # cancelled partial's thread runs on to the end, and the next one must wait for it.
+        self._lock = threading.Lock()
 
     async def transcribe(self, audio: bytes | np.ndarray) -> Transcript:
         """Transcribe 16 kHz mono 16-bit PCM."""
-        samples = to_float32(audio)
-        async with self._lock:
-            return await run_inference(self._transcribe_blocking, samples)
+        return await run_inference(self._transcribe_blocking, to_float32(audio))
 
     async def partials(
         self, utterance: Callable[[], bytes], *, min_new_ms: int = 200
@@ -103,20 +103,21 @@ class Transcriber:
     def _transcribe_blocking(self, samples: np.ndarray) -> Transcript:
         audio_s = samples.size / SAMPLE_RATE
         try:
-            segments, info = self._model.transcribe(
-                samples,
-                language=self.config.language or None,
-                beam_size=self.config.beam_size,
-                no_speech_threshold=self.config.no_speech_threshold,
-                chunk_length=window_seconds(audio_s),
-                condition_on_previous_text=False,
-                # Greedy decoding without timestamp tokens tends to stop before a short last
-                # sentence ("... speaking." dropping "Goodbye."); with them it does not.
-                without_timestamps=False,
-                vad_filter=False,
-            )
-            # The segments are a lazy generator: the decoding happens here, in this thread.
-            segments = list(segments)
+            with self._lock:
+                segments, info = self._model.transcribe(
+                    samples,
+                    language=self.config.language or None,
+                    beam_size=self.config.beam_size,
+                    no_speech_threshold=self.config.no_speech_threshold,
+                    chunk_length=window_seconds(audio_s),
+                    condition_on_previous_text=False,
+                    # Greedy decoding without timestamp tokens tends to stop before a short last
+                    # sentence ("... speaking." dropping "Goodbye."); with them it does not.
+                    without_timestamps=False,
+                    vad_filter=False,
+                )
+                # The segments are a lazy generator: the decoding happens here, in this thread.
+                segments = list(segments)
         except (RuntimeError, ValueError) as exc:
             raise TranscriptionError(f"transcription failed: {exc}") from exc
         return Transcript(

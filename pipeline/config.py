@@ -123,3 +123,31 @@ class LLMConfig:
     connect_timeout_s: float = 2.0
     first_token_timeout_s: float = 10.0
     total_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TurnConfig:
+    """Turn-taking.
+
+    continuation_window_ms: if the user speaks again this soon after their turn ended, while
+        the reply is still being prepared or has just begun, the reply is dropped and both
+        stretches of speech make one turn (people pause mid-sentence).
+    barge_in_speech_ms: voiced audio that interrupts the bot while it speaks (shorter than
+        vad.start_speech_ms, so the bot stops quickly).
+    max_no_speech_prob: a final transcript Whisper rates more likely silence than this is no turn.
+    history_budget_tokens: how much of the dialog goes into the prompt (newest turns first).
+    fallback_line: said when the LLM cannot answer.
+    """
+
+    continuation_window_ms: int = 1500
+    barge_in_speech_ms: int = 120
+    max_no_speech_prob: float = 0.6
+    history_budget_tokens: int = 1500
+    fallback_line: str = "Sorry, I can't answer that right now. Please try again in a moment."
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DialogConfig:
+    """Dialog history in Redis. ttl_s: a dialog's life after its last write (refreshed on each)."""
+
+    ttl_s: int = 900

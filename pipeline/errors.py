@@ -27,3 +27,7 @@ class LLMUnavailable(LLMError):
 
 class LLMTimeout(LLMError):
     """The LLM did not answer in time (connect, first token, or total)."""
+
+
+class DialogStoreUnavailable(PipelineError):
+    """Redis could not be reached to read or write a dialog."""

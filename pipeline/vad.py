@@ -65,6 +65,7 @@ class VoiceActivityDetector:
         self._start_ms = 0.0
         self._last_voiced_end_ms = 0.0
         self._silence_ms = 0.0
+        self.start_speech_ms = config.start_speech_ms
 
     @property
     def speaking(self) -> bool:
@@ -96,7 +97,8 @@ class VoiceActivityDetector:
             self._pre_roll.append(frame)
             self._window.append((voiced, start_ms))
             voiced_ms = sum(self.config.frame_ms for v, _ in self._window if v)
-            if voiced_ms < self.config.start_speech_ms:
+            # start_speech_ms can be lowered while the bot talks, so barge-in reacts faster.
+            if voiced_ms < self.start_speech_ms:
                 return None
             self._speaking = True
             self._start_ms = next(t for v, t in self._window if v)

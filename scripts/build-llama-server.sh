@@ -5,8 +5,10 @@
 set -euo pipefail
 
 version="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
+# The build flavour is part of the cache key, so a change of flags rebuilds.
+flavour="avx2"
 cache="${PARLEY_CACHE:-$HOME/.cache/parley}"
-dest="$cache/llama-server-$version"
+dest="$cache/llama-server-$version-$flavour"
 pip="${PIP:-pip}"
 
 if [[ -x "$dest/llama-server" ]]; then
@@ -26,13 +28,22 @@ echo "llama-server: configuring (cmake)"
 cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release \
   -DLLAMA_BUILD_SERVER=ON -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF \
   -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF -DBUILD_SHARED_LIBS=OFF \
-  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DGGML_NATIVE=ON >"$work/cmake.log" 2>&1 \
+  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+  `# Not -march=native: on these VMs the CPU reports AMX, and ggml's AMX kernels crash (SIGSEGV in` \
+  `# ggml_backend_amx_mul_mat) at the first decode. AVX2/FMA runs on any x86-64 server of the last decade.` \
+  -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+  >"$work/cmake.log" 2>&1 \
   || { cat "$work/cmake.log"; exit 1; }
 
 echo "llama-server: compiling on $(nproc) cores (about 7 minutes the first time; cached in $dest)"
 # Progress lines from cmake ("[ 42%] Building ...") show the build is moving.
-cmake --build "$work/build" --target llama-server -j "$(nproc)" 2>&1 \
-  | grep --line-buffered -E '^\[ *[0-9]+%\]' | awk '{ if ($2 != last) { print "llama-server: build " $1 $2; fflush(); last = $2 } }'
+if ! cmake --build "$work/build" --target llama-server -j "$(nproc)" 2>&1 | tee "$work/build.log" \
+  | awk 'match($0, /^\[ *[0-9]+%\]/) { p = substr($0, RSTART + 1, RLENGTH - 2); gsub(/ /, "", p)
+         if (p != last) { print "llama-server: build " p; fflush(); last = p } }'; then
+  tail -n 40 "$work/build.log" >&2
+  echo "llama-server: build failed" >&2
+  exit 1
+fi
 test -x "$work/build/bin/llama-server" || { echo "llama-server: build failed" >&2; exit 1; }
 
 mkdir -p "$dest.tmp"

@@ -1,35 +1,92 @@
-"""The FastAPI application: health and readiness now; the call WebSocket builds on it."""
+"""The FastAPI application: the web client, health and readiness, and the call WebSocket."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import socket
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import redis.asyncio as aioredis
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, WebSocket
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from redis.exceptions import RedisError
 
 from parley.runtime import Services, services
 from parley.settings import Settings
+from pipeline.asr import Transcriber
+from pipeline.dialog_store import DialogStore
+from pipeline.inference import run_inference
+from pipeline.llm_client import LLMClient
+from pipeline.tts import Synthesizer
+from signaling.sessions import SessionStore
+from signaling.ws import CallSocket
+
+log = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+
+@dataclass(slots=True)
+class AppServices:
+    """What every call of this process shares: models, clients, stores, and the live calls."""
+
+    settings: Settings
+    running: Services
+    redis: aioredis.Redis
+    sessions: SessionStore
+    dialogs: DialogStore
+    llm: LLMClient
+    transcriber: Transcriber
+    synthesizer: Synthesizer
+    active_calls: set = field(default_factory=set)
 
 
 def create_app(settings: Settings) -> FastAPI:
-    """An app that starts (or connects to) Redis and the LLM for its lifetime."""
-    state: dict[str, object] = {}
+    """An app that starts (or connects to) Redis and the LLM and loads the models for its lifetime."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with services(settings) as running:
-            state["services"] = running
-            state["redis"] = aioredis.from_url(running.settings.redis.url)
+            redis = aioredis.from_url(running.settings.redis.url)
+            llm = LLMClient(running.settings.llm)
             try:
+                # Loading takes seconds; in the inference pool, so the loop stays free.
+                transcriber = await run_inference(Transcriber, settings.asr)
+                synthesizer = await run_inference(Synthesizer, settings.tts)
+                app.state.services = AppServices(
+                    settings=running.settings,
+                    running=running,
+                    redis=redis,
+                    sessions=SessionStore(
+                        redis,
+                        replica=f"{socket.gethostname()}:{id(app):x}",
+                        attached_ttl_s=settings.signaling.session_ttl_s,
+                        detached_ttl_s=settings.signaling.detached_session_ttl_s,
+                    ),
+                    dialogs=DialogStore(redis, ttl_s=settings.dialog.ttl_s),
+                    llm=llm,
+                    transcriber=transcriber,
+                    synthesizer=synthesizer,
+                )
+                log.info("Parley ready: ASR %s, voice %s, LLM at %s", settings.asr.model, settings.tts.voice, llm.base_url)
                 yield
             finally:
-                await state["redis"].aclose()  # type: ignore[attr-defined]
+                await llm.aclose()
+                await redis.aclose()
 
     app = FastAPI(title="Parley", lifespan=lifespan)
+
+    @app.get("/")
+    async def index() -> FileResponse:
+        """The web client."""
+        return FileResponse(WEB_DIR / "index.html")
+
+    app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -38,14 +95,16 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        """Redis and the LLM answer; 503 with the reasons otherwise."""
-        running: Services = state["services"]  # type: ignore[assignment]
+        """Redis and the LLM answer and the models are loaded; 503 with the reasons otherwise."""
+        shared: AppServices | None = getattr(app.state, "services", None)
+        if shared is None:
+            return JSONResponse({"status": "not ready", "problems": ["models are loading"]}, status_code=503)
         problems = []
         try:
-            await state["redis"].ping()  # type: ignore[attr-defined]
+            await shared.redis.ping()
         except (RedisError, OSError) as exc:
             problems.append(f"redis: {exc}")
-        base = running.settings.llm.base_url.rstrip("/")
+        base = shared.llm.base_url
         try:
             async with httpx.AsyncClient(timeout=2.0) as client:
                 response = await client.get(f"{base}/models")
@@ -53,10 +112,21 @@ def create_app(settings: Settings) -> FastAPI:
                 problems.append(f"llm: HTTP {response.status_code} from {base}/models")
         except httpx.HTTPError as exc:
             problems.append(f"llm: {type(exc).__name__} at {base}")
-        if running.llm_server is not None and running.llm_server.child and running.llm_server.child.failure:
-            problems.append(f"llm: {running.llm_server.child.failure}")
+        child = shared.running.llm_server.child if shared.running.llm_server else None
+        if child is not None and child.failure:
+            problems.append(f"llm: {child.failure}")
         if problems:
             return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
         return JSONResponse({"status": "ready"})
+
+    @app.get("/stats")
+    async def stats() -> dict[str, int]:
+        """Live counters of this process."""
+        shared: AppServices | None = getattr(app.state, "services", None)
+        return {"active_calls": len(shared.active_calls) if shared else 0}
+
+    @app.websocket("/ws")
+    async def call_socket(websocket: WebSocket) -> None:
+        await CallSocket(websocket, app.state.services, settings.signaling).serve()
 
     return app

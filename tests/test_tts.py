@@ -10,7 +10,7 @@ pytestmark = pytest.mark.slow
 SENTENCES = [
     "The weather today is sunny and warm.",
     "Please call me back after lunch.",
-    "My favourite colour is green.",
+    "My favorite color is green.",
 ]
 
 

@@ -22,6 +22,7 @@ from parley.services.child import ChildProcess
 log = logging.getLogger(__name__)
 
 LLAMA_CPP_VERSION = "0.3.36"
+BUILD_FLAVOUR = "avx2"  # keep in step with scripts/build-llama-server.sh
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -47,7 +48,7 @@ class LLMServerConfig:
 
 def default_binary() -> Path:
     cache = Path(os.environ.get("PARLEY_CACHE", Path.home() / ".cache" / "parley"))
-    return cache / f"llama-server-{LLAMA_CPP_VERSION}" / "llama-server"
+    return cache / f"llama-server-{LLAMA_CPP_VERSION}-{BUILD_FLAVOUR}" / "llama-server"
 
 
 def model_file(config: LLMServerConfig) -> Path:

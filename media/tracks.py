@@ -1,0 +1,173 @@
+"""WebRTC audio edges: the caller's track in as 16 kHz frames, the bot's voice out as 48 kHz frames.
+
+Inbound audio is converted once (PyAV) to 16 kHz mono 16-bit and cut into 20 ms
+frames, in a bounded queue that drops the oldest frame rather than fall behind.
+Outbound audio follows aiortc's own tracks: `recv()` hands out 20 ms frames paced
+by their pts, silence when there is nothing to say.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import av
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from media.frames import AudioFrame, FrameSlicer
+from media.resample import Resampler, resample_pcm
+
+log = logging.getLogger(__name__)
+
+OUT_RATE = 48000
+OUT_FRAME_SAMPLES = OUT_RATE // 50  # 20 ms
+_TIME_BASE = fractions.Fraction(1, OUT_RATE)
+
+
+class InboundAudio:
+    """Reads a remote audio track; iterate it for 16 kHz mono 20 ms AudioFrames.
+
+    The queue holds `max_frames` (1 s by default); when the consumer falls behind,
+    the oldest frames are dropped, so the VAD always works on current audio.
+    """
+
+    def __init__(self, track: MediaStreamTrack, *, sample_rate: int = 16000, max_frames: int = 50) -> None:
+        self._track = track
+        self._resampler = Resampler(sample_rate)
+        self._slicer = FrameSlicer(sample_rate, 20)
+        self._queue: asyncio.Queue[AudioFrame | None] = asyncio.Queue(maxsize=max_frames)
+        self.dropped = 0
+
+    async def pump(self) -> None:
+        """Read the track until it ends; run this as a task of the call."""
+        try:
+            while True:
+                frame = await self._track.recv()
+                for out in self._slicer.push(self._resampler.convert(frame)):
+                    self._put(out)
+        except MediaStreamError:
+            pass  # the remote track ended: the call is over
+        finally:
+            self._put(None)
+
+    def _put(self, frame: AudioFrame | None) -> None:
+        if self._queue.full():
+            self._queue.get_nowait()
+            self.dropped += 1
+        self._queue.put_nowait(frame)
+
+    async def __aiter__(self) -> AsyncIterator[AudioFrame]:
+        while (frame := await self._queue.get()) is not None:
+            yield frame
+
+
+@dataclass(slots=True)
+class _Segment:
+    pcm: bytes  # 48 kHz mono s16
+    text: str
+    offset: int = 0  # bytes already sent
+
+    def played_text(self) -> str:
+        """The words of `text` in proportion to the audio already sent (rounded down)."""
+        words = self.text.split()
+        return " ".join(words[: len(words) * self.offset // max(1, len(self.pcm))])
+
+
+class OutboundAudioTrack(MediaStreamTrack):
+    """The bot's voice: queue speech with `play`, stop it with `interrupt`.
+
+    `play` waits while more than `max_queued_s` of audio is queued (backpressure on
+    the TTS); `recv` is paced by pts like aiortc's AudioStreamTrack.
+    """
+
+    kind = "audio"
+
+    def __init__(self, *, max_queued_s: float = 30.0) -> None:
+        super().__init__()
+        self._segments: deque[_Segment] = deque()
+        self._queued_bytes = 0
+        self._max_queued_bytes = int(max_queued_s * OUT_RATE * 2)
+        self._played: list[str] = []
+        self._space = asyncio.Event()
+        self._space.set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._start: float | None = None
+        self._pts = 0
+
+    @property
+    def speaking(self) -> bool:
+        return bool(self._segments)
+
+    async def play(self, pcm: bytes, sample_rate: int, text: str) -> None:
+        """Queue mono 16-bit PCM at any rate; `text` is what it says."""
+        await self._space.wait()
+        data = resample_pcm(pcm, sample_rate, OUT_RATE)
+        if not data:
+            return
+        self._segments.append(_Segment(data, text))
+        self._queued_bytes += len(data)
+        self._idle.clear()
+        if self._queued_bytes > self._max_queued_bytes:
+            self._space.clear()
+
+    def interrupt(self) -> str:
+        """Drop what has not been sent yet; return the text sent since the last interrupt or drain."""
+        if self._segments and self._segments[0].offset:
+            self._played.append(self._segments[0].played_text())
+        self._segments.clear()
+        self._queued_bytes = 0
+        self._space.set()
+        self._idle.set()
+        return self._take_played()
+
+    async def drained(self) -> str:
+        """Wait until all queued audio has been sent; return its text."""
+        await self._idle.wait()
+        return self._take_played()
+
+    def _take_played(self) -> str:
+        text = " ".join(t for t in self._played if t)
+        self._played.clear()
+        return text
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        else:
+            self._pts += OUT_FRAME_SAMPLES
+            wait = self._start + self._pts / OUT_RATE - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        samples = np.frombuffer(self._next_chunk(), dtype=np.int16).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+        frame.pts = self._pts
+        frame.sample_rate = OUT_RATE
+        frame.time_base = _TIME_BASE
+        return frame
+
+    def _next_chunk(self) -> bytes:
+        need = OUT_FRAME_SAMPLES * 2
+        out = bytearray()
+        while self._segments and len(out) < need:
+            head = self._segments[0]
+            take = head.pcm[head.offset : head.offset + need - len(out)]
+            out += take
+            head.offset += len(take)
+            self._queued_bytes -= len(take)
+            if head.offset >= len(head.pcm):
+                self._played.append(head.text)
+                self._segments.popleft()
+        if self._queued_bytes <= self._max_queued_bytes:
+            self._space.set()
+        if not self._segments:
+            self._idle.set()
+        return bytes(out) + bytes(need - len(out))

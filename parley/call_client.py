@@ -1,0 +1,343 @@
+"""`parley call`: a headless client that calls the server the way a browser does.
+
+It opens /ws, negotiates WebRTC with aiortc, and plays each audio file as the
+microphone in real time (20 ms frames), then silence until the bot's reply has
+finished (or nothing started within the reply timeout), then the next file, all
+in one session. What it hears is recorded per turn, and the report gives each
+turn's transcript, reply, and voice-to-voice time measured here at the client:
+from the last 20 ms frame of the file above -40 dBFS to the first received
+frame above -40 dBFS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import websockets
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+from websockets.asyncio.client import ClientConnection
+
+from media.audio_file import read_audio, write_wav
+from media.frames import level_dbfs
+from media.resample import Resampler
+from media.tracks import OutboundAudioTrack
+from parley.errors import CallFailed
+
+log = logging.getLogger(__name__)
+
+RATE = 48000
+FRAME = RATE // 50
+VOICE_DBFS = -40.0
+# After the server says the reply is done, its last frames are still on the wire.
+TAIL_S = 0.6
+
+
+@dataclass(slots=True)
+class TurnReport:
+    input: str
+    transcript: str = ""
+    reply_text: str = ""
+    reply_generated: str = ""
+    interrupted: bool = False
+    reply_audio: str | None = None
+    voice_to_voice_ms: float | None = None
+    barge_in_stop_ms: float | None = None
+    stages_ms: dict[str, float] = field(default_factory=dict)
+
+
+def last_voiced_offset_s(samples: np.ndarray, rate: int) -> float:
+    """End of the last 20 ms frame above -40 dBFS, in seconds from the start (0 if none)."""
+    frame = rate // 50
+    end = 0.0
+    for i in range(0, samples.size - frame + 1, frame):
+        if level_dbfs(samples[i : i + frame]) > VOICE_DBFS:
+            end = (i + frame) / rate
+    return end
+
+
+def first_voiced_offset_s(samples: np.ndarray, rate: int) -> float:
+    frame = rate // 50
+    for i in range(0, samples.size - frame + 1, frame):
+        if level_dbfs(samples[i : i + frame]) > VOICE_DBFS:
+            return i / rate
+    return 0.0
+
+
+@dataclass(slots=True)
+class _Interrupted:
+    """A turn whose reply is being cut short by the next file."""
+
+    report: TurnReport
+    seen: int
+    speech_end: float
+    index: int
+    out_dir: Path
+
+
+class _Recorder:
+    """Everything received, as (arrival time, 20 ms of 48 kHz mono PCM)."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[float, bytes]] = []
+        self._resampler = Resampler(RATE)
+        self._pending = b""
+
+    async def record(self, track) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                now = time.monotonic()
+                self._pending += self._resampler.convert(frame)
+                while len(self._pending) >= FRAME * 2:
+                    self.frames.append((now, self._pending[: FRAME * 2]))
+                    self._pending = self._pending[FRAME * 2 :]
+        except MediaStreamError:
+            return
+
+    def first_voiced_after(self, t: float) -> float | None:
+        return next((at for at, pcm in self.frames if at >= t and level_dbfs(pcm) > VOICE_DBFS), None)
+
+    def last_voiced_between(self, start: float, end: float) -> float | None:
+        voiced = [at for at, pcm in self.frames if start <= at <= end and level_dbfs(pcm) > VOICE_DBFS]
+        return voiced[-1] if voiced else None
+
+    def audio_between(self, start: float, end: float) -> bytes:
+        return b"".join(pcm for at, pcm in self.frames if start <= at <= end)
+
+
+class CallClient:
+    """One session: connect, negotiate, then `talk` file after file."""
+
+    def __init__(self, server: str, *, reply_timeout_s: float = 15.0) -> None:
+        base = server.rstrip("/")
+        self.ws_url = base.replace("https://", "wss://").replace("http://", "ws://") + "/ws"
+        self.reply_timeout_s = reply_timeout_s
+        self.session: dict[str, Any] = {}
+        self.messages: list[tuple[float, dict[str, Any]]] = []
+        self._arrived = asyncio.Condition()
+        self._ws: ClientConnection | None = None
+        self._pc: RTCPeerConnection | None = None
+        self._mic = OutboundAudioTrack(max_queued_s=120)
+        self._recorder = _Recorder()
+        self._tasks: list[asyncio.Task] = []
+
+    async def __aenter__(self) -> CallClient:
+        try:
+            self._ws = await websockets.connect(self.ws_url, open_timeout=10, max_size=2**20)
+        except (OSError, websockets.InvalidHandshake, TimeoutError) as exc:
+            raise CallFailed(f"cannot reach {self.ws_url}: {exc or type(exc).__name__}") from exc
+        self._tasks.append(asyncio.create_task(self._read(), name="call-client-reader"))
+        first = await self._wait_for(lambda m: m["type"] in ("session", "error"), 10.0)
+        if first is None or first["type"] == "error":
+            raise CallFailed(f"the server refused the call: {first and first.get('message')}")
+        self.session = first
+        await self._connect_media()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._ws is not None:
+            try:
+                await self._ws.send(json.dumps({"type": "bye"}))
+                await self._wait_for(lambda m: m["type"] == "bye", 2.0)
+            except websockets.ConnectionClosed:
+                pass
+            await self._ws.close()
+        if self._pc is not None:
+            await self._pc.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _connect_media(self) -> None:
+        pc = self._pc = RTCPeerConnection()
+        pc.addTrack(self._mic)
+
+        @pc.on("track")
+        def on_track(track) -> None:
+            self._tasks.append(asyncio.create_task(self._recorder.record(track), name="call-client-recorder"))
+
+        await pc.setLocalDescription(await pc.createOffer())
+        await self._send({"type": "offer", "sdp": pc.localDescription.sdp})
+        answer = await self._wait_for(lambda m: m["type"] in ("answer", "error"), 15.0)
+        if answer is None or answer["type"] == "error":
+            raise CallFailed(f"the server did not answer the offer: {answer and answer.get('message')}")
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        deadline = time.monotonic() + 15
+        while pc.connectionState != "connected":
+            if pc.connectionState == "failed" or time.monotonic() > deadline:
+                raise CallFailed(f"WebRTC did not connect (state {pc.connectionState})")
+            await asyncio.sleep(0.05)
+
+    async def talk(
+        self, path: str, *, out_dir: Path, index: int, barge_in_after_s: float | None = None
+    ) -> tuple[TurnReport, _Interrupted | None]:
+        """Play one file and wait for the reply to finish.
+
+        With barge_in_after_s, return that long after the reply starts playing instead,
+        with what `finish_interrupted` needs once the next file has cut the reply short.
+        """
+        report = TurnReport(input=path)
+        samples = read_audio(path, RATE)
+        seen = len(self.messages)
+        await self._mic.play(samples.tobytes(), RATE, "")
+        await self._mic.drained()
+        speech_end = time.monotonic() - (samples.size / RATE - last_voiced_offset_s(samples, RATE))
+        started = await self._wait_for(
+            lambda m: m["type"] in ("reply", "transcript") and m.get("final", True), self.reply_timeout_s, since=seen
+        )
+        if started is None:
+            return report, None
+        if barge_in_after_s is not None:
+            voiced = await self._wait_voice_after(speech_end, self.reply_timeout_s)
+            if voiced is not None:
+                report.voice_to_voice_ms = round(1000 * (voiced - speech_end), 1)
+                await asyncio.sleep(barge_in_after_s)
+                return report, _Interrupted(report, seen, speech_end, index, out_dir)
+        done = await self._wait_for(lambda m: m["type"] == "reply" and m.get("done"), 120.0, since=seen)
+        await asyncio.sleep(TAIL_S)
+        self._fill(report, seen, done, speech_end, time.monotonic(), out_dir, index)
+        return report, None
+
+    async def finish_interrupted(self, turn: _Interrupted, next_speech_start: float) -> None:
+        """Complete the report of a turn whose reply the next file interrupted."""
+        done = await self._wait_for(lambda m: m["type"] == "reply" and m.get("done"), 60.0, since=turn.seen)
+        await asyncio.sleep(TAIL_S)
+        end = time.monotonic()
+        v2v = turn.report.voice_to_voice_ms
+        self._fill(turn.report, turn.seen, done, turn.speech_end, end, turn.out_dir, turn.index)
+        turn.report.voice_to_voice_ms = v2v if turn.report.reply_text else None
+        stop = self._recorder.last_voiced_between(next_speech_start, end)
+        if stop is not None:
+            turn.report.barge_in_stop_ms = round(1000 * (stop - next_speech_start), 1)
+
+    def _fill(
+        self, report: TurnReport, seen: int, done, speech_end: float, end: float, out_dir: Path, index: int
+    ) -> None:
+        turn_id = done["turn_id"] if done else None
+        for _, m in self.messages[seen:]:
+            if m.get("turn_id") != turn_id:
+                continue
+            if m["type"] == "transcript" and m["final"]:
+                report.transcript = m["text"]
+            elif m["type"] == "reply" and "delta" in m:
+                report.reply_generated += m["delta"]
+            elif m["type"] == "metrics":
+                report.stages_ms = m["stages_ms"]
+        if done:
+            report.reply_text = done["text"]
+            report.interrupted = bool(done.get("interrupted"))
+        audio = self._recorder.audio_between(speech_end, end)
+        path = out_dir / f"reply-{index}.wav"
+        write_wav(path, audio, RATE)
+        report.reply_audio = str(path)
+        voiced = self._recorder.first_voiced_after(speech_end)
+        report.voice_to_voice_ms = round(1000 * (voiced - speech_end), 1) if voiced and report.reply_text else None
+        if not report.reply_text:
+            report.voice_to_voice_ms = None
+            report.stages_ms = {}
+
+    async def _wait_voice_after(self, t: float, timeout: float) -> float | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (at := self._recorder.first_voiced_after(t)) is not None:
+                return at
+            await asyncio.sleep(0.02)
+        return None
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        assert self._ws is not None
+        await self._ws.send(json.dumps(message))
+
+    async def _read(self) -> None:
+        assert self._ws is not None
+        try:
+            async for raw in self._ws:
+                message = json.loads(raw)
+                if message.get("type") == "ping":
+                    await self._send({"type": "pong"})
+                async with self._arrived:
+                    self.messages.append((time.monotonic(), message))
+                    self._arrived.notify_all()
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            async with self._arrived:
+                self._arrived.notify_all()
+
+    async def _wait_for(self, match, timeout: float, *, since: int = 0) -> dict[str, Any] | None:
+        """The first message from index `since` on that matches, waiting up to `timeout` seconds."""
+        checked = since
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._arrived:
+                    while True:
+                        for _, message in self.messages[checked:]:
+                            if match(message):
+                                return message
+                        checked = len(self.messages)
+                        if self._reader_done():
+                            return None
+                        await self._arrived.wait()
+        except TimeoutError:
+            return None
+
+    def _reader_done(self) -> bool:
+        return bool(self._tasks) and self._tasks[0].done()
+
+
+async def run_call(
+    server: str,
+    files: list[str],
+    *,
+    out_dir: Path,
+    reply_timeout_s: float = 15.0,
+    barge_in_after_s: float | None = None,
+) -> dict[str, Any]:
+    """Call `server`, say each file in turn, and return the report.
+
+    With barge_in_after_s, each file after the first starts that long after the bot
+    began answering the previous one, interrupting it.
+    """
+    for path in files:
+        read_audio(path)  # fail on an unreadable file before calling anyone
+    out_dir.mkdir(parents=True, exist_ok=True)
+    turns: list[TurnReport] = []
+    async with CallClient(server, reply_timeout_s=reply_timeout_s) as client:
+        interrupted: _Interrupted | None = None
+        for index, path in enumerate(files, start=1):
+            finishing = None
+            if interrupted is not None:
+                onset = time.monotonic() + first_voiced_offset_s(read_audio(path, RATE), RATE)
+                finishing = asyncio.create_task(client.finish_interrupted(interrupted, onset), name="finish-interrupted")
+            barge = barge_in_after_s if index < len(files) else None
+            report, interrupted = await client.talk(path, out_dir=out_dir, index=index, barge_in_after_s=barge)
+            turns.append(report)
+            if finishing is not None:
+                await finishing
+        session = client.session
+    return {
+        "session_id": session.get("session_id"),
+        "dialog_id": session.get("dialog_id"),
+        "turns": [
+            {
+                "input": t.input,
+                "transcript": t.transcript,
+                "reply_text": t.reply_text,
+                "reply_generated": t.reply_generated,
+                "interrupted": t.interrupted,
+                "reply_audio": t.reply_audio,
+                "voice_to_voice_ms": t.voice_to_voice_ms,
+                "barge_in_stop_ms": t.barge_in_stop_ms,
+                "stages_ms": t.stages_ms,
+            }
+            for t in turns
+        ],
+    }

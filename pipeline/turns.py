@@ -1,0 +1,333 @@
+"""The turn loop: one per call, from the user's speech (or text) to the bot's spoken reply.
+
+VAD speech start → partial transcripts while the user talks → end of turn →
+final transcript → LLM with the dialog history → reply text streamed out and,
+one sentence at a time, through TTS to the speaker → both turns stored.
+
+Each user turn gets a `Reply` whose work runs in one task of the loop's
+TaskGroup, so it can be cancelled at any point:
+- continuation: the user speaks again within `continuation_window_ms` of the end
+  of their turn; the reply is dropped unsaid and both stretches of speech are
+  transcribed as one turn (people pause mid-sentence);
+- barge-in: the user speaks while the bot talks; the bot stops at once and what
+  is stored as its turn is the text actually played.
+The reply's work starts on the end of turn and is cancellable throughout, which
+is what a speculative start during the end-of-turn silence will build on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from media.frames import AudioFrame
+from pipeline.asr import Transcriber
+from pipeline.config import TurnConfig, VADConfig
+from pipeline.dialog_store import DialogStore, Turn, fit_to_budget
+from pipeline.errors import DialogStoreUnavailable, LLMError, SynthesisError, TranscriptionError
+from pipeline.events import (
+    ReplyDelta,
+    ReplyDone,
+    StateChanged,
+    TranscriptEvent,
+    TurnError,
+    TurnEvent,
+    TurnMetrics,
+)
+from pipeline.llm_client import Message
+from pipeline.sentences import SentenceSplitter
+from pipeline.tts import Synthesizer
+from pipeline.vad import SpeechStarted, TurnEnded, VoiceActivityDetector
+
+log = logging.getLogger(__name__)
+
+
+class ChatModel(Protocol):
+    """What the turn loop needs of the LLM: a system prompt and a stream of text deltas."""
+
+    def with_system_prompt(self, messages: Sequence[Message]) -> list[Message]: ...
+
+    def stream_chat(self, messages: Sequence[Message]) -> AsyncIterator[str]: ...
+
+
+class Speaker(Protocol):
+    """Where the bot's voice goes (the outbound WebRTC track)."""
+
+    async def play(self, pcm: bytes, sample_rate: int, text: str) -> None:
+        """Queue speech; `text` is what this audio says, for accounting what was played."""
+
+    def interrupt(self) -> str:
+        """Drop all queued audio at once; return the text played since the last `interrupt` or `drained`."""
+
+    async def drained(self) -> str:
+        """Wait until all queued audio has played; return the text played."""
+
+
+Emit = Callable[[TurnEvent], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class Reply:
+    """The bot's answer to one user turn, while it is being made."""
+
+    turn_id: str
+    user_started_at: float
+    user_audio: bytes = b""
+    ended_at_mono: float = field(default_factory=time.monotonic)
+    user_text: str = ""
+    text: str = ""
+    speaking: bool = False
+    task: asyncio.Task[None] | None = None
+
+
+class TurnLoop:
+    """A call's turns. `run()` owns every task of it; cancelling `run()` ends them all."""
+
+    def __init__(
+        self,
+        *,
+        dialog_id: str,
+        store: DialogStore,
+        llm: ChatModel,
+        transcriber: Transcriber,
+        synthesizer: Synthesizer,
+        emit: Emit,
+        vad_config: VADConfig = VADConfig(),
+        config: TurnConfig = TurnConfig(),
+    ) -> None:
+        self.dialog_id = dialog_id
+        self.config = config
+        self._store = store
+        self._llm = llm
+        self._transcriber = transcriber
+        self._synthesizer = synthesizer
+        self._emit = emit
+        self._vad = VoiceActivityDetector(vad_config)
+        self._speaker: Speaker | None = None
+        self._tasks: asyncio.TaskGroup | None = None
+        self._reply: Reply | None = None
+        self._partials: asyncio.Task[None] | None = None
+        # Speech of a turn being continued, and its id: the merged turn keeps the id, so a
+        # client replaces that turn's final transcript rather than showing two turns.
+        self._carry = b""
+        self._carry_turn_id: str | None = None
+        self._turn_id = ""
+        # Turns of this call, for the prompt while Redis cannot be read.
+        self._recent: list[Turn] = []
+        self._texts: asyncio.Queue[str] = asyncio.Queue(maxsize=8)
+        self._started = asyncio.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the call's turns until cancelled."""
+        async with asyncio.TaskGroup() as tasks:
+            self._tasks = tasks
+            self._started.set()
+            tasks.create_task(self._text_turns(), name=f"texts-{self.dialog_id}")
+
+    def attach_audio(self, frames: AsyncIterable[AudioFrame], speaker: Speaker) -> None:
+        """Start listening to the call's audio and speaking into `speaker` (after WebRTC is up)."""
+        if self._tasks is None:
+            raise RuntimeError("Cannot attach audio: the turn loop is not running")
+        self._speaker = speaker
+        self._tasks.create_task(self._audio_turns(frames), name=f"audio-{self.dialog_id}")
+
+    def submit_text(self, text: str) -> bool:
+        """Queue a typed message as a user turn; False when too many are waiting (the caller says busy)."""
+        try:
+            self._texts.put_nowait(text)
+        except asyncio.QueueFull:
+            return False
+        return True
+
+    # -- inputs ------------------------------------------------------------------------------
+
+    async def _audio_turns(self, frames: AsyncIterable[AudioFrame]) -> None:
+        async for frame in frames:
+            event = self._vad.push(frame)
+            if isinstance(event, SpeechStarted):
+                await self._on_speech_started()
+            elif isinstance(event, TurnEnded):
+                self._on_turn_ended(event)
+
+    async def _text_turns(self) -> None:
+        while True:
+            text = (await self._texts.get()).strip()
+            if not text:
+                continue
+            await self._stop_reply(barge_in=True)
+            reply = Reply(turn_id=uuid.uuid4().hex, user_started_at=time.time(), user_text=text)
+            self._start_reply(reply, self._answer(reply))
+
+    async def _on_speech_started(self) -> None:
+        reply = self._reply
+        if reply is not None and reply.task is not None and not reply.task.done():
+            since_end_ms = 1000 * (time.monotonic() - reply.ended_at_mono)
+            if reply.user_audio and since_end_ms <= self.config.continuation_window_ms:
+                log.info("turn %s continues (%.0f ms after its end); its reply is dropped", reply.turn_id, since_end_ms)
+                self._carry, self._carry_turn_id = reply.user_audio, reply.turn_id
+                await self._stop_reply(barge_in=False)
+            else:
+                await self._stop_reply(barge_in=True)
+        self._vad.start_speech_ms = self._vad.config.start_speech_ms
+        # The turn's id is fixed when it starts, so partial and final transcripts share it.
+        self._turn_id, self._carry_turn_id = self._carry_turn_id or uuid.uuid4().hex, None
+        self._partials = self._tasks.create_task(self._send_partials(self._turn_id), name=f"partials-{self.dialog_id}")
+
+    def _on_turn_ended(self, event: TurnEnded) -> None:
+        if self._partials is not None:
+            self._partials.cancel()
+            self._partials = None
+        audio, self._carry = self._carry + event.audio, b""
+        reply = Reply(turn_id=self._turn_id, user_started_at=time.time() - len(audio) / 32000, user_audio=audio)
+        self._start_reply(reply, self._respond(reply))
+
+    async def _send_partials(self, turn_id: str) -> None:
+        async for partial in self._transcriber.partials(lambda: self._carry + self._vad.utterance()):
+            if partial.text:
+                await self._emit(TranscriptEvent(turn_id, partial.text, final=False))
+
+    # -- replies -----------------------------------------------------------------------------
+
+    def _start_reply(self, reply: Reply, work: Awaitable[None]) -> None:
+        self._reply = reply
+        reply.task = self._tasks.create_task(work, name=f"reply-{reply.turn_id}")
+
+    async def _stop_reply(self, *, barge_in: bool) -> None:
+        """Cancel the reply in flight. On barge-in, keep what the user heard; on continuation, nothing."""
+        reply, self._reply = self._reply, None
+        if reply is None or reply.task is None or reply.task.done():
+            return
+        reply.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reply.task
+        played = self._speaker.interrupt() if self._speaker is not None else ""
+        if barge_in and reply.user_text:
+            kept = played if reply.speaking else ""
+            await self._commit(reply, kept, interrupted=True)
+            await self._emit(ReplyDone(reply.turn_id, kept, interrupted=True))
+        await self._emit(StateChanged("listening"))
+
+    async def _respond(self, reply: Reply) -> None:
+        """A spoken turn: transcribe it, then answer it, unless it was no speech at all."""
+        await self._emit(StateChanged("thinking"))
+        started = time.monotonic()
+        try:
+            transcript = await self._transcriber.transcribe(reply.user_audio)
+        except TranscriptionError as exc:
+            await self._emit(TurnError("asr_failed", str(exc)))
+            await self._emit(StateChanged("listening"))
+            return
+        asr_ms = 1000 * (time.monotonic() - started)
+        if not transcript.text or transcript.no_speech_prob > self.config.max_no_speech_prob:
+            log.info("no turn: %r (no-speech probability %.2f)", transcript.text, transcript.no_speech_prob)
+            await self._emit(StateChanged("listening"))
+            return
+        reply.user_text = transcript.text
+        await self._emit(TranscriptEvent(reply.turn_id, transcript.text, final=True))
+        await self._answer(reply, {"asr": asr_ms})
+
+    async def _answer(self, reply: Reply, stages: dict[str, float] | None = None) -> None:
+        """Ask the LLM with the dialog so far, stream the reply out, speak it, store both turns."""
+        stages = dict(stages or {})
+        await self._emit(StateChanged("thinking"))
+        messages = self._llm.with_system_prompt(
+            [*(await self._history()), {"role": "user", "content": reply.user_text}]
+        )
+        sentences: asyncio.Queue[str | None] = asyncio.Queue(maxsize=16)
+        speech = None
+        if self._speaker is not None:
+            speech = self._tasks.create_task(self._speak(reply, sentences, stages), name=f"speak-{reply.turn_id}")
+        try:
+            await self._generate(reply, messages, sentences, stages)
+        except LLMError as exc:
+            await self._emit(TurnError("llm_unavailable", str(exc)))
+            reply.text = self.config.fallback_line
+            await self._emit(ReplyDelta(reply.turn_id, reply.text))
+            await sentences.put(reply.text)
+            await sentences.put(None)
+        except BaseException:
+            if speech is not None:
+                speech.cancel()
+            raise
+        kept = reply.text
+        if speech is not None:
+            try:
+                await speech
+            except asyncio.CancelledError:
+                speech.cancel()
+                raise
+        await self._commit(reply, kept, interrupted=False)
+        await self._emit(ReplyDone(reply.turn_id, kept))
+        await self._emit(StateChanged("listening"))
+
+    async def _generate(
+        self, reply: Reply, messages: list[Message], sentences: asyncio.Queue[str | None], stages: dict[str, float]
+    ) -> None:
+        splitter = SentenceSplitter()
+        started = time.monotonic()
+        async for delta in self._llm.stream_chat(messages):
+            if not reply.text:
+                stages["llm_first_token"] = 1000 * (time.monotonic() - started)
+            reply.text += delta
+            await self._emit(ReplyDelta(reply.turn_id, delta))
+            for sentence in splitter.push(delta):
+                stages.setdefault("first_sentence", 1000 * (time.monotonic() - started))
+                await sentences.put(sentence)
+        if (rest := splitter.flush()) is not None:
+            stages.setdefault("first_sentence", 1000 * (time.monotonic() - started))
+            await sentences.put(rest)
+        reply.text = reply.text.strip()
+        await sentences.put(None)
+
+    async def _speak(self, reply: Reply, sentences: asyncio.Queue[str | None], stages: dict[str, float]) -> None:
+        assert self._speaker is not None
+        while (sentence := await sentences.get()) is not None:
+            started = time.monotonic()
+            try:
+                async for pcm in self._synthesizer.stream(sentence):
+                    if not reply.speaking:
+                        reply.speaking = True
+                        now = time.monotonic()
+                        stages["tts_first_audio"] = 1000 * (now - started)
+                        stages["end_of_turn_to_first_audio"] = 1000 * (now - reply.ended_at_mono)
+                        self._vad.start_speech_ms = self.config.barge_in_speech_ms
+                        await self._emit(StateChanged("speaking"))
+                        await self._emit(TurnMetrics(reply.turn_id, dict(stages)))
+                    await self._speaker.play(pcm, self._synthesizer.sample_rate, sentence)
+                    sentence = ""  # a sentence piper splits further is credited to its first piece
+            except SynthesisError as exc:
+                await self._emit(TurnError("tts_failed", str(exc)))
+        await self._speaker.drained()
+        # Barge-in works faster while the bot talks; back to normal once it is quiet.
+        self._vad.start_speech_ms = self._vad.config.start_speech_ms
+
+    # -- dialog ------------------------------------------------------------------------------
+
+    async def _history(self) -> list[Message]:
+        try:
+            turns = await self._store.turns(self.dialog_id)
+        except DialogStoreUnavailable as exc:
+            log.warning("%s; prompting with this call's turns only", exc)
+            turns = self._recent
+        kept = fit_to_budget(turns, self.config.history_budget_tokens)
+        return [{"role": t.role, "content": t.text} for t in kept if t.text]
+
+    async def _commit(self, reply: Reply, bot_text: str, *, interrupted: bool) -> None:
+        now = time.time()
+        turns = [Turn(role="user", text=reply.user_text, turn_id=reply.turn_id, started_at=reply.user_started_at, ended_at=now)]
+        if bot_text:
+            turns.append(Turn(role="assistant", text=bot_text, turn_id=f"{reply.turn_id}-bot", interrupted=interrupted))
+        for turn in turns:
+            self._recent.append(turn)
+            try:
+                await self._store.append(self.dialog_id, turn)
+            except DialogStoreUnavailable as exc:
+                await self._emit(TurnError("dialog_store_unavailable", str(exc)))

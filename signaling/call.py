@@ -1,0 +1,99 @@
+"""One call: a session's turn loop and, once the client offers, its WebRTC peer connection.
+
+Every task of the call lives in the TaskGroup of `run()`; cancelling it ends the
+turn loop, the media pump and the peer connection together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.sdp import candidate_from_sdp
+
+from media.tracks import InboundAudio, OutboundAudioTrack
+from pipeline.turns import TurnLoop
+from signaling.protocol import IceCandidate, ProtocolError
+
+log = logging.getLogger(__name__)
+
+
+class Call:
+    """The media and turns of one session."""
+
+    def __init__(self, turns: TurnLoop, *, on_media_failed: Callable[[str], Awaitable[None]]) -> None:
+        self.turns = turns
+        self._on_media_failed = on_media_failed
+        self._pc: RTCPeerConnection | None = None
+        self._tasks: asyncio.TaskGroup | None = None
+        self._ready = asyncio.Event()
+
+    @property
+    def has_media(self) -> bool:
+        return self._pc is not None
+
+    async def run(self) -> None:
+        """Run the call's tasks until cancelled; the peer connection is closed on the way out."""
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                self._tasks = tasks
+                self._ready.set()
+                tasks.create_task(self.turns.run(), name=f"turns-{self.turns.dialog_id}")
+        finally:
+            await asyncio.shield(self.close())
+
+    async def accept_offer(self, sdp: str) -> str:
+        """Set up the peer connection from the client's offer; returns the answer's SDP."""
+        await self._ready.wait()
+        if self._pc is not None:
+            raise ProtocolError("out_of_order", 'Cannot accept an offer: the call already has a peer connection')
+        pc = self._pc = RTCPeerConnection()
+        outbound = OutboundAudioTrack()
+
+        @pc.on("track")
+        def on_track(track) -> None:
+            if track.kind != "audio" or self._tasks is None:
+                return
+            inbound = InboundAudio(track)
+            self._tasks.create_task(inbound.pump(), name=f"inbound-{self.turns.dialog_id}")
+            self.turns.attach_audio(inbound, outbound)
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            log.info("call %s: peer connection %s", self.turns.dialog_id, pc.connectionState)
+            if pc.connectionState == "failed":
+                await self._on_media_failed("ICE failed: no network path for the audio; text chat still works")
+
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            pc.addTrack(outbound)
+            await pc.setLocalDescription(await pc.createAnswer())
+        except (ValueError, AttributeError, IndexError, KeyError) as exc:
+            await self.close()
+            raise ProtocolError("invalid_offer", f"Cannot accept the offer: {exc or type(exc).__name__}") from exc
+        return pc.localDescription.sdp
+
+    async def add_ice_candidate(self, message: IceCandidate) -> None:
+        """A trickled candidate from the client (aiortc's own candidates come inside the answer)."""
+        if self._pc is None:
+            raise ProtocolError("out_of_order", "Cannot add an ICE candidate before the offer")
+        if message.candidate is None:
+            return  # end of candidates
+        try:
+            candidate = candidate_from_sdp(message.candidate.removeprefix("candidate:"))
+        except (ValueError, IndexError) as exc:
+            raise ProtocolError("invalid_message", f"unreadable ICE candidate: {exc}") from exc
+        candidate.sdpMid = message.sdp_mid
+        candidate.sdpMLineIndex = message.sdp_mline_index
+        await self._pc.addIceCandidate(candidate)
+
+    async def close(self) -> None:
+        """Close the peer connection; safe to call more than once."""
+        pc, self._pc = self._pc, None
+        if pc is not None:
+            try:
+                await pc.close()
+            except Exception:  # noqa: BLE001 - the call is ending either way; say why it did not close cleanly
+                log.warning("call %s: closing the peer connection failed", self.turns.dialog_id, exc_info=True)

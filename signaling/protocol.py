@@ -1,0 +1,154 @@
+"""The WebSocket protocol: JSON messages with a `type`, parsed into typed messages or a ProtocolError.
+
+docs/protocol.md documents every message with an example. Messages from the
+client are validated here; nothing past this module sees raw JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.events import (
+    ReplyDelta,
+    ReplyDone,
+    StateChanged,
+    TranscriptEvent,
+    TurnError,
+    TurnEvent,
+    TurnMetrics,
+)
+
+MAX_TEXT_CHARS = 2000
+
+
+class ProtocolError(Exception):
+    """A message the server cannot act on; it is answered with an `error` and the socket stays open."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    sdp: str
+
+
+@dataclass(frozen=True, slots=True)
+class IceCandidate:
+    """A trickled ICE candidate; `candidate` is None at the end of candidates."""
+
+    candidate: str | None
+    sdp_mid: str | None
+    sdp_mline_index: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Bye:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    pass
+
+
+ClientMessage = Offer | IceCandidate | Text | Bye | Ping | Pong
+
+
+def _string(data: dict[str, Any], key: str, *, optional: bool = False) -> str | None:
+    value = data.get(key)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise ProtocolError("invalid_message", f"'{data.get('type')}' needs a string '{key}'")
+    return value
+
+
+def parse(raw: str | bytes) -> ClientMessage:
+    """One client message; ProtocolError with a code for anything malformed."""
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ProtocolError("invalid_json", f"message is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("invalid_message", "message must be a JSON object with a 'type'")
+    kind = data.get("type")
+    if kind == "offer":
+        sdp = _string(data, "sdp")
+        if "m=audio" not in sdp:
+            raise ProtocolError("invalid_message", "the offer has no audio section (m=audio)")
+        return Offer(sdp)
+    if kind == "ice":
+        index = data.get("sdpMLineIndex")
+        if index is not None and not isinstance(index, int):
+            raise ProtocolError("invalid_message", "'sdpMLineIndex' must be an integer")
+        return IceCandidate(_string(data, "candidate", optional=True) or None, _string(data, "sdpMid", optional=True), index)
+    if kind == "text":
+        text = _string(data, "text")
+        if not text.strip():
+            raise ProtocolError("invalid_message", "'text' is empty")
+        if len(text) > MAX_TEXT_CHARS:
+            raise ProtocolError("invalid_message", f"'text' is longer than {MAX_TEXT_CHARS} characters")
+        return Text(text)
+    if kind == "bye":
+        return Bye()
+    if kind == "ping":
+        return Ping()
+    if kind == "pong":
+        return Pong()
+    if kind is None:
+        raise ProtocolError("invalid_message", "message has no 'type'")
+    raise ProtocolError("unknown_type", f"unknown message type {kind!r}")
+
+
+# -- server messages ---------------------------------------------------------------------
+
+
+def session(session_id: str, dialog_id: str, resume_token: str) -> dict[str, Any]:
+    return {"type": "session", "session_id": session_id, "dialog_id": dialog_id, "resume_token": resume_token}
+
+
+def answer(sdp: str) -> dict[str, Any]:
+    return {"type": "answer", "sdp": sdp}
+
+
+def error(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "error", "code": code, "message": message, **extra}
+
+
+def bye(reason: str) -> dict[str, Any]:
+    return {"type": "bye", "reason": reason}
+
+
+def from_event(event: TurnEvent) -> dict[str, Any]:
+    """The protocol message for a turn loop event."""
+    match event:
+        case StateChanged(state):
+            return {"type": "state", "state": state}
+        case TranscriptEvent(turn_id, text, final):
+            return {"type": "transcript", "turn_id": turn_id, "text": text, "final": final}
+        case ReplyDelta(turn_id, text):
+            return {"type": "reply", "turn_id": turn_id, "delta": text}
+        case ReplyDone(turn_id, text, interrupted):
+            return {"type": "reply", "turn_id": turn_id, "done": True, "text": text, "interrupted": interrupted}
+        case TurnMetrics(turn_id, stages_ms):
+            return {"type": "metrics", "turn_id": turn_id, "stages_ms": {k: round(v, 1) for k, v in stages_ms.items()}}
+        case TurnError(code, message):
+            return error(code, message)
+    raise TypeError(f"not a turn event: {event!r}")
+
+

@@ -1,0 +1,162 @@
+"""The call WebSocket at /ws: one socket, one session, one call.
+
+Tasks per socket, in one TaskGroup: the reader (this handler), the writer (a
+bounded outbox), the call (turn loop and media) and the application-level
+pinger. Protocol-level keepalive (ping every 30 s, close 1011 when no pong
+within 10 s) and the 64 KiB message limit (close 1009) are enforced by the
+WebSocket server itself (uvicorn's ws_ping_interval, ws_ping_timeout, ws_max_size).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from fastapi import WebSocket
+from redis.exceptions import RedisError
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from pipeline.events import TranscriptEvent, TurnEvent
+from pipeline.turns import TurnLoop
+from signaling import protocol
+from signaling.call import Call
+from signaling.protocol import Bye, IceCandidate, Offer, Ping, Pong, ProtocolError, Text
+from signaling.config import SignalingConfig
+from signaling.sessions import SessionError
+
+log = logging.getLogger(__name__)
+
+OUTBOX_SIZE = 256
+
+
+class _Hangup(Exception):
+    """The client said bye or went away: end the socket's task group."""
+
+
+class CallSocket:
+    """Serves one accepted WebSocket until the client leaves."""
+
+    def __init__(self, websocket: WebSocket, services: Any, config: SignalingConfig) -> None:
+        self.ws = websocket
+        self.services = services
+        self.config = config
+        self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=OUTBOX_SIZE)
+
+    async def serve(self) -> None:
+        await self.ws.accept()
+        try:
+            session = await self.services.sessions.create()
+        except SessionError as exc:
+            await self.ws.send_json(protocol.error(exc.code, str(exc)))
+            await self.ws.close(code=1013)
+            return
+        turns = TurnLoop(
+            dialog_id=session.dialog_id,
+            store=self.services.dialogs,
+            llm=self.services.llm,
+            transcriber=self.services.transcriber,
+            synthesizer=self.services.synthesizer,
+            emit=self.emit,
+            vad_config=self.services.settings.vad,
+            config=self.services.settings.turns,
+        )
+        call = Call(turns, on_media_failed=self._media_failed)
+        await self.send(protocol.session(session.session_id, session.dialog_id, session.resume_token))
+        self.services.active_calls.add(call)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._write(), name=f"ws-writer-{session.session_id}")
+                tasks.create_task(self._ping(), name=f"ws-pinger-{session.session_id}")
+                tasks.create_task(call.run(), name=f"call-{session.session_id}")
+                await self._read(call)
+                raise _Hangup
+        except* (_Hangup, WebSocketDisconnect):
+            pass
+        finally:
+            self.services.active_calls.discard(call)
+            await asyncio.shield(call.close())
+            await asyncio.shield(self._detach(session.session_id))
+            if self.ws.client_state == WebSocketState.CONNECTED:
+                await asyncio.shield(self._close())
+            log.info("session %s ended", session.session_id)
+
+    async def emit(self, event: TurnEvent) -> None:
+        """Turn loop events to the client. Partial transcripts are dropped when the outbox is full
+        (the next one supersedes them); everything else waits for room."""
+        message = protocol.from_event(event)
+        if isinstance(event, TranscriptEvent) and not event.final:
+            if not self.outbox.full():
+                self.outbox.put_nowait(message)
+            return
+        await self.outbox.put(message)
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.outbox.put(message)
+
+    async def _read(self, call: Call) -> None:
+        while True:
+            received = await self.ws.receive()
+            if received["type"] == "websocket.disconnect":
+                return
+            raw = received.get("text")
+            if raw is None:
+                await self.send(protocol.error("invalid_message", "binary messages are not part of the protocol"))
+                continue
+            try:
+                message = protocol.parse(raw)
+                if await self._handle(call, message):
+                    return
+            except ProtocolError as exc:
+                await self.send(protocol.error(exc.code, exc.message))
+
+    async def _handle(self, call: Call, message: protocol.ClientMessage) -> bool:
+        """Act on one message; True when the client said bye."""
+        match message:
+            case Offer(sdp):
+                await self.send(protocol.answer(await call.accept_offer(sdp)))
+            case IceCandidate():
+                await call.add_ice_candidate(message)
+            case Text(text):
+                if not call.turns.submit_text(text):
+                    await self.send(protocol.error("busy", "too many messages waiting; try again shortly"))
+            case Ping():
+                await self.send({"type": "pong"})
+            case Pong():
+                pass
+            case Bye():
+                await self.send(protocol.bye("client said bye"))
+                return True
+        return False
+
+    async def _write(self) -> None:
+        while True:
+            await self.ws.send_json(await self.outbox.get())
+
+    async def _ping(self) -> None:
+        # For clients that cannot see protocol pings (browsers): they answer with a pong and
+        # learn, from our pings arriving, that the server is alive.
+        while True:
+            await asyncio.sleep(self.config.ping_interval_s)
+            await self.send({"type": "ping"})
+
+    async def _media_failed(self, reason: str) -> None:
+        await self.send(protocol.error("media_failed", reason))
+
+    async def _detach(self, session_id: str) -> None:
+        try:
+            await self.services.sessions.detach(session_id)
+        except (RedisError, OSError) as exc:
+            log.warning("session %s: could not shorten its TTL: %s", session_id, exc)
+
+    async def _close(self) -> None:
+        # Flush what the writer had not sent yet (a final bye, an error) before closing.
+        while not self.outbox.empty():
+            try:
+                await self.ws.send_json(self.outbox.get_nowait())
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                return
+        try:
+            await self.ws.close(code=1000)
+        except (RuntimeError, OSError):
+            pass  # the client closed first
