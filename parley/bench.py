@@ -11,19 +11,15 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
-import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 
 from media.audio_file import read_audio, write_wav
-from parley.errors import ParleyError
+from parley.server_process import server_process
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -34,40 +30,6 @@ BENCH_ENV = {"PARLEY_LLM_TEMPERATURE": "0", "PARLEY_LLM_SEED": "42"}
 def percentile(values: list[float], q: float) -> float | None:
     """The q-th percentile (0-100) by linear interpolation; None for no values."""
     return round(float(np.percentile(values, q)), 1) if values else None
-
-
-@contextlib.asynccontextmanager
-async def server_process(extra_env: dict[str, str] | None = None) -> AsyncIterator[str]:
-    """`parley serve` on a free port, ready (GET /readyz answers 200); yields its URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, **BENCH_ENV, **(extra_env or {})}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "parley.cli", "serve", "--port", str(port), env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        await wait_ready(url, process)
-        yield url
-    finally:
-        if process.returncode is None:
-            process.terminate()
-            await process.wait()
-
-
-async def wait_ready(url: str, process: asyncio.subprocess.Process | None = None, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with httpx.AsyncClient(timeout=2.0) as client:
-        while time.monotonic() < deadline:
-            if process is not None and process.returncode is not None:
-                raise ParleyError(f"the server exited with code {process.returncode} while starting")
-            with contextlib.suppress(httpx.HTTPError):
-                if (await client.get(f"{url}/readyz")).status_code == 200:
-                    return
-            await asyncio.sleep(0.2)
-    raise ParleyError(f"the server at {url} was not ready within {timeout_s:.0f} s")
 
 
 def write_results(name: str, figures: dict[str, Any], row: str, header: str) -> Path:
@@ -93,7 +55,7 @@ async def bench_call(args: argparse.Namespace) -> None:
             write_wav(path, read_audio(SPEECH, 16000, channel=channel), 16000)
             files.append(str(path))
         async with contextlib.AsyncExitStack() as stack:
-            url = args.server or await stack.enter_async_context(server_process())
+            url = args.server or await stack.enter_async_context(server_process(BENCH_ENV))
             turns = []
             for i in range(args.calls):
                 report = await run_call(url, files, out_dir=Path(tmp) / f"call-{i}")

@@ -31,3 +31,15 @@ class LLMTimeout(LLMError):
 
 class DialogStoreUnavailable(PipelineError):
     """Redis could not be reached to read or write a dialog."""
+
+
+class LLMConnectError(LLMUnavailable):
+    """The LLM server refused or dropped the connection before answering: safe to retry."""
+
+
+class LLMBusy(LLMError):
+    """No slot at the LLM server freed up within the queue deadline (backpressure)."""
+
+
+class LLMCircuitOpen(LLMError):
+    """The circuit breaker is open: the LLM has been failing, calls fail at once for a while."""

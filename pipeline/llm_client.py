@@ -14,7 +14,7 @@ from typing import TypedDict
 import httpx
 
 from pipeline.config import LLMConfig
-from pipeline.errors import LLMTimeout, LLMUnavailable
+from pipeline.errors import LLMConnectError, LLMTimeout, LLMUnavailable
 
 
 class Message(TypedDict):
@@ -69,24 +69,52 @@ class LLMClient:
 
     async def stream_chat(self, messages: Sequence[Message]) -> AsyncIterator[str]:
         """Yield the reply's text deltas as they arrive."""
+        async for chunk in self._stream("/chat/completions", self.request_body(messages)):
+            for choice in chunk.get("choices", ()):
+                if content := (choice.get("delta") or {}).get("content"):
+                    yield content
+
+    async def stream_completions(self, prompts: Sequence[str]) -> AsyncIterator[tuple[int, str]]:
+        """One /v1/completions request for several prompts; yields (prompt index, text delta)."""
+        body = self.request_body([])
+        del body["messages"]
+        body["prompt"] = list(prompts)
+        async for chunk in self._stream("/completions", body):
+            for choice in chunk.get("choices", ()):
+                if text := choice.get("text"):
+                    yield int(choice.get("index", 0)), text
+
+    async def apply_template(self, messages: Sequence[Message]) -> str:
+        """The model's chat template applied to `messages` (llama-server's /apply-template)."""
+        root = self.base_url.removesuffix("/v1")
+        try:
+            response = await self._http.post(f"{root}/apply-template", json={"messages": list(messages)})
+        except httpx.HTTPError as exc:
+            raise LLMConnectError(f"LLM server unreachable at {root}: {exc or type(exc).__name__}") from exc
+        if response.status_code != 200:
+            raise LLMUnavailable(f"LLM server answered HTTP {response.status_code} to /apply-template")
+        return response.json()["prompt"]
+
+    async def _stream(self, path: str, body: dict) -> AsyncIterator[dict]:
+        """POST `body` and yield the streamed events; every failure as an LLMError."""
         try:
             async with asyncio.timeout(self.config.total_timeout_s):
-                async with self._http.stream("POST", "/chat/completions", json=self.request_body(messages)) as response:
+                async with self._http.stream("POST", path, json=body) as response:
                     if response.status_code != 200:
                         detail = (await response.aread()).decode(errors="replace")[:200]
                         raise LLMUnavailable(f"LLM server answered HTTP {response.status_code}: {detail}")
-                    async for delta in _deltas(response):
-                        yield delta
-        except TimeoutError as exc:
-            raise LLMTimeout(f"no complete reply within {self.config.total_timeout_s:g} s") from exc
-        except httpx.TimeoutException as exc:
+                    async for chunk in _events(response):
+                        yield chunk
+        except (httpx.TimeoutException, TimeoutError) as exc:
             raise LLMTimeout(f"LLM server timed out ({type(exc).__name__}) at {self.base_url}") from exc
+        except (httpx.ConnectError, httpx.RemoteProtocolError) as exc:
+            raise LLMConnectError(f"LLM server unreachable at {self.base_url}: {exc or type(exc).__name__}") from exc
         except httpx.HTTPError as exc:
-            raise LLMUnavailable(f"LLM server unreachable at {self.base_url}: {exc or type(exc).__name__}") from exc
+            raise LLMUnavailable(f"LLM server failed at {self.base_url}: {exc or type(exc).__name__}") from exc
 
 
-async def _deltas(response: httpx.Response) -> AsyncIterator[str]:
-    """The content deltas of a server-sent-event stream of chat completion chunks."""
+async def _events(response: httpx.Response) -> AsyncIterator[dict]:
+    """The JSON events of a server-sent-event stream, up to [DONE]."""
     async for line in response.aiter_lines():
         if not line.startswith("data:"):
             continue
@@ -99,6 +127,4 @@ async def _deltas(response: httpx.Response) -> AsyncIterator[str]:
             raise LLMUnavailable(f"LLM server sent a malformed event: {data[:100]!r}") from exc
         if "error" in chunk:
             raise LLMUnavailable(f"LLM server error: {chunk['error']}")
-        for choice in chunk.get("choices", ()):
-            if content := (choice.get("delta") or {}).get("content"):
-                yield content
+        yield chunk

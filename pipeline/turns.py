@@ -33,6 +33,7 @@ from pipeline.dialog_store import DialogStore, Turn, fit_to_budget
 from pipeline.errors import DialogStoreUnavailable, LLMError, SynthesisError, TranscriptionError
 from pipeline.events import (
     ReplyDelta,
+    State,
     ReplyDone,
     StateChanged,
     TranscriptEvent,
@@ -121,7 +122,7 @@ class TurnLoop:
         # Turns of this call, for the prompt while Redis cannot be read.
         self._recent: list[Turn] = []
         self._texts: asyncio.Queue[str] = asyncio.Queue(maxsize=8)
-        self._started = asyncio.Event()
+        self._state = ""
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -129,7 +130,6 @@ class TurnLoop:
         """Serve the call's turns until cancelled."""
         async with asyncio.TaskGroup() as tasks:
             self._tasks = tasks
-            self._started.set()
             tasks.create_task(self._text_turns(), name=f"texts-{self.dialog_id}")
 
     def attach_audio(self, frames: AsyncIterable[AudioFrame], speaker: Speaker) -> None:
@@ -213,22 +213,22 @@ class TurnLoop:
             kept = played if reply.speaking else ""
             await self._commit(reply, kept, interrupted=True)
             await self._emit(ReplyDone(reply.turn_id, kept, interrupted=True))
-        await self._emit(StateChanged("listening"))
+        await self._set_state("listening")
 
     async def _respond(self, reply: Reply) -> None:
         """A spoken turn: transcribe it, then answer it, unless it was no speech at all."""
-        await self._emit(StateChanged("thinking"))
+        await self._set_state("thinking")
         started = time.monotonic()
         try:
             transcript = await self._transcriber.transcribe(reply.user_audio)
         except TranscriptionError as exc:
             await self._emit(TurnError("asr_failed", str(exc)))
-            await self._emit(StateChanged("listening"))
+            await self._set_state("listening")
             return
         asr_ms = 1000 * (time.monotonic() - started)
         if not transcript.text or transcript.no_speech_prob > self.config.max_no_speech_prob:
             log.info("no turn: %r (no-speech probability %.2f)", transcript.text, transcript.no_speech_prob)
-            await self._emit(StateChanged("listening"))
+            await self._set_state("listening")
             return
         reply.user_text = transcript.text
         await self._emit(TranscriptEvent(reply.turn_id, transcript.text, final=True))
@@ -237,7 +237,7 @@ class TurnLoop:
     async def _answer(self, reply: Reply, stages: dict[str, float] | None = None) -> None:
         """Ask the LLM with the dialog so far, stream the reply out, speak it, store both turns."""
         stages = dict(stages or {})
-        await self._emit(StateChanged("thinking"))
+        await self._set_state("thinking")
         messages = self._llm.with_system_prompt(
             [*(await self._history()), {"role": "user", "content": reply.user_text}]
         )
@@ -246,27 +246,26 @@ class TurnLoop:
         if self._speaker is not None:
             speech = self._tasks.create_task(self._speak(reply, sentences, stages), name=f"speak-{reply.turn_id}")
         try:
-            await self._generate(reply, messages, sentences, stages)
-        except LLMError as exc:
-            await self._emit(TurnError("llm_unavailable", str(exc)))
-            reply.text = self.config.fallback_line
-            await self._emit(ReplyDelta(reply.turn_id, reply.text))
-            await sentences.put(reply.text)
-            await sentences.put(None)
-        except BaseException:
-            if speech is not None:
-                speech.cancel()
-            raise
-        kept = reply.text
-        if speech is not None:
             try:
+                await self._generate(reply, messages, sentences, stages)
+            except LLMError as exc:
+                await self._emit(TurnError("llm_unavailable", str(exc)))
+                reply.text = self.config.fallback_line
+                await self._emit(ReplyDelta(reply.turn_id, reply.text))
+                await sentences.put(reply.text)
+                await sentences.put(None)
+            if speech is not None:
                 await speech
-            except asyncio.CancelledError:
+        except BaseException:
+            # Cancelled (barge-in, continuation, hang-up) or failed: the speech goes too, and is
+            # waited for, so nothing of this reply reaches the speaker after we return.
+            if speech is not None and not speech.done():
                 speech.cancel()
-                raise
-        await self._commit(reply, kept, interrupted=False)
-        await self._emit(ReplyDone(reply.turn_id, kept))
-        await self._emit(StateChanged("listening"))
+                await asyncio.wait([speech])
+            raise
+        await self._commit(reply, reply.text, interrupted=False)
+        await self._emit(ReplyDone(reply.turn_id, reply.text))
+        await self._set_state("listening")
 
     async def _generate(
         self, reply: Reply, messages: list[Message], sentences: asyncio.Queue[str | None], stages: dict[str, float]
@@ -299,7 +298,7 @@ class TurnLoop:
                         stages["tts_first_audio"] = 1000 * (now - started)
                         stages["end_of_turn_to_first_audio"] = 1000 * (now - reply.ended_at_mono)
                         self._vad.start_speech_ms = self.config.barge_in_speech_ms
-                        await self._emit(StateChanged("speaking"))
+                        await self._set_state("speaking")
                         await self._emit(TurnMetrics(reply.turn_id, dict(stages)))
                     await self._speaker.play(pcm, self._synthesizer.sample_rate, sentence)
                     sentence = ""  # a sentence piper splits further is credited to its first piece
@@ -308,6 +307,11 @@ class TurnLoop:
         await self._speaker.drained()
         # Barge-in works faster while the bot talks; back to normal once it is quiet.
         self._vad.start_speech_ms = self._vad.config.start_speech_ms
+
+    async def _set_state(self, state: State) -> None:
+        if state != self._state:
+            self._state = state
+            await self._emit(StateChanged(state))
 
     # -- dialog ------------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import socket
@@ -121,9 +122,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/stats")
     async def stats() -> dict[str, int]:
-        """Live counters of this process."""
+        """Live counters of this process: calls, and asyncio tasks (a leak shows here first)."""
         shared: AppServices | None = getattr(app.state, "services", None)
-        return {"active_calls": len(shared.active_calls) if shared else 0}
+        return {"active_calls": len(shared.active_calls) if shared else 0, "tasks": len(asyncio.all_tasks())}
 
     @app.websocket("/ws")
     async def call_socket(websocket: WebSocket) -> None:

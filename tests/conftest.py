@@ -57,3 +57,14 @@ async def embedded_redis() -> EmbeddedRedis:
     yield redis_server
     await redis_server.stop()
     shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+async def shared_redis() -> EmbeddedRedis:
+    """One private Redis for the tests that run a whole server."""
+    state = Path(tempfile.mkdtemp(prefix="parley-redis-", dir="/tmp"))
+    redis_server = EmbeddedRedis(state)
+    await redis_server.start()
+    yield redis_server
+    await redis_server.stop()
+    shutil.rmtree(state, ignore_errors=True)

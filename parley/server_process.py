@@ -1,0 +1,58 @@
+"""Running `parley serve` as a child process on a free port, for benchmarks and end-to-end tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+
+from parley.errors import ParleyError
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.asynccontextmanager
+async def server_process(extra_env: dict[str, str] | None = None, *, log_path: str | None = None) -> AsyncIterator[str]:
+    """`parley serve` on a free port, ready (GET /readyz answers 200); yields its URL."""
+    port = free_port()
+    env = {**os.environ, **(extra_env or {})}
+    log = open(log_path, "ab") if log_path else asyncio.subprocess.DEVNULL  # noqa: SIM115 - closed below
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "parley.cli", "serve", "--port", str(port), env=env,
+        stdout=log, stderr=log,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await wait_ready(url, process)
+        yield url
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            await process.wait()
+        if log_path:
+            log.close()
+
+
+async def wait_ready(url: str, process: asyncio.subprocess.Process | None = None, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            if process is not None and process.returncode is not None:
+                raise ParleyError(f"the server exited with code {process.returncode} while starting")
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(f"{url}/readyz")).status_code == 200:
+                    return
+            await asyncio.sleep(0.2)
+    raise ParleyError(f"the server at {url} was not ready within {timeout_s:.0f} s")
+
+

@@ -1,0 +1,233 @@
+"""All LLM traffic of a process: micro-batching, backpressure and a circuit breaker.
+
+Requests are gathered up to `max_batch` or `window_ms`, whichever comes first,
+and sent together; when nothing else is in flight a request goes at once, so a
+lone caller never waits for the window. Two ways to send a batch:
+- `concurrent`: one streamed /v1/chat/completions per request, side by side,
+  relying on the server's continuous batching;
+- `prompts`: one /v1/completions request carrying the batch's prompts (chat
+  template applied by the server's /apply-template), its stream split by index.
+At most `max_inflight` requests are at the server; a caller waits for a slot at
+most `queue_timeout_ms`, then gets LLMBusy. The breaker fails calls at once
+while the LLM is failing (LLMCircuitOpen). A request is retried once on a
+connection error, never once a token has arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import httpx
+
+from pipeline.circuit_breaker import CircuitBreaker
+from pipeline.config import LLMConfig
+from pipeline.errors import LLMBusy, LLMCircuitOpen, LLMConnectError, LLMError
+from pipeline.llm_client import LLMClient, Message
+
+log = logging.getLogger(__name__)
+
+_DONE = object()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolConfig:
+    """mode: `concurrent` or `prompts`; max_batch, window_ms: a batch closes at this size or age;
+    max_inflight: requests at the server at once; queue_timeout_ms: the longest a caller waits for one;
+    retries: attempts again after a connection error before any token."""
+
+    mode: Literal["concurrent", "prompts"] = "concurrent"
+    max_batch: int = 4
+    window_ms: int = 50
+    max_inflight: int = 4
+    queue_timeout_ms: int = 2000
+    retries: int = 1
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("concurrent", "prompts"):
+            raise ValueError(f"llm_pool.mode must be 'concurrent' or 'prompts', not {self.mode!r}")
+        if min(self.max_batch, self.max_inflight) < 1:
+            raise ValueError("llm_pool.max_batch and max_inflight must be at least 1")
+
+
+@dataclass(eq=False, slots=True)
+class _Request:
+    messages: list[Message]
+    deadline: float
+    out: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(maxsize=1024))
+    admitted: asyncio.Event = field(default_factory=asyncio.Event)
+    abandoned: bool = False
+
+
+class LLMPool:
+    """Use as `async with LLMPool(...) as pool`; then `stream_chat` like an LLMClient."""
+
+    def __init__(
+        self,
+        config: LLMConfig,
+        pool: PoolConfig = PoolConfig(),
+        breaker: CircuitBreaker | None = None,
+        *,
+        base_url: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.config = config
+        self.pool = pool
+        self.breaker = breaker or CircuitBreaker()
+        self.client = LLMClient(config, base_url=base_url, transport=transport)
+        self.base_url = self.client.base_url
+        self._pending: asyncio.Queue[_Request] = asyncio.Queue(maxsize=1024)
+        self._slots = asyncio.Semaphore(pool.max_inflight)
+        self.inflight = 0
+        self._tasks: asyncio.TaskGroup | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._running = asyncio.Event()
+
+    async def __aenter__(self) -> LLMPool:
+        self._runner = asyncio.create_task(self._run(), name="llm-pool")
+        await self._running.wait()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await asyncio.shield(self.aclose())
+
+    async def aclose(self) -> None:
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+            self._runner = None
+        await self.client.aclose()
+
+    def with_system_prompt(self, messages: Sequence[Message]) -> list[Message]:
+        return self.client.with_system_prompt(messages)
+
+    async def stream_chat(self, messages: Sequence[Message]) -> AsyncIterator[str]:
+        """The reply's text deltas; LLMBusy, LLMCircuitOpen or another LLMError when it cannot come."""
+        if self._tasks is None:
+            raise RuntimeError("Cannot stream: the LLM pool is not running (use `async with`)")
+        if not self.breaker.try_acquire():
+            raise LLMCircuitOpen(f"the LLM is failing; calls resume in {self.breaker.retry_after_s():.1f} s")
+        request = _Request(list(messages), time.monotonic() + self.pool.queue_timeout_ms / 1000)
+        outcome: bool | None = None  # failed?
+        try:
+            try:
+                self._pending.put_nowait(request)
+                async with asyncio.timeout(self.pool.queue_timeout_ms / 1000):
+                    await request.admitted.wait()
+            except (asyncio.QueueFull, TimeoutError):
+                raise LLMBusy(f"no LLM slot free within {self.pool.queue_timeout_ms} ms") from None
+            while (item := await request.out.get()) is not _DONE:
+                if isinstance(item, LLMError):
+                    outcome = True
+                    raise item
+                yield item
+            outcome = False
+        finally:
+            request.abandoned = True
+            if outcome is None:
+                self.breaker.abandon()
+            else:
+                self.breaker.record(failed=outcome)
+
+    async def _run(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            self._tasks = tasks
+            self._running.set()
+            tasks.create_task(self._batcher(), name="llm-pool-batcher")
+
+    async def _batcher(self) -> None:
+        window = self.pool.window_ms / 1000
+        while True:
+            batch = [await self._pending.get()]
+            if self.inflight:
+                # Others are in flight, so this request would wait for the server anyway:
+                # gather company for it, up to the window.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(window):
+                        while len(batch) < self.pool.max_batch:
+                            batch.append(await self._pending.get())
+            while len(batch) < self.pool.max_batch and not self._pending.empty():
+                batch.append(self._pending.get_nowait())
+            admitted = []
+            for request in batch:
+                if await self._take_slot(request):
+                    admitted.append(request)
+            if not admitted:
+                continue
+            if self.pool.mode == "prompts" and len(admitted) > 1:
+                self._tasks.create_task(self._send_prompts(admitted), name="llm-pool-prompts")
+            else:
+                for request in admitted:
+                    self._tasks.create_task(self._send_chat(request), name="llm-pool-chat")
+
+    async def _take_slot(self, request: _Request) -> bool:
+        """A slot for `request` before its deadline; False if its caller gave up or it timed out."""
+        if request.abandoned:
+            return False
+        try:
+            async with asyncio.timeout(max(0.0, request.deadline - time.monotonic())):
+                await self._slots.acquire()
+        except TimeoutError:
+            return False
+        if request.abandoned:
+            self._slots.release()
+            return False
+        self.inflight += 1
+        request.admitted.set()
+        return True
+
+    def _release(self, count: int = 1) -> None:
+        self.inflight -= count
+        for _ in range(count):
+            self._slots.release()
+
+    async def _send_chat(self, request: _Request) -> None:
+        try:
+            for attempt in range(self.pool.retries + 1):
+                started = False
+                try:
+                    async for delta in self.client.stream_chat(request.messages):
+                        started = True
+                        if request.abandoned:
+                            return  # the caller left (barge-in): closing the stream stops generation
+                        await _deliver(request, delta)
+                    break
+                except LLMConnectError as exc:
+                    if started or attempt == self.pool.retries:
+                        await _deliver(request, exc)
+                        return
+                    log.warning("LLM connection failed (%s); retrying once", exc)
+                    await asyncio.sleep(0.05)
+                except LLMError as exc:
+                    await _deliver(request, exc)
+                    return
+            await _deliver(request, _DONE)
+        finally:
+            self._release()
+
+    async def _send_prompts(self, batch: list[_Request]) -> None:
+        try:
+            try:
+                prompts = await asyncio.gather(*(self.client.apply_template(r.messages) for r in batch))
+                async for index, text in self.client.stream_completions(prompts):
+                    await _deliver(batch[index], text)
+            except LLMError as exc:
+                for request in batch:
+                    await _deliver(request, exc)
+                return
+            for request in batch:
+                await _deliver(request, _DONE)
+        finally:
+            self._release(len(batch))
+
+
+async def _deliver(request: _Request, item: object) -> None:
+    """Hand a delta, an error or the end to the caller, unless it has gone."""
+    if not request.abandoned:
+        await request.out.put(item)

@@ -1,0 +1,231 @@
+"""A whole call: the real server process, models, Redis and llama-server, WebRTC over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import redis.asyncio as aioredis
+import websockets
+
+from media.audio_file import read_audio, write_wav
+from media.frames import level_dbfs
+from parley.call_client import run_call
+from parley.server_process import server_process
+from pipeline.dialog_store import Turn, dialog_key
+from tests.llm_proxy import RecordingProxy
+from tests.speech import JFK, JFK_TEXT, STEREO, STEREO_TEXT, wer
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+async def proxy(llm_server):
+    async with RecordingProxy(llm_server.base_url).running() as running:
+        yield running
+
+
+def server_env(redis_url: str, llm_url: str, log_dir: Path, **extra: str) -> dict[str, str]:
+    return {
+        "REDIS_URL": redis_url,
+        "PARLEY_LLM_BASE_URL": llm_url,
+        "PARLEY_LLM_TEMPERATURE": "0",
+        "PARLEY_LLM_SEED": "42",
+        "PARLEY_SERVER_LOG_DIR": str(log_dir),
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+async def server(shared_redis, proxy, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("server")
+    env = server_env(shared_redis.url, proxy.base_url, logs)
+    async with server_process(env, log_path=str(logs / "server.log")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def speakers(tmp_path_factory) -> list[str]:
+    """The two single-utterance channels of the stereo recording, as mono files."""
+    folder = tmp_path_factory.mktemp("speakers")
+    paths = []
+    for channel in (0, 1):
+        path = folder / f"speaker-{channel}.wav"
+        write_wav(path, read_audio(STEREO, channel=channel), 16000)
+        paths.append(str(path))
+    return paths
+
+
+async def stored_turns(redis_url: str, dialog_id: str) -> list[Turn]:
+    client = aioredis.from_url(redis_url)
+    try:
+        return [Turn.from_json(m) for m in await client.zrange(dialog_key(dialog_id), 0, -1)]
+    finally:
+        await client.aclose()
+
+
+async def test_a_call_with_jfk_through_the_command_line(server, transcriber, tmp_path):
+    report_path = tmp_path / "report.json"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "parley.cli", "call", str(JFK), "--server", server,
+        "--out", str(tmp_path), "--json", str(report_path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode == 0, stderr.decode()
+    report = json.loads(report_path.read_text())
+    (turn,) = report["turns"]
+    assert report["session_id"] and report["dialog_id"]
+    assert wer(JFK_TEXT, turn["transcript"]) <= 0.10, turn["transcript"]
+    assert turn["reply_text"].strip()
+    assert turn["voice_to_voice_ms"] > 0
+    assert {"asr", "llm_first_token", "tts_first_audio", "end_of_turn_to_first_audio"} <= set(turn["stages_ms"])
+    reply = read_audio(turn["reply_audio"])
+    assert max(level_dbfs(reply[i : i + 320]) for i in range(0, reply.size - 320, 320)) > -30
+    heard = (await transcriber.transcribe(reply)).text
+    assert wer(turn["reply_text"], heard) <= 0.20, (turn["reply_text"], heard)
+
+
+async def test_the_second_turn_is_prompted_with_the_first(server, proxy, shared_redis, speakers, tmp_path):
+    report = await run_call(server, speakers, out_dir=tmp_path)
+    first, second = report["turns"]
+    assert wer(STEREO_TEXT[0], first["transcript"]) <= 0.15
+    assert wer(STEREO_TEXT[1], second["transcript"]) <= 0.15
+    assert first["reply_text"] and second["reply_text"]
+    prompt = next(p for p in proxy.prompts() if second["transcript"] in p)
+    assert first["transcript"] in prompt and first["reply_text"] in prompt
+    turns = await stored_turns(shared_redis.url, report["dialog_id"])
+    assert [(t.role, t.text) for t in turns] == [
+        ("user", first["transcript"]),
+        ("assistant", first["reply_text"]),
+        ("user", second["transcript"]),
+        ("assistant", second["reply_text"]),
+    ]
+    assert [t.seq for t in turns] == [1, 2, 3, 4]
+
+
+async def test_barge_in_stops_the_bot_and_keeps_what_was_played(server, shared_redis, speakers, tmp_path):
+    report = await run_call(server, speakers, out_dir=tmp_path, barge_in_after_s=0.8)
+    first, second = report["turns"]
+    assert first["interrupted"]
+    assert first["barge_in_stop_ms"] is not None
+    assert len(first["reply_text"]) < len(first["reply_generated"].strip())
+    # The recording of the first reply falls silent once the bot has stopped.
+    reply = read_audio(first["reply_audio"], 48000)
+    tail = reply[-int(48000 * 0.4):]
+    assert level_dbfs(tail) < -50
+    assert second["reply_text"]
+    turns = await stored_turns(shared_redis.url, report["dialog_id"])
+    bot = [t for t in turns if t.role == "assistant"][0]
+    assert bot.interrupted and bot.text == first["reply_text"]
+    assert len(bot.text) < len(first["reply_generated"].strip())
+
+
+@pytest.mark.parametrize("kind", ["white-noise", "silence"])
+async def test_noise_or_silence_makes_no_turn(server, proxy, tmp_path, kind):
+    rng = np.random.default_rng(1)
+    if kind == "white-noise":
+        audio = (rng.standard_normal(16000 * 3) * 10 ** (-30 / 20) * 32768).astype(np.int16)
+    else:
+        audio = np.zeros(16000 * 3, np.int16)
+    path = tmp_path / f"{kind}.wav"
+    write_wav(path, audio, 16000)
+    requests_before = len(proxy.requests)
+    report = await run_call(server, [str(path)], out_dir=tmp_path, reply_timeout_s=4)
+    (turn,) = report["turns"]
+    assert turn["transcript"] == "" and turn["reply_text"] == ""
+    assert turn["voice_to_voice_ms"] is None
+    assert len(proxy.requests) == requests_before
+
+
+async def test_text_without_webrtc_gets_reply_events(server):
+    async with websockets.connect(server.replace("http", "ws") + "/ws") as ws:
+        session = json.loads(await ws.recv())
+        assert session["type"] == "session" and session["resume_token"]
+        await ws.send(json.dumps({"type": "text", "text": "What is the capital of France?"}))
+        deltas, done = [], None
+        async with asyncio.timeout(60):
+            while done is None:
+                message = json.loads(await ws.recv())
+                if message["type"] == "reply":
+                    if message.get("done"):
+                        done = message
+                    else:
+                        deltas.append(message["delta"])
+        assert deltas and done["text"] == "".join(deltas).strip()
+        assert "paris" in done["text"].lower()
+
+
+async def test_bad_messages_get_errors_and_the_socket_stays_usable(server):
+    async with websockets.connect(server.replace("http", "ws") + "/ws", max_size=None) as ws:
+        await ws.recv()
+        replies = []
+        for raw in ["{oops", '{"type": "teleport"}', '{"type": "ice", "candidate": "x"}', '{"type": "offer", "sdp": "v=0\\r\\nm=audio 9 X 0\\r\\n"}']:
+            await ws.send(raw)
+            replies.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+        assert [r["code"] for r in replies] == ["invalid_json", "unknown_type", "out_of_order", "invalid_offer"]
+        await ws.send('{"type": "ping"}')
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10)) == {"type": "pong"}
+        await ws.send("x" * (64 * 1024 + 1))
+        with pytest.raises(websockets.ConnectionClosed) as info:
+            while True:
+                await asyncio.wait_for(ws.recv(), 10)
+        assert info.value.rcvd.code == 1009
+
+
+def close_code_from(raw: bytes) -> int | None:
+    """The code of the first close frame in unmasked server-to-client WebSocket bytes."""
+    i = 0
+    while i + 2 <= len(raw):
+        opcode, length = raw[i] & 0x0F, raw[i + 1] & 0x7F
+        header = 2
+        if length == 126:
+            length, header = int.from_bytes(raw[i + 2 : i + 4], "big"), 4
+        if opcode == 0x8:
+            return int.from_bytes(raw[i + header : i + header + 2], "big")
+        i += header + length
+    return None
+
+
+async def test_keepalive_drops_a_client_that_stops_answering(shared_redis, proxy, tmp_path):
+    env = server_env(
+        shared_redis.url, proxy.base_url, tmp_path,
+        PARLEY_SIGNALING_PING_INTERVAL_S="1", PARLEY_SIGNALING_PONG_TIMEOUT_S="1",
+    )
+    async with server_process(env, log_path=str(tmp_path / "server.log")) as url:
+        async with httpx.AsyncClient() as http:
+            baseline = (await http.get(f"{url}/stats")).json()
+            port = int(url.rsplit(":", 1)[1])
+            # A client that does the WebSocket handshake and then never reads or answers again,
+            # like a phone whose network vanished.
+            dead = socket.create_connection(("127.0.0.1", port))
+            dead.sendall(
+                b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            dead.settimeout(5)
+            response = dead.recv(4096)
+            assert response.startswith(b"HTTP/1.1 101")
+            received = response.split(b"\r\n\r\n", 1)[1]  # frames that came with the response
+            assert (await http.get(f"{url}/stats")).json()["active_calls"] == 1
+            started = time.monotonic()
+            while (await http.get(f"{url}/stats")).json()["active_calls"] != 0:
+                assert time.monotonic() - started < 10, "the dead client's call was not torn down"
+                await asyncio.sleep(0.1)
+            dead.settimeout(1)
+            try:
+                while chunk := dead.recv(65536):
+                    received += chunk
+            except TimeoutError:
+                pass
+            dead.close()
+            assert close_code_from(received) == 1011
+            await asyncio.sleep(0.5)
+            assert (await http.get(f"{url}/stats")).json()["tasks"] <= baseline["tasks"]
