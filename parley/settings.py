@@ -14,7 +14,10 @@ from typing import Any, Mapping
 
 from parley.errors import ConfigError
 from parley.services.llm_server import LLMServerConfig
+from pipeline.circuit_breaker import BreakerConfig
+from pipeline.llm_pool import PoolConfig
 from signaling.config import SignalingConfig
+from signaling.rate_limit import RateLimitConfig
 from pipeline.config import ASRConfig, DialogConfig, LLMConfig, ModelSource, TTSConfig, TurnConfig, VADConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,12 +48,15 @@ class Settings:
     server: ServerConfig = ServerConfig()
     redis: RedisConfig = RedisConfig()
     signaling: SignalingConfig = SignalingConfig()
+    rate_limit: RateLimitConfig = RateLimitConfig()
     vad: VADConfig = VADConfig()
     turns: TurnConfig = TurnConfig()
     dialog: DialogConfig = DialogConfig()
     asr: ASRConfig = ASRConfig()
     tts: TTSConfig = TTSConfig()
     llm: LLMConfig = LLMConfig()
+    llm_pool: PoolConfig = PoolConfig()
+    llm_breaker: BreakerConfig = BreakerConfig()
     llm_server: LLMServerConfig = LLMServerConfig()
 
 

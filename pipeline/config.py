@@ -136,7 +136,8 @@ class TurnConfig:
         vad.start_speech_ms, so the bot stops quickly).
     max_no_speech_prob: a final transcript Whisper rates more likely silence than this is no turn.
     history_budget_tokens: how much of the dialog goes into the prompt (newest turns first).
-    fallback_line: said when the LLM cannot answer.
+    fallback_line: said when the LLM cannot answer (it is failing, or its breaker is open).
+    busy_line: said when every LLM slot stayed taken past the queue deadline.
     """
 
     continuation_window_ms: int = 1500
@@ -144,6 +145,7 @@ class TurnConfig:
     max_no_speech_prob: float = 0.6
     history_budget_tokens: int = 1500
     fallback_line: str = "Sorry, I can't answer that right now. Please try again in a moment."
+    busy_line: str = "I'm a little busy right now. Please say that again in a moment."
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -29,13 +29,28 @@ class Synthesizer:
         except (OSError, ValueError, RuntimeError) as exc:
             raise SynthesisError(f"cannot load voice {config.voice!r} from {folder}: {exc}") from exc
         self._syn_config = SynthesisConfig(length_scale=config.length_scale)
+        # Fixed lines (the fallback when the LLM fails, the busy line) are synthesised once at
+        # start-up, so they play at once, when the machine is most likely struggling.
+        self._phrases: dict[str, bytes] = {}
 
     @property
     def sample_rate(self) -> int:
         return int(self._voice.config.sample_rate)
 
+    async def prepare(self, *phrases: str) -> None:
+        """Synthesise fixed phrases now; `stream` then plays them without synthesis."""
+        for phrase in phrases:
+            self._phrases[phrase] = b"".join([chunk async for chunk in self._synthesize(phrase)])
+
     async def stream(self, text: str) -> AsyncIterator[bytes]:
         """Yield the PCM of each sentence of `text` as soon as it is synthesised."""
+        if (prepared := self._phrases.get(text)) is not None:
+            yield prepared
+            return
+        async for chunk in self._synthesize(text):
+            yield chunk
+
+    async def _synthesize(self, text: str) -> AsyncIterator[bytes]:
         sentences = self._voice.synthesize(text, syn_config=self._syn_config)
         while True:
             chunk = await run_inference(self._next_chunk, sentences)

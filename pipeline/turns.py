@@ -30,7 +30,7 @@ from media.frames import AudioFrame
 from pipeline.asr import Transcriber
 from pipeline.config import TurnConfig, VADConfig
 from pipeline.dialog_store import DialogStore, Turn, fit_to_budget
-from pipeline.errors import DialogStoreUnavailable, LLMError, SynthesisError, TranscriptionError
+from pipeline.errors import DialogStoreUnavailable, LLMBusy, LLMError, SynthesisError, TranscriptionError
 from pipeline.events import (
     ReplyDelta,
     State,
@@ -249,8 +249,9 @@ class TurnLoop:
             try:
                 await self._generate(reply, messages, sentences, stages)
             except LLMError as exc:
-                await self._emit(TurnError("llm_unavailable", str(exc)))
-                reply.text = self.config.fallback_line
+                busy = isinstance(exc, LLMBusy)
+                await self._emit(TurnError("llm_busy" if busy else "llm_unavailable", str(exc)))
+                reply.text = self.config.busy_line if busy else self.config.fallback_line
                 await self._emit(ReplyDelta(reply.turn_id, reply.text))
                 await sentences.put(reply.text)
                 await sentences.put(None)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import redis.asyncio as aioredis
-from fastapi import FastAPI, WebSocket
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from redis.exceptions import RedisError
@@ -22,14 +22,18 @@ from parley.settings import Settings
 from pipeline.asr import Transcriber
 from pipeline.dialog_store import DialogStore
 from pipeline.inference import run_inference
-from pipeline.llm_client import LLMClient
+from pipeline.circuit_breaker import CircuitBreaker
+from pipeline.llm_pool import LLMPool
 from pipeline.tts import Synthesizer
+from signaling.rate_limit import RateLimiter
 from signaling.sessions import SessionStore
 from signaling.ws import CallSocket
 
 log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+# Health probes and counters are never rate limited: a load balancer must always see the truth.
+UNLIMITED_PATHS = frozenset({"/healthz", "/readyz", "/stats"})
 
 
 @dataclass(slots=True)
@@ -41,7 +45,8 @@ class AppServices:
     redis: aioredis.Redis
     sessions: SessionStore
     dialogs: DialogStore
-    llm: LLMClient
+    limiter: RateLimiter
+    llm: LLMPool
     transcriber: Transcriber
     synthesizer: Synthesizer
     active_calls: set = field(default_factory=set)
@@ -52,35 +57,52 @@ def create_app(settings: Settings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with services(settings) as running:
+        async with contextlib.AsyncExitStack() as stack:
+            running = await stack.enter_async_context(services(settings))
             redis = aioredis.from_url(running.settings.redis.url)
-            llm = LLMClient(running.settings.llm)
-            try:
-                # Loading takes seconds; in the inference pool, so the loop stays free.
-                transcriber = await run_inference(Transcriber, settings.asr)
-                synthesizer = await run_inference(Synthesizer, settings.tts)
-                app.state.services = AppServices(
-                    settings=running.settings,
-                    running=running,
-                    redis=redis,
-                    sessions=SessionStore(
-                        redis,
-                        replica=f"{socket.gethostname()}:{id(app):x}",
-                        attached_ttl_s=settings.signaling.session_ttl_s,
-                        detached_ttl_s=settings.signaling.detached_session_ttl_s,
-                    ),
-                    dialogs=DialogStore(redis, ttl_s=settings.dialog.ttl_s),
-                    llm=llm,
-                    transcriber=transcriber,
-                    synthesizer=synthesizer,
-                )
-                log.info("Parley ready: ASR %s, voice %s, LLM at %s", settings.asr.model, settings.tts.voice, llm.base_url)
-                yield
-            finally:
-                await llm.aclose()
-                await redis.aclose()
+            stack.push_async_callback(redis.aclose)
+            llm = await stack.enter_async_context(
+                LLMPool(running.settings.llm, settings.llm_pool, CircuitBreaker(settings.llm_breaker))
+            )
+            # Loading takes seconds; in the inference pool, so the loop stays free.
+            transcriber = await run_inference(Transcriber, settings.asr)
+            synthesizer = await run_inference(Synthesizer, settings.tts)
+            await synthesizer.prepare(settings.turns.fallback_line, settings.turns.busy_line)
+            app.state.services = AppServices(
+                settings=running.settings,
+                running=running,
+                redis=redis,
+                sessions=SessionStore(
+                    redis,
+                    replica=f"{socket.gethostname()}:{id(app):x}",
+                    attached_ttl_s=settings.signaling.session_ttl_s,
+                    detached_ttl_s=settings.signaling.detached_session_ttl_s,
+                ),
+                dialogs=DialogStore(redis, ttl_s=settings.dialog.ttl_s),
+                limiter=RateLimiter(redis, settings.rate_limit),
+                llm=llm,
+                transcriber=transcriber,
+                synthesizer=synthesizer,
+            )
+            log.info("Parley ready: ASR %s, voice %s, LLM at %s", settings.asr.model, settings.tts.voice, llm.base_url)
+            yield
 
     app = FastAPI(title="Parley", lifespan=lifespan)
+
+    @app.middleware("http")
+    async def rate_limit(request: Request, call_next):
+        """429 with Retry-After past the client's or the service's token bucket (probes are exempt)."""
+        shared: AppServices | None = getattr(app.state, "services", None)
+        if shared is None or request.url.path in UNLIMITED_PATHS:
+            return await call_next(request)
+        decision = await shared.limiter.take(request.client.host if request.client else "unknown")
+        if not decision.admitted:
+            return JSONResponse(
+                {"error": "rate_limited", "retry_after": decision.retry_after_s},
+                status_code=429,
+                headers={"Retry-After": str(int(decision.retry_after_s))},
+            )
+        return await call_next(request)
 
     @app.get("/")
     async def index() -> FileResponse:
@@ -116,9 +138,13 @@ def create_app(settings: Settings) -> FastAPI:
         child = shared.running.llm_server.child if shared.running.llm_server else None
         if child is not None and child.failure:
             problems.append(f"llm: {child.failure}")
+        breaker = shared.llm.breaker.state
+        if breaker == "open":
+            problems.append(f"llm: circuit breaker open for {shared.llm.breaker.retry_after_s():.1f} s more")
+        body = {"llm_breaker": breaker, "active_calls": len(shared.active_calls)}
         if problems:
-            return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
-        return JSONResponse({"status": "ready"})
+            return JSONResponse({"status": "not ready", "problems": problems, **body}, status_code=503)
+        return JSONResponse({"status": "ready", **body})
 
     @app.get("/stats")
     async def stats() -> dict[str, int]:

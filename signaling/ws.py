@@ -45,6 +45,15 @@ class CallSocket:
 
     async def serve(self) -> None:
         await self.ws.accept()
+        client_ip = self.ws.client.host if self.ws.client else "unknown"
+        decision = await self.services.limiter.take(client_ip)
+        if not decision.admitted:
+            # Only new calls are limited: a call already admitted is never cut by the limiter.
+            await self.ws.send_json(
+                protocol.error("rate_limited", "too many new calls; try again later", retry_after=decision.retry_after_s)
+            )
+            await self.ws.close(code=1013)
+            return
         try:
             session = await self.services.sessions.create()
         except SessionError as exc:

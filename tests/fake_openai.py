@@ -1,0 +1,80 @@
+"""A small OpenAI-compatible server for pool tests: streams canned tokens slowly and counts
+how many requests are in progress at once. It is the test's instrument, not a model."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
+
+from parley.server_process import free_port
+
+
+class CountingServer:
+    def __init__(self, *, tokens: int = 5, token_delay_s: float = 0.02) -> None:
+        self.tokens = tokens
+        self.token_delay_s = token_delay_s
+        self.active = 0
+        self.max_active = 0
+        self.requests: list[dict] = []
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/v1/completions", self._completions, methods=["POST"]),
+                Route("/apply-template", self._template, methods=["POST"]),
+            ]
+        )
+
+    async def _stream(self, events) -> AsyncIterator[bytes]:
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            for i in range(self.tokens):
+                await asyncio.sleep(self.token_delay_s)
+                for event in events(i):
+                    yield f"data: {json.dumps(event)}\n\n".encode()
+            yield b"data: [DONE]\n\n"
+        finally:
+            self.active -= 1
+
+    async def _chat(self, request: Request) -> StreamingResponse:
+        body = await request.json()
+        self.requests.append(body)
+        return StreamingResponse(
+            self._stream(lambda i: [{"choices": [{"index": 0, "delta": {"content": f"w{i} "}}]}]),
+            media_type="text/event-stream",
+        )
+
+    async def _completions(self, request: Request) -> StreamingResponse:
+        body = await request.json()
+        self.requests.append(body)
+        prompts = body["prompt"]
+        return StreamingResponse(
+            self._stream(lambda i: [{"choices": [{"index": n, "text": f"p{n}w{i} "}]} for n in range(len(prompts))]),
+            media_type="text/event-stream",
+        )
+
+    async def _template(self, request: Request) -> JSONResponse:
+        body = await request.json()
+        return JSONResponse({"prompt": " | ".join(m["content"] for m in body["messages"])})
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[CountingServer]:
+        server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
+        task = asyncio.create_task(server.serve(), name="fake-openai")
+        while not server.started:
+            await asyncio.sleep(0.02)
+        try:
+            yield self
+        finally:
+            server.should_exit = True
+            await task

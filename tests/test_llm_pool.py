@@ -1,0 +1,115 @@
+import asyncio
+
+import httpx
+import pytest
+
+from pipeline.circuit_breaker import BreakerConfig, CircuitBreaker
+from pipeline.config import LLMConfig
+from pipeline.errors import LLMBusy, LLMCircuitOpen, LLMConnectError, LLMUnavailable
+from pipeline.llm_pool import LLMPool, PoolConfig
+from tests.fake_openai import CountingServer
+
+
+def ask(n: int):
+    return [{"role": "user", "content": f"question {n}"}]
+
+
+async def collect(pool: LLMPool, n: int) -> str:
+    return "".join([d async for d in pool.stream_chat(ask(n))])
+
+
+@pytest.mark.parametrize("mode", ["concurrent", "prompts"])
+async def test_twenty_callers_never_put_more_than_max_inflight_at_the_server(mode):
+    async with CountingServer(tokens=5, token_delay_s=0.03).running() as server:
+        config = PoolConfig(mode=mode, max_inflight=4, max_batch=4, queue_timeout_ms=10_000)
+        async with LLMPool(LLMConfig(base_url=server.base_url), config) as pool:
+            replies = await asyncio.gather(*(collect(pool, n) for n in range(20)))
+    assert all(len(r.split()) == 5 for r in replies)
+    if mode == "concurrent":
+        assert server.max_active <= 4 and len(server.requests) == 20
+    else:
+        # One request carries a batch: never more than 4 prompts in flight at the server.
+        assert sum(len(r["prompt"]) for r in server.requests) == 20
+        assert max(len(r["prompt"]) for r in server.requests) <= 4
+        assert server.max_active <= 4
+
+
+async def test_requests_arriving_together_while_busy_form_one_prompts_batch():
+    async with CountingServer(tokens=10, token_delay_s=0.03).running() as server:
+        async with LLMPool(LLMConfig(base_url=server.base_url), PoolConfig(mode="prompts", max_inflight=8)) as pool:
+            first = asyncio.create_task(collect(pool, 0))
+            await asyncio.sleep(0.05)  # the first is in flight: the next ones gather for the window
+            rest = await asyncio.gather(*(collect(pool, n) for n in range(1, 5)))
+            await first
+    # A lone request goes as a plain chat request; the four that waited together share one.
+    assert "messages" in server.requests[0] and len(server.requests) == 2
+    assert len(server.requests[1]["prompt"]) == 4
+    assert rest[2].startswith("p2w0")  # each caller gets its own prompt's stream
+
+
+async def test_a_lone_caller_does_not_wait_for_the_window():
+    async with CountingServer(tokens=2, token_delay_s=0.01).running() as server:
+        async with LLMPool(LLMConfig(base_url=server.base_url), PoolConfig(window_ms=5_000)) as pool:
+            async with asyncio.timeout(2):  # far below the 5 s window
+                assert await collect(pool, 0) == "w0 w1 "
+
+
+async def test_a_caller_that_gets_no_slot_in_time_is_told_busy():
+    async with CountingServer(tokens=20, token_delay_s=0.05).running() as server:
+        config = PoolConfig(max_inflight=1, queue_timeout_ms=200)
+        async with LLMPool(LLMConfig(base_url=server.base_url), config) as pool:
+            slow = asyncio.create_task(collect(pool, 0))
+            await asyncio.sleep(0.05)
+            with pytest.raises(LLMBusy, match="no LLM slot free within 200 ms"):
+                await collect(pool, 1)
+            assert await slow
+        assert server.max_active == 1
+
+
+def flaky_transport(fail_first: int, *, after_token: bool = False):
+    calls = {"n": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        if calls["n"] <= fail_first:
+            if after_token:
+                return httpx.Response(200, content=_broken_stream())
+            raise httpx.ConnectError("refused", request=request)
+        body = b'data: {"choices": [{"index": 0, "delta": {"content": "ok"}}]}\n\ndata: [DONE]\n\n'
+        return httpx.Response(200, content=body)
+
+    return httpx.MockTransport(handler), calls
+
+
+async def _broken_stream():
+    yield b'data: {"choices": [{"index": 0, "delta": {"content": "half"}}]}\n\n'
+    raise httpx.RemoteProtocolError("peer closed connection")
+
+
+async def test_a_connection_error_is_retried_once():
+    transport, calls = flaky_transport(1)
+    async with LLMPool(LLMConfig(base_url="http://llm.test/v1"), transport=transport) as pool:
+        assert await collect(pool, 0) == "ok"
+    assert calls["n"] == 2
+
+
+async def test_no_retry_once_a_token_has_arrived():
+    transport, calls = flaky_transport(1, after_token=True)
+    async with LLMPool(LLMConfig(base_url="http://llm.test/v1"), transport=transport) as pool:
+        with pytest.raises(LLMConnectError):
+            await collect(pool, 0)
+    assert calls["n"] == 1
+
+
+async def test_the_breaker_opens_and_then_fails_calls_at_once():
+    transport, calls = flaky_transport(10**6)
+    breaker = CircuitBreaker(BreakerConfig(min_calls=5, window=10))
+    async with LLMPool(LLMConfig(base_url="http://llm.test/v1"), breaker=breaker, transport=transport) as pool:
+        for n in range(5):
+            with pytest.raises(LLMUnavailable):
+                await collect(pool, n)
+        assert breaker.state == "open"
+        before = calls["n"]
+        with pytest.raises(LLMCircuitOpen):
+            await collect(pool, 99)
+        assert calls["n"] == before  # nothing reached the server
