@@ -29,8 +29,9 @@ from typing import Protocol
 from media.frames import AudioFrame
 from pipeline.asr import Transcriber
 from pipeline.config import TurnConfig, VADConfig
+from pipeline.dialog_buffer import DialogBuffer, DialogBufferFull
 from pipeline.dialog_store import DialogStore, Turn, fit_to_budget
-from pipeline.errors import DialogStoreUnavailable, LLMBusy, LLMError, SynthesisError, TranscriptionError
+from pipeline.errors import LLMBusy, LLMError, SynthesisError, TranscriptionError
 from pipeline.events import (
     ReplyDelta,
     State,
@@ -104,7 +105,7 @@ class TurnLoop:
     ) -> None:
         self.dialog_id = dialog_id
         self.config = config
-        self._store = store
+        self._dialog = DialogBuffer(store, dialog_id)
         self._llm = llm
         self._transcriber = transcriber
         self._synthesizer = synthesizer
@@ -119,8 +120,6 @@ class TurnLoop:
         self._carry = b""
         self._carry_turn_id: str | None = None
         self._turn_id = ""
-        # Turns of this call, for the prompt while Redis cannot be read.
-        self._recent: list[Turn] = []
         self._texts: asyncio.Queue[str] = asyncio.Queue(maxsize=8)
         self._state = ""
 
@@ -128,9 +127,18 @@ class TurnLoop:
 
     async def run(self) -> None:
         """Serve the call's turns until cancelled."""
-        async with asyncio.TaskGroup() as tasks:
-            self._tasks = tasks
-            tasks.create_task(self._text_turns(), name=f"texts-{self.dialog_id}")
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                self._tasks = tasks
+                tasks.create_task(self._dialog.run(), name=f"dialog-{self.dialog_id}")
+                tasks.create_task(self._text_turns(), name=f"texts-{self.dialog_id}")
+        finally:
+            await asyncio.shield(self._save_on_hangup())
+
+    async def _save_on_hangup(self) -> None:
+        """Give unsaved turns a last chance to reach Redis before the call's state is gone."""
+        if not await self._dialog.flush(timeout_s=3.0):
+            log.error("dialog %s: %d turn(s) lost: Redis stayed unavailable", self.dialog_id, self._dialog.pending)
 
     def attach_audio(self, frames: AsyncIterable[AudioFrame], speaker: Speaker) -> None:
         """Start listening to the call's audio and speaking into `speaker` (after WebRTC is up)."""
@@ -317,12 +325,7 @@ class TurnLoop:
     # -- dialog ------------------------------------------------------------------------------
 
     async def _history(self) -> list[Message]:
-        try:
-            turns = await self._store.turns(self.dialog_id)
-        except DialogStoreUnavailable as exc:
-            log.warning("%s; prompting with this call's turns only", exc)
-            turns = self._recent
-        kept = fit_to_budget(turns, self.config.history_budget_tokens)
+        kept = fit_to_budget(await self._dialog.history(), self.config.history_budget_tokens)
         return [{"role": t.role, "content": t.text} for t in kept if t.text]
 
     async def _commit(self, reply: Reply, bot_text: str, *, interrupted: bool) -> None:
@@ -331,8 +334,7 @@ class TurnLoop:
         if bot_text:
             turns.append(Turn(role="assistant", text=bot_text, turn_id=f"{reply.turn_id}-bot", interrupted=interrupted))
         for turn in turns:
-            self._recent.append(turn)
             try:
-                await self._store.append(self.dialog_id, turn)
-            except DialogStoreUnavailable as exc:
+                self._dialog.add(turn)
+            except DialogBufferFull as exc:
                 await self._emit(TurnError("dialog_store_unavailable", str(exc)))
