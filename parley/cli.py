@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     bench_call = bench_kinds.add_parser("call", help="voice-to-voice latency over calls one after another")
     bench_call.add_argument("--calls", type=int, default=10)
     bench_call.add_argument("--server", help="an already running server (default: start one)")
+    bench_llm = bench_kinds.add_parser("llm", help="LLM pool throughput: sequential, concurrent, prompts")
+    bench_llm.add_argument("--json", help="also write the figures here")
 
     serve = commands.add_parser("serve", help="run the server")
     serve.add_argument("--host", help="default: [server] host in models.toml")
@@ -121,7 +123,9 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> None:
         port=port or settings.server.port,
         log_level="info",
         # Protocol-level keepalive and the message size limit are the WebSocket server's job.
-        ws="websockets",
+        # The sans-I/O implementation closes the TCP connection as soon as a pong is overdue; the
+        # legacy one waits out a 10 s closing handshake with a peer that is already gone.
+        ws="websockets-sansio",
         ws_ping_interval=signaling.ping_interval_s,
         ws_ping_timeout=signaling.pong_timeout_s,
         ws_max_size=signaling.max_message_bytes,

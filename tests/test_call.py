@@ -214,7 +214,10 @@ async def test_keepalive_drops_a_client_that_stops_answering(shared_redis, proxy
             response = dead.recv(4096)
             assert response.startswith(b"HTTP/1.1 101")
             received = response.split(b"\r\n\r\n", 1)[1]  # frames that came with the response
-            assert (await http.get(f"{url}/stats")).json()["active_calls"] == 1
+            started = time.monotonic()
+            while (await http.get(f"{url}/stats")).json()["active_calls"] != 1:
+                assert time.monotonic() - started < 5, "the call never started"
+                await asyncio.sleep(0.05)
             started = time.monotonic()
             while (await http.get(f"{url}/stats")).json()["active_calls"] != 0:
                 assert time.monotonic() - started < 10, "the dead client's call was not torn down"
