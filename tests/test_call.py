@@ -38,6 +38,8 @@ def server_env(redis_url: str, llm_url: str, log_dir: Path, **extra: str) -> dic
         "PARLEY_LLM_BASE_URL": llm_url,
         "PARLEY_LLM_TEMPERATURE": "0",
         "PARLEY_LLM_SEED": "42",
+        # Shorter replies keep the suite quick; every reply still has a sentence or two.
+        "PARLEY_LLM_MAX_TOKENS": "48",
         "PARLEY_SERVER_LOG_DIR": str(log_dir),
         **extra,
     }

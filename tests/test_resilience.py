@@ -1,0 +1,113 @@
+"""A dead LLM and a dead Redis during a call: the call goes on and nothing is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import websockets
+
+from media.audio_file import read_audio, write_wav
+from parley.call_client import CallClient
+from parley.server_process import free_port, server_process
+from parley.services.llm_server import EmbeddedLLMServer
+from parley.services.redis_server import EmbeddedRedis
+from tests.speech import STEREO
+from tests.test_call import server_env, stored_turns
+
+pytestmark = pytest.mark.slow
+
+FALLBACK = "Sorry, I can't answer that right now. Please try again in a moment."
+
+
+async def ask(ws, text: str) -> tuple[dict, list[dict]]:
+    """Send a text turn; return its `reply done` and the errors that came with it."""
+    await ws.send(json.dumps({"type": "text", "text": text}))
+    errors = []
+    async with asyncio.timeout(60):
+        while True:
+            message = json.loads(await ws.recv())
+            if message["type"] == "error":
+                errors.append(message)
+            if message["type"] == "reply" and message.get("done"):
+                return message, errors
+
+
+async def test_a_dead_llm_opens_the_breaker_and_a_restarted_one_closes_it(settings, shared_redis, tmp_path):
+    llm_config = dataclasses.replace(settings.llm_server, port=free_port())
+    llm = EmbeddedLLMServer(llm_config, log_dir=tmp_path)
+    await llm.start()
+    env = server_env(shared_redis.url, llm.base_url, tmp_path, PARLEY_LLM_BREAKER_OPEN_S="2")
+    try:
+        async with server_process(env, log_path=str(tmp_path / "server.log")) as url:
+            async with websockets.connect(url.replace("http", "ws") + "/ws") as ws, httpx.AsyncClient() as http:
+                await ws.recv()
+                done, errors = await ask(ws, "Say hello.")
+                assert done["text"] and done["text"] != FALLBACK and not errors
+
+                await llm.stop()
+                for i in range(20):  # the breaker's minimum number of calls, all failing
+                    done, errors = await ask(ws, f"Are you there? ({i})")
+                    assert done["text"] == FALLBACK
+                    assert [e["code"] for e in errors] == ["llm_unavailable"]
+                ready = (await http.get(f"{url}/readyz")).json()
+                assert ready["llm_breaker"] == "open"
+
+                started = time.monotonic()
+                done, errors = await ask(ws, "Still there?")
+                fail_fast_ms = 1000 * (time.monotonic() - started)
+                assert done["text"] == FALLBACK and "resume in" in errors[0]["message"]
+                print(f"fallback while open: {fail_fast_ms:.0f} ms from the question to the reply")
+
+                llm = EmbeddedLLMServer(llm_config, log_dir=tmp_path)
+                await llm.start()
+                await asyncio.sleep(2.1)  # open_s: the breaker turns half-open
+                for _ in range(3):  # the probes
+                    done, errors = await ask(ws, "What is the capital of France?")
+                    assert done["text"] != FALLBACK and not errors
+                assert (await http.get(f"{url}/readyz")).json()["llm_breaker"] == "closed"
+    finally:
+        await llm.stop()
+
+
+async def test_turns_spoken_while_redis_is_down_are_stored_once_and_in_order(llm_server, tmp_path):
+    state = Path(tempfile.mkdtemp(prefix="parley-outage-", dir="/tmp"))
+    redis_server = EmbeddedRedis(state)
+    await redis_server.start()
+    files = []
+    for channel in (0, 1):
+        path = tmp_path / f"speaker-{channel}.wav"
+        write_wav(path, read_audio(STEREO, channel=channel), 16000)
+        files.append(str(path))
+    env = server_env(redis_server.url, llm_server.base_url, tmp_path)
+    try:
+        async with server_process(env, log_path=str(tmp_path / "server.log")) as url:
+            async with CallClient(url) as client:
+                first, _ = await client.talk(files[0], out_dir=tmp_path, index=1)
+                assert first.reply_text
+                await redis_server.stop()
+                second, _ = await client.talk(files[1], out_dir=tmp_path, index=2)
+                assert second.reply_text  # the call went on without Redis
+                await redis_server.start()
+                dialog_id = client.session["dialog_id"]
+                async with asyncio.timeout(15):
+                    while len(turns := await stored_turns(redis_server.url, dialog_id)) < 4:
+                        await asyncio.sleep(0.2)
+        turns = await stored_turns(redis_server.url, dialog_id)
+        assert [(t.seq, t.role, t.text) for t in turns] == [
+            (1, "user", first.transcript),
+            (2, "assistant", first.reply_text),
+            (3, "user", second.transcript),
+            (4, "assistant", second.reply_text),
+        ]
+        assert len({t.turn_id for t in turns}) == 4
+    finally:
+        await redis_server.stop()
+        shutil.rmtree(state, ignore_errors=True)
