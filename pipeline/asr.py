@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,26 +78,6 @@ class Transcriber:
     async def transcribe(self, audio: bytes | np.ndarray) -> Transcript:
         """Transcribe 16 kHz mono 16-bit PCM."""
         return await run_inference(self._transcribe_blocking, to_float32(audio))
-
-    async def partials(
-        self, utterance: Callable[[], bytes], *, min_new_ms: int = 200
-    ) -> AsyncIterator[Transcript]:
-        """Partial transcripts of a growing utterance, every `partial_interval_ms` while consumed.
-
-        `utterance()` returns the audio so far. Each round transcribes the newest
-        audio, so a slow round never queues stale work behind it; a round is
-        skipped when less than `min_new_ms` of audio arrived since the last.
-        """
-        interval = self.config.partial_interval_ms / 1000
-        done_bytes = 0
-        min_new = SAMPLE_RATE * 2 * min_new_ms // 1000
-        while True:
-            await asyncio.sleep(interval)
-            audio = utterance()
-            if len(audio) - done_bytes < min_new:
-                continue
-            done_bytes = len(audio)
-            yield await self.transcribe(audio)
 
     def _transcribe_blocking(self, samples: np.ndarray) -> Transcript:
         audio_s = samples.size / SAMPLE_RATE

@@ -14,6 +14,8 @@ class VADConfig:
     start_speech_ms: voiced audio needed within start_window_ms to start a turn.
     start_window_ms: the sliding window that start_speech_ms is counted in.
     end_silence_ms: unvoiced audio that ends a turn.
+    pause_ms: unvoiced audio after which the turn may be ending (SpeechPaused): what was said
+        is transcribed then, during the rest of the end-of-turn silence.
     pre_roll_ms: audio kept from before the start, so the first syllable is not clipped.
     min_level_dbfs: frames quieter than this are unvoiced whatever webrtcvad says.
     max_spectral_flatness: frames with a flatter spectrum (noise) are unvoiced.
@@ -25,6 +27,7 @@ class VADConfig:
     start_speech_ms: int = 200
     start_window_ms: int = 300
     end_silence_ms: int = 500
+    pause_ms: int = 100
     pre_roll_ms: int = 300
     min_level_dbfs: float = -50.0
     max_spectral_flatness: float = 0.45
@@ -35,6 +38,8 @@ class VADConfig:
             raise ValueError(f"vad.aggressiveness must be 0..3, not {self.aggressiveness}")
         if self.frame_ms not in (10, 20, 30):
             raise ValueError(f"vad.frame_ms must be 10, 20 or 30, not {self.frame_ms}")
+        if not 0 < self.pause_ms < self.end_silence_ms or self.pause_ms % self.frame_ms:
+            raise ValueError("vad.pause_ms must be a whole number of frames, shorter than end_silence_ms")
         if self.start_speech_ms > self.start_window_ms:
             raise ValueError("vad.start_speech_ms cannot exceed vad.start_window_ms")
 
@@ -136,6 +141,8 @@ class TurnConfig:
         vad.start_speech_ms, so the bot stops quickly).
     max_no_speech_prob: a final transcript Whisper rates more likely silence than this is no turn.
     history_budget_tokens: how much of the dialog goes into the prompt (newest turns first).
+    first_clause_words: the reply's first piece of speech may end at a comma once it has this
+        many words (0: whole sentences only), so the bot starts talking sooner.
     fallback_line: said when the LLM cannot answer (it is failing, or its breaker is open).
     busy_line: said when every LLM slot stayed taken past the queue deadline.
     """
@@ -144,6 +151,7 @@ class TurnConfig:
     barge_in_speech_ms: int = 120
     max_no_speech_prob: float = 0.6
     history_budget_tokens: int = 1500
+    first_clause_words: int = 4
     fallback_line: str = "Sorry, I can't answer that right now. Please try again in a moment."
     busy_line: str = "I'm a little busy right now. Please say that again in a moment."
 

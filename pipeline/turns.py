@@ -43,9 +43,10 @@ from pipeline.events import (
     TurnMetrics,
 )
 from pipeline.llm_client import Message
+from pipeline.partials import PartialTranscripts
 from pipeline.sentences import SentenceSplitter
 from pipeline.tts import Synthesizer
-from pipeline.vad import SpeechStarted, TurnEnded, VoiceActivityDetector
+from pipeline.vad import SpeechPaused, SpeechStarted, TurnEnded, VoiceActivityDetector
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,8 @@ class TurnLoop:
         self._speaker: Speaker | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._reply: Reply | None = None
-        self._partials: asyncio.Task[None] | None = None
+        self._partials: PartialTranscripts | None = None
+        self._partials_task: asyncio.Task[None] | None = None
         # Speech of a turn being continued, and its id: the merged turn keeps the id, so a
         # client replaces that turn's final transcript rather than showing two turns.
         self._carry = b""
@@ -162,6 +164,8 @@ class TurnLoop:
             event = self._vad.push(frame)
             if isinstance(event, SpeechStarted):
                 await self._on_speech_started()
+            elif isinstance(event, SpeechPaused) and self._partials is not None:
+                self._partials.now()
             elif isinstance(event, TurnEnded):
                 self._on_turn_ended(event)
 
@@ -187,20 +191,27 @@ class TurnLoop:
         self._vad.start_speech_ms = self._vad.config.start_speech_ms
         # The turn's id is fixed when it starts, so partial and final transcripts share it.
         self._turn_id, self._carry_turn_id = self._carry_turn_id or uuid.uuid4().hex, None
-        self._partials = self._tasks.create_task(self._send_partials(self._turn_id), name=f"partials-{self.dialog_id}")
+        self._partials = PartialTranscripts(
+            self._transcriber,
+            lambda: self._carry + self._vad.utterance(),
+            spawn=lambda work, name: self._tasks.create_task(work, name=f"{name}-{self.dialog_id}"),
+            interval_s=self._transcriber.config.partial_interval_ms / 1000,
+        )
+        turn_id = self._turn_id
+        self._partials_task = self._tasks.create_task(
+            self._partials.run(lambda t: self._emit(TranscriptEvent(turn_id, t.text, final=False))),
+            name=f"partials-{self.dialog_id}",
+        )
 
     def _on_turn_ended(self, event: TurnEnded) -> None:
-        if self._partials is not None:
-            self._partials.cancel()
-            self._partials = None
+        if self._partials_task is not None:
+            self._partials_task.cancel()
+            self._partials_task = None
+        partials, self._partials = self._partials, None
+        speech_bytes = len(self._carry) + event.speech_bytes
         audio, self._carry = self._carry + event.audio, b""
         reply = Reply(turn_id=self._turn_id, user_started_at=time.time() - len(audio) / 32000, user_audio=audio)
-        self._start_reply(reply, self._respond(reply))
-
-    async def _send_partials(self, turn_id: str) -> None:
-        async for partial in self._transcriber.partials(lambda: self._carry + self._vad.utterance()):
-            if partial.text:
-                await self._emit(TranscriptEvent(turn_id, partial.text, final=False))
+        self._start_reply(reply, self._respond(reply, partials, speech_bytes))
 
     # -- replies -----------------------------------------------------------------------------
 
@@ -223,12 +234,17 @@ class TurnLoop:
             await self._emit(ReplyDone(reply.turn_id, kept, interrupted=True))
         await self._set_state("listening")
 
-    async def _respond(self, reply: Reply) -> None:
-        """A spoken turn: transcribe it, then answer it, unless it was no speech at all."""
+    async def _respond(self, reply: Reply, partials: PartialTranscripts | None, speech_bytes: int) -> None:
+        """A spoken turn: transcribe it, then answer it, unless it was no speech at all.
+
+        Usually the transcript made when the user paused already covers every word, and is used.
+        """
         await self._set_state("thinking")
         started = time.monotonic()
         try:
-            transcript = await self._transcriber.transcribe(reply.user_audio)
+            transcript = await partials.covering(speech_bytes) if partials is not None else None
+            if transcript is None:
+                transcript = await self._transcriber.transcribe(reply.user_audio)
         except TranscriptionError as exc:
             await self._emit(TurnError("asr_failed", str(exc)))
             await self._set_state("listening")
@@ -279,7 +295,7 @@ class TurnLoop:
     async def _generate(
         self, reply: Reply, messages: list[Message], sentences: asyncio.Queue[str | None], stages: dict[str, float]
     ) -> None:
-        splitter = SentenceSplitter()
+        splitter = SentenceSplitter(first_clause_words=self.config.first_clause_words)
         started = time.monotonic()
         async for delta in self._llm.stream_chat(messages):
             if not reply.text:

@@ -35,14 +35,27 @@ class TurnEnded:
 
     audio: the utterance as 16 kHz mono 16-bit PCM, from the pre-roll to the end of the pause.
     start_ms, end_ms: stream times of the first voiced frame and the end of the last one.
+    speech_bytes: how much of `audio` runs up to the end of the last voiced frame; a
+        transcript of that much is already the final one.
     """
 
     audio: bytes
     start_ms: float
     end_ms: float
+    speech_bytes: int = 0
 
 
-VADEvent = SpeechStarted | TurnEnded
+@dataclass(frozen=True, slots=True)
+class SpeechPaused:
+    """The user has been quiet for `pause_ms` within a turn: the turn may be ending.
+
+    What was said so far can be transcribed now, during the end-of-turn silence.
+    """
+
+    at_ms: float
+
+
+VADEvent = SpeechStarted | SpeechPaused | TurnEnded
 
 
 def spectral_flatness(samples: np.ndarray) -> float:
@@ -65,6 +78,7 @@ class VoiceActivityDetector:
         self._start_ms = 0.0
         self._last_voiced_end_ms = 0.0
         self._silence_ms = 0.0
+        self._speech_bytes = 0
         self.start_speech_ms = config.start_speech_ms
 
     @property
@@ -104,6 +118,7 @@ class VoiceActivityDetector:
             self._start_ms = next(t for v, t in self._window if v)
             self._utterance = bytearray(b"".join(f.pcm for f in self._pre_roll))
             self._last_voiced_end_ms = end_ms
+            self._speech_bytes = len(self._utterance)
             self._silence_ms = 0.0
             self._window.clear()
             self._pre_roll.clear()
@@ -113,11 +128,14 @@ class VoiceActivityDetector:
         if voiced:
             self._silence_ms = 0.0
             self._last_voiced_end_ms = end_ms
+            self._speech_bytes = len(self._utterance)
         else:
             self._silence_ms += frame.duration_ms
         too_long = end_ms - self._start_ms >= self.config.max_turn_ms
         if self._silence_ms >= self.config.end_silence_ms or too_long:
             return self._end_turn()
+        if not voiced and self._silence_ms == self.config.pause_ms:
+            return SpeechPaused(end_ms)
         return None
 
     def flush(self) -> TurnEnded | None:
@@ -141,6 +159,6 @@ class VoiceActivityDetector:
             yield event
 
     def _end_turn(self) -> TurnEnded:
-        event = TurnEnded(bytes(self._utterance), self._start_ms, self._last_voiced_end_ms)
+        event = TurnEnded(bytes(self._utterance), self._start_ms, self._last_voiced_end_ms, self._speech_bytes)
         self.reset()
         return event

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
+from pipeline.dialog_store import Turn
 from pipeline.events import (
     ReplyDelta,
     ReplyDone,
@@ -120,6 +122,14 @@ def parse(raw: str | bytes) -> ClientMessage:
 
 def session(session_id: str, dialog_id: str, resume_token: str) -> dict[str, Any]:
     return {"type": "session", "session_id": session_id, "dialog_id": dialog_id, "resume_token": resume_token}
+
+
+def history(turns: Sequence[Turn]) -> dict[str, Any]:
+    """The dialog so far, sent after `session` when a client resumes."""
+    return {
+        "type": "history",
+        "turns": [{"turn_id": t.turn_id, "role": t.role, "text": t.text, "interrupted": t.interrupted} for t in turns],
+    }
 
 
 def answer(sdp: str) -> dict[str, Any]:

@@ -17,13 +17,14 @@ from fastapi import WebSocket
 from redis.exceptions import RedisError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from pipeline.errors import DialogStoreUnavailable
 from pipeline.events import TranscriptEvent, TurnEvent
 from pipeline.turns import TurnLoop
 from signaling import protocol
 from signaling.call import Call
 from signaling.protocol import Bye, IceCandidate, Offer, Ping, Pong, ProtocolError, Text
 from signaling.config import SignalingConfig
-from signaling.sessions import SessionError
+from signaling.sessions import Session, SessionError
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class CallSocket:
             await self.ws.close(code=1013)
             return
         try:
-            session = await self.services.sessions.create()
+            session, resumed = await self._open_session()
         except SessionError as exc:
             await self.ws.send_json(protocol.error(exc.code, str(exc)))
             await self.ws.close(code=1013)
@@ -72,6 +73,8 @@ class CallSocket:
         )
         call = Call(turns, on_media_failed=self._media_failed)
         await self.send(protocol.session(session.session_id, session.dialog_id, session.resume_token))
+        if resumed:
+            await self._send_history(session.dialog_id)
         self.services.active_calls.add(call)
         try:
             async with asyncio.TaskGroup() as tasks:
@@ -89,6 +92,28 @@ class CallSocket:
             if self.ws.client_state == WebSocketState.CONNECTED:
                 await asyncio.shield(self._close())
             log.info("session %s ended", session.session_id)
+
+    async def _open_session(self) -> tuple[Session, bool]:
+        """Resume the session named in the URL (?session_id=…&resume_token=…), else a new one."""
+        params = self.ws.query_params
+        session_id, token = params.get("session_id"), params.get("resume_token")
+        if session_id and token:
+            try:
+                return await self.services.sessions.resume(session_id, token), True
+            except SessionError as exc:
+                if exc.code != "resume_failed":
+                    raise
+                await self.send(protocol.error(exc.code, f"{exc}; starting a new session"))
+        return await self.services.sessions.create(), False
+
+    async def _send_history(self, dialog_id: str) -> None:
+        """The dialog so far, so a client that came back (to any replica) can show it again."""
+        try:
+            turns = await self.services.dialogs.turns(dialog_id)
+        except DialogStoreUnavailable as exc:
+            await self.send(protocol.error("dialog_store_unavailable", f"history not available: {exc}"))
+            return
+        await self.send(protocol.history(turns))
 
     async def emit(self, event: TurnEvent) -> None:
         """Turn loop events to the client. Partial transcripts are dropped when the outbox is full

@@ -27,27 +27,6 @@ async def test_silence_gives_no_text_or_a_high_no_speech_probability(transcriber
     assert transcript.text == "" or transcript.no_speech_prob > 0.5
 
 
-async def test_partials_grow_with_the_utterance(transcriber):
-    samples = read_audio(JFK).tobytes()
-    received = 0
-
-    def utterance() -> bytes:
-        # Each call, the utterance has grown by 1.5 s, as if the user kept talking.
-        nonlocal received
-        received = min(len(samples), received + 16000 * 2 * 3 // 2)
-        return samples[:received]
-
-    partials = []
-    async for partial in transcriber.partials(utterance):
-        partials.append(partial)
-        if received == len(samples):
-            break
-    lengths = [p.audio_ms for p in partials]
-    assert lengths == sorted(lengths) and len(partials) >= 3
-    assert len(partials[0].text.split()) < len(partials[-1].text.split())
-    assert wer(JFK_TEXT, partials[-1].text) <= 0.10
-
-
 def test_window_is_at_least_10s_and_2s_past_the_audio():
     assert window_seconds(1.0) == 10
     assert window_seconds(8.5) == 15

@@ -68,10 +68,12 @@ async def test_a_dead_llm_opens_the_breaker_and_a_restarted_one_closes_it(settin
 
                 llm = EmbeddedLLMServer(llm_config, log_dir=tmp_path)
                 await llm.start()
-                await asyncio.sleep(2.1)  # open_s: the breaker turns half-open
+                async with asyncio.timeout(10):  # open_s: the breaker turns half-open
+                    while (await http.get(f"{url}/readyz")).json()["llm_breaker"] == "open":
+                        await asyncio.sleep(0.1)
                 for _ in range(3):  # the probes
                     done, errors = await ask(ws, "What is the capital of France?")
-                    assert done["text"] != FALLBACK and not errors
+                    assert done["text"] != FALLBACK and not errors, errors
                 assert (await http.get(f"{url}/readyz")).json()["llm_breaker"] == "closed"
     finally:
         await llm.stop()

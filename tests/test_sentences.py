@@ -25,3 +25,16 @@ def test_quotes_and_line_breaks():
     out, rest = feed(['He said "stop." Then', " left\nfor good"])
     assert out == ['He said "stop."', "Then left"]
     assert rest == "for good"
+
+
+def test_the_first_piece_may_end_at_a_clause_once_it_is_long_enough():
+    splitter = SentenceSplitter(first_clause_words=4)
+    assert splitter.push("Well, ") == []  # too short to speak alone
+    assert splitter.push("Paris is the capital, and it") == ["Well, Paris is the capital,"]
+    assert splitter.push(" is big, old and lovely. Yes") == ["and it is big, old and lovely."]
+    assert splitter.flush() == "Yes"
+
+
+def test_a_sentence_that_ends_before_the_clause_comes_out_whole():
+    splitter = SentenceSplitter(first_clause_words=4)
+    assert splitter.push("Hi. I think that, on balance, yes. ") == ["Hi.", "I think that, on balance, yes."]

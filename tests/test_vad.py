@@ -4,7 +4,7 @@ import pytest
 from media.audio_file import read_audio
 from media.frames import frames_of
 from pipeline.config import VADConfig
-from pipeline.vad import SpeechStarted, TurnEnded, VoiceActivityDetector, spectral_flatness
+from pipeline.vad import SpeechPaused, SpeechStarted, TurnEnded, VoiceActivityDetector, spectral_flatness
 from tests.speech import STEREO, STEREO_TEXT, wer
 
 RATE = 16000
@@ -29,7 +29,7 @@ def two_utterances() -> tuple[np.ndarray, int]:
 
 def test_speech_pause_speech_gives_two_turns_where_the_speech_is():
     samples, boundary = two_utterances()
-    events = run(VoiceActivityDetector(VADConfig()), samples)
+    events = [e for e in run(VoiceActivityDetector(VADConfig()), samples) if not isinstance(e, SpeechPaused)]
     assert [type(e) for e in events] == [SpeechStarted, TurnEnded, SpeechStarted, TurnEnded]
     first, second = events[1], events[3]
     boundary_ms = 1000 * boundary / RATE
@@ -88,5 +88,19 @@ async def test_events_streams_frames_to_events():
         for frame in frames_of(samples.tobytes(), RATE):
             yield frame
 
-    events = [e async for e in VoiceActivityDetector().events(frames())]
+    events = [e async for e in VoiceActivityDetector().events(frames()) if not isinstance(e, SpeechPaused)]
     assert [type(e) for e in events] == [SpeechStarted, TurnEnded, SpeechStarted, TurnEnded]
+
+
+def test_a_pause_is_announced_before_the_turn_ends_and_speech_bytes_stop_at_the_last_word():
+    samples, _ = two_utterances()
+    events = run(VoiceActivityDetector(VADConfig(pause_ms=100)), samples)
+    ended = [i for i, e in enumerate(events) if isinstance(e, TurnEnded)]
+    for i in ended:
+        pause = events[i - 1]
+        assert isinstance(pause, SpeechPaused)
+        assert pause.at_ms == events[i].end_ms + 100
+        turn = events[i]
+        speech_ms = 1000 * turn.speech_bytes / 2 / RATE
+        assert len(turn.audio) - turn.speech_bytes == 2 * RATE * 500 // 1000  # the end-of-turn silence
+        assert speech_ms >= turn.end_ms - turn.start_ms

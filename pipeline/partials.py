@@ -1,0 +1,89 @@
+"""Partial transcripts of the utterance while the user talks, and the final one ahead of time.
+
+The growing utterance is transcribed every `interval_s`, and at once when the
+user pauses (`now()`). At the end of the turn, a transcript that already covers
+every voiced frame *is* the final transcript: the ASR ran during the end-of-turn
+silence instead of after it. `covering()` returns it, waiting for one under way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from pipeline.asr import SAMPLE_RATE, Transcriber, Transcript
+from pipeline.errors import TranscriptionError
+
+log = logging.getLogger(__name__)
+
+Spawn = Callable[[Awaitable[Transcript | None], str], "asyncio.Task[Transcript | None]"]
+
+
+class PartialTranscripts:
+    """One turn's partial transcripts. Run `run()` as a task; cancel it when the turn ends.
+
+    Each transcription is its own task (made by `spawn`, so the call's TaskGroup owns it):
+    cancelling `run()` at the end of the turn leaves a transcription under way to finish,
+    because it may be the final transcript.
+    """
+
+    def __init__(
+        self,
+        transcriber: Transcriber,
+        utterance: Callable[[], bytes],
+        *,
+        spawn: Spawn,
+        interval_s: float,
+        min_new_ms: int = 200,
+    ) -> None:
+        self._transcriber = transcriber
+        self._utterance = utterance
+        self._spawn = spawn
+        self._interval_s = interval_s
+        self._min_new = SAMPLE_RATE * 2 * min_new_ms // 1000
+        self._wake = asyncio.Event()
+        self._latest: tuple[int, Transcript | None] | None = None
+        self._running: tuple[int, asyncio.Task[Transcript | None]] | None = None
+
+    def now(self) -> None:
+        """Transcribe what was said so far without waiting for the next interval (the user paused)."""
+        self._wake.set()
+
+    async def run(self, on_partial: Callable[[Transcript], Awaitable[None]]) -> None:
+        done = 0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval_s):
+                    await self._wake.wait()
+            poked, audio = self._wake.is_set(), self._utterance()
+            self._wake.clear()
+            grown = len(audio) - done
+            if grown <= 0 or (grown < self._min_new and not poked):
+                continue
+            done = len(audio)
+            task = self._spawn(self._transcribe(audio), "partial-transcript")
+            self._running = (len(audio), task)
+            transcript = await asyncio.shield(task)
+            self._running = None
+            self._latest = (len(audio), transcript)
+            if transcript is not None and transcript.text:
+                await on_partial(transcript)
+
+    async def _transcribe(self, audio: bytes) -> Transcript | None:
+        # A partial is a best effort: a failure here is not the turn's failure. The final
+        # transcript is then made afresh, and that one reports its error.
+        try:
+            return await self._transcriber.transcribe(audio)
+        except TranscriptionError as exc:
+            log.warning("partial transcript failed: %s", exc)
+            return None
+
+    async def covering(self, audio_bytes: int) -> Transcript | None:
+        """A transcript of at least the first `audio_bytes` of the utterance, if one is done or under way."""
+        if self._latest is not None and self._latest[0] >= audio_bytes:
+            return self._latest[1]
+        if self._running is not None and self._running[0] >= audio_bytes:
+            return await asyncio.shield(self._running[1])
+        return None

@@ -1,0 +1,54 @@
+import asyncio
+
+import pytest
+
+from media.audio_file import read_audio
+from pipeline.partials import PartialTranscripts
+from tests.speech import JFK, JFK_TEXT, wer
+
+pytestmark = pytest.mark.slow
+
+
+def spawn(work, name):
+    return asyncio.create_task(work, name=name)
+
+
+async def test_partials_grow_with_the_utterance_and_the_last_one_is_the_final(transcriber):
+    samples = read_audio(JFK).tobytes()
+    received = 0
+
+    def utterance() -> bytes:
+        # Each look, the user has said 1.5 s more.
+        nonlocal received
+        received = min(len(samples), received + 16000 * 2 * 3 // 2)
+        return samples[:received]
+
+    partials = PartialTranscripts(transcriber, utterance, spawn=spawn, interval_s=0.05)
+    seen = []
+    done = asyncio.Event()
+
+    async def on_partial(transcript):
+        seen.append(transcript)
+        if received == len(samples):
+            done.set()
+
+    runner = asyncio.create_task(partials.run(on_partial))
+    await asyncio.wait_for(done.wait(), 60)
+    runner.cancel()
+    lengths = [p.audio_ms for p in seen]
+    assert lengths == sorted(lengths) and len(seen) >= 3
+    assert len(seen[0].text.split()) < len(seen[-1].text.split())
+    final = await partials.covering(len(samples))
+    assert final is seen[-1] and wer(JFK_TEXT, final.text) <= 0.10
+    assert await partials.covering(len(samples) + 1) is None
+
+
+async def test_a_pause_transcribes_at_once_and_an_unfinished_one_is_awaited(transcriber):
+    samples = read_audio(JFK).tobytes()
+    partials = PartialTranscripts(transcriber, lambda: samples, spawn=spawn, interval_s=3600)
+    runner = asyncio.create_task(partials.run(lambda t: asyncio.sleep(0)))
+    partials.now()
+    await asyncio.sleep(0.05)  # the transcription has started, and is not done
+    runner.cancel()  # the turn ends; the transcription under way goes on
+    final = await partials.covering(len(samples) - 1000)
+    assert final is not None and wer(JFK_TEXT, final.text) <= 0.10
