@@ -55,7 +55,10 @@ async def bench_call(args: argparse.Namespace) -> None:
             write_wav(path, read_audio(SPEECH, 16000, channel=channel), 16000)
             files.append(str(path))
         async with contextlib.AsyncExitStack() as stack:
-            url = args.server or await stack.enter_async_context(server_process(BENCH_ENV))
+            # Replies capped at 40 tokens: the first sentence, which is all the latency depends on,
+            # still completes, and ten calls take minutes rather than ten.
+            env = {**BENCH_ENV, "PARLEY_LLM_MAX_TOKENS": "40"}
+            url = args.server or await stack.enter_async_context(server_process(env))
             turns = []
             for i in range(args.calls):
                 report = await run_call(url, files, out_dir=Path(tmp) / f"call-{i}")
@@ -72,7 +75,7 @@ async def bench_call(args: argparse.Namespace) -> None:
         "calls": args.calls,
         "turns": len(turns),
         "answered": len(v2v),
-        "settings": {**BENCH_ENV, "machine_cores": os.cpu_count()},
+        "settings": {**BENCH_ENV, "PARLEY_LLM_MAX_TOKENS": "40", "machine_cores": os.cpu_count()},
         "voice_to_voice_ms": {"p50": percentile(v2v, 50), "p95": percentile(v2v, 95)},
         "stages_ms_p50": {stage: percentile(values, 50) for stage, values in sorted(stages.items())},
     }
@@ -84,7 +87,8 @@ async def bench_call(args: argparse.Namespace) -> None:
     )
     header = (
         "# Call benchmark: voice-to-voice at the client (ms)\n\n"
-        "`parley bench call`: calls one after another, two single-utterance turns each, temperature 0, seed 42.\n\n"
+        "`parley bench call`: calls one after another, two single-utterance turns each, temperature 0, seed 42,"
+        " replies capped at 40 tokens, end-of-turn silence 500 ms, measured at the headless client.\n\n"
         "| when | answered | v2v p50 | v2v p95 | asr p50 | llm first token p50 | first sentence p50 |"
         " tts first audio p50 | end of turn to first audio p50 |\n"
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
@@ -132,7 +136,7 @@ async def bench_llm(args: argparse.Namespace) -> None:
 
     from parley.runtime import services
     from parley.settings import load_settings
-    from pipeline.llm_pool import LLMPool, PoolConfig
+    from pipeline.llm_pool import LLMPool
 
     settings = load_settings()
     settings = dataclasses.replace(settings, llm=dataclasses.replace(settings.llm, temperature=0.0, seed=42))
@@ -193,8 +197,62 @@ async def bench_llm(args: argparse.Namespace) -> None:
     print(f"written to {path}")
 
 
+async def bench_asr(args: argparse.Namespace) -> None:
+    """The ASR window sized per utterance against faster-whisper's fixed 30 s, on the same clips."""
+    import dataclasses
+
+    from parley.settings import load_settings
+    from pipeline.asr import Transcriber
+
+    config = load_settings().asr
+    clips = [read_audio(SPEECH, 16000, channel=c) for c in (0, 1)]
+    clips.append(np.concatenate(clips))  # a longer utterance: both sentences
+    variants = {"window_30s": False, "window_sized": True}
+    figures_by_variant: dict[str, dict[str, Any]] = {}
+    texts: dict[str, list[str]] = {}
+    for name, sized in variants.items():
+        transcriber = Transcriber(dataclasses.replace(config, sized_window=sized))
+        await transcriber.transcribe(clips[0])  # warm-up
+        times: list[float] = []
+        texts[name] = []
+        for repeat in range(args.repeats):
+            for clip in clips:
+                started = time.monotonic()
+                text = (await transcriber.transcribe(clip)).text
+                times.append(1000 * (time.monotonic() - started))
+                if repeat == 0:
+                    texts[name].append(text)
+        figures_by_variant[name] = {"ms_per_clip_p50": percentile(times, 50), "ms_per_clip_mean": round(float(np.mean(times)), 1)}
+    ratio = round(figures_by_variant["window_30s"]["ms_per_clip_p50"] / figures_by_variant["window_sized"]["ms_per_clip_p50"], 2)
+    figures = {
+        "benchmark": "asr",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "model": config.model,
+        "clips_s": [round(c.size / 16000, 2) for c in clips],
+        "repeats": args.repeats,
+        "variants": figures_by_variant,
+        "speedup_sized_vs_30s": ratio,
+        "same_text": texts["window_30s"] == texts["window_sized"],
+        "texts": texts,
+    }
+    row = (
+        f"| {figures['when']} | {figures_by_variant['window_30s']['ms_per_clip_p50']} | "
+        f"{figures_by_variant['window_sized']['ms_per_clip_p50']} | {ratio}x | {figures['same_text']} |"
+    )
+    header = (
+        "# ASR window benchmark\n\n`parley bench asr`: Whisper tiny.en int8, greedy, the same clips (2.5–7.5 s) with"
+        " faster-whisper's fixed 30 s window and with the window sized per utterance.\n\n"
+        "| when | 30 s window, ms/clip p50 | sized window, ms/clip p50 | speed-up | same text |\n| --- | --- | --- | --- | --- |\n"
+    )
+    path = write_results("asr", figures, row, header)
+    print(json.dumps(figures, indent=2))
+    print(f"written to {path}")
+
+
 async def run_bench(args: argparse.Namespace) -> None:
-    if args.bench == "call":
+    if args.bench == "asr":
+        await bench_asr(args)
+    elif args.bench == "call":
         await bench_call(args)
     elif args.bench == "llm":
         await bench_llm(args)

@@ -3,7 +3,6 @@ import fractions
 
 import av
 import numpy as np
-import pytest
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media.tracks import OUT_FRAME_SAMPLES, OUT_RATE, InboundAudio, OutboundAudioTrack
