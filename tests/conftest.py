@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -52,26 +54,31 @@ def llm_config(settings, llm_server):
     return dataclasses.replace(settings.llm, base_url=llm_server.base_url, temperature=0.0, seed=42)
 
 
-@pytest.fixture
-async def embedded_redis() -> EmbeddedRedis:
-    """A private Redis in a fresh state directory (short, because a unix socket path is limited to 107 bytes)."""
+@contextlib.asynccontextmanager
+async def private_redis() -> AsyncIterator[EmbeddedRedis]:
+    """A private Redis in a fresh state directory (under /tmp: a unix socket path is limited to 107 bytes)."""
     state = Path(tempfile.mkdtemp(prefix="parley-redis-", dir="/tmp"))
     redis_server = EmbeddedRedis(state)
     await redis_server.start()
-    yield redis_server
-    await redis_server.stop()
-    shutil.rmtree(state, ignore_errors=True)
+    try:
+        yield redis_server
+    finally:
+        await redis_server.stop()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture
+async def embedded_redis() -> EmbeddedRedis:
+    """A Redis of the test's own."""
+    async with private_redis() as redis_server:
+        yield redis_server
 
 
 @pytest.fixture(scope="session")
 async def shared_redis() -> EmbeddedRedis:
-    """One private Redis for the tests that run a whole server."""
-    state = Path(tempfile.mkdtemp(prefix="parley-redis-", dir="/tmp"))
-    redis_server = EmbeddedRedis(state)
-    await redis_server.start()
-    yield redis_server
-    await redis_server.stop()
-    shutil.rmtree(state, ignore_errors=True)
+    """One Redis for the tests that run a whole server."""
+    async with private_redis() as redis_server:
+        yield redis_server
 
 
 @pytest.fixture(scope="session")

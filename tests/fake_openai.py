@@ -8,13 +8,13 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from parley.server_process import free_port
+from tests.asgi_server import serving
 
 
 class CountingServer:
@@ -69,12 +69,5 @@ class CountingServer:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[CountingServer]:
-        server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
-        task = asyncio.create_task(server.serve(), name="fake-openai")
-        while not server.started:
-            await asyncio.sleep(0.02)
-        try:
+        async with serving(self.app, self.port, "fake-openai"):
             yield self
-        finally:
-            server.should_exit = True
-            await task

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
 
 import httpx
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from parley.server_process import free_port
+from tests.asgi_server import serving
 
 
 class RecordingProxy:
@@ -59,13 +58,8 @@ class RecordingProxy:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[RecordingProxy]:
-        server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
-        task = asyncio.create_task(server.serve(), name="llm-proxy")
-        while not server.started:
-            await asyncio.sleep(0.02)
         try:
-            yield self
+            async with serving(self.app, self.port, "llm-proxy"):
+                yield self
         finally:
-            server.should_exit = True
-            await task
             await self._client.aclose()

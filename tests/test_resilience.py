@@ -5,10 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -18,9 +15,8 @@ from media.audio_file import read_audio, write_wav
 from parley.call_client import CallClient
 from parley.server_process import free_port, server_process
 from parley.services.llm_server import EmbeddedLLMServer
-from parley.services.redis_server import EmbeddedRedis
 from tests.speech import STEREO
-from tests.conftest import server_env, stored_turns
+from tests.conftest import private_redis, server_env, stored_turns
 
 pytestmark = pytest.mark.slow
 
@@ -80,16 +76,13 @@ async def test_a_dead_llm_opens_the_breaker_and_a_restarted_one_closes_it(settin
 
 
 async def test_turns_spoken_while_redis_is_down_are_stored_once_and_in_order(llm_server, tmp_path):
-    state = Path(tempfile.mkdtemp(prefix="parley-outage-", dir="/tmp"))
-    redis_server = EmbeddedRedis(state)
-    await redis_server.start()
     files = []
     for channel in (0, 1):
         path = tmp_path / f"speaker-{channel}.wav"
         write_wav(path, read_audio(STEREO, channel=channel), 16000)
         files.append(str(path))
-    env = server_env(redis_server.url, llm_server.base_url, tmp_path)
-    try:
+    async with private_redis() as redis_server:
+        env = server_env(redis_server.url, llm_server.base_url, tmp_path)
         async with server_process(env, log_path=str(tmp_path / "server.log")) as url:
             async with CallClient(url) as client:
                 first, _ = await client.talk(files[0], out_dir=tmp_path, index=1)
@@ -100,7 +93,7 @@ async def test_turns_spoken_while_redis_is_down_are_stored_once_and_in_order(llm
                 await redis_server.start()
                 dialog_id = client.session["dialog_id"]
                 async with asyncio.timeout(15):
-                    while len(turns := await stored_turns(redis_server.url, dialog_id)) < 4:
+                    while len(await stored_turns(redis_server.url, dialog_id)) < 4:
                         await asyncio.sleep(0.2)
         turns = await stored_turns(redis_server.url, dialog_id)
         assert [(t.seq, t.role, t.text) for t in turns] == [
@@ -110,9 +103,6 @@ async def test_turns_spoken_while_redis_is_down_are_stored_once_and_in_order(llm
             (4, "assistant", second.reply_text),
         ]
         assert len({t.turn_id for t in turns}) == 4
-    finally:
-        await redis_server.stop()
-        shutil.rmtree(state, ignore_errors=True)
 
 
 async def test_the_rate_limit_answers_429_and_refuses_new_calls_but_never_cuts_one(shared_redis, proxy, tmp_path):
