@@ -125,6 +125,10 @@ async def _events(response: httpx.Response) -> AsyncIterator[dict]:
             chunk = json.loads(data)
         except json.JSONDecodeError as exc:
             raise LLMUnavailable(f"LLM server sent a malformed event: {data[:100]!r}") from exc
+        if chunk is None:
+            continue  # llama-server opens a multi-prompt stream with `data: null`
+        if not isinstance(chunk, dict) or not isinstance(chunk.get("choices", []), list):
+            raise LLMUnavailable(f"LLM server sent an unexpected event: {data[:100]!r}")
         if "error" in chunk:
             raise LLMUnavailable(f"LLM server error: {chunk['error']}")
         yield chunk

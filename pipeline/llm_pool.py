@@ -27,7 +27,7 @@ import httpx
 
 from pipeline.circuit_breaker import CircuitBreaker
 from pipeline.config import LLMConfig
-from pipeline.errors import LLMBusy, LLMCircuitOpen, LLMConnectError, LLMError
+from pipeline.errors import LLMBusy, LLMCircuitOpen, LLMConnectError, LLMError, LLMUnavailable
 from pipeline.llm_client import LLMClient, Message
 
 log = logging.getLogger(__name__)
@@ -99,8 +99,8 @@ class LLMPool:
     async def aclose(self) -> None:
         if self._runner is not None:
             self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
+            # Wait for it to end without raising its CancelledError (ours still propagates).
+            await asyncio.wait([self._runner])
             self._runner = None
         await self.client.aclose()
 
@@ -208,6 +208,10 @@ class LLMPool:
                     await _deliver(request, exc)
                     return
             await _deliver(request, _DONE)
+        except Exception as exc:
+            # A bug here must not leave the caller waiting forever, nor take the pool down.
+            log.exception("LLM pool: chat request failed unexpectedly")
+            await _deliver(request, LLMUnavailable(f"LLM request failed unexpectedly: {exc!r}"))
         finally:
             self._release()
 
@@ -220,6 +224,11 @@ class LLMPool:
             except LLMError as exc:
                 for request in batch:
                     await _deliver(request, exc)
+                return
+            except Exception as exc:
+                log.exception("LLM pool: batched request failed unexpectedly")
+                for request in batch:
+                    await _deliver(request, LLMUnavailable(f"LLM request failed unexpectedly: {exc!r}"))
                 return
             for request in batch:
                 await _deliver(request, _DONE)

@@ -18,7 +18,6 @@ is what a speculative start during the end-of-turn silence will build on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -225,8 +224,8 @@ class TurnLoop:
         if reply is None or reply.task is None or reply.task.done():
             return
         reply.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reply.task
+        # Wait for it to end without raising its CancelledError (ours still propagates).
+        await asyncio.wait([reply.task])
         played = self._speaker.interrupt() if self._speaker is not None else ""
         if barge_in and reply.user_text:
             kept = played if reply.speaking else ""

@@ -77,3 +77,25 @@ async def test_the_bundled_llm_streams_an_answer(llm_config):
     answer = "".join(deltas)
     assert len(deltas) > 1 and answer.strip()
     assert "paris" in answer.lower(), answer
+
+
+async def test_a_null_event_is_skipped_and_an_unexpected_one_is_an_error():
+    body = b'data: null\n\ndata: {"choices": [{"index": 0, "delta": {"content": "ok"}}]}\n\ndata: [DONE]\n\n'
+    async with client_for(lambda r: httpx.Response(200, content=body)) as client:
+        assert [d async for d in client.stream_chat([{"role": "user", "content": "hi"}])] == ["ok"]
+    async with client_for(lambda r: httpx.Response(200, content=b"data: [1, 2]\n\n")) as client:
+        with pytest.raises(LLMUnavailable, match="unexpected event"):
+            [d async for d in client.stream_chat([{"role": "user", "content": "hi"}])]
+
+
+@pytest.mark.slow
+async def test_one_completions_request_streams_several_prompts_from_the_bundled_llm(llm_config):
+    async with LLMClient(llm_config) as client:
+        prompts = [
+            await client.apply_template(client.with_system_prompt([{"role": "user", "content": q}]))
+            for q in ("What is the capital of France?", "What colour is grass?")
+        ]
+        texts = {0: "", 1: ""}
+        async for index, delta in client.stream_completions(prompts):
+            texts[index] += delta
+    assert "paris" in texts[0].lower() and "grass" in texts[1].lower(), texts

@@ -82,8 +82,8 @@ class ChildProcess:
         self._stopping = True
         if self._supervisor is not None:
             self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
+            # Wait for it to end without raising its CancelledError (ours still propagates).
+            await asyncio.wait([self._supervisor])
             self._supervisor = None
         process, self._process = self._process, None
         if process is not None and process.returncode is None:
