@@ -227,6 +227,7 @@ class CallClient:
                 continue
             if m["type"] == "transcript" and m["final"]:
                 report.transcript = m["text"]
+                report.reply_generated = ""  # a continued turn: the reply begun before is void
             elif m["type"] == "reply" and "delta" in m:
                 report.reply_generated += m["delta"]
             elif m["type"] == "metrics":

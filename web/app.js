@@ -154,7 +154,8 @@ function userTurn(turnId, text) {
     turn.user.dataset.testid = "transcript";
     ui.turns.append(turn.user);
   }
-  turn.user.textContent = text; // a continued turn replaces its earlier final transcript
+  turn.user.textContent = text; // a continued turn replaces its earlier final transcript...
+  if (turn.text) turn.text.textContent = ""; // ...and the reply begun for it was dropped
   parley.lastTurnId = turnId;
 }
 
