@@ -153,7 +153,7 @@ class TurnConfig:
     continuation_window_ms: int = 1500
     barge_in_speech_ms: int = 120
     max_no_speech_prob: float = 0.6
-    history_budget_tokens: int = 1500
+    history_budget_tokens: int = 600
     first_clause_words: int = 4
     fallback_line: str = "Sorry, I can't answer that right now. Please try again in a moment."
     busy_line: str = "I'm a little busy right now. Please say that again in a moment."

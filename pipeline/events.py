@@ -37,7 +37,7 @@ class ReplyDelta:
 
 @dataclass(frozen=True, slots=True)
 class ReplyDone:
-    """The reply is complete (or was cut short: `interrupted`); text is what was kept in the dialog."""
+    """The reply is complete, or was cut short (`interrupted`: then text is what was played)."""
 
     turn_id: str
     text: str

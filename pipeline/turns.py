@@ -268,15 +268,23 @@ class TurnLoop:
         speech = None
         if self._speaker is not None:
             speech = self._tasks.create_task(self._speak(reply, sentences, stages), name=f"speak-{reply.turn_id}")
+        kept = ""
         try:
             try:
                 await self._generate(reply, messages, sentences, stages)
+                kept = reply.text
             except LLMError as exc:
                 busy = isinstance(exc, LLMBusy)
                 await self._emit(TurnError("llm_busy" if busy else "llm_unavailable", str(exc)))
-                reply.text = self.config.busy_line if busy else self.config.fallback_line
-                await self._emit(ReplyDelta(reply.turn_id, reply.text))
-                await sentences.put(reply.text)
+                if reply.text:
+                    # Cut off mid-answer: what was said stands, and is what the dialog keeps.
+                    kept = reply.text = reply.text.strip()
+                else:
+                    # The stock line is said but not kept: it is no part of the conversation, and
+                    # a dialog full of apologies would only crowd the model's context.
+                    reply.text = self.config.busy_line if busy else self.config.fallback_line
+                    await self._emit(ReplyDelta(reply.turn_id, reply.text))
+                    await sentences.put(reply.text)
                 await sentences.put(None)
             if speech is not None:
                 await speech
@@ -287,7 +295,7 @@ class TurnLoop:
                 speech.cancel()
                 await asyncio.wait([speech])
             raise
-        await self._commit(reply, reply.text, interrupted=False)
+        await self._commit(reply, kept, interrupted=False)
         await self._emit(ReplyDone(reply.turn_id, reply.text))
         await self._set_state("listening")
 
