@@ -76,3 +76,11 @@ def test_ask_with_an_unreachable_llm_fails_in_one_line():
     result = parley("ask", "hello", env={"PARLEY_LLM_BASE_URL": "http://127.0.0.1:9/v1"})
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "unreachable" in result.stderr
+
+
+def test_call_with_an_unreadable_file_or_an_unreachable_server_fails_in_one_line(tmp_path: Path):
+    missing = parley("call", str(tmp_path / "nope.wav"))
+    assert missing.returncode == 2 and "no such file" in missing.stderr and missing.stderr.count("\n") == 1
+    unreachable = parley("call", str(JFK), "--server", "http://127.0.0.1:9")
+    assert unreachable.returncode == 1 and "cannot reach" in unreachable.stderr
+    assert unreachable.stderr.count("\n") == 1 and "Traceback" not in unreachable.stderr
