@@ -50,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     bench_call = bench_kinds.add_parser("call", help="voice-to-voice latency over calls one after another")
     bench_call.add_argument("--calls", type=int, default=10)
     bench_call.add_argument("--server", help="an already running server (default: start one)")
+    bench_call.add_argument(
+        "--compare", action="append", metavar="KEY=VALUE",
+        help="also run the calls against a server with this environment setting, e.g. PARLEY_LLM_SERVER_THREADS=2",
+    )
     bench_asr = bench_kinds.add_parser("asr", help="ASR window sized per utterance against the fixed 30 s")
     bench_asr.add_argument("--repeats", type=int, default=5)
     bench_llm = bench_kinds.add_parser("llm", help="LLM pool throughput: sequential, concurrent, prompts")

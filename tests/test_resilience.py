@@ -37,7 +37,9 @@ async def ask(ws, text: str) -> tuple[dict, list[dict]]:
 
 
 async def test_a_dead_llm_opens_the_breaker_and_a_restarted_one_closes_it(settings, shared_redis, tmp_path):
-    llm_config = dataclasses.replace(settings.llm_server, port=free_port())
+    # After the restart the server's prompt cache is cold and the whole dialog is read again:
+    # two threads read it well inside the first-token deadline, even on a loaded machine.
+    llm_config = dataclasses.replace(settings.llm_server, port=free_port(), threads_batch=2)
     llm = EmbeddedLLMServer(llm_config, log_dir=tmp_path)
     await llm.start()
     env = server_env(shared_redis.url, llm.base_url, tmp_path, PARLEY_LLM_BREAKER_OPEN_S="2")

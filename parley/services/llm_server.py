@@ -33,7 +33,7 @@ class LLMServerConfig:
     binary: the llama-server executable; empty means the one the setup caches.
     host, port: where it listens (port 0 picks a free one).
     threads: CPU threads for generation.
-    threads_batch: CPU threads for reading the prompt (a short burst, where a second core pays).
+    threads_batch: CPU threads for reading the prompt.
     parallel: slots served at once (continuous batching); ctx_size is split between them.
     """
 
@@ -43,7 +43,7 @@ class LLMServerConfig:
     host: str = "127.0.0.1"
     port: int = 0
     threads: int = 1
-    threads_batch: int = 2
+    threads_batch: int = 1
     parallel: int = 4
     ctx_size: int = 8192
 
