@@ -100,10 +100,19 @@ class OutboundAudioTrack(MediaStreamTrack):
         self._idle.set()
         self._start: float | None = None
         self._pts = 0
+        self._held = False
 
     @property
     def speaking(self) -> bool:
         return bool(self._segments)
+
+    def hold(self) -> None:
+        """Pause at once (silence goes out, nothing queued is lost) until `resume` or `interrupt`."""
+        self._held = True
+
+    def resume(self) -> None:
+        """Go on from where `hold` paused."""
+        self._held = False
 
     async def play(self, pcm: bytes, sample_rate: int, text: str) -> None:
         """Queue mono 16-bit PCM at any rate; `text` is what it says."""
@@ -123,6 +132,7 @@ class OutboundAudioTrack(MediaStreamTrack):
             self._played.append(self._segments[0].played_text())
         self._segments.clear()
         self._queued_bytes = 0
+        self._held = False
         self._space.set()
         self._idle.set()
         return self._take_played()
@@ -157,7 +167,7 @@ class OutboundAudioTrack(MediaStreamTrack):
     def _next_chunk(self) -> bytes:
         need = OUT_FRAME_SAMPLES * 2
         out = bytearray()
-        while self._segments and len(out) < need:
+        while self._segments and len(out) < need and not self._held:
             head = self._segments[0]
             take = head.pcm[head.offset : head.offset + need - len(out)]
             out += take

@@ -201,14 +201,14 @@ class CallClient:
                 report.voice_to_voice_ms = round(1000 * (voiced - speech_end), 1)
                 await asyncio.sleep(barge_in_after_s)
                 return report, _Interrupted(report, seen, speech_end, index, out_dir)
-        done = await self._wait_for(lambda m: m["type"] == "reply" and m.get("done"), 120.0, since=seen)
+        done = await self._wait_for(self._reply_done_for_turns_since(seen), 120.0, since=seen)
         await asyncio.sleep(TAIL_S)
         self._fill(report, seen, done, speech_end, time.monotonic(), out_dir, index)
         return report, None
 
     async def finish_interrupted(self, turn: _Interrupted, next_speech_start: float) -> None:
         """Complete the report of a turn whose reply the next file interrupted."""
-        done = await self._wait_for(lambda m: m["type"] == "reply" and m.get("done"), 60.0, since=turn.seen)
+        done = await self._wait_for(self._reply_done_for_turns_since(turn.seen), 60.0, since=turn.seen)
         await asyncio.sleep(TAIL_S)
         end = time.monotonic()
         v2v = turn.report.voice_to_voice_ms
@@ -217,6 +217,20 @@ class CallClient:
         stop = self._recorder.last_voiced_between(next_speech_start, end)
         if stop is not None:
             turn.report.barge_in_stop_ms = round(1000 * (stop - next_speech_start), 1)
+
+    def _reply_done_for_turns_since(self, since: int):
+        """Matches the end of a reply to a turn the user began after message `since` (not an
+        earlier reply that the user's new speech interrupted)."""
+
+        def match(message: dict[str, Any]) -> bool:
+            if message["type"] != "reply" or not message.get("done"):
+                return False
+            return any(
+                m["type"] == "transcript" and m["final"] and m["turn_id"] == message["turn_id"]
+                for _, m in self.messages[since:]
+            )
+
+        return match
 
     def _fill(
         self, report: TurnReport, seen: int, done, speech_end: float, end: float, out_dir: Path, index: int

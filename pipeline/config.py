@@ -142,6 +142,8 @@ class TurnConfig:
         stretches of speech make one turn (people pause mid-sentence).
     barge_in_speech_ms: voiced audio that interrupts the bot while it speaks (shorter than
         vad.start_speech_ms, so the bot stops quickly).
+    hold_resume_ms: while the bot talks, a voiced frame pauses it at once; after this much
+        silence it goes on (unless the speech became a barge-in).
     max_no_speech_prob: a final transcript Whisper rates more likely silence than this is no turn.
     history_budget_tokens: how much of the dialog goes into the prompt (newest turns first).
     first_clause_words: the reply's first piece of speech may end at a comma once it has this
@@ -152,6 +154,7 @@ class TurnConfig:
 
     continuation_window_ms: int = 1500
     barge_in_speech_ms: int = 120
+    hold_resume_ms: int = 200
     max_no_speech_prob: float = 0.6
     history_budget_tokens: int = 600
     first_clause_words: int = 4

@@ -64,6 +64,12 @@ class Speaker(Protocol):
     async def play(self, pcm: bytes, sample_rate: int, text: str) -> None:
         """Queue speech; `text` is what this audio says, for accounting what was played."""
 
+    def hold(self) -> None:
+        """Pause at once, keeping what is queued."""
+
+    def resume(self) -> None:
+        """Go on after `hold`."""
+
     def interrupt(self) -> str:
         """Drop all queued audio at once; return the text played since the last `interrupt` or `drained`."""
 
@@ -123,6 +129,7 @@ class TurnLoop:
         self._turn_id = ""
         self._texts: asyncio.Queue[str] = asyncio.Queue(maxsize=8)
         self._state = ""
+        self._held_ms: float | None = None  # silence since the bot was paused for a voiced frame
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -161,12 +168,34 @@ class TurnLoop:
     async def _audio_turns(self, frames: AsyncIterable[AudioFrame]) -> None:
         async for frame in frames:
             event = self._vad.push(frame)
+            self._hold_for_voice(frame.duration_ms)
             if isinstance(event, SpeechStarted):
                 await self._on_speech_started()
             elif isinstance(event, SpeechPaused) and self._partials is not None:
                 self._partials.now()
             elif isinstance(event, TurnEnded):
                 self._on_turn_ended(event)
+
+    def _hold_for_voice(self, frame_ms: float) -> None:
+        """While the bot talks, a voiced frame pauses it at once; it goes on after a short silence.
+
+        Barge-in needs `barge_in_speech_ms` of speech to be sure; pausing on the first voiced
+        frame makes the bot fall quiet as soon as the user starts, and a cough or an "mm-hm"
+        only costs a brief pause.
+        """
+        reply = self._reply
+        if self._speaker is None or reply is None or not reply.speaking:
+            self._held_ms = None
+            return
+        if self._vad.last_voiced:
+            if self._held_ms is None:
+                self._speaker.hold()
+            self._held_ms = 0.0
+        elif self._held_ms is not None:
+            self._held_ms += frame_ms
+            if self._held_ms >= self.config.hold_resume_ms:
+                self._speaker.resume()
+                self._held_ms = None
 
     async def _text_turns(self) -> None:
         while True:

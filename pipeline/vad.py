@@ -80,6 +80,7 @@ class VoiceActivityDetector:
         self._silence_ms = 0.0
         self._speech_bytes = 0
         self.start_speech_ms = config.start_speech_ms
+        self.last_voiced = False  # whether the last frame pushed sounded like speech
 
     @property
     def speaking(self) -> bool:
@@ -104,7 +105,7 @@ class VoiceActivityDetector:
 
     def push(self, frame: AudioFrame) -> VADEvent | None:
         """Feed one frame; returns the event it causes, if any."""
-        voiced = self.is_voiced(frame)
+        voiced = self.last_voiced = self.is_voiced(frame)
         start_ms = 1000.0 * frame.pts / SAMPLE_RATE
         end_ms = start_ms + frame.duration_ms
         if not self._speaking:

@@ -85,7 +85,9 @@ async def test_barge_in_stops_the_bot_and_keeps_what_was_played(server, shared_r
     reply = read_audio(first["reply_audio"], 48000)
     tail = reply[-int(48000 * 0.4):]
     assert level_dbfs(tail) < -50
-    assert second["reply_text"]
+    assert wer(STEREO_TEXT[1], second["transcript"]) <= 0.15, second["transcript"]
+    assert second["reply_text"] and not second["interrupted"]
+    print(f"barge-in: the bot fell silent {first['barge_in_stop_ms']} ms after the user began")
     turns = await stored_turns(shared_redis.url, report["dialog_id"])
     bot = [t for t in turns if t.role == "assistant"][0]
     assert bot.interrupted and bot.text == first["reply_text"]

@@ -88,3 +88,15 @@ async def test_inbound_audio_drops_the_oldest_frames_when_the_reader_falls_behin
     assert inbound.dropped > 80
     assert len(frames) == 9  # the queue's 10 slots, one of them the end marker
     assert frames[-1].pts > 80 * 320  # what is kept is the newest audio
+
+
+async def test_hold_sends_silence_keeps_the_audio_and_resume_goes_on():
+    track = OutboundAudioTrack()
+    await track.play(tone(0.1, 48000), 48000, "Five frames of speech.")
+    assert (await track.recv()).to_ndarray().any()
+    track.hold()
+    assert not any([(await track.recv()).to_ndarray().any() for _ in range(3)])
+    assert track.speaking  # nothing was dropped
+    track.resume()
+    assert all([(await track.recv()).to_ndarray().any() for _ in range(4)])
+    assert await asyncio.wait_for(track.drained(), 1) == "Five frames of speech."
