@@ -46,9 +46,11 @@ def write_results(name: str, figures: dict[str, Any], row: str, header: str) -> 
 
 
 async def _call_figures(url: str, files: list[str], calls: int, out_dir: Path) -> dict[str, Any]:
+    from parley.call_client import run_call
+
     turns = []
     for i in range(calls):
-        report = await run_call_report(url, files, out_dir / f"call-{i}")
+        report = await run_call(url, files, out_dir=out_dir / f"call-{i}")
         turns += report["turns"]
         print(f"call {i + 1}/{calls}: " + ", ".join(f"{t['voice_to_voice_ms']} ms" for t in report["turns"]))
     v2v = [t["voice_to_voice_ms"] for t in turns if t["voice_to_voice_ms"] is not None]
@@ -62,12 +64,6 @@ async def _call_figures(url: str, files: list[str], calls: int, out_dir: Path) -
         "voice_to_voice_ms": {"p50": percentile(v2v, 50), "p95": percentile(v2v, 95)},
         "stages_ms_p50": {stage: percentile(values, 50) for stage, values in sorted(stages.items())},
     }
-
-
-async def run_call_report(url: str, files: list[str], out_dir: Path) -> dict[str, Any]:
-    from parley.call_client import run_call
-
-    return await run_call(url, files, out_dir=out_dir)
 
 
 async def bench_call(args: argparse.Namespace) -> None:

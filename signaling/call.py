@@ -30,10 +30,6 @@ class Call:
         self._tasks: asyncio.TaskGroup | None = None
         self._ready = asyncio.Event()
 
-    @property
-    def has_media(self) -> bool:
-        return self._pc is not None
-
     async def run(self) -> None:
         """Run the call's tasks until cancelled; the peer connection is closed on the way out."""
         try:
