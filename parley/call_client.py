@@ -53,22 +53,22 @@ class TurnReport:
     stages_ms: dict[str, float] = field(default_factory=dict)
 
 
+def _voiced_frame_starts(samples: np.ndarray, rate: int) -> list[int]:
+    """Sample offsets of the 20 ms frames above -40 dBFS."""
+    frame = rate // 50
+    return [i for i in range(0, samples.size - frame + 1, frame) if level_dbfs(samples[i : i + frame]) > VOICE_DBFS]
+
+
 def last_voiced_offset_s(samples: np.ndarray, rate: int) -> float:
     """End of the last 20 ms frame above -40 dBFS, in seconds from the start (0 if none)."""
-    frame = rate // 50
-    end = 0.0
-    for i in range(0, samples.size - frame + 1, frame):
-        if level_dbfs(samples[i : i + frame]) > VOICE_DBFS:
-            end = (i + frame) / rate
-    return end
+    voiced = _voiced_frame_starts(samples, rate)
+    return (voiced[-1] + rate // 50) / rate if voiced else 0.0
 
 
 def first_voiced_offset_s(samples: np.ndarray, rate: int) -> float:
-    frame = rate // 50
-    for i in range(0, samples.size - frame + 1, frame):
-        if level_dbfs(samples[i : i + frame]) > VOICE_DBFS:
-            return i / rate
-    return 0.0
+    """Start of the first 20 ms frame above -40 dBFS, in seconds from the start (0 if none)."""
+    voiced = _voiced_frame_starts(samples, rate)
+    return voiced[0] / rate if voiced else 0.0
 
 
 @dataclass(slots=True)
@@ -83,10 +83,14 @@ class _Interrupted:
 
 
 class _Recorder:
-    """Everything received, as (arrival time, 20 ms of 48 kHz mono PCM)."""
+    """Everything received, as (arrival time, 20 ms of 48 kHz mono PCM, voiced or not).
+
+    Each frame's level is judged once, as it arrives: the waits below scan the recording
+    every 20 ms, and a call's recording grows by 50 frames a second.
+    """
 
     def __init__(self) -> None:
-        self.frames: list[tuple[float, bytes]] = []
+        self.frames: list[tuple[float, bytes, bool]] = []
         self._resampler = Resampler(RATE)
         self._pending = b""
 
@@ -97,20 +101,21 @@ class _Recorder:
                 now = time.monotonic()
                 self._pending += self._resampler.convert(frame)
                 while len(self._pending) >= FRAME * 2:
-                    self.frames.append((now, self._pending[: FRAME * 2]))
+                    pcm = self._pending[: FRAME * 2]
+                    self.frames.append((now, pcm, level_dbfs(pcm) > VOICE_DBFS))
                     self._pending = self._pending[FRAME * 2 :]
         except MediaStreamError:
             return
 
     def first_voiced_after(self, t: float) -> float | None:
-        return next((at for at, pcm in self.frames if at >= t and level_dbfs(pcm) > VOICE_DBFS), None)
+        return next((at for at, _, voiced in self.frames if at >= t and voiced), None)
 
     def last_voiced_between(self, start: float, end: float) -> float | None:
-        voiced = [at for at, pcm in self.frames if start <= at <= end and level_dbfs(pcm) > VOICE_DBFS]
+        voiced = [at for at, _, loud in self.frames if start <= at <= end and loud]
         return voiced[-1] if voiced else None
 
     def audio_between(self, start: float, end: float) -> bytes:
-        return b"".join(pcm for at, pcm in self.frames if start <= at <= end)
+        return b"".join(pcm for at, pcm, _ in self.frames if start <= at <= end)
 
 
 class CallClient:

@@ -84,6 +84,14 @@ class LLMClient:
                 if text := choice.get("text"):
                     yield int(choice.get("index", 0)), text
 
+    async def problem(self) -> str | None:
+        """Why the server cannot serve now (GET /models fails), or None; for readiness probes."""
+        try:
+            response = await self._http.get("/models", timeout=2.0)
+        except httpx.HTTPError as exc:
+            return f"{type(exc).__name__} at {self.base_url}"
+        return None if response.status_code == 200 else f"HTTP {response.status_code} from {self.base_url}/models"
+
     async def apply_template(self, messages: Sequence[Message]) -> str:
         """The model's chat template applied to `messages` (llama-server's /apply-template)."""
         root = self.base_url.removesuffix("/v1")

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import FileResponse, JSONResponse
@@ -127,14 +126,9 @@ def create_app(settings: Settings) -> FastAPI:
             await shared.redis.ping()
         except (RedisError, OSError) as exc:
             problems.append(f"redis: {exc}")
-        base = shared.llm.base_url
-        try:
-            async with httpx.AsyncClient(timeout=2.0) as client:
-                response = await client.get(f"{base}/models")
-            if response.status_code != 200:
-                problems.append(f"llm: HTTP {response.status_code} from {base}/models")
-        except httpx.HTTPError as exc:
-            problems.append(f"llm: {type(exc).__name__} at {base}")
+        # The pool's own connections: a probe every few seconds opens no new client.
+        if (llm_problem := await shared.llm.client.problem()) is not None:
+            problems.append(f"llm: {llm_problem}")
         child = shared.running.llm_server.child if shared.running.llm_server else None
         if child is not None and child.failure:
             problems.append(f"llm: {child.failure}")

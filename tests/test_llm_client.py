@@ -99,3 +99,10 @@ async def test_one_completions_request_streams_several_prompts_from_the_bundled_
         async for index, delta in client.stream_completions(prompts):
             texts[index] += delta
     assert "paris" in texts[0].lower() and "grass" in texts[1].lower(), texts
+
+
+async def test_problem_says_why_the_server_cannot_serve():
+    async with client_for(lambda r: httpx.Response(200, json={"data": []})) as client:
+        assert await client.problem() is None
+    async with client_for(lambda r: httpx.Response(503)) as client:
+        assert await client.problem() == "HTTP 503 from http://llm.test/v1/models"
