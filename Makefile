@@ -47,6 +47,7 @@ bench: setup
 	$(VENV)/bin/parley bench asr
 	$(VENV)/bin/parley bench llm
 	$(VENV)/bin/parley bench call
+	$(VENV)/bin/parley bench barge-in
 
 clean-venv:
 	rm -rf $(VENV)

@@ -77,11 +77,7 @@ async def bench_call(args: argparse.Namespace) -> None:
         variants[change] = {key: value}
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="parley-bench-") as tmp:
-        files = []
-        for channel in (0, 1):
-            path = Path(tmp) / f"speaker-{channel}.wav"
-            write_wav(path, read_audio(SPEECH, 16000, channel=channel), 16000)
-            files.append(str(path))
+        files = _speaker_files(Path(tmp))
         for name, change in variants.items():
             print(f"variant {name}")
             async with contextlib.AsyncExitStack() as stack:
@@ -122,6 +118,83 @@ async def bench_call(args: argparse.Namespace) -> None:
     path = write_results("call", document, "\n".join(rows), header)
     print(json.dumps(document, indent=2))
     print(f"written to {path}")
+
+
+# Each variant: the server's environment and the client's jitter buffer (received packets held).
+BARGE_IN_VARIANTS: dict[str, tuple[dict[str, str], int]] = {
+    "aiortc_jitter_4": ({"PARLEY_MEDIA_JITTER_BUFFER_PACKETS": "4"}, 4),
+    "jitter_1": ({"PARLEY_MEDIA_JITTER_BUFFER_PACKETS": "1"}, 1),
+}
+
+
+async def bench_barge_in(args: argparse.Namespace) -> None:
+    """How soon the bot falls silent when the caller talks over it, with aiortc's jitter buffer and ours.
+
+    Each call says one sentence, then the other one second into the bot's reply; the figure is
+    measured in the client's recording, from the onset of the interrupting speech to the bot's
+    last voiced frame.
+    """
+    from parley.call_client import run_call
+
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="parley-bench-") as tmp:
+        files = _speaker_files(Path(tmp))
+        for name, (change, client_packets) in BARGE_IN_VARIANTS.items():
+            print(f"variant {name}")
+            stops: list[float] = []
+            async with server_process({**BENCH_ENV, **change}) as url:
+                for i in range(args.calls):
+                    report = await run_call(
+                        url, files, out_dir=Path(tmp) / name / f"call-{i}", barge_in_after_s=1.0,
+                        jitter_buffer_packets=client_packets,
+                    )
+                    stop = report["turns"][0]["barge_in_stop_ms"]
+                    print(f"call {i + 1}/{args.calls}: bot silent after {stop} ms")
+                    if stop is not None:
+                        stops.append(stop)
+            results[name] = {
+                "calls": args.calls,
+                "measured": len(stops),
+                "stop_ms": {"p50": percentile(stops, 50), "p95": percentile(stops, 95), "max": max(stops, default=None)},
+                "within_200ms": sum(s <= 200 for s in stops),
+            }
+    base = results["aiortc_jitter_4"]["stop_ms"]["p50"]
+    for figures in results.values():
+        p50 = figures["stop_ms"]["p50"]
+        figures["p50_vs_aiortc"] = round(p50 / base, 2) if p50 and base else None
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    document = {
+        "benchmark": "barge_in",
+        "when": when,
+        "settings": {**BENCH_ENV, "barge_in_after_s": 1.0, "machine_cores": os.cpu_count()},
+        "variants": results,
+    }
+    rows = [
+        f"| {when} | {name} | {f['measured']}/{f['calls']} | {_ms(f['stop_ms']['p50'])} | {_ms(f['stop_ms']['p95'])} |"
+        f" {_ms(f['stop_ms']['max'])} | {f['within_200ms']}/{f['measured']} | {f['p50_vs_aiortc']} |"
+        for name, f in results.items()
+    ]
+    header = (
+        "# Barge-in benchmark: from the caller's first word to the bot's silence (ms)\n\n"
+        "`parley bench barge-in`: calls one after another; the second sentence starts 1 s into the bot's reply;"
+        " measured in the headless client's recording from the onset of that speech to the bot's last voiced"
+        " frame. Variants set the jitter buffer (received audio packets held) on both ends, in the same run.\n\n"
+        "| when | variant | measured | p50 | p95 | max | within 200 ms | p50 vs aiortc's 4 |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- |\n"
+    )
+    path = write_results("barge_in", document, "\n".join(rows), header)
+    print(json.dumps(document, indent=2))
+    print(f"written to {path}")
+
+
+def _speaker_files(tmp: Path) -> list[str]:
+    """The two speakers of the benchmark recording, one file each (a sentence apiece)."""
+    files = []
+    for channel in (0, 1):
+        path = tmp / f"speaker-{channel}.wav"
+        write_wav(path, read_audio(SPEECH, 16000, channel=channel), 16000)
+        files.append(str(path))
+    return files
 
 
 def _ms(value: float | None) -> str:
@@ -282,3 +355,5 @@ async def run_bench(args: argparse.Namespace) -> None:
         await bench_call(args)
     elif args.bench == "llm":
         await bench_llm(args)
+    elif args.bench == "barge-in":
+        await bench_barge_in(args)

@@ -44,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument(
         "--barge-in-after", type=float, help="start each next file this many seconds into the bot's reply"
     )
+    call.add_argument(
+        "--jitter-buffer", type=int, default=1, metavar="PACKETS",
+        help="received packets held before decoding, as a browser on a clean path does (default: 1; aiortc's: 4)",
+    )
 
     bench = commands.add_parser("bench", help="benchmarks; results go to bench/results/")
     bench_kinds = bench.add_subparsers(dest="bench", required=True)
@@ -54,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
         "--compare", action="append", metavar="KEY=VALUE",
         help="also run the calls against a server with this environment setting, e.g. PARLEY_LLM_SERVER_THREADS=2",
     )
+    bench_barge = bench_kinds.add_parser("barge-in", help="how soon the bot falls silent when talked over")
+    bench_barge.add_argument("--calls", type=int, default=10)
     bench_asr = bench_kinds.add_parser("asr", help="ASR window sized per utterance against the fixed 30 s")
     bench_asr.add_argument("--repeats", type=int, default=5)
     bench_llm = bench_kinds.add_parser("llm", help="LLM pool throughput: sequential, concurrent, prompts")
@@ -109,6 +115,7 @@ async def _call(args: argparse.Namespace) -> None:
         out_dir=Path(args.out),
         reply_timeout_s=args.reply_timeout,
         barge_in_after_s=args.barge_in_after,
+        jitter_buffer_packets=args.jitter_buffer,
     )
     text = json.dumps(report, indent=2)
     if args.report:

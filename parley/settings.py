@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from media.config import MediaConfig
 from parley.errors import ConfigError
 from parley.services.llm_server import LLMServerConfig
 from pipeline.circuit_breaker import BreakerConfig
@@ -49,6 +50,7 @@ class Settings:
     redis: RedisConfig = RedisConfig()
     signaling: SignalingConfig = SignalingConfig()
     rate_limit: RateLimitConfig = RateLimitConfig()
+    media: MediaConfig = MediaConfig()
     vad: VADConfig = VADConfig()
     turns: TurnConfig = TurnConfig()
     dialog: DialogConfig = DialogConfig()

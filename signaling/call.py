@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
 
+from media.config import MediaConfig
+from media.jitter_buffer import set_audio_jitter_buffer
 from media.tracks import InboundAudio, OutboundAudioTrack
 from pipeline.turns import TurnLoop
 from signaling.protocol import IceCandidate, ProtocolError
@@ -23,8 +25,11 @@ log = logging.getLogger(__name__)
 class Call:
     """The media and turns of one session."""
 
-    def __init__(self, turns: TurnLoop, *, on_media_failed: Callable[[str], Awaitable[None]]) -> None:
+    def __init__(
+        self, turns: TurnLoop, config: MediaConfig, *, on_media_failed: Callable[[str], Awaitable[None]]
+    ) -> None:
         self.turns = turns
+        self.config = config
         self._on_media_failed = on_media_failed
         self._pc: RTCPeerConnection | None = None
         self._tasks: asyncio.TaskGroup | None = None
@@ -64,6 +69,7 @@ class Call:
 
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            set_audio_jitter_buffer(pc, self.config.jitter_buffer_packets)
             pc.addTrack(outbound)
             await pc.setLocalDescription(await pc.createAnswer())
         except (ValueError, AttributeError, IndexError, KeyError) as exc:

@@ -71,7 +71,7 @@ class CallSocket:
             vad_config=self.services.settings.vad,
             config=self.services.settings.turns,
         )
-        call = Call(turns, on_media_failed=self._media_failed)
+        call = Call(turns, self.services.settings.media, on_media_failed=self._media_failed)
         await self.send(protocol.session(session.session_id, session.dialog_id, session.resume_token))
         if resumed:
             await self._send_history(session.dialog_id)
