@@ -1,11 +1,12 @@
 """How long received audio waits in aiortc's jitter buffer before it is decoded.
 
-aiortc holds every inbound audio packet until four more have arrived (80 ms of
-Opus) and offers no option to change it. In a voice call that delay sits between
-the caller's first word and the barge-in that silences the bot, so Parley sets
-it: one packet of slack (20 ms) still puts a packet that overtook its
-predecessor back in order, which is all the reordering a loopback or LAN path
-shows; on a long, jittery path raise `[media] jitter_buffer_packets`.
+aiortc's receiver releases an audio packet once the next one has arrived, and by
+default only once four more have: 80 ms of Opus, with no option to change it.
+Parley feeds received audio to a VAD, not to a loudspeaker, so it needs no
+smooth playout, and the buffer orders late and missing packets the same way
+whatever its depth (it waits for a missing packet until it is full). Holding
+more packets only delays hearing the caller, and with it barge-in. Parley
+holds one, the least aiortc allows (`[media] jitter_buffer_packets`).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ def set_audio_jitter_buffer(pc: RTCPeerConnection, packets: int) -> None:
     Call it once the receivers exist (after `addTrack` or `setRemoteDescription`)
     and before media flows.
     """
-    if not 0 <= packets < _CAPACITY:
-        raise ValueError(f"jitter buffer packets must be 0..{_CAPACITY - 1}, got {packets}")
+    if not 1 <= packets < _CAPACITY:
+        raise ValueError(f"jitter buffer packets must be 1..{_CAPACITY - 1}, got {packets}")
     for transceiver in pc.getTransceivers():
         if transceiver.kind == "audio":
             _replace(transceiver.receiver, packets)

@@ -45,8 +45,8 @@ def _parser() -> argparse.ArgumentParser:
         "--barge-in-after", type=float, help="start each next file this many seconds into the bot's reply"
     )
     call.add_argument(
-        "--jitter-buffer", type=int, default=1, metavar="PACKETS",
-        help="received packets held before decoding, as a browser on a clean path does (default: 1; aiortc's: 4)",
+        "--jitter-buffer", type=_jitter_packets, default=1, metavar="PACKETS",
+        help="received packets held before decoding (1-15; default 1, like a browser on a clean path; aiortc's: 4)",
     )
 
     bench = commands.add_parser("bench", help="benchmarks; results go to bench/results/")
@@ -101,6 +101,12 @@ async def _ask(settings: Settings, text: str) -> None:
             async for delta in client.stream_chat(client.with_system_prompt([{"role": "user", "content": text}])):
                 print(delta, end="", flush=True)
     print()
+
+
+def _jitter_packets(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 15:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 15, not {value!r}")
+    return int(value)
 
 
 async def _call(args: argparse.Namespace) -> None:

@@ -35,7 +35,7 @@ async def test_one_packet_of_slack_releases_audio_after_the_next_packet_instead_
         await ours.close()
 
 
-async def test_a_late_packet_is_put_back_in_order_within_the_slack():
+async def test_a_late_packet_is_still_put_back_in_order():
     pc = RTCPeerConnection()
     try:
         pc.addTrack(OutboundAudioTrack())
@@ -57,7 +57,7 @@ async def test_an_impossible_size_is_refused():
     pc = RTCPeerConnection()
     try:
         pc.addTrack(OutboundAudioTrack())
-        with pytest.raises(ValueError, match="0..15"):
-            set_audio_jitter_buffer(pc, 16)
+        with pytest.raises(ValueError, match="1..15"):
+            set_audio_jitter_buffer(pc, 0)
     finally:
         await pc.close()
