@@ -148,6 +148,9 @@ class TurnConfig:
     history_budget_tokens: how much of the dialog goes into the prompt (newest turns first).
     first_clause_words: the reply's first piece of speech may end at a comma once it has this
         many words (0: whole sentences only), so the bot starts talking sooner.
+    speculative: draft the reply when the user pauses (`vad.pause_ms`), unheard, and release it
+        if the turn ends with nothing more said: the reply gets ahead by the rest of the
+        end-of-turn silence, at the cost of LLM work thrown away when the user goes on.
     fallback_line: said when the LLM cannot answer (it is failing, or its breaker is open).
     busy_line: said when every LLM slot stayed taken past the queue deadline.
     """
@@ -158,6 +161,7 @@ class TurnConfig:
     max_no_speech_prob: float = 0.6
     history_budget_tokens: int = 600
     first_clause_words: int = 4
+    speculative: bool = True
     fallback_line: str = "Sorry, I can't answer that right now. Please try again in a moment."
     busy_line: str = "I'm a little busy right now. Please say that again in a moment."
 

@@ -3,7 +3,8 @@
 The growing utterance is transcribed every `interval_s`, and at once when the
 user pauses (`now()`). At the end of the turn, a transcript that already covers
 every voiced frame *is* the final transcript: the ASR ran during the end-of-turn
-silence instead of after it. `covering()` returns it, waiting for one under way.
+silence instead of after it. `covering()` returns it, waiting for one under way;
+`upto()` also waits for the one the pause asked for to begin.
 """
 
 from __future__ import annotations
@@ -46,12 +47,21 @@ class PartialTranscripts:
         self._wake = asyncio.Event()
         self._latest: tuple[int, Transcript | None] | None = None
         self._running: tuple[int, asyncio.Task[Transcript | None]] | None = None
+        self._changed = asyncio.Condition()
+        self._stopped = False
 
     def now(self) -> None:
         """Transcribe what was said so far without waiting for the next interval (the user paused)."""
         self._wake.set()
 
     async def run(self, on_partial: Callable[[Transcript], Awaitable[None]]) -> None:
+        try:
+            await self._run(on_partial)
+        finally:
+            self._stopped = True
+            await self._notify()
+
+    async def _run(self, on_partial: Callable[[Transcript], Awaitable[None]]) -> None:
         done = 0
         while True:
             with contextlib.suppress(TimeoutError):
@@ -65,9 +75,11 @@ class PartialTranscripts:
             done = len(audio)
             task = self._spawn(self._transcribe(audio), "partial-transcript")
             self._running = (len(audio), task)
+            await self._notify()
             transcript = await asyncio.shield(task)
             self._running = None
             self._latest = (len(audio), transcript)
+            await self._notify()
             if transcript is not None and transcript.text:
                 await on_partial(transcript)
 
@@ -79,6 +91,22 @@ class PartialTranscripts:
         except TranscriptionError as exc:
             log.warning("partial transcript failed: %s", exc)
             return None
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def upto(self, audio_bytes: int) -> Transcript | None:
+        """Like `covering`, but first wait for such a transcript to begin (after `now()`).
+
+        None when none will come: the transcription failed, or the turn's partials stopped.
+        """
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._stopped or self._covers(audio_bytes))
+        return await self.covering(audio_bytes)
+
+    def _covers(self, audio_bytes: int) -> bool:
+        return any(x is not None and x[0] >= audio_bytes for x in (self._latest, self._running))
 
     async def covering(self, audio_bytes: int) -> Transcript | None:
         """A transcript of at least the first `audio_bytes` of the utterance, if one is done or under way."""

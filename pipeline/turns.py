@@ -11,8 +11,13 @@ TaskGroup, so it can be cancelled at any point:
   transcribed as one turn (people pause mid-sentence);
 - barge-in: the user speaks while the bot talks; the bot stops at once and what
   is stored as its turn is the text actually played.
-The reply's work starts on the end of turn and is cancellable throughout, which
-is what a speculative start during the end-of-turn silence will build on.
+
+Replies are drafted speculatively: when the user pauses (`pause_ms`, well before
+the end-of-turn silence is over), a draft reply starts on what was said so far:
+transcript, LLM and the first sentence's speech, all unheard, its events held.
+When the turn ends with nothing more said, the draft is released and the bot
+speaks at once; a voiced frame before that cancels it, and the next pause drafts
+anew.
 """
 
 from __future__ import annotations
@@ -80,6 +85,12 @@ class Speaker(Protocol):
 Emit = Callable[[TurnEvent], Awaitable[None]]
 
 
+def _released() -> asyncio.Event:
+    event = asyncio.Event()
+    event.set()
+    return event
+
+
 @dataclass(slots=True)
 class Reply:
     """The bot's answer to one user turn, while it is being made."""
@@ -92,6 +103,13 @@ class Reply:
     text: str = ""
     speaking: bool = False
     task: asyncio.Task[None] | None = None
+    # A draft (made during the end-of-turn silence) works unheard until `released` is set:
+    # its events wait in `held`, its speech before its first frame. `covers`: the bytes of the
+    # utterance it answers.
+    released: asyncio.Event = field(default_factory=_released)
+    held: list[TurnEvent] = field(default_factory=list)
+    covers: int = 0
+    drafted_at_mono: float | None = None
 
 
 class TurnLoop:
@@ -120,6 +138,7 @@ class TurnLoop:
         self._speaker: Speaker | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._reply: Reply | None = None
+        self._draft: Reply | None = None
         self._partials: PartialTranscripts | None = None
         self._partials_task: asyncio.Task[None] | None = None
         # Speech of a turn being continued, and its id: the merged turn keeps the id, so a
@@ -169,12 +188,16 @@ class TurnLoop:
         async for frame in frames:
             event = self._vad.push(frame)
             self._hold_for_voice(frame.duration_ms)
+            if self._draft is not None and self._vad.last_voiced:
+                await self._drop_draft()  # the user goes on: the draft answers only part of it
             if isinstance(event, SpeechStarted):
                 await self._on_speech_started()
             elif isinstance(event, SpeechPaused) and self._partials is not None:
                 self._partials.now()
+                if self.config.speculative and self._speaker is not None:
+                    await self._start_draft(len(self._carry) + event.speech_bytes)
             elif isinstance(event, TurnEnded):
-                self._on_turn_ended(event)
+                await self._on_turn_ended(event)
 
     def _hold_for_voice(self, frame_ms: float) -> None:
         """While the bot talks, a voiced frame pauses it at once; it goes on after a short silence.
@@ -231,14 +254,43 @@ class TurnLoop:
             name=f"partials-{self.dialog_id}",
         )
 
-    def _on_turn_ended(self, event: TurnEnded) -> None:
+    async def _start_draft(self, covers: int) -> None:
+        """Start answering what was said so far, unheard, while the end-of-turn silence runs."""
+        await self._drop_draft()
+        audio = self._carry + self._vad.utterance()
+        draft = self._draft = Reply(
+            turn_id=self._turn_id, user_started_at=0.0, user_audio=audio, released=asyncio.Event(), covers=covers,
+            drafted_at_mono=time.monotonic(),
+        )
+        draft.task = self._tasks.create_task(
+            self._respond(draft, self._partials, covers), name=f"draft-{draft.turn_id}"
+        )
+
+    async def _drop_draft(self) -> None:
+        draft, self._draft = self._draft, None
+        if draft is not None and draft.task is not None:
+            log.debug("turn %s: draft dropped, the user went on", draft.turn_id)
+            draft.task.cancel()
+            await asyncio.wait([draft.task])
+
+    async def _on_turn_ended(self, event: TurnEnded) -> None:
         if self._partials_task is not None:
             self._partials_task.cancel()
             self._partials_task = None
         partials, self._partials = self._partials, None
         speech_bytes = len(self._carry) + event.speech_bytes
         audio, self._carry = self._carry + event.audio, b""
-        reply = Reply(turn_id=self._turn_id, user_started_at=time.time() - len(audio) / 32000, user_audio=audio)
+        user_started_at = time.time() - len(audio) / 32000
+        draft = self._draft
+        if draft is not None and draft.covers == speech_bytes:
+            # Nothing more was said: the draft is the reply, ahead by the end-of-turn silence.
+            self._draft = None
+            draft.user_audio, draft.user_started_at, draft.ended_at_mono = audio, user_started_at, time.monotonic()
+            self._reply = draft
+            await self._release(draft)
+            return
+        await self._drop_draft()
+        reply = Reply(turn_id=self._turn_id, user_started_at=user_started_at, user_audio=audio)
         self._start_reply(reply, self._respond(reply, partials, speech_bytes))
 
     # -- replies -----------------------------------------------------------------------------
@@ -265,31 +317,35 @@ class TurnLoop:
     async def _respond(self, reply: Reply, partials: PartialTranscripts | None, speech_bytes: int) -> None:
         """A spoken turn: transcribe it, then answer it, unless it was no speech at all.
 
-        Usually the transcript made when the user paused already covers every word, and is used.
+        Usually the transcript made when the user paused already covers every word, and is used
+        (a draft waits for it to begin).
         """
-        await self._set_state("thinking")
+        await self._say(reply, StateChanged("thinking"))
         started = time.monotonic()
         try:
-            transcript = await partials.covering(speech_bytes) if partials is not None else None
+            transcript = None
+            if partials is not None:
+                draft = not reply.released.is_set()
+                transcript = await (partials.upto if draft else partials.covering)(speech_bytes)
             if transcript is None:
                 transcript = await self._transcriber.transcribe(reply.user_audio)
         except TranscriptionError as exc:
-            await self._emit(TurnError("asr_failed", str(exc)))
-            await self._set_state("listening")
+            await self._say(reply, TurnError("asr_failed", str(exc)))
+            await self._say(reply, StateChanged("listening"))
             return
         asr_ms = 1000 * (time.monotonic() - started)
         if not transcript.text or transcript.no_speech_prob > self.config.max_no_speech_prob:
             log.info("no turn: %r (no-speech probability %.2f)", transcript.text, transcript.no_speech_prob)
-            await self._set_state("listening")
+            await self._say(reply, StateChanged("listening"))
             return
         reply.user_text = transcript.text
-        await self._emit(TranscriptEvent(reply.turn_id, transcript.text, final=True))
+        await self._say(reply, TranscriptEvent(reply.turn_id, transcript.text, final=True))
         await self._answer(reply, {"asr": asr_ms})
 
     async def _answer(self, reply: Reply, stages: dict[str, float] | None = None) -> None:
         """Ask the LLM with the dialog so far, stream the reply out, speak it, store both turns."""
         stages = dict(stages or {})
-        await self._set_state("thinking")
+        await self._say(reply, StateChanged("thinking"))
         messages = self._llm.with_system_prompt(
             [*(await self._history()), {"role": "user", "content": reply.user_text}]
         )
@@ -304,7 +360,7 @@ class TurnLoop:
                 kept = reply.text
             except LLMError as exc:
                 busy = isinstance(exc, LLMBusy)
-                await self._emit(TurnError("llm_busy" if busy else "llm_unavailable", str(exc)))
+                await self._say(reply, TurnError("llm_busy" if busy else "llm_unavailable", str(exc)))
                 if reply.text:
                     # Cut off mid-answer: what was said stands, and is what the dialog keeps.
                     kept = reply.text = reply.text.strip()
@@ -312,7 +368,7 @@ class TurnLoop:
                     # The stock line is said but not kept: it is no part of the conversation, and
                     # a dialog full of apologies would only crowd the model's context.
                     reply.text = self.config.busy_line if busy else self.config.fallback_line
-                    await self._emit(ReplyDelta(reply.turn_id, reply.text))
+                    await self._say(reply, ReplyDelta(reply.turn_id, reply.text))
                     await sentences.put(reply.text)
                 await sentences.put(None)
             if speech is not None:
@@ -324,6 +380,7 @@ class TurnLoop:
                 speech.cancel()
                 await asyncio.wait([speech])
             raise
+        await reply.released.wait()  # a draft is only kept once the turn it answers has ended
         await self._commit(reply, kept, interrupted=False)
         await self._emit(ReplyDone(reply.turn_id, reply.text))
         await self._set_state("listening")
@@ -337,7 +394,7 @@ class TurnLoop:
             if not reply.text:
                 stages["llm_first_token"] = 1000 * (time.monotonic() - started)
             reply.text += delta
-            await self._emit(ReplyDelta(reply.turn_id, delta))
+            await self._say(reply, ReplyDelta(reply.turn_id, delta))
             for sentence in splitter.push(delta):
                 stages.setdefault("first_sentence", 1000 * (time.monotonic() - started))
                 await sentences.put(sentence)
@@ -354,20 +411,43 @@ class TurnLoop:
             try:
                 async for pcm in self._synthesizer.stream(sentence):
                     if not reply.speaking:
+                        await reply.released.wait()  # a draft's first audio waits, ready, for the end of turn
                         reply.speaking = True
                         now = time.monotonic()
                         stages["tts_first_audio"] = 1000 * (now - started)
                         stages["end_of_turn_to_first_audio"] = 1000 * (now - reply.ended_at_mono)
+                        if reply.drafted_at_mono is not None:
+                            stages["draft_lead"] = 1000 * (reply.ended_at_mono - reply.drafted_at_mono)
                         self._vad.start_speech_ms = self.config.barge_in_speech_ms
                         await self._set_state("speaking")
                         await self._emit(TurnMetrics(reply.turn_id, dict(stages)))
                     await self._speaker.play(pcm, self._synthesizer.sample_rate, sentence)
                     sentence = ""  # a sentence piper splits further is credited to its first piece
             except SynthesisError as exc:
-                await self._emit(TurnError("tts_failed", str(exc)))
+                await self._say(reply, TurnError("tts_failed", str(exc)))
         await self._speaker.drained()
         # Barge-in works faster while the bot talks; back to normal once it is quiet.
         self._vad.start_speech_ms = self._vad.config.start_speech_ms
+
+    async def _say(self, reply: Reply, event: TurnEvent) -> None:
+        """Send one of a reply's events, or hold it while the reply is an unreleased draft."""
+        if not reply.released.is_set():
+            reply.held.append(event)
+        elif isinstance(event, StateChanged):
+            await self._set_state(event.state)
+        else:
+            await self._emit(event)
+
+    async def _release(self, reply: Reply) -> None:
+        """Make a draft the reply: send what it held, in order, then let it go on in the open."""
+        while reply.held:
+            event = reply.held.pop(0)
+            if isinstance(event, StateChanged):
+                await self._set_state(event.state)
+            else:
+                await self._emit(event)
+        # No await between the last held event and this: nothing can slip in out of order.
+        reply.released.set()
 
     async def _set_state(self, state: State) -> None:
         if state != self._state:

@@ -50,9 +50,12 @@ class SpeechPaused:
     """The user has been quiet for `pause_ms` within a turn: the turn may be ending.
 
     What was said so far can be transcribed now, during the end-of-turn silence.
+    speech_bytes: how much of the utterance runs up to the end of the last voiced frame;
+        if the turn ends without another voiced frame, its TurnEnded has the same figure.
     """
 
     at_ms: float
+    speech_bytes: int = 0
 
 
 VADEvent = SpeechStarted | SpeechPaused | TurnEnded
@@ -136,7 +139,7 @@ class VoiceActivityDetector:
         if self._silence_ms >= self.config.end_silence_ms or too_long:
             return self._end_turn()
         if not voiced and self._silence_ms == self.config.pause_ms:
-            return SpeechPaused(end_ms)
+            return SpeechPaused(end_ms, self._speech_bytes)
         return None
 
     def flush(self) -> TurnEnded | None:

@@ -52,9 +52,9 @@ class RecordingProxy:
         upstream = await self._client.get(f"{self.upstream}/models")
         return Response(upstream.content, status_code=upstream.status_code, media_type="application/json")
 
-    def prompts(self) -> list[str]:
-        """Each recorded request's messages, as one JSON string (for `in` checks)."""
-        return [json.dumps(r["messages"]) for r in self.requests]
+    def prompts_answering(self, user_text: str) -> list[str]:
+        """The messages of each request whose last message is `user_text`, as one JSON string (for `in` checks)."""
+        return [json.dumps(r["messages"]) for r in self.requests if r["messages"][-1]["content"] == user_text]
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[RecordingProxy]:

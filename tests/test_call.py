@@ -15,7 +15,7 @@ import websockets
 
 from media.audio_file import read_audio, write_wav
 from media.frames import level_dbfs
-from parley.call_client import run_call
+from parley.call_client import CallClient, first_voiced_offset_s, last_voiced_offset_s, run_call
 from parley.server_process import server_process
 from tests.conftest import server_env, stored_turns
 from tests.speech import JFK, JFK_TEXT, STEREO, STEREO_TEXT, wer
@@ -57,13 +57,40 @@ async def test_a_call_with_jfk_through_the_command_line(server, transcriber, tmp
     assert wer(turn["reply_text"], heard) <= 0.20, (turn["reply_text"], heard)
 
 
+def _voiced_part(samples: np.ndarray) -> np.ndarray:
+    return samples[int(16000 * first_voiced_offset_s(samples, 16000)) : int(16000 * last_voiced_offset_s(samples, 16000))]
+
+
+async def test_a_reply_drafted_at_a_pause_is_dropped_when_the_user_goes_on(server, proxy, tmp_path):
+    # Two sentences 350 ms apart: the pause (100 ms) drafts a reply to the first, the second
+    # sentence drops it, and the end of the turn (500 ms) releases a draft answering both.
+    first, second = (_voiced_part(read_audio(STEREO, channel=c)) for c in (0, 1))
+    gap, lead = np.zeros(int(16000 * 0.35), np.int16), np.zeros(int(16000 * 0.3), np.int16)
+    path = tmp_path / "two-sentences.wav"
+    write_wav(path, np.concatenate([lead, first, gap, second]), 16000)
+    async with CallClient(server) as client:
+        seen = len(client.messages)
+        report, _ = await client.talk(str(path), out_dir=tmp_path, index=1)
+        messages = [m for _, m in client.messages[seen:]]
+    finals = [m for m in messages if m["type"] == "transcript" and m["final"]]
+    assert len(finals) == 1, finals
+    assert wer(f"{STEREO_TEXT[0]} {STEREO_TEXT[1]}", finals[0]["text"]) <= 0.15, finals[0]["text"]
+    replies = [m for m in messages if m["type"] in ("reply", "metrics")]
+    assert replies and {m["turn_id"] for m in replies} == {finals[0]["turn_id"]}
+    assert [m for m in replies if m.get("done")] == [replies[-1]] and replies[-1]["text"] == report.reply_text
+    # The reply was the released draft: it began before the turn ended, and was asked for once.
+    assert report.stages_ms["draft_lead"] > 0
+    asked = [r for r in proxy.requests if r["messages"][-1]["content"] == finals[0]["text"]]
+    assert len(asked) == 1
+
+
 async def test_the_second_turn_is_prompted_with_the_first(server, proxy, shared_redis, speakers, tmp_path):
     report = await run_call(server, speakers, out_dir=tmp_path)
     first, second = report["turns"]
     assert wer(STEREO_TEXT[0], first["transcript"]) <= 0.15
     assert wer(STEREO_TEXT[1], second["transcript"]) <= 0.15
     assert first["reply_text"] and second["reply_text"]
-    prompt = next(p for p in proxy.prompts() if second["transcript"] in p)
+    (prompt,) = proxy.prompts_answering(second["transcript"])
     assert first["transcript"] in prompt and first["reply_text"] in prompt
     turns = await stored_turns(shared_redis.url, report["dialog_id"])
     assert [(t.role, t.text) for t in turns] == [

@@ -52,3 +52,19 @@ async def test_a_pause_transcribes_at_once_and_an_unfinished_one_is_awaited(tran
     runner.cancel()  # the turn ends; the transcription under way goes on
     final = await partials.covering(len(samples) - 1000)
     assert final is not None and wer(JFK_TEXT, final.text) <= 0.10
+
+
+async def test_upto_waits_for_the_pause_transcript_to_begin_and_gives_up_when_partials_stop(transcriber):
+    samples = read_audio(JFK).tobytes()
+    partials = PartialTranscripts(transcriber, lambda: samples, spawn=spawn, interval_s=3600)
+    runner = asyncio.create_task(partials.run(lambda t: asyncio.sleep(0)))
+    waiting = asyncio.create_task(partials.upto(len(samples)))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # nothing asked for a transcript yet
+    partials.now()
+    final = await asyncio.wait_for(waiting, 60)
+    assert final is not None and wer(JFK_TEXT, final.text) <= 0.10
+    late = asyncio.create_task(partials.upto(len(samples) + 1))  # more than was ever said
+    await asyncio.sleep(0.05)
+    runner.cancel()
+    assert await asyncio.wait_for(late, 5) is None

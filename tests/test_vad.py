@@ -100,6 +100,7 @@ def test_a_pause_is_announced_before_the_turn_ends_and_speech_bytes_stop_at_the_
         pause = events[i - 1]
         assert isinstance(pause, SpeechPaused)
         assert pause.at_ms == events[i].end_ms + 100
+        assert pause.speech_bytes == events[i].speech_bytes  # what a reply drafted at the pause covers
         turn = events[i]
         speech_ms = 1000 * turn.speech_bytes / 2 / RATE
         assert len(turn.audio) - turn.speech_bytes == 2 * RATE * 500 // 1000  # the end-of-turn silence

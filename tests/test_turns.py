@@ -1,0 +1,117 @@
+"""The turn loop on its own, fed frame by frame: the real ASR, TTS, LLM (through a recording proxy) and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import uuid
+
+import numpy as np
+import pytest
+import redis.asyncio as aioredis
+
+from media.audio_file import read_audio
+from media.frames import frames_of
+from media.tracks import OutboundAudioTrack
+from parley.call_client import first_voiced_offset_s, last_voiced_offset_s
+from pipeline.dialog_store import DialogStore
+from pipeline.events import ReplyDelta, ReplyDone, TranscriptEvent, TurnMetrics
+from pipeline.llm_pool import LLMPool
+from pipeline.turns import TurnLoop
+from tests.speech import STEREO, STEREO_TEXT, wer
+
+pytestmark = pytest.mark.slow
+
+
+def _sentence(channel: int) -> np.ndarray:
+    samples = read_audio(STEREO, channel=channel)
+    return samples[int(16000 * first_voiced_offset_s(samples, 16000)) : int(16000 * last_voiced_offset_s(samples, 16000))]
+
+
+def _silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(16000 * seconds), np.int16)
+
+
+async def _until(condition, timeout: float = 60.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def _turn_loop(settings, llm_config, proxy, shared_redis, transcriber, synthesizer, events):
+    """A running turn loop whose audio comes from the returned queue and goes to a track read in real time."""
+
+    async def emit(event) -> None:
+        events.append(event)
+
+    redis = aioredis.from_url(shared_redis.url)
+    pool_config = dataclasses.replace(settings.llm_pool, max_batch=1)
+    async with LLMPool(dataclasses.replace(llm_config, max_tokens=48), pool_config, base_url=proxy.base_url) as llm:
+        loop = TurnLoop(
+            dialog_id=uuid.uuid4().hex, store=DialogStore(redis), llm=llm, transcriber=transcriber,
+            synthesizer=synthesizer, emit=emit, vad_config=settings.vad, config=settings.turns,
+        )
+        frames: asyncio.Queue = asyncio.Queue()
+
+        async def mic():
+            while (frame := await frames.get()) is not None:
+                yield frame
+
+        track = OutboundAudioTrack()
+
+        async def listen() -> None:
+            while True:
+                await track.recv()
+
+        running = asyncio.create_task(loop.run())
+        listener = asyncio.create_task(listen())
+        try:
+            while True:
+                try:
+                    loop.attach_audio(mic(), track)
+                    break
+                except RuntimeError:  # run() has not got going yet
+                    await asyncio.sleep(0.01)
+            yield frames
+        finally:
+            for task in (running, listener):
+                task.cancel()
+            await asyncio.gather(running, listener, return_exceptions=True)
+            await redis.aclose()
+
+
+async def test_a_draft_that_reached_the_llm_is_dropped_without_a_trace_when_the_user_goes_on(
+    settings, llm_config, proxy, shared_redis, transcriber, synthesizer
+):
+    first, second = _sentence(0), _sentence(1)
+    # One stream of frames, so their timestamps run on: 300 ms lead, a sentence, a 200 ms pause
+    # (100 ms drafts a reply), then, once the draft has asked the LLM, the second sentence and the
+    # end of the turn.
+    head = np.concatenate([_silence(0.3), first, _silence(0.2)])
+    frames = frames_of(np.concatenate([head, second, _silence(0.8)]).tobytes(), 16000)
+    split = head.size // 320
+    events: list = []
+    asked_before = len(proxy.requests)
+    async with _turn_loop(settings, llm_config, proxy, shared_redis, transcriber, synthesizer, events) as mic:
+        for frame in frames[:split]:
+            mic.put_nowait(frame)
+        await _until(lambda: len(proxy.requests) > asked_before)  # the draft is at the LLM
+        drafted = proxy.requests[-1]["messages"][-1]["content"]
+        assert wer(STEREO_TEXT[0], drafted) <= 0.15, drafted
+        assert not [e for e in events if isinstance(e, (ReplyDelta, ReplyDone, TurnMetrics))]
+        for frame in frames[split:]:
+            mic.put_nowait(frame)
+        await _until(lambda: any(isinstance(e, ReplyDone) for e in events))
+    finals = [e for e in events if isinstance(e, TranscriptEvent) and e.final]
+    assert len(finals) == 1
+    assert wer(f"{STEREO_TEXT[0]} {STEREO_TEXT[1]}", finals[0].text) <= 0.15, finals[0].text
+    # Only the reply to the whole turn was said: none of the dropped draft's text got out.
+    (done,) = [e for e in events if isinstance(e, ReplyDone)]
+    assert not done.interrupted
+    assert "".join(e.text for e in events if isinstance(e, ReplyDelta)).strip() == done.text
+    asked = [r["messages"][-1]["content"] for r in proxy.requests[asked_before:]]
+    assert asked == [drafted, finals[0].text]
+    (metrics,) = [e for e in events if isinstance(e, TurnMetrics)]
+    assert metrics.stages_ms["draft_lead"] > 0  # the reply said was itself drafted at the last pause
