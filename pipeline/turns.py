@@ -411,10 +411,10 @@ class TurnLoop:
             try:
                 async for pcm in self._synthesizer.stream(sentence):
                     if not reply.speaking:
+                        stages["tts_first_audio"] = 1000 * (time.monotonic() - started)
                         await reply.released.wait()  # a draft's first audio waits, ready, for the end of turn
                         reply.speaking = True
                         now = time.monotonic()
-                        stages["tts_first_audio"] = 1000 * (now - started)
                         stages["end_of_turn_to_first_audio"] = 1000 * (now - reply.ended_at_mono)
                         if reply.drafted_at_mono is not None:
                             stages["draft_lead"] = 1000 * (reply.ended_at_mono - reply.drafted_at_mono)
@@ -431,23 +431,23 @@ class TurnLoop:
 
     async def _say(self, reply: Reply, event: TurnEvent) -> None:
         """Send one of a reply's events, or hold it while the reply is an unreleased draft."""
-        if not reply.released.is_set():
-            reply.held.append(event)
-        elif isinstance(event, StateChanged):
-            await self._set_state(event.state)
+        if reply.released.is_set():
+            await self._send(event)
         else:
-            await self._emit(event)
+            reply.held.append(event)
 
     async def _release(self, reply: Reply) -> None:
         """Make a draft the reply: send what it held, in order, then let it go on in the open."""
         while reply.held:
-            event = reply.held.pop(0)
-            if isinstance(event, StateChanged):
-                await self._set_state(event.state)
-            else:
-                await self._emit(event)
+            await self._send(reply.held.pop(0))
         # No await between the last held event and this: nothing can slip in out of order.
         reply.released.set()
+
+    async def _send(self, event: TurnEvent) -> None:
+        if isinstance(event, StateChanged):
+            await self._set_state(event.state)
+        else:
+            await self._emit(event)
 
     async def _set_state(self, state: State) -> None:
         if state != self._state:
