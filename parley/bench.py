@@ -32,8 +32,16 @@ def percentile(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 1) if values else None
 
 
+def add_ratios(results: dict[str, dict[str, Any]], base: str, figure, key: str) -> None:
+    """Store each variant's `figure(...)` as a ratio to the `base` variant's, under `key`."""
+    reference = figure(results[base])
+    for figures in results.values():
+        value = figure(figures)
+        figures[key] = round(value / reference, 2) if value and reference else None
+
+
 def write_results(name: str, figures: dict[str, Any], row: str, header: str) -> Path:
-    """bench/results/<name>.json, and a row appended to bench/results/<name>.md."""
+    """bench/results/<name>.json, and a row appended to bench/results/<name>.md; prints the figures."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(figures, indent=2) + "\n")
@@ -42,6 +50,8 @@ def write_results(name: str, figures: dict[str, Any], row: str, header: str) -> 
         table.write_text(header)
     with table.open("a") as out:
         out.write(row + "\n")
+    print(json.dumps(figures, indent=2))
+    print(f"written to {path}")
     return path
 
 
@@ -85,10 +95,7 @@ async def bench_call(args: argparse.Namespace) -> None:
                     server_process({**env, **change})
                 )
                 results[name] = await _call_figures(url, files, args.calls, Path(tmp) / name)
-    base = results["default"]["voice_to_voice_ms"]["p50"]
-    for figures in results.values():
-        p50 = figures["voice_to_voice_ms"]["p50"]
-        figures["v2v_p50_vs_default"] = round(p50 / base, 2) if p50 and base else None
+    add_ratios(results, "default", lambda f: f["voice_to_voice_ms"]["p50"], "v2v_p50_vs_default")
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     document = {
         "benchmark": "call",
@@ -115,9 +122,7 @@ async def bench_call(args: argparse.Namespace) -> None:
         " first sentence p50 | tts first audio p50 | end of turn to first audio p50 |\n"
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
     )
-    path = write_results("call", document, "\n".join(rows), header)
-    print(json.dumps(document, indent=2))
-    print(f"written to {path}")
+    write_results("call", document, "\n".join(rows), header)
 
 
 # Each variant: the server's environment and the client's jitter buffer (received packets held).
@@ -158,10 +163,7 @@ async def bench_barge_in(args: argparse.Namespace) -> None:
                 "stop_ms": {"p50": percentile(stops, 50), "p95": percentile(stops, 95), "max": max(stops, default=None)},
                 "within_200ms": sum(s <= 200 for s in stops),
             }
-    base = results["aiortc_jitter_4"]["stop_ms"]["p50"]
-    for figures in results.values():
-        p50 = figures["stop_ms"]["p50"]
-        figures["p50_vs_aiortc"] = round(p50 / base, 2) if p50 and base else None
+    add_ratios(results, "aiortc_jitter_4", lambda f: f["stop_ms"]["p50"], "p50_vs_aiortc")
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     document = {
         "benchmark": "barge_in",
@@ -182,9 +184,7 @@ async def bench_barge_in(args: argparse.Namespace) -> None:
         "| when | variant | measured | p50 | p95 | max | within 200 ms | p50 vs aiortc's 4 |\n"
         "| --- | --- | --- | --- | --- | --- | --- | --- |\n"
     )
-    path = write_results("barge_in", document, "\n".join(rows), header)
-    print(json.dumps(document, indent=2))
-    print(f"written to {path}")
+    write_results("barge_in", document, "\n".join(rows), header)
 
 
 def _speaker_files(tmp: Path) -> list[str]:
@@ -289,11 +289,9 @@ async def bench_llm(args: argparse.Namespace) -> None:
         " temperature 0, seed 42. Throughput as a ratio to `sequential` (one request at a time).\n\n"
         "| when | sequential | concurrent | prompts |\n| --- | --- | --- | --- |\n"
     )
-    path = write_results("llm", figures, row, header)
+    write_results("llm", figures, row, header)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
-    print(json.dumps(figures, indent=2))
-    print(f"written to {path}")
 
 
 async def bench_asr(args: argparse.Namespace) -> None:
@@ -343,9 +341,7 @@ async def bench_asr(args: argparse.Namespace) -> None:
         " faster-whisper's fixed 30 s window and with the window sized per utterance.\n\n"
         "| when | 30 s window, ms/clip p50 | sized window, ms/clip p50 | speed-up | same text |\n| --- | --- | --- | --- | --- |\n"
     )
-    path = write_results("asr", figures, row, header)
-    print(json.dumps(figures, indent=2))
-    print(f"written to {path}")
+    write_results("asr", figures, row, header)
 
 
 async def run_bench(args: argparse.Namespace) -> None:

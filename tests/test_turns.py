@@ -47,8 +47,7 @@ async def _turn_loop(settings, llm_config, proxy, shared_redis, transcriber, syn
         events.append(event)
 
     redis = aioredis.from_url(shared_redis.url)
-    pool_config = dataclasses.replace(settings.llm_pool, max_batch=1)
-    async with LLMPool(dataclasses.replace(llm_config, max_tokens=48), pool_config, base_url=proxy.base_url) as llm:
+    async with LLMPool(dataclasses.replace(llm_config, max_tokens=48), settings.llm_pool, base_url=proxy.base_url) as llm:
         loop = TurnLoop(
             dialog_id=uuid.uuid4().hex, store=DialogStore(redis), llm=llm, transcriber=transcriber,
             synthesizer=synthesizer, emit=emit, vad_config=settings.vad, config=settings.turns,
