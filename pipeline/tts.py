@@ -9,15 +9,19 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.config import TTSConfig
 from pipeline.errors import SynthesisError
 from pipeline.inference import run_inference
 from pipeline.model_files import package_dir
 
-
-def _session(model: Path, config: TTSConfig):
+if TYPE_CHECKING:
     import onnxruntime
+
+
+def _session(model: Path, config: TTSConfig) -> onnxruntime.InferenceSession:
+    import onnxruntime  # heavy, and loaded with piper anyway
 
     options = onnxruntime.SessionOptions()
     if config.threads:

@@ -1,8 +1,11 @@
+import dataclasses
+
 import pytest
 
 from media.audio_file import read_audio, write_wav
 from media.frames import level_dbfs
 from pipeline.asr import SAMPLE_RATE
+from pipeline.tts import Synthesizer
 from tests.speech import wer
 
 pytestmark = pytest.mark.slow
@@ -31,3 +34,14 @@ async def test_say_then_transcribe_round_trips_three_sentences(synthesizer, tran
         # Read back through PyAV, which resamples 22.05 kHz to the ASR's 16 kHz.
         heard = (await transcriber.transcribe(read_audio(path, SAMPLE_RATE))).text
         assert wer(sentence, heard) <= 0.10, (sentence, heard)
+
+
+async def test_the_voice_runs_with_our_threads_and_they_do_not_spin(settings, transcriber, tmp_path):
+    synthesizer = Synthesizer(dataclasses.replace(settings.tts, threads=1))
+    options = synthesizer._voice.session.get_session_options()
+    assert options.intra_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    path = tmp_path / "sentence.wav"
+    write_wav(path, await synthesizer.synthesize(SENTENCES[1]), synthesizer.sample_rate)
+    heard = (await transcriber.transcribe(read_audio(path, SAMPLE_RATE))).text
+    assert wer(SENTENCES[1], heard) <= 0.10, heard
