@@ -66,3 +66,16 @@ async def test_a_missing_binary_is_a_service_error(tmp_path):
     proc = ChildProcess("ghost", ["/nonexistent/ghost"], probe=marker_probe(tmp_path / "x"), log_path=tmp_path / "l")
     with pytest.raises(ServiceError, match="cannot start ghost"):
         await proc.start()
+
+
+async def test_a_child_can_be_made_nicer_than_parley_with_all_its_threads(tmp_path):
+    # The child starts a thread after exec, as llama-server starts its workers: it inherits the niceness.
+    proc = child(tmp_path, "import threading\nthreading.Thread(target=time.sleep, args=(60,)).start()\ntime.sleep(60)", nice=3)
+    await proc.start()
+    try:
+        await wait_for(lambda: len(os.listdir(f"/proc/{proc.pid}/task")) == 2)
+        ours = os.getpriority(os.PRIO_PROCESS, 0)
+        for thread in os.listdir(f"/proc/{proc.pid}/task"):
+            assert os.getpriority(os.PRIO_PROCESS, int(thread)) == min(19, ours + 3)
+    finally:
+        await proc.stop()

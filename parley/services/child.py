@@ -23,14 +23,22 @@ log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    # If Parley is killed outright, the kernel sends the child SIGTERM rather than leaving it orphaned.
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def _before_exec(nice: int) -> Callable[[], None]:
+    def prepare() -> None:
+        # If Parley is killed outright, the kernel sends the child SIGTERM rather than leaving it orphaned.
+        with contextlib.suppress(Exception):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if nice:
+            os.nice(nice)  # before exec, so every thread the child starts inherits it
+
+    return prepare
 
 
 class ChildProcess:
-    """One supervised child; `start()` returns once `probe()` says it is ready."""
+    """One supervised child; `start()` returns once `probe()` says it is ready.
+
+    nice: added to the child's niceness, so it yields the CPU to Parley's own work.
+    """
 
     def __init__(
         self,
@@ -41,8 +49,10 @@ class ChildProcess:
         log_path: Path,
         ready_timeout_s: float = 30.0,
         max_restarts: int = 3,
+        nice: int = 0,
     ) -> None:
         self.name = name
+        self.nice = nice
         self.argv = list(argv)
         self.log_path = log_path
         self._probe = probe
@@ -103,7 +113,7 @@ class ChildProcess:
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=out,
                     stderr=out,
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=_before_exec(self.nice),
                 )
             except OSError as exc:
                 raise ServiceError(f"cannot start {self.name} ({self.argv[0]}): {exc}") from exc

