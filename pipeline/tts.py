@@ -7,6 +7,7 @@ first sentence plays while the next is computed.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,18 +35,17 @@ class Synthesizer:
     """One loaded piper voice."""
 
     def __init__(self, config: TTSConfig) -> None:
-        from piper import PiperVoice, SynthesisConfig  # heavy import (onnxruntime)
+        from piper import PiperConfig, PiperVoice, SynthesisConfig  # heavy import (onnxruntime)
 
         self.config = config
         folder = package_dir(config.package) / config.directory
         model = folder / f"{config.voice}.onnx"
         try:
-            voice = PiperVoice.load(str(model), config_path=str(model) + ".json")
-            # piper gives no say in onnxruntime's threads, so the session is made again with ours.
-            voice.session = _session(model, config)
-        except (OSError, ValueError, RuntimeError) as exc:
+            # PiperVoice.load gives no say in onnxruntime's threads, so the voice is put together here.
+            voice_config = PiperConfig.from_dict(json.loads(Path(f"{model}.json").read_text()))
+            self._voice = PiperVoice(session=_session(model, config), config=voice_config)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise SynthesisError(f"cannot load voice {config.voice!r} from {folder}: {exc}") from exc
-        self._voice = voice
         self._syn_config = SynthesisConfig(length_scale=config.length_scale)
         # Fixed lines (the fallback when the LLM fails, the busy line) are synthesised once at
         # start-up, so they play at once, when the machine is most likely struggling.
