@@ -84,3 +84,10 @@ def test_call_with_an_unreadable_file_or_an_unreachable_server_fails_in_one_line
     unreachable = parley("call", str(JFK), "--server", "http://127.0.0.1:9")
     assert unreachable.returncode == 1 and "cannot reach" in unreachable.stderr
     assert unreachable.stderr.count("\n") == 1 and "Traceback" not in unreachable.stderr
+
+
+def test_call_refuses_a_jitter_buffer_aiortc_cannot_have():
+    result = parley("call", str(JFK), "--jitter-buffer", "0")
+    assert result.returncode == 2
+    assert "--jitter-buffer: must be a whole number from 1 to 15, not '0'" in result.stderr
+    assert "Traceback" not in result.stderr
