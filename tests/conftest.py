@@ -12,17 +12,31 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from media.audio_file import read_audio, write_wav
 from parley.server_process import server_process
 from parley.services.llm_server import EmbeddedLLMServer
 from parley.services.redis_server import EmbeddedRedis
 from parley.settings import Settings, load_settings
 from pipeline.dialog_store import Turn, dialog_key
 from tests.llm_proxy import RecordingProxy
+from tests.speech import STEREO
 
 
 @pytest.fixture(scope="session")
 def settings() -> Settings:
     return load_settings(environ={})
+
+
+@pytest.fixture(scope="session")
+def speakers(tmp_path_factory) -> list[str]:
+    """The two single-utterance channels of the stereo recording, as mono files."""
+    folder = tmp_path_factory.mktemp("speakers")
+    paths = []
+    for channel in (0, 1):
+        path = folder / f"speaker-{channel}.wav"
+        write_wav(path, read_audio(STEREO, channel=channel), 16000)
+        paths.append(str(path))
+    return paths
 
 
 @pytest.fixture(scope="session")
@@ -103,10 +117,13 @@ def server_env(redis_url: str, llm_url: str, log_dir: Path, **extra: str) -> dic
 @pytest.fixture(scope="session")
 async def server(shared_redis, proxy, tmp_path_factory):
     """`parley serve` as a user runs it, on the session's Redis and (through the proxy) llama-server."""
-    logs = tmp_path_factory.mktemp("server")
-    env = server_env(shared_redis.url, proxy.base_url, logs)
-    async with server_process(env, log_path=str(logs / "server.log")) as url:
+    async with own_server(shared_redis.url, proxy.base_url, tmp_path_factory.mktemp("server")) as url:
         yield url
+
+
+def own_server(redis_url: str, llm_url: str, folder: Path, **settings: str):
+    """A `parley serve` of a test's own, with `settings` (PARLEY_* variables); its log in `folder`."""
+    return server_process(server_env(redis_url, llm_url, folder, **settings), log_path=str(folder / "server.log"))
 
 
 async def stored_turns(redis_url: str, dialog_id: str) -> list[Turn]:

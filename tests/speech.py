@@ -27,3 +27,12 @@ def normalise(text: str) -> str:
 def wer(reference: str, hypothesis: str) -> float:
     """Word error rate after normalising case and punctuation."""
     return jiwer.wer(normalise(reference), normalise(hypothesis) or "<empty>")
+
+
+def stereo_sentence(channel: int):
+    """One speaker's sentence from the stereo recording, 16 kHz, trimmed to its voiced frames."""
+    from media.audio_file import read_audio
+    from parley.call_client import first_voiced_offset_s, last_voiced_offset_s
+
+    samples = read_audio(STEREO, 16000, channel=channel)
+    return samples[int(16000 * first_voiced_offset_s(samples, 16000)) : int(16000 * last_voiced_offset_s(samples, 16000))]

@@ -15,24 +15,11 @@ import websockets
 
 from media.audio_file import read_audio, write_wav
 from media.frames import level_dbfs
-from parley.call_client import CallClient, first_voiced_offset_s, last_voiced_offset_s, run_call
-from parley.server_process import server_process
-from tests.conftest import server_env, stored_turns
-from tests.speech import JFK, JFK_TEXT, STEREO, STEREO_TEXT, wer
+from parley.call_client import CallClient, run_call
+from tests.conftest import own_server, stored_turns
+from tests.speech import JFK, JFK_TEXT, STEREO_TEXT, stereo_sentence, wer
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def speakers(tmp_path_factory) -> list[str]:
-    """The two single-utterance channels of the stereo recording, as mono files."""
-    folder = tmp_path_factory.mktemp("speakers")
-    paths = []
-    for channel in (0, 1):
-        path = folder / f"speaker-{channel}.wav"
-        write_wav(path, read_audio(STEREO, channel=channel), 16000)
-        paths.append(str(path))
-    return paths
 
 
 async def test_a_call_with_jfk_through_the_command_line(server, transcriber, tmp_path):
@@ -57,14 +44,10 @@ async def test_a_call_with_jfk_through_the_command_line(server, transcriber, tmp
     assert wer(turn["reply_text"], heard) <= 0.20, (turn["reply_text"], heard)
 
 
-def _voiced_part(samples: np.ndarray) -> np.ndarray:
-    return samples[int(16000 * first_voiced_offset_s(samples, 16000)) : int(16000 * last_voiced_offset_s(samples, 16000))]
-
-
 async def test_a_reply_drafted_at_a_pause_is_dropped_when_the_user_goes_on(server, proxy, tmp_path):
     # Two sentences 350 ms apart: the pause (100 ms) drafts a reply to the first, the second
     # sentence drops it, and the end of the turn (500 ms) releases a draft answering both.
-    first, second = (_voiced_part(read_audio(STEREO, channel=c)) for c in (0, 1))
+    first, second = stereo_sentence(0), stereo_sentence(1)
     gap, lead = np.zeros(int(16000 * 0.35), np.int16), np.zeros(int(16000 * 0.3), np.int16)
     path = tmp_path / "two-sentences.wav"
     write_wav(path, np.concatenate([lead, first, gap, second]), 16000)
@@ -188,11 +171,8 @@ def close_code_from(raw: bytes) -> int | None:
 
 
 async def test_keepalive_drops_a_client_that_stops_answering(shared_redis, proxy, tmp_path):
-    env = server_env(
-        shared_redis.url, proxy.base_url, tmp_path,
-        PARLEY_SIGNALING_PING_INTERVAL_S="1", PARLEY_SIGNALING_PONG_TIMEOUT_S="1",
-    )
-    async with server_process(env, log_path=str(tmp_path / "server.log")) as url:
+    keepalive = {"PARLEY_SIGNALING_PING_INTERVAL_S": "1", "PARLEY_SIGNALING_PONG_TIMEOUT_S": "1"}
+    async with own_server(shared_redis.url, proxy.base_url, tmp_path, **keepalive) as url:
         async with httpx.AsyncClient() as http:
             baseline = (await http.get(f"{url}/stats")).json()
             port = int(url.rsplit(":", 1)[1])

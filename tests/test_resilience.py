@@ -11,12 +11,10 @@ import httpx
 import pytest
 import websockets
 
-from media.audio_file import read_audio, write_wav
 from parley.call_client import CallClient
-from parley.server_process import free_port, server_process
+from parley.server_process import free_port
 from parley.services.llm_server import EmbeddedLLMServer
-from tests.speech import STEREO
-from tests.conftest import private_redis, server_env, stored_turns
+from tests.conftest import own_server, private_redis, stored_turns
 
 pytestmark = pytest.mark.slow
 
@@ -42,9 +40,8 @@ async def test_a_dead_llm_opens_the_breaker_and_a_restarted_one_closes_it(settin
     llm_config = dataclasses.replace(settings.llm_server, port=free_port(), threads_batch=2)
     llm = EmbeddedLLMServer(llm_config, log_dir=tmp_path)
     await llm.start()
-    env = server_env(shared_redis.url, llm.base_url, tmp_path, PARLEY_LLM_BREAKER_OPEN_S="2")
     try:
-        async with server_process(env, log_path=str(tmp_path / "server.log")) as url:
+        async with own_server(shared_redis.url, llm.base_url, tmp_path, PARLEY_LLM_BREAKER_OPEN_S="2") as url:
             async with websockets.connect(url.replace("http", "ws") + "/ws") as ws, httpx.AsyncClient() as http:
                 await ws.recv()
                 done, errors = await ask(ws, "Say hello.")
@@ -77,20 +74,14 @@ async def test_a_dead_llm_opens_the_breaker_and_a_restarted_one_closes_it(settin
         await llm.stop()
 
 
-async def test_turns_spoken_while_redis_is_down_are_stored_once_and_in_order(llm_server, tmp_path):
-    files = []
-    for channel in (0, 1):
-        path = tmp_path / f"speaker-{channel}.wav"
-        write_wav(path, read_audio(STEREO, channel=channel), 16000)
-        files.append(str(path))
+async def test_turns_spoken_while_redis_is_down_are_stored_once_and_in_order(llm_server, speakers, tmp_path):
     async with private_redis() as redis_server:
-        env = server_env(redis_server.url, llm_server.base_url, tmp_path)
-        async with server_process(env, log_path=str(tmp_path / "server.log")) as url:
+        async with own_server(redis_server.url, llm_server.base_url, tmp_path) as url:
             async with CallClient(url) as client:
-                first, _ = await client.talk(files[0], out_dir=tmp_path, index=1)
+                first, _ = await client.talk(speakers[0], out_dir=tmp_path, index=1)
                 assert first.reply_text
                 await redis_server.stop()
-                second, _ = await client.talk(files[1], out_dir=tmp_path, index=2)
+                second, _ = await client.talk(speakers[1], out_dir=tmp_path, index=2)
                 assert second.reply_text  # the call went on without Redis
                 await redis_server.start()
                 dialog_id = client.session["dialog_id"]
@@ -109,11 +100,8 @@ async def test_turns_spoken_while_redis_is_down_are_stored_once_and_in_order(llm
 
 async def test_the_rate_limit_answers_429_and_refuses_new_calls_but_never_cuts_one(shared_redis, proxy, tmp_path):
     # A bucket of 2 that never refills: the page and one call fit; nothing more from this client.
-    env = server_env(
-        shared_redis.url, proxy.base_url, tmp_path,
-        PARLEY_RATE_LIMIT_PER_IP_RATE="0", PARLEY_RATE_LIMIT_PER_IP_BURST="2",
-    )
-    async with server_process(env, log_path=str(tmp_path / "server.log")) as url:
+    limits = {"PARLEY_RATE_LIMIT_PER_IP_RATE": "0", "PARLEY_RATE_LIMIT_PER_IP_BURST": "2"}
+    async with own_server(shared_redis.url, proxy.base_url, tmp_path, **limits) as url:
         async with httpx.AsyncClient() as http:
             assert (await http.get(f"{url}/")).status_code == 200
             async with websockets.connect(url.replace("http", "ws") + "/ws") as admitted:

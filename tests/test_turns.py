@@ -11,22 +11,15 @@ import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
-from media.audio_file import read_audio
 from media.frames import frames_of
 from media.tracks import OutboundAudioTrack
-from parley.call_client import first_voiced_offset_s, last_voiced_offset_s
 from pipeline.dialog_store import DialogStore
 from pipeline.events import ReplyDelta, ReplyDone, TranscriptEvent, TurnMetrics
 from pipeline.llm_pool import LLMPool
 from pipeline.turns import TurnLoop
-from tests.speech import STEREO, STEREO_TEXT, wer
+from tests.speech import STEREO_TEXT, stereo_sentence, wer
 
 pytestmark = pytest.mark.slow
-
-
-def _sentence(channel: int) -> np.ndarray:
-    samples = read_audio(STEREO, channel=channel)
-    return samples[int(16000 * first_voiced_offset_s(samples, 16000)) : int(16000 * last_voiced_offset_s(samples, 16000))]
 
 
 def _silence(seconds: float) -> np.ndarray:
@@ -84,7 +77,7 @@ async def _turn_loop(settings, llm_config, proxy, shared_redis, transcriber, syn
 async def test_a_draft_that_reached_the_llm_is_dropped_without_a_trace_when_the_user_goes_on(
     settings, llm_config, proxy, shared_redis, transcriber, synthesizer
 ):
-    first, second = _sentence(0), _sentence(1)
+    first, second = stereo_sentence(0), stereo_sentence(1)
     # One stream of frames, so their timestamps run on: 300 ms lead, a sentence, a 200 ms pause
     # (100 ms drafts a reply), then, once the draft has asked the LLM, the second sentence and the
     # end of the turn.
