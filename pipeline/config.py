@@ -13,7 +13,8 @@ class VADConfig:
     frame_ms: frame length fed to webrtcvad: 10, 20 or 30 ms.
     start_speech_ms: voiced audio needed within start_window_ms to start a turn.
     start_window_ms: the sliding window that start_speech_ms is counted in.
-    end_silence_ms: unvoiced audio that ends a turn.
+    end_silence_ms: unvoiced audio that ends a turn; with the end-of-turn model, the least that
+        ends a turn it judges complete (the turn loop sets a turn's own figure on the detector).
     pause_ms: unvoiced audio after which the turn may be ending (SpeechPaused): what was said
         is transcribed then, during the rest of the end-of-turn silence.
     pre_roll_ms: audio kept from before the start, so the first syllable is not clipped.
@@ -26,7 +27,7 @@ class VADConfig:
     frame_ms: int = 20
     start_speech_ms: int = 200
     start_window_ms: int = 300
-    end_silence_ms: int = 500
+    end_silence_ms: int = 200
     pause_ms: int = 100
     pre_roll_ms: int = 300
     min_level_dbfs: float = -50.0
@@ -150,6 +151,14 @@ class TurnConfig:
         vad.start_speech_ms, so the bot stops quickly).
     hold_resume_ms: while the bot talks, a voiced frame pauses it at once; after this much
         silence it goes on (unless the speech became a barge-in).
+    end_of_turn: "model" judges at each pause whether the caller has finished (the end-of-turn
+        model on the audio, and the words transcribed so far): a finished turn ends after
+        `vad.end_silence_ms`, an unfinished one after `incomplete_silence_ms`. "silence" ends every
+        turn after `unjudged_silence_ms` of silence, as simple VAD-based assistants do.
+    incomplete_silence_ms: the silence that ends a turn judged unfinished (the caller may be
+        thinking; they can always go on sooner).
+    unjudged_silence_ms: the silence that ends a turn nobody judged: every turn with
+        end_of_turn = "silence", and a turn whose judgement failed.
     max_no_speech_prob: a final transcript Whisper rates more likely silence than this is no turn.
     history_budget_tokens: how much of the dialog goes into the prompt (newest turns first).
     first_clause_words: the reply's first piece of speech may end at a comma once it has this
@@ -164,12 +173,55 @@ class TurnConfig:
     continuation_window_ms: int = 1500
     barge_in_speech_ms: int = 120
     hold_resume_ms: int = 200
+    end_of_turn: str = "model"
+    incomplete_silence_ms: int = 2000
+    unjudged_silence_ms: int = 500
     max_no_speech_prob: float = 0.6
     history_budget_tokens: int = 600
     first_clause_words: int = 4
     speculative: bool = True
     fallback_line: str = "Sorry, I can't answer that right now. Please try again in a moment."
     busy_line: str = "I'm a little busy right now. Please say that again in a moment."
+
+    def __post_init__(self) -> None:
+        if self.end_of_turn not in ("model", "silence"):
+            raise ValueError(f'turns.end_of_turn must be "model" or "silence", not {self.end_of_turn!r}')
+        if self.incomplete_silence_ms <= 0 or self.unjudged_silence_ms <= 0:
+            raise ValueError("turns.incomplete_silence_ms and turns.unjudged_silence_ms must be positive")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TurnModelConfig:
+    """The end-of-turn model: Smart Turn v3.2, pipecat's (BSD-2-Clause), an ONNX file of 8 MB.
+
+    It ships inside the pipecat-ai wheel; `make setup` takes that one file out of it (never
+    pipecat's dependencies) into the cache, with the wheel's licence beside it.
+    wheel: the exact requirement the file is taken from.
+    member: the file's path inside the wheel.
+    licence_member: the licence's path inside the wheel, kept beside the model.
+    sha256: the file's checksum, checked at start-up.
+    threshold: a turn whose audio scores at least this is complete (pipecat uses 0.5).
+    threads: onnxruntime threads for one decision (one: ~50 ms, and the other core stays free).
+    max_audio_s: the model reads at most the last 8 s of a turn.
+    """
+
+    wheel: str = "pipecat-ai==1.14.0"
+    member: str = "pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx"
+    licence_member: str = "pipecat_ai-1.14.0.dist-info/licenses/LICENSE"
+    sha256: str = "2bb026316b14a660486a75b1733cd3fbab8c2fd0314dc9af7be49f8cca967e4f"
+    threshold: float = 0.5
+    threads: int = 1
+    max_audio_s: float = 8.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"turn_model.threshold must be between 0 and 1, not {self.threshold}")
+        if self.threads < 1:
+            raise ValueError("turn_model.threads must be at least 1")
+
+    @property
+    def file_name(self) -> str:
+        return self.member.rsplit("/", 1)[-1]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

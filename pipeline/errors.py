@@ -43,3 +43,7 @@ class LLMBusy(LLMError):
 
 class LLMCircuitOpen(LLMError):
     """The circuit breaker is open: the LLM has been failing, calls fail at once for a while."""
+
+
+class TurnModelError(PipelineError):
+    """The end-of-turn model could not judge a turn."""

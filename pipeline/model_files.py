@@ -67,3 +67,27 @@ def model_dir(name: str, source: ModelSource) -> Path:
     os.replace(partial, assembled)
     stamp.write_text(digest.hexdigest())
     return target
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cached_model_file(folder: str, name: str, sha256: str) -> Path:
+    """A model file that `make setup` put in the cache (`<cache>/models/<folder>/<name>`), checked.
+
+    ModelNotFound, saying what to run, when it is missing or its sha256 is not `sha256`.
+    """
+    path = cache_dir() / "models" / folder / name
+    if not path.is_file():
+        raise ModelNotFound(f"model file {path} is missing (run `make setup`)")
+    actual = sha256_of(path)
+    if actual != sha256:
+        raise ModelNotFound(
+            f"model file {path} is damaged: sha256 {actual}, expected {sha256} (delete it and run `make setup`)"
+        )
+    return path

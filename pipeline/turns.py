@@ -12,12 +12,15 @@ TaskGroup, so it can be cancelled at any point:
 - barge-in: the user speaks while the bot talks; the bot stops at once and what
   is stored as its turn is the text actually played.
 
-Replies are drafted speculatively: when the user pauses (`pause_ms`, well before
-the end-of-turn silence is over), a draft reply starts on what was said so far:
-transcript, LLM and the first sentence's speech, all unheard, its events held.
-When the turn ends with nothing more said, the draft is released and the bot
-speaks at once; a voiced frame before that cancels it, and the next pause drafts
-anew.
+When the user pauses (`pause_ms`), the pause is judged (pipeline.end_of_turn):
+the end-of-turn model and the words said so far decide how much silence ends this
+turn, short if the caller sounds finished, long if they stopped mid-sentence.
+
+Replies are drafted speculatively: at the pause, well before the end-of-turn
+silence is over, a draft reply starts on what was said so far: transcript, LLM
+and the first sentence's speech, all unheard, its events held. When the turn ends
+with nothing more said, the draft is released and the bot speaks at once; a voiced
+frame before that cancels it, and the next pause drafts anew.
 """
 
 from __future__ import annotations
@@ -31,10 +34,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from media.frames import AudioFrame
-from pipeline.asr import Transcriber
+from pipeline.asr import Transcriber, Transcript
 from pipeline.config import TurnConfig, VADConfig
 from pipeline.dialog_buffer import DialogBuffer, DialogBufferFull
 from pipeline.dialog_store import DialogStore, Turn, fit_to_budget
+from pipeline.end_of_turn import EndOfTurn, Judgement
 from pipeline.errors import LLMBusy, LLMError, SynthesisError, TranscriptionError
 from pipeline.events import (
     ReplyDelta,
@@ -50,6 +54,7 @@ from pipeline.llm_client import Message
 from pipeline.partials import PartialTranscripts
 from pipeline.sentences import SentenceSplitter
 from pipeline.tts import Synthesizer
+from pipeline.turn_model import TurnCompletionModel
 from pipeline.vad import SpeechPaused, SpeechStarted, TurnEnded, VoiceActivityDetector
 
 log = logging.getLogger(__name__)
@@ -110,6 +115,10 @@ class Reply:
     held: list[TurnEvent] = field(default_factory=list)
     covers: int = 0
     drafted_at_mono: float | None = None
+    # How the user's turn ended: the silence waited after their last voiced frame, and the
+    # judgement of the pause that set it (None: silence alone, or a typed turn).
+    end_silence_ms: float | None = None
+    judgement: Judgement | None = None
 
 
 class TurnLoop:
@@ -126,6 +135,7 @@ class TurnLoop:
         emit: Emit,
         vad_config: VADConfig = VADConfig(),
         config: TurnConfig = TurnConfig(),
+        turn_model: TurnCompletionModel | None = None,
     ) -> None:
         self.dialog_id = dialog_id
         self.config = config
@@ -135,6 +145,9 @@ class TurnLoop:
         self._synthesizer = synthesizer
         self._emit = emit
         self._vad = VoiceActivityDetector(vad_config)
+        self._end_of_turn = EndOfTurn(turn_model, vad=vad_config, turns=config)
+        self._judging: asyncio.Task[None] | None = None
+        self._judgement: Judgement | None = None
         self._speaker: Speaker | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._reply: Reply | None = None
@@ -188,14 +201,24 @@ class TurnLoop:
         async for frame in frames:
             event = self._vad.push(frame)
             self._hold_for_voice(frame.duration_ms)
-            if self._draft is not None and self._vad.last_voiced:
-                await self._drop_draft()  # the user goes on: the draft answers only part of it
+            if self._vad.last_voiced:
+                # The user goes on: the draft answers only part of it, the judgement a pause now over.
+                if self._draft is not None:
+                    await self._drop_draft()
+                if self._judging is not None or self._judgement is not None:
+                    await self._forget_judgement()
             if isinstance(event, SpeechStarted):
                 await self._on_speech_started()
             elif isinstance(event, SpeechPaused) and self._partials is not None:
                 self._partials.now()
+                covers = len(self._carry) + event.speech_bytes
+                if self._end_of_turn.judges:
+                    audio, partials = self._carry + self._vad.utterance(), self._partials
+                    self._judging = self._tasks.create_task(
+                        self._judge(audio, lambda: partials.upto(covers)), name=f"judge-{self._turn_id}"
+                    )
                 if self.config.speculative and self._speaker is not None:
-                    await self._start_draft(len(self._carry) + event.speech_bytes)
+                    await self._start_draft(covers)
             elif isinstance(event, TurnEnded):
                 await self._on_turn_ended(event)
 
@@ -240,6 +263,7 @@ class TurnLoop:
             else:
                 await self._stop_reply(barge_in=True)
         self._vad.start_speech_ms = self._vad.config.start_speech_ms
+        await self._forget_judgement()
         # The turn's id is fixed when it starts, so partial and final transcripts share it.
         self._turn_id, self._carry_turn_id = self._carry_turn_id or uuid.uuid4().hex, None
         self._partials = PartialTranscripts(
@@ -253,6 +277,28 @@ class TurnLoop:
             self._partials.run(lambda t: self._emit(TranscriptEvent(turn_id, t.text, final=False))),
             name=f"partials-{self.dialog_id}",
         )
+
+    async def _judge(self, audio: bytes, transcript: Callable[[], Awaitable[Transcript | None]]) -> None:
+        """Decide, at a pause, how much silence ends this turn (pipeline.end_of_turn)."""
+        judgement = await self._end_of_turn.judge(audio, transcript)
+        self._judgement = judgement
+        self._vad.end_silence_ms = judgement.end_silence_ms
+        log.info(
+            "turn %s: pause judged %s (model %s, words %s): ends after %d ms of silence",
+            self._turn_id,
+            "finished" if judgement.end_silence_ms < self.config.incomplete_silence_ms else "unfinished",
+            "failed" if judgement.probability is None else f"{judgement.probability:.2f}",
+            {None: "not read", True: "unfinished", False: "may end"}[judgement.unfinished_text],
+            judgement.end_silence_ms,
+        )
+
+    async def _forget_judgement(self) -> None:
+        """The user speaks again: the pause judged is over, and the turn waits for the next one."""
+        judging, self._judging, self._judgement = self._judging, None, None
+        if judging is not None and not judging.done():
+            judging.cancel()
+            await asyncio.wait([judging])
+        self._vad.end_silence_ms = self._end_of_turn.unjudged_silence_ms()
 
     async def _start_draft(self, covers: int) -> None:
         """Start answering what was said so far, unheard, while the end-of-turn silence runs."""
@@ -274,6 +320,8 @@ class TurnLoop:
             await asyncio.wait([draft.task])
 
     async def _on_turn_ended(self, event: TurnEnded) -> None:
+        judgement = self._judgement
+        await self._forget_judgement()
         if self._partials_task is not None:
             self._partials_task.cancel()
             self._partials_task = None
@@ -286,11 +334,15 @@ class TurnLoop:
             # Nothing more was said: the draft is the reply, ahead by the end-of-turn silence.
             self._draft = None
             draft.user_audio, draft.user_started_at, draft.ended_at_mono = audio, user_started_at, time.monotonic()
+            draft.end_silence_ms, draft.judgement = event.silence_ms, judgement
             self._reply = draft
             await self._release(draft)
             return
         await self._drop_draft()
-        reply = Reply(turn_id=self._turn_id, user_started_at=user_started_at, user_audio=audio)
+        reply = Reply(
+            turn_id=self._turn_id, user_started_at=user_started_at, user_audio=audio,
+            end_silence_ms=event.silence_ms, judgement=judgement,
+        )
         self._start_reply(reply, self._respond(reply, partials, speech_bytes))
 
     # -- replies -----------------------------------------------------------------------------
@@ -418,6 +470,10 @@ class TurnLoop:
                         stages["end_of_turn_to_first_audio"] = 1000 * (now - reply.ended_at_mono)
                         if reply.drafted_at_mono is not None:
                             stages["draft_lead"] = 1000 * (reply.ended_at_mono - reply.drafted_at_mono)
+                        if reply.end_silence_ms is not None:
+                            stages["end_of_turn_silence"] = reply.end_silence_ms
+                        if reply.judgement is not None and reply.judgement.model_ms is not None:
+                            stages["end_of_turn_model"] = reply.judgement.model_ms
                         self._vad.start_speech_ms = self.config.barge_in_speech_ms
                         await self._set_state("speaking")
                         await self._emit(TurnMetrics(reply.turn_id, dict(stages)))

@@ -5,6 +5,8 @@ its spectrum is not flat: webrtcvad alone calls white noise at -20 dBFS speech,
 while voiced speech has a spectral flatness near 0.01 and white noise near 0.56.
 A turn starts after `start_speech_ms` of voiced frames within `start_window_ms`
 (a click or a cough is shorter) and ends after `end_silence_ms` without one.
+That figure can be changed for the turn in progress (the turn loop sets it from
+its end-of-turn judgement): the detector only counts the silence.
 """
 
 from __future__ import annotations
@@ -37,12 +39,15 @@ class TurnEnded:
     start_ms, end_ms: stream times of the first voiced frame and the end of the last one.
     speech_bytes: how much of `audio` runs up to the end of the last voiced frame; a
         transcript of that much is already the final one.
+    silence_ms: the silence after the last voiced frame that ended the turn (0 when the
+        stream ended or the turn ran too long).
     """
 
     audio: bytes
     start_ms: float
     end_ms: float
     speech_bytes: int = 0
+    silence_ms: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +88,8 @@ class VoiceActivityDetector:
         self._silence_ms = 0.0
         self._speech_bytes = 0
         self.start_speech_ms = config.start_speech_ms
+        # The silence that ends the turn in progress; the turn loop sets it per turn.
+        self.end_silence_ms = config.end_silence_ms
         self.last_voiced = False  # whether the last frame pushed sounded like speech
 
     @property
@@ -136,15 +143,15 @@ class VoiceActivityDetector:
         else:
             self._silence_ms += frame.duration_ms
         too_long = end_ms - self._start_ms >= self.config.max_turn_ms
-        if self._silence_ms >= self.config.end_silence_ms or too_long:
-            return self._end_turn()
+        if self._silence_ms >= self.end_silence_ms or too_long:
+            return self._end_turn(self._silence_ms if not too_long else 0.0)
         if not voiced and self._silence_ms == self.config.pause_ms:
             return SpeechPaused(end_ms, self._speech_bytes)
         return None
 
     def flush(self) -> TurnEnded | None:
         """End the stream: a turn in progress ends now."""
-        return self._end_turn() if self._speaking else None
+        return self._end_turn(0.0) if self._speaking else None
 
     def reset(self) -> None:
         """Forget any turn in progress (e.g. after barge-in handling)."""
@@ -162,7 +169,14 @@ class VoiceActivityDetector:
         if (event := self.flush()) is not None:
             yield event
 
-    def _end_turn(self) -> TurnEnded:
-        event = TurnEnded(bytes(self._utterance), self._start_ms, self._last_voiced_end_ms, self._speech_bytes)
+    @property
+    def silence_ms(self) -> float:
+        """Silence since the last voiced frame of the turn in progress."""
+        return self._silence_ms
+
+    def _end_turn(self, silence_ms: float) -> TurnEnded:
+        event = TurnEnded(
+            bytes(self._utterance), self._start_ms, self._last_voiced_end_ms, self._speech_bytes, silence_ms
+        )
         self.reset()
         return event

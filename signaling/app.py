@@ -24,6 +24,7 @@ from pipeline.inference import run_inference
 from pipeline.circuit_breaker import CircuitBreaker
 from pipeline.llm_pool import LLMPool
 from pipeline.tts import Synthesizer
+from pipeline.turn_model import TurnCompletionModel
 from signaling.rate_limit import RateLimiter
 from signaling.sessions import SessionStore
 from signaling.ws import CallSocket
@@ -48,6 +49,7 @@ class AppServices:
     llm: LLMPool
     transcriber: Transcriber
     synthesizer: Synthesizer
+    turn_model: TurnCompletionModel | None
     active_calls: set = field(default_factory=set)
 
 
@@ -67,6 +69,9 @@ def create_app(settings: Settings) -> FastAPI:
             transcriber = await run_inference(Transcriber, settings.asr)
             synthesizer = await run_inference(Synthesizer, settings.tts)
             await synthesizer.prepare(settings.turns.fallback_line, settings.turns.busy_line)
+            turn_model = None
+            if settings.turns.end_of_turn == "model":
+                turn_model = await run_inference(TurnCompletionModel, settings.turn_model)
             app.state.services = AppServices(
                 settings=running.settings,
                 running=running,
@@ -82,8 +87,12 @@ def create_app(settings: Settings) -> FastAPI:
                 llm=llm,
                 transcriber=transcriber,
                 synthesizer=synthesizer,
+                turn_model=turn_model,
             )
-            log.info("Parley ready: ASR %s, voice %s, LLM at %s", settings.asr.model, settings.tts.voice, llm.base_url)
+            log.info(
+                "Parley ready: ASR %s, voice %s, LLM at %s, end of turn by %s",
+                settings.asr.model, settings.tts.voice, llm.base_url, settings.turns.end_of_turn,
+            )
             yield
 
     app = FastAPI(title="Parley", lifespan=lifespan)

@@ -70,6 +70,7 @@ class CallSocket:
             emit=self.emit,
             vad_config=self.services.settings.vad,
             config=self.services.settings.turns,
+            turn_model=self.services.turn_model,
         )
         call = Call(turns, self.services.settings.media, on_media_failed=self._media_failed)
         await self.send(protocol.session(session.session_id, session.dialog_id, session.resume_token))

@@ -54,6 +54,21 @@ def synthesizer(settings):
 
 
 @pytest.fixture(scope="session")
+def turn_model(settings):
+    from pipeline.turn_model import TurnCompletionModel
+
+    return TurnCompletionModel(settings.turn_model)
+
+
+@pytest.fixture(scope="session")
+def paused_speech(settings):
+    """Piper with phoneme timings: `say("... the | pound key.", 0.8)` pauses mid-sentence."""
+    from parley.paused_speech import PausedSpeech
+
+    return PausedSpeech(settings.tts)
+
+
+@pytest.fixture(scope="session")
 async def llm_server(settings, tmp_path_factory) -> EmbeddedLLMServer:
     """The bundled llama-server, started once for the session."""
     server = EmbeddedLLMServer(settings.llm_server, log_dir=tmp_path_factory.mktemp("llm-logs"))

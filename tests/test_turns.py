@@ -33,7 +33,7 @@ async def _until(condition, timeout: float = 60.0) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _turn_loop(settings, llm_config, proxy, shared_redis, transcriber, synthesizer, events):
+async def _turn_loop(settings, llm_config, proxy, shared_redis, transcriber, synthesizer, turn_model, events):
     """A running turn loop whose audio comes from the returned queue and goes to a track read in real time."""
 
     async def emit(event) -> None:
@@ -43,13 +43,15 @@ async def _turn_loop(settings, llm_config, proxy, shared_redis, transcriber, syn
     async with LLMPool(dataclasses.replace(llm_config, max_tokens=48), settings.llm_pool, base_url=proxy.base_url) as llm:
         loop = TurnLoop(
             dialog_id=uuid.uuid4().hex, store=DialogStore(redis), llm=llm, transcriber=transcriber,
-            synthesizer=synthesizer, emit=emit, vad_config=settings.vad, config=settings.turns,
+            synthesizer=synthesizer, emit=emit, vad_config=settings.vad, config=settings.turns, turn_model=turn_model,
         )
         frames: asyncio.Queue = asyncio.Queue()
 
         async def mic():
+            # In real time, as a peer sends them: the end of a turn is judged while its silence goes on.
             while (frame := await frames.get()) is not None:
                 yield frame
+                await asyncio.sleep(frame.duration_ms / 1000)
 
         track = OutboundAudioTrack()
 
@@ -75,18 +77,18 @@ async def _turn_loop(settings, llm_config, proxy, shared_redis, transcriber, syn
 
 
 async def test_a_draft_that_reached_the_llm_is_dropped_without_a_trace_when_the_user_goes_on(
-    settings, llm_config, proxy, shared_redis, transcriber, synthesizer
+    settings, llm_config, proxy, shared_redis, transcriber, synthesizer, turn_model
 ):
     first, second = stereo_sentence(0), stereo_sentence(1)
-    # One stream of frames, so their timestamps run on: 300 ms lead, a sentence, a 200 ms pause
-    # (100 ms drafts a reply), then, once the draft has asked the LLM, the second sentence and the
-    # end of the turn.
-    head = np.concatenate([_silence(0.3), first, _silence(0.2)])
-    frames = frames_of(np.concatenate([head, second, _silence(0.8)]).tobytes(), 16000)
+    # One stream of frames, so their timestamps run on: 300 ms lead, a sentence, a 160 ms pause
+    # (100 ms drafts a reply; the shortest end of turn is 200 ms), then, once the draft has asked
+    # the LLM, the second sentence and the end of the turn.
+    head = np.concatenate([_silence(0.3), first, _silence(0.16)])
+    frames = frames_of(np.concatenate([head, second, _silence(2.5)]).tobytes(), 16000)
     split = head.size // 320
     events: list = []
     asked_before = len(proxy.requests)
-    async with _turn_loop(settings, llm_config, proxy, shared_redis, transcriber, synthesizer, events) as mic:
+    async with _turn_loop(settings, llm_config, proxy, shared_redis, transcriber, synthesizer, turn_model, events) as mic:
         for frame in frames[:split]:
             mic.put_nowait(frame)
         await _until(lambda: len(proxy.requests) > asked_before)  # the draft is at the LLM

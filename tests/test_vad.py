@@ -22,6 +22,10 @@ def white_noise(dbfs: float, seconds: float, seed: int = 0) -> np.ndarray:
     return (rng.standard_normal(int(RATE * seconds)) * 10 ** (dbfs / 20) * 32768).clip(-32768, 32767)
 
 
+# The VAD's mechanics with silence alone ending a turn, as [turns] end_of_turn = "silence" runs it.
+SILENCE_ONLY = VADConfig(end_silence_ms=500)
+
+
 def two_utterances() -> tuple[np.ndarray, int]:
     left, right = read_audio(STEREO, channel=0), read_audio(STEREO, channel=1)
     return np.concatenate([left, np.zeros(RATE, np.int16), right]), left.size
@@ -29,7 +33,7 @@ def two_utterances() -> tuple[np.ndarray, int]:
 
 def test_speech_pause_speech_gives_two_turns_where_the_speech_is():
     samples, boundary = two_utterances()
-    events = [e for e in run(VoiceActivityDetector(VADConfig()), samples) if not isinstance(e, SpeechPaused)]
+    events = [e for e in run(VoiceActivityDetector(SILENCE_ONLY), samples) if not isinstance(e, SpeechPaused)]
     assert [type(e) for e in events] == [SpeechStarted, TurnEnded, SpeechStarted, TurnEnded]
     first, second = events[1], events[3]
     boundary_ms = 1000 * boundary / RATE
@@ -43,7 +47,7 @@ def test_speech_pause_speech_gives_two_turns_where_the_speech_is():
 @pytest.mark.slow
 async def test_turn_audio_is_what_was_said(transcriber):
     samples, _ = two_utterances()
-    turns = [e for e in run(VoiceActivityDetector(), samples) if isinstance(e, TurnEnded)]
+    turns = [e for e in run(VoiceActivityDetector(SILENCE_ONLY), samples) if isinstance(e, TurnEnded)]
     texts = [(await transcriber.transcribe(t.audio)).text for t in turns]
     assert wer(STEREO_TEXT[0], texts[0]) <= 0.1
     assert wer(STEREO_TEXT[1], texts[1]) <= 0.1
@@ -88,13 +92,13 @@ async def test_events_streams_frames_to_events():
         for frame in frames_of(samples.tobytes(), RATE):
             yield frame
 
-    events = [e async for e in VoiceActivityDetector().events(frames()) if not isinstance(e, SpeechPaused)]
+    events = [e async for e in VoiceActivityDetector(SILENCE_ONLY).events(frames()) if not isinstance(e, SpeechPaused)]
     assert [type(e) for e in events] == [SpeechStarted, TurnEnded, SpeechStarted, TurnEnded]
 
 
 def test_a_pause_is_announced_before_the_turn_ends_and_speech_bytes_stop_at_the_last_word():
     samples, _ = two_utterances()
-    events = run(VoiceActivityDetector(VADConfig(pause_ms=100)), samples)
+    events = run(VoiceActivityDetector(VADConfig(pause_ms=100, end_silence_ms=500)), samples)
     ended = [i for i, e in enumerate(events) if isinstance(e, TurnEnded)]
     for i in ended:
         pause = events[i - 1]
@@ -104,4 +108,33 @@ def test_a_pause_is_announced_before_the_turn_ends_and_speech_bytes_stop_at_the_
         turn = events[i]
         speech_ms = 1000 * turn.speech_bytes / 2 / RATE
         assert len(turn.audio) - turn.speech_bytes == 2 * RATE * 500 // 1000  # the end-of-turn silence
+        assert turn.silence_ms == 500
         assert speech_ms >= turn.end_ms - turn.start_ms
+
+
+def test_the_silence_that_ends_a_turn_can_be_changed_while_it_runs():
+    """The turn loop lengthens it at speech start and shortens it when a pause is judged finished."""
+    samples, _ = two_utterances()
+    vad = VoiceActivityDetector(VADConfig(end_silence_ms=200))
+    frames = frames_of(samples.astype(np.int16).tobytes(), RATE)
+    events = []
+    for frame in frames:
+        event = vad.push(frame)
+        if isinstance(event, SpeechStarted):
+            vad.end_silence_ms = 3000  # longer than the 1 s between the two sentences
+        if event is not None:
+            events.append(event)
+    events.append(vad.flush())
+    ended = [e for e in events if isinstance(e, TurnEnded)]
+    assert len(ended) == 1 and ended[0].silence_ms == 0  # one turn over both, ended by the stream
+    vad = VoiceActivityDetector(VADConfig(end_silence_ms=200))
+    silences = []
+    for frame in frames:
+        event = vad.push(frame)
+        if isinstance(event, SpeechPaused):
+            vad.end_silence_ms = 200  # judged finished at the pause
+        elif isinstance(event, SpeechStarted):
+            vad.end_silence_ms = 3000
+        elif isinstance(event, TurnEnded):
+            silences.append(event.silence_ms)
+    assert silences and all(s == 200 for s in silences)

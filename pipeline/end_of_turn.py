@@ -1,0 +1,97 @@
+"""When the caller's turn is over: the silence that ends it, decided at each pause.
+
+At a pause (`vad.pause_ms` of silence) two signals are read:
+- how the turn sounds: the end-of-turn model's probability that it is complete;
+- what was said: the transcript made at the pause, which the reply needs anyway,
+  read for a last word that leaves the sentence hanging (pipeline.unfinished_text).
+
+The policy is one pure function of the two (`silence_to_end`): a turn that sounds
+complete and does not stop on such a word ends after `vad.end_silence_ms`; any
+other turn waits `turns.incomplete_silence_ms`, and the caller can always go on
+sooner. Waiting for the transcript costs the reply nothing: it cannot begin
+without it. A judgement that fails (the model or the ASR raised) leaves the turn
+to silence alone (`turns.unjudged_silence_ms`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from pipeline.asr import Transcript
+from pipeline.config import TurnConfig, VADConfig
+from pipeline.errors import TurnModelError
+from pipeline.turn_model import TurnCompletionModel
+from pipeline.unfinished_text import ends_unfinished
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """What a pause showed, and the silence that ends the turn because of it.
+
+    probability: the model's probability that the turn is complete (None: it failed).
+    unfinished_text: the transcript stops where a sentence cannot end (None: not read, or no
+        words to judge).
+    end_silence_ms: the silence after the last voiced frame that ends the turn.
+    model_ms: how long the model took.
+    """
+
+    probability: float | None
+    unfinished_text: bool | None
+    end_silence_ms: int
+    model_ms: float | None = None
+
+
+def silence_to_end(
+    probability: float | None, unfinished_text: bool | None, *, threshold: float, vad: VADConfig, turns: TurnConfig
+) -> int:
+    """The silence that ends a turn, from what its pause showed (the whole policy, pure)."""
+    if probability is None:
+        return turns.unjudged_silence_ms
+    if unfinished_text or probability < threshold:
+        return turns.incomplete_silence_ms
+    return vad.end_silence_ms
+
+
+class EndOfTurn:
+    """The end-of-turn policy of a process, with its model (None when `end_of_turn` is "silence")."""
+
+    def __init__(self, model: TurnCompletionModel | None, *, vad: VADConfig, turns: TurnConfig) -> None:
+        if turns.end_of_turn == "model" and model is None:
+            raise ValueError('turns.end_of_turn = "model" needs the end-of-turn model')
+        self.model = model if turns.end_of_turn == "model" else None
+        self.vad = vad
+        self.turns = turns
+
+    @property
+    def judges(self) -> bool:
+        """Whether pauses are judged at all (False: silence alone ends turns)."""
+        return self.model is not None
+
+    def unjudged_silence_ms(self) -> int:
+        """The silence that ends a turn whose pause has not been judged (yet)."""
+        return self.turns.incomplete_silence_ms if self.judges else self.turns.unjudged_silence_ms
+
+    async def judge(self, audio: bytes, transcript: Callable[[], Awaitable[Transcript | None]]) -> Judgement:
+        """Judge a pause: `audio` is the turn up to now; `transcript()` gives the one made at the pause."""
+        assert self.model is not None, "a pause is judged only with the model"
+        started = time.monotonic()
+        try:
+            probability = await self.model.complete_probability(audio)
+        except TurnModelError as exc:
+            log.warning("%s; the turn ends on silence alone", exc)
+            return Judgement(None, None, self.turns.unjudged_silence_ms)
+        model_ms = 1000 * (time.monotonic() - started)
+        unfinished = None
+        if self.model.is_complete(probability):
+            # Only a turn that sounds complete needs its words read: the others wait anyway.
+            said = await transcript()
+            unfinished = ends_unfinished(said.text, said.language) if said is not None else None
+        silence = silence_to_end(
+            probability, unfinished, threshold=self.model.config.threshold, vad=self.vad, turns=self.turns
+        )
+        return Judgement(probability, unfinished, silence, model_ms)

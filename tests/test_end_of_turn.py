@@ -1,0 +1,94 @@
+"""The end-of-turn policy and the judgement of a pause, with a model whose answer the test sets."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from pipeline.asr import Transcript
+from pipeline.config import TurnConfig, TurnModelConfig, VADConfig
+from pipeline.end_of_turn import EndOfTurn, silence_to_end
+from pipeline.errors import TurnModelError
+
+VAD = VADConfig(end_silence_ms=200)
+TURNS = TurnConfig(incomplete_silence_ms=2000, unjudged_silence_ms=500)
+
+
+def policy(probability, unfinished):
+    return silence_to_end(probability, unfinished, threshold=0.5, vad=VAD, turns=TURNS)
+
+
+def test_a_turn_that_sounds_finished_and_may_end_there_ends_after_the_short_silence():
+    assert policy(0.9, False) == 200
+    assert policy(0.5, None) == 200  # no words to read: the audio decides
+
+
+def test_a_turn_that_sounds_unfinished_or_stops_on_a_hanging_word_waits_long():
+    assert policy(0.2, False) == 2000
+    assert policy(0.99, True) == 2000  # "... followed by the", said with a falling voice
+
+
+def test_a_failed_model_leaves_the_turn_to_silence_alone():
+    assert policy(None, False) == 500
+
+
+class SetModel:
+    """Answers what the test set, or raises; counts its calls."""
+
+    def __init__(self, probability: float | None) -> None:
+        self.probability = probability
+        self.config = TurnModelConfig()
+        self.heard: list[bytes] = []
+
+    async def complete_probability(self, pcm: bytes) -> float:
+        self.heard.append(pcm)
+        if self.probability is None:
+            raise TurnModelError("end-of-turn model failed: test")
+        return self.probability
+
+    def is_complete(self, probability: float) -> bool:
+        return probability >= self.config.threshold
+
+
+def said(text: str):
+    async def transcript() -> Transcript:
+        return Transcript(text, no_speech_prob=0.01, avg_logprob=-0.2, audio_ms=1000, language="en")
+
+    return transcript
+
+
+async def test_the_judgement_reads_the_words_only_when_the_turn_sounds_finished():
+    end_of_turn = EndOfTurn(SetModel(0.9), vad=VAD, turns=TURNS)
+    finished = await end_of_turn.judge(b"\0\0" * 1600, said("Please enter your number followed by the pound key."))
+    assert (finished.end_silence_ms, finished.unfinished_text, finished.probability) == (200, False, 0.9)
+    hanging = await end_of_turn.judge(b"\0\0" * 1600, said("Please enter your number followed by the"))
+    assert (hanging.end_silence_ms, hanging.unfinished_text) == (2000, True)
+
+    never = asyncio.Event()
+
+    async def transcript_never_needed():
+        await never.wait()
+
+    unsure = await EndOfTurn(SetModel(0.1), vad=VAD, turns=TURNS).judge(b"\0\0", transcript_never_needed)
+    assert (unsure.end_silence_ms, unsure.unfinished_text) == (2000, None)
+
+
+async def test_a_failing_model_or_transcript_still_gives_a_judgement():
+    failing = await EndOfTurn(SetModel(None), vad=VAD, turns=TURNS).judge(b"\0\0", said("Hello."))
+    assert (failing.end_silence_ms, failing.probability) == (500, None)
+
+    async def no_transcript():
+        return None
+
+    unread = await EndOfTurn(SetModel(0.8), vad=VAD, turns=TURNS).judge(b"\0\0", no_transcript)
+    assert (unread.end_silence_ms, unread.unfinished_text) == (200, None)
+
+
+def test_silence_alone_needs_no_model_and_the_model_setting_needs_one():
+    silence = EndOfTurn(None, vad=VAD, turns=TurnConfig(end_of_turn="silence", unjudged_silence_ms=500))
+    assert not silence.judges and silence.unjudged_silence_ms() == 500
+    judged = EndOfTurn(SetModel(0.5), vad=VAD, turns=TURNS)
+    assert judged.judges and judged.unjudged_silence_ms() == 2000  # until a pause is judged
+    with pytest.raises(ValueError, match="needs the end-of-turn model"):
+        EndOfTurn(None, vad=VAD, turns=TurnConfig(end_of_turn="model"))

@@ -1,0 +1,44 @@
+import pytest
+
+from pipeline.unfinished_text import ends_unfinished
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Please enter your conference number followed by the",
+        "Please enter your conference number followed by the.",  # Whisper's full stop does not finish it
+        "Can you tell me the opening hours of",
+        "My flight to Boston was cancelled and I...",
+        "And so, my fellow Americans,",
+        "I would like to book a table for",
+        "I want to check the balance of my",
+        "Um, I need, uh",
+        "I need to change the address on my account because",
+        "Send it to my manager\u2014",
+    ],
+)
+def test_a_sentence_left_hanging_is_unfinished(text):
+    assert ends_unfinished(text) is True
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Please enter your conference number followed by the pound key.",
+        "What is the weather like in London tomorrow?",
+        "What are you looking for?",  # a preposition may end a question
+        "Who should I talk to?",
+        "Turn the lights on",
+        "I'm not sure what you're talking about.",
+        "Yes.",
+        "Thanks",
+    ],
+)
+def test_a_sentence_that_may_end_there_is_not(text):
+    assert ends_unfinished(text) is False
+
+
+@pytest.mark.parametrize("text, language", [("", "en"), ("  ", "en"), ("?!", "en"), ("Je voudrais le", "fr")])
+def test_nothing_to_judge_is_no_judgement(text, language):
+    assert ends_unfinished(text, language) is None
