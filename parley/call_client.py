@@ -6,7 +6,11 @@ finished (or nothing started within the reply timeout), then the next file, all
 in one session. What it hears is recorded per turn, and the report gives each
 turn's transcript, reply, and voice-to-voice time measured here at the client:
 from the last 20 ms frame of the file above -40 dBFS to the first received
-frame above -40 dBFS.
+frame above -40 dBFS. `overlap_ms` is how much of the bot's voice (received
+frames above -40 dBFS) arrived while the file's own speech was still being sent,
+between its first and last voiced frame: the bot talking over the caller.
+`server_turns` is how many turns the server made of the file (1 unless it ended
+the caller's turn in a pause and the caller went on).
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ class TurnReport:
     reply_audio: str | None = None
     voice_to_voice_ms: float | None = None
     barge_in_stop_ms: float | None = None
+    overlap_ms: float = 0.0
+    server_turns: int = 0
     stages_ms: dict[str, float] = field(default_factory=dict)
 
 
@@ -117,6 +123,10 @@ class _Recorder:
     def last_voiced_between(self, start: float, end: float) -> float | None:
         voiced = [at for at, _, loud in self.frames if start <= at <= end and loud]
         return voiced[-1] if voiced else None
+
+    def voiced_ms_between(self, start: float, end: float) -> float:
+        """Milliseconds of voiced frames that arrived from `start` to `end`."""
+        return 20.0 * sum(1 for at, _, loud in self.frames if start <= at <= end and loud)
 
     def audio_between(self, start: float, end: float) -> bytes:
         return b"".join(pcm for at, pcm, _ in self.frames if start <= at <= end)
@@ -202,7 +212,10 @@ class CallClient:
         seen = len(self.messages)
         await self._mic.play(samples.tobytes(), RATE, "")
         await self._mic.drained()
-        speech_end = time.monotonic() - (samples.size / RATE - last_voiced_offset_s(samples, RATE))
+        sent = time.monotonic()
+        speech_start = sent - (samples.size / RATE - first_voiced_offset_s(samples, RATE))
+        speech_end = sent - (samples.size / RATE - last_voiced_offset_s(samples, RATE))
+        report.overlap_ms = self._recorder.voiced_ms_between(speech_start, speech_end)
         started = await self._wait_for(
             lambda m: m["type"] in ("reply", "transcript") and m.get("final", True), self.reply_timeout_s, since=seen
         )
@@ -249,6 +262,7 @@ class CallClient:
         self, report: TurnReport, seen: int, done, speech_end: float, end: float, out_dir: Path, index: int
     ) -> None:
         turn_id = done["turn_id"] if done else None
+        report.server_turns = len({m["turn_id"] for _, m in self.messages[seen:] if m["type"] == "transcript" and m["final"]})
         for _, m in self.messages[seen:]:
             if m.get("turn_id") != turn_id:
                 continue
@@ -365,6 +379,8 @@ async def run_call(
                 "reply_audio": t.reply_audio,
                 "voice_to_voice_ms": t.voice_to_voice_ms,
                 "barge_in_stop_ms": t.barge_in_stop_ms,
+                "overlap_ms": t.overlap_ms,
+                "server_turns": t.server_turns,
                 "stages_ms": t.stages_ms,
             }
             for t in turns

@@ -38,12 +38,14 @@ class Judgement:
         words to judge).
     end_silence_ms: the silence after the last voiced frame that ends the turn.
     model_ms: how long the model took.
+    words: the transcript that was read ("" when none was).
     """
 
     probability: float | None
     unfinished_text: bool | None
     end_silence_ms: int
     model_ms: float | None = None
+    words: str = ""
 
 
 def silence_to_end(
@@ -86,12 +88,13 @@ class EndOfTurn:
             log.warning("%s; the turn ends on silence alone", exc)
             return Judgement(None, None, self.turns.unjudged_silence_ms)
         model_ms = 1000 * (time.monotonic() - started)
-        unfinished = None
+        unfinished, words = None, ""
         if self.model.is_complete(probability):
             # Only a turn that sounds complete needs its words read: the others wait anyway.
             said = await transcript()
-            unfinished = ends_unfinished(said.text, said.language) if said is not None else None
+            if said is not None:
+                unfinished, words = ends_unfinished(said.text, said.language), said.text
         silence = silence_to_end(
             probability, unfinished, threshold=self.model.config.threshold, vad=self.vad, turns=self.turns
         )
-        return Judgement(probability, unfinished, silence, model_ms)
+        return Judgement(probability, unfinished, silence, model_ms, words)

@@ -284,11 +284,13 @@ class TurnLoop:
         self._judgement = judgement
         self._vad.end_silence_ms = judgement.end_silence_ms
         log.info(
-            "turn %s: pause judged %s (model %s, words %s): ends after %d ms of silence",
+            "turn %s: pause judged %s after %d ms of silence (model %s, words %s %r): ends after %d ms of silence",
             self._turn_id,
             "finished" if judgement.end_silence_ms < self.config.incomplete_silence_ms else "unfinished",
+            self._vad.silence_ms,
             "failed" if judgement.probability is None else f"{judgement.probability:.2f}",
             {None: "not read", True: "unfinished", False: "may end"}[judgement.unfinished_text],
+            judgement.words,
             judgement.end_silence_ms,
         )
 

@@ -23,6 +23,12 @@ ALWAYS_UNFINISHED = frozenset(
 # Prepositions that end a question ("What is it for?") but hardly a statement: unfinished
 # unless Whisper heard a question.
 UNFINISHED_UNLESS_QUESTION = frozenset("to for from at by into onto than with".split())
+# A short turn that opens with one of these and has no subject yet has not reached its point:
+# "And so, my fellow Americans," (which Whisper writes "And so my fellow Americans.") is a preface,
+# and the end-of-turn model hears it as finished (0.87-0.96). "And then we went home." has its clause.
+PREFACES = ("and", "so", "but", "well", "now")
+PREFACED_WORDS = 5
+SUBJECTS = frozenset("i i'm i've i'd i'll we we're you you're he she it it's they they're there that's what's".split())
 # Whisper writes these when the voice trails off mid-sentence.
 TRAILING_MARKS = ("...", "\u2026", ",", "-", "\u2013", "\u2014", ":", ";")
 
@@ -39,10 +45,25 @@ def ends_unfinished(text: str, language: str = "en") -> bool | None:
         return None
     if text.endswith(TRAILING_MARKS):
         return True
-    words = _WORD.findall(text.lower().replace("\u2019", "'"))
+    words = _without_loop(_WORD.findall(text.lower().replace("\u2019", "'")))
     if not words:
         return None
     last = words[-1]
     if last in ALWAYS_UNFINISHED:
         return True
+    if 2 < len(words) <= PREFACED_WORDS and words[0] in PREFACES and not text.endswith("?"):
+        if not SUBJECTS.intersection(words):
+            return True
     return last in UNFINISHED_UNLESS_QUESTION and not text.endswith("?")
+
+
+def _without_loop(words: list[str]) -> list[str]:
+    """One copy of words Whisper wrote several times over.
+
+    On a short stretch of speech Whisper can loop: JFK's "And so, my fellow Americans," came back
+    as "and so my fellow america and so my fellow america" in every call.
+    """
+    for n in range(1, len(words) // 2 + 1):
+        if len(words) % n == 0 and words == words[:n] * (len(words) // n):
+            return words[:n]
+    return words

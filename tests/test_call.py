@@ -38,6 +38,11 @@ async def test_a_call_with_jfk_through_the_command_line(server, transcriber, tmp
     assert turn["reply_text"].strip()
     assert turn["voice_to_voice_ms"] > 0
     assert {"asr", "llm_first_token", "tts_first_audio", "end_of_turn_to_first_audio"} <= set(turn["stages_ms"])
+    # JFK pauses after "Americans," and after "for you,": the turn is judged unfinished there, so the
+    # whole sentence is one turn, and the bot never talks while he does.
+    assert turn["server_turns"] == 1
+    assert turn["overlap_ms"] == 0
+    assert turn["stages_ms"]["end_of_turn_silence"] >= 200
     reply = read_audio(turn["reply_audio"])
     assert max(level_dbfs(reply[i : i + 320]) for i in range(0, reply.size - 320, 320)) > -30
     heard = (await transcriber.transcribe(reply)).text
@@ -45,10 +50,11 @@ async def test_a_call_with_jfk_through_the_command_line(server, transcriber, tmp
 
 
 async def test_a_reply_drafted_at_a_pause_is_dropped_when_the_user_goes_on(server, proxy, tmp_path):
-    # Two sentences 350 ms apart: the pause (100 ms) drafts a reply to the first, the second
-    # sentence drops it, and the end of the turn (500 ms) releases a draft answering both.
+    # Two sentences 180 ms apart: the pause (100 ms) drafts a reply to the first, the second
+    # sentence drops it before even a finished turn could end (200 ms), and the end of the turn
+    # releases a draft answering both.
     first, second = stereo_sentence(0), stereo_sentence(1)
-    gap, lead = np.zeros(int(16000 * 0.35), np.int16), np.zeros(int(16000 * 0.3), np.int16)
+    gap, lead = np.zeros(int(16000 * 0.18), np.int16), np.zeros(int(16000 * 0.3), np.int16)
     path = tmp_path / "two-sentences.wav"
     write_wav(path, np.concatenate([lead, first, gap, second]), 16000)
     async with CallClient(server) as client:
@@ -65,6 +71,19 @@ async def test_a_reply_drafted_at_a_pause_is_dropped_when_the_user_goes_on(serve
     assert report.stages_ms["draft_lead"] > 0
     asked = [r for r in proxy.requests if r["messages"][-1]["content"] == finals[0]["text"]]
     assert len(asked) == 1
+
+
+async def test_a_short_finished_sentence_is_answered_after_a_short_silence(server, tmp_path):
+    path = tmp_path / "short.wav"
+    write_wav(path, np.concatenate([np.zeros(4800, np.int16), stereo_sentence(1), np.zeros(16000, np.int16)]), 16000)
+    async with CallClient(server) as client:
+        report, _ = await client.talk(str(path), out_dir=tmp_path, index=1)
+    assert wer(STEREO_TEXT[1], report.transcript) <= 0.2, report.transcript
+    assert report.reply_text and report.overlap_ms == 0 and report.server_turns == 1
+    # Judged finished at its pause: the turn ended once the judgement was in (at least the 200 ms of
+    # [vad] end_silence_ms), not after the 2 s of a turn judged unfinished. How soon is a timing, for
+    # `parley bench turns`; here only the decision is checked.
+    assert 200 <= report.stages_ms["end_of_turn_silence"] < 2000, report.stages_ms
 
 
 async def test_the_second_turn_is_prompted_with_the_first(server, proxy, shared_redis, speakers, tmp_path):

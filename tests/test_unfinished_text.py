@@ -16,6 +16,9 @@ from pipeline.unfinished_text import ends_unfinished
         "Um, I need, uh",
         "I need to change the address on my account because",
         "Send it to my manager\u2014",
+        "And so my fellow Americans.",  # a preface, heard as finished by the audio model
+        "and so my fellow america and so my fellow america",  # Whisper looping on the same pause
+        "So my question",
     ],
 )
 def test_a_sentence_left_hanging_is_unfinished(text):
@@ -33,6 +36,9 @@ def test_a_sentence_left_hanging_is_unfinished(text):
         "I'm not sure what you're talking about.",
         "Yes.",
         "Thanks",
+        "And you?",
+        "So what is the weather like tomorrow in Paris?",
+        "And then we went home.",
     ],
 )
 def test_a_sentence_that_may_end_there_is_not(text):
