@@ -52,6 +52,7 @@ bench: setup
 	$(VENV)/bin/parley bench llm
 	$(VENV)/bin/parley bench call
 	$(VENV)/bin/parley bench barge-in
+	$(VENV)/bin/parley bench turns
 
 clean-venv:
 	rm -rf $(VENV)

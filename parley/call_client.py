@@ -9,8 +9,9 @@ from the last 20 ms frame of the file above -40 dBFS to the first received
 frame above -40 dBFS. `overlap_ms` is how much of the bot's voice (received
 frames above -40 dBFS) arrived while the file's own speech was still being sent,
 between its first and last voiced frame: the bot talking over the caller.
-`server_turns` is how many turns the server made of the file (1 unless it ended
-the caller's turn in a pause and the caller went on).
+`server_turns` is how many turns the server made of the file, and `finals` how
+many final transcripts it sent for them: a turn ended in a pause and continued
+when the caller went on keeps its id (one turn) but is finalised twice.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class TurnReport:
     barge_in_stop_ms: float | None = None
     overlap_ms: float = 0.0
     server_turns: int = 0
+    finals: int = 0
     stages_ms: dict[str, float] = field(default_factory=dict)
 
 
@@ -262,7 +264,8 @@ class CallClient:
         self, report: TurnReport, seen: int, done, speech_end: float, end: float, out_dir: Path, index: int
     ) -> None:
         turn_id = done["turn_id"] if done else None
-        report.server_turns = len({m["turn_id"] for _, m in self.messages[seen:] if m["type"] == "transcript" and m["final"]})
+        finals = [m["turn_id"] for _, m in self.messages[seen:] if m["type"] == "transcript" and m["final"]]
+        report.server_turns, report.finals = len(set(finals)), len(finals)
         for _, m in self.messages[seen:]:
             if m.get("turn_id") != turn_id:
                 continue
@@ -381,6 +384,7 @@ async def run_call(
                 "barge_in_stop_ms": t.barge_in_stop_ms,
                 "overlap_ms": t.overlap_ms,
                 "server_turns": t.server_turns,
+                "finals": t.finals,
                 "stages_ms": t.stages_ms,
             }
             for t in turns

@@ -68,6 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     bench_asr.add_argument("--repeats", type=int, default=5)
     bench_llm = bench_kinds.add_parser("llm", help="LLM pool throughput: sequential, concurrent, prompts")
     bench_llm.add_argument("--json", help="also write the figures here")
+    bench_turns = bench_kinds.add_parser(
+        "turns", help="turn-taking: silence alone against the end-of-turn model, with mid-sentence pauses"
+    )
+    bench_turns.add_argument(
+        "--sentences", type=int, default=12, choices=range(1, 13), metavar="1-12",
+        help="telephone sentences to say, whole and with each pause (default all 12)",
+    )
 
     serve = commands.add_parser("serve", help="run the server")
     serve.add_argument("--host", help="default: [server] host in models.toml")

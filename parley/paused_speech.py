@@ -80,7 +80,7 @@ class PausedSpeech:
                 raise ValueError(f"cannot find the word boundary for the pause in {text!r}")
             cuts.append(gaps[before])
         bounds = [0, *sorted(cuts), samples.size]
-        return [_faded(samples[start:end]) for start, end in zip(bounds, bounds[1:])]
+        return [_faded(samples[start:end]) for start, end in zip(bounds, bounds[1:], strict=False)]
 
 
 def _word_gaps(alignments) -> list[int]:

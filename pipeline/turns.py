@@ -26,6 +26,7 @@ frame before that cancels it, and the next pause drafts anew.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -213,9 +214,9 @@ class TurnLoop:
                 self._partials.now()
                 covers = len(self._carry) + event.speech_bytes
                 if self._end_of_turn.judges:
-                    audio, partials = self._carry + self._vad.utterance(), self._partials
+                    audio = self._carry + self._vad.utterance()
                     self._judging = self._tasks.create_task(
-                        self._judge(audio, lambda: partials.upto(covers)), name=f"judge-{self._turn_id}"
+                        self._judge(audio, functools.partial(self._partials.upto, covers)), name=f"judge-{self._turn_id}"
                     )
                 if self.config.speculative and self._speaker is not None:
                     await self._start_draft(covers)

@@ -31,6 +31,8 @@ const parley = {
   // voice-to-voice, measured here: end of the user's speech to the first reply audio playing
   userVoiceAt: 0,
   awaitingReply: false,
+  // bot voice heard while the user's voice was going (talked over), until the user's turn is final
+  overlapMs: 0,
   maxRemoteDb: -Infinity,
 };
 window.parley = parley; // for tests and for curious people in the console
@@ -152,8 +154,11 @@ function userTurn(turnId, text) {
     turn.user = document.createElement("li");
     turn.user.className = "user";
     turn.user.dataset.testid = "transcript";
+    turn.user.dataset.turnId = turnId;
     ui.turns.append(turn.user);
   }
+  turn.overlap = (turn.overlap || 0) + parley.overlapMs;
+  parley.overlapMs = 0;
   turn.user.textContent = text; // a continued turn replaces its earlier final transcript...
   if (turn.text) turn.text.textContent = ""; // ...and the reply begun for it was dropped
   parley.lastTurnId = turnId;
@@ -165,6 +170,7 @@ function botElement(turnId) {
     turn.bot = document.createElement("li");
     turn.bot.className = "bot";
     turn.bot.dataset.testid = "reply";
+    turn.bot.dataset.turnId = turnId;
     turn.text = document.createElement("span");
     turn.latency = document.createElement("span");
     turn.latency.className = "latency";
@@ -185,6 +191,7 @@ function botTurn(turnId, text, { interrupted = false, done = false } = {}) {
   const turn = botElement(turnId);
   if (!done || text) turn.text.textContent = text;
   turn.bot.classList.toggle("interrupted", Boolean(interrupted));
+  if (done) turn.bot.dataset.done = "true";
 }
 
 function showLatency(turnId) {
@@ -192,6 +199,10 @@ function showLatency(turnId) {
   if (!turn.latency) botElement(turnId);
   const parts = [];
   if (turn.v2v !== undefined) parts.push(`voice to voice ${Math.round(turn.v2v)} ms (measured here)`);
+  if (turn.stages && turn.stages.end_of_turn_silence !== undefined) {
+    parts.push(`turn ended after ${Math.round(turn.stages.end_of_turn_silence)} ms of silence`);
+  }
+  if (turn.overlap !== undefined) parts.push(`talked over ${Math.round(turn.overlap)} ms`);
   if (turn.stages) {
     const s = turn.stages;
     const stage = (name, key) => (s[key] !== undefined ? `${name} ${Math.round(s[key])}` : null);
@@ -257,6 +268,7 @@ async function startCall() {
     if (remoteAnalyser) {
       const remote = levelDb(remoteAnalyser, buffer);
       parley.maxRemoteDb = Math.max(parley.maxRemoteDb, remote);
+      if (remote > VOICE_DB && mic > VOICE_DB) parley.overlapMs += TICK_MS;
       if (remote > VOICE_DB && parley.awaitingReply && parley.userVoiceAt) {
         parley.awaitingReply = false;
         const turn = turnFor(parley.lastTurnId);

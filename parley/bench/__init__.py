@@ -1,0 +1,32 @@
+"""`parley bench ...`: benchmarks that write their figures to bench/results/ (JSON, a markdown row, a plot).
+
+One module per benchmark; parley.bench.results is what they share.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+async def run_bench(args: argparse.Namespace) -> None:
+    """Run the benchmark `args.bench` names."""
+    if args.bench == "asr":
+        from parley.bench.asr import bench_asr
+
+        await bench_asr(args)
+    elif args.bench == "call":
+        from parley.bench.call import bench_call
+
+        await bench_call(args)
+    elif args.bench == "llm":
+        from parley.bench.llm import bench_llm
+
+        await bench_llm(args)
+    elif args.bench == "barge-in":
+        from parley.bench.barge_in import bench_barge_in
+
+        await bench_barge_in(args)
+    elif args.bench == "turns":
+        from parley.bench.turns import bench_turns
+
+        await bench_turns(args)

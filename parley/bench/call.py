@@ -1,0 +1,84 @@
+"""`parley bench call`: voice-to-voice at the headless client, over calls one after another, with variants."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from parley.bench.results import BENCH_ENV, add_ratios, ms, percentile, speaker_files, write_results
+from parley.server_process import server_process
+
+
+async def _call_figures(url: str, files: list[str], calls: int, out_dir: Path) -> dict[str, Any]:
+    from parley.call_client import run_call
+
+    turns = []
+    for i in range(calls):
+        report = await run_call(url, files, out_dir=out_dir / f"call-{i}")
+        turns += report["turns"]
+        print(f"call {i + 1}/{calls}: " + ", ".join(f"{t['voice_to_voice_ms']} ms" for t in report["turns"]))
+    v2v = [t["voice_to_voice_ms"] for t in turns if t["voice_to_voice_ms"] is not None]
+    stages: dict[str, list[float]] = {}
+    for turn in turns:
+        for stage, value in turn["stages_ms"].items():
+            stages.setdefault(stage, []).append(value)
+    return {
+        "turns": len(turns),
+        "answered": len(v2v),
+        "voice_to_voice_ms": {"p50": percentile(v2v, 50), "p95": percentile(v2v, 95)},
+        "stages_ms_p50": {stage: percentile(values, 50) for stage, values in sorted(stages.items())},
+    }
+
+
+async def bench_call(args: argparse.Namespace) -> None:
+    """Voice-to-voice over calls one after another; with --compare, the same against a changed setting."""
+    # Replies capped at 40 tokens: the first sentence, which is all the latency depends on,
+    # still completes, and ten calls take minutes rather than ten.
+    env = {**BENCH_ENV, "PARLEY_LLM_MAX_TOKENS": "40"}
+    variants: dict[str, dict[str, str]] = {"default": {}}
+    for change in args.compare or []:
+        key, _, value = change.partition("=")
+        variants[change] = {key: value}
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="parley-bench-") as tmp:
+        files = speaker_files(Path(tmp))
+        for name, change in variants.items():
+            print(f"variant {name}")
+            async with contextlib.AsyncExitStack() as stack:
+                url = args.server if args.server and not change else await stack.enter_async_context(
+                    server_process({**env, **change})
+                )
+                results[name] = await _call_figures(url, files, args.calls, Path(tmp) / name)
+    add_ratios(results, "default", lambda f: f["voice_to_voice_ms"]["p50"], "v2v_p50_vs_default")
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    document = {
+        "benchmark": "call",
+        "when": when,
+        "calls_per_variant": args.calls,
+        "settings": {**env, "machine_cores": os.cpu_count()},
+        "variants": results,
+    }
+    rows = []
+    for name, f in results.items():
+        p50 = f["stages_ms_p50"]
+        rows.append(
+            f"| {when} | {name} | {f['answered']}/{f['turns']} | {ms(f['voice_to_voice_ms']['p50'])} | "
+            f"{ms(f['voice_to_voice_ms']['p95'])} | {f['v2v_p50_vs_default']} | {ms(p50.get('asr'))} | "
+            f"{ms(p50.get('llm_first_token'))} | {ms(p50.get('first_sentence'))} | "
+            f"{ms(p50.get('tts_first_audio'))} | {ms(p50.get('end_of_turn_to_first_audio'))} |"
+        )
+    header = (
+        "# Call benchmark: voice-to-voice at the client (ms)\n\n"
+        "`parley bench call`: calls one after another, two single-utterance turns each, temperature 0, seed 42,"
+        " replies capped at 40 tokens, end-of-turn silence 500 ms, measured at the headless client; with"
+        " `--compare KEY=VALUE` the same calls against a server with that setting changed, in the same run.\n\n"
+        "| when | variant | answered | v2v p50 | v2v p95 | p50 vs default | asr p50 | llm first token p50 |"
+        " first sentence p50 | tts first audio p50 | end of turn to first audio p50 |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
+    )
+    write_results("call", document, "\n".join(rows), header)
