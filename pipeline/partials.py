@@ -1,7 +1,8 @@
 """Partial transcripts of the utterance while the user talks, and the final one ahead of time.
 
 The growing utterance is transcribed every `interval_s`, and at once when the
-user pauses (`now()`). At the end of the turn, a transcript that already covers
+user pauses (`now()`): the pause's transcription does not wait for a periodic one
+under way, since the end of the turn, and the reply, wait for it. At the end of the turn, a transcript that already covers
 every voiced frame *is* the final transcript: the ASR ran during the end-of-turn
 silence instead of after it. `covering()` returns it, waiting for one under way;
 `upto()` also waits for the one the pause asked for to begin.
@@ -46,7 +47,8 @@ class PartialTranscripts:
         self._min_new = SAMPLE_RATE * 2 * min_new_ms // 1000
         self._wake = asyncio.Event()
         self._latest: tuple[int, Transcript | None] | None = None
-        self._running: tuple[int, asyncio.Task[Transcript | None]] | None = None
+        # Transcriptions under way, by how much of the utterance each covers.
+        self._running: dict[int, asyncio.Task[Transcript | None]] = {}
         self._changed = asyncio.Condition()
         self._stopped = False
 
@@ -67,21 +69,32 @@ class PartialTranscripts:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._interval_s):
                     await self._wake.wait()
-            poked, audio = self._wake.is_set(), self._utterance()
+            poked = self._wake.is_set()
             self._wake.clear()
+            if self._running and not poked:
+                continue  # periodic partials go one at a time
+            audio = self._utterance()
             grown = len(audio) - done
             if grown <= 0 or (grown < self._min_new and not poked):
                 continue
             done = len(audio)
             task = self._spawn(self._transcribe(audio), "partial-transcript")
-            self._running = (len(audio), task)
+            self._running[len(audio)] = task
             await self._notify()
-            transcript = await asyncio.shield(task)
-            self._running = None
-            self._latest = (len(audio), transcript)
-            await self._notify()
-            if transcript is not None and transcript.text:
-                await on_partial(transcript)
+            self._spawn(self._publish(len(audio), task, on_partial), "partial-publish")
+
+    async def _publish(
+        self, covers: int, task: asyncio.Task[Transcript | None], on_partial: Callable[[Transcript], Awaitable[None]]
+    ) -> None:
+        """Keep a finished transcription as the latest (unless a longer one is), and show it while the turn runs."""
+        transcript = await asyncio.shield(task)
+        self._running.pop(covers, None)
+        newest = self._latest is None or covers > self._latest[0]
+        if newest:
+            self._latest = (covers, transcript)
+        await self._notify()
+        if newest and not self._stopped and transcript is not None and transcript.text:
+            await on_partial(transcript)
 
     async def _transcribe(self, audio: bytes) -> Transcript | None:
         # A partial is a best effort: a failure here is not the turn's failure. The final
@@ -106,12 +119,15 @@ class PartialTranscripts:
         return await self.covering(audio_bytes)
 
     def _covers(self, audio_bytes: int) -> bool:
-        return any(x is not None and x[0] >= audio_bytes for x in (self._latest, self._running))
+        return (self._latest is not None and self._latest[0] >= audio_bytes) or any(
+            covers >= audio_bytes for covers in self._running
+        )
 
     async def covering(self, audio_bytes: int) -> Transcript | None:
         """A transcript of at least the first `audio_bytes` of the utterance, if one is done or under way."""
         if self._latest is not None and self._latest[0] >= audio_bytes:
             return self._latest[1]
-        if self._running is not None and self._running[0] >= audio_bytes:
-            return await asyncio.shield(self._running[1])
+        under_way = [covers for covers in self._running if covers >= audio_bytes]
+        if under_way:
+            return await asyncio.shield(self._running[min(under_way)])
         return None

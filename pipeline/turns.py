@@ -281,13 +281,23 @@ class TurnLoop:
 
     async def _judge(self, audio: bytes, transcript: Callable[[], Awaitable[Transcript | None]]) -> None:
         """Decide, at a pause, how much silence ends this turn (pipeline.end_of_turn)."""
-        judgement = await self._end_of_turn.judge(audio, transcript)
+        try:
+            judgement = await self._end_of_turn.judge(audio, transcript)
+        except Exception:
+            # A judgement is never worth the call: the turn falls back on silence alone.
+            log.exception("turn %s: the pause could not be judged", self._turn_id)
+            self._vad.end_silence_ms = self.config.unjudged_silence_ms
+            return
         self._judgement = judgement
         self._vad.end_silence_ms = judgement.end_silence_ms
+        if judgement.probability is None:
+            verdict = "unjudged"
+        else:
+            verdict = "finished" if judgement.end_silence_ms < self.config.incomplete_silence_ms else "unfinished"
         log.info(
             "turn %s: pause judged %s after %d ms of silence (model %s, words %s %r): ends after %d ms of silence",
             self._turn_id,
-            "finished" if judgement.end_silence_ms < self.config.incomplete_silence_ms else "unfinished",
+            verdict,
             self._vad.silence_ms,
             "failed" if judgement.probability is None else f"{judgement.probability:.2f}",
             {None: "not read", True: "unfinished", False: "may end"}[judgement.unfinished_text],

@@ -56,6 +56,29 @@ def test_say_writes_speech_that_transcribes_back(tmp_path: Path):
     assert wer("Good morning. How can I help you today?", heard.stdout) <= 0.10, heard.stdout
 
 
+@pytest.mark.slow
+def test_say_pauses_at_each_mark_between_the_words_around_it(tmp_path: Path):
+    out = tmp_path / "paused.wav"
+    text = "Please enter your conference number followed by the | pound key."
+    result = parley("say", text, "--pause", "0.8", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    samples = read_audio(out)
+    quiet = [max(abs(int(x)) for x in samples[i : i + 320]) < 100 for i in range(0, samples.size - 320, 320)]
+    longest, run = 0, 0
+    for q in quiet:
+        run = run + 1 if q else 0
+        longest = max(longest, run)
+    assert 0.78 <= longest * 0.02 <= 0.9  # the pause, and no word lost into it
+    heard = parley("transcribe", str(out)).stdout
+    assert wer(text.replace("| ", ""), heard) <= 0.10, heard
+
+
+@pytest.mark.parametrize("text", ["| starts with a pause", "ends with a pause |"])
+def test_a_pause_mark_must_stand_between_words(tmp_path: Path, text):
+    result = parley("say", text, "--out", str(tmp_path / "x.wav"))
+    assert result.returncode == 2 and "must stand between two words" in result.stderr, result.stderr
+
+
 def test_say_with_empty_text_is_bad_input(tmp_path: Path):
     result = parley("say", "  ", "--out", str(tmp_path / "x.wav"))
     assert result.returncode == 2 and "nothing to say" in result.stderr
