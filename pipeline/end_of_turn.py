@@ -47,6 +47,11 @@ class Judgement:
     model_ms: float | None = None
     words: str = ""
 
+    @property
+    def by_audio_alone(self) -> bool:
+        """The model called the turn unfinished and its words were not read: worth asking again later."""
+        return self.probability is not None and self.unfinished_text is None and not self.words
+
 
 def silence_to_end(
     probability: float | None, unfinished_text: bool | None, *, threshold: float, vad: VADConfig, turns: TurnConfig

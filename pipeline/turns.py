@@ -149,6 +149,8 @@ class TurnLoop:
         self._end_of_turn = EndOfTurn(turn_model, vad=vad_config, turns=config)
         self._judging: asyncio.Task[None] | None = None
         self._judgement: Judgement | None = None
+        self._pause_covers = 0  # speech bytes the judged pause follows
+        self._rechecked = False
         self._speaker: Speaker | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._reply: Reply | None = None
@@ -212,16 +214,34 @@ class TurnLoop:
                 await self._on_speech_started()
             elif isinstance(event, SpeechPaused) and self._partials is not None:
                 self._partials.now()
-                covers = len(self._carry) + event.speech_bytes
+                covers = self._pause_covers = len(self._carry) + event.speech_bytes
                 if self._end_of_turn.judges:
-                    audio = self._carry + self._vad.utterance()
-                    self._judging = self._tasks.create_task(
-                        self._judge(audio, functools.partial(self._partials.upto, covers)), name=f"judge-{self._turn_id}"
-                    )
+                    self._start_judging()
                 if self.config.speculative and self._speaker is not None:
                     await self._start_draft(covers)
             elif isinstance(event, TurnEnded):
                 await self._on_turn_ended(event)
+            elif self._should_recheck():
+                self._rechecked = True
+                self._start_judging()
+
+    def _start_judging(self) -> None:
+        assert self._partials is not None
+        audio = self._carry + self._vad.utterance()
+        upto = functools.partial(self._partials.upto, self._pause_covers)
+        self._judging = self._tasks.create_task(self._judge(audio, upto), name=f"judge-{self._turn_id}")
+
+    def _should_recheck(self) -> bool:
+        """A pause the model alone called unfinished is judged once more as its silence grows."""
+        judgement, recheck_ms = self._judgement, self.config.recheck_silence_ms
+        return (
+            judgement is not None
+            and judgement.by_audio_alone
+            and not self._rechecked
+            and 0 < recheck_ms <= self._vad.silence_ms
+            and self._vad.speaking
+            and self._partials is not None
+        )
 
     def _hold_for_voice(self, frame_ms: float) -> None:
         """While the bot talks, a voiced frame pauses it at once; it goes on after a short silence.
@@ -308,6 +328,7 @@ class TurnLoop:
     async def _forget_judgement(self) -> None:
         """The user speaks again: the pause judged is over, and the turn waits for the next one."""
         judging, self._judging, self._judgement = self._judging, None, None
+        self._rechecked = False
         if judging is not None and not judging.done():
             judging.cancel()
             await asyncio.wait([judging])

@@ -92,3 +92,12 @@ def test_silence_alone_needs_no_model_and_the_model_setting_needs_one():
     assert judged.judges and judged.unjudged_silence_ms() == 2000  # until a pause is judged
     with pytest.raises(ValueError, match="needs the end-of-turn model"):
         EndOfTurn(None, vad=VAD, turns=TurnConfig(end_of_turn="model"))
+
+
+async def test_only_a_judgement_by_the_audio_alone_is_worth_asking_again():
+    unsure = await EndOfTurn(SetModel(0.2), vad=VAD, turns=TURNS).judge(b"\0\0", said("I would like"))
+    assert unsure.by_audio_alone  # the words were never read: more silence may change the model's mind
+    hanging = await EndOfTurn(SetModel(0.9), vad=VAD, turns=TURNS).judge(b"\0\0", said("followed by the"))
+    assert not hanging.by_audio_alone  # the words hang: asking again would not change them
+    finished = await EndOfTurn(SetModel(0.9), vad=VAD, turns=TURNS).judge(b"\0\0", said("The pound key."))
+    assert not finished.by_audio_alone
