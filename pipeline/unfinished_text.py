@@ -27,7 +27,10 @@ UNFINISHED_UNLESS_QUESTION = frozenset("to for from at by into onto than with".s
 # "And so, my fellow Americans," (which Whisper writes "And so my fellow Americans.") is a preface,
 # and the end-of-turn model hears it as finished (0.87-0.96). "And then we went home." has its clause.
 PREFACES = ("and", "so", "but", "well", "now")
-PREFACED_WORDS = 5
+# Two-word prefaces announce an upshot still to come, subject or not: Whisper heard JFK's preface as
+# "And so am I fellow America." in the browser.
+UPSHOT_PREFACES = (("and", "so"), ("so", "then"), ("well", "so"), ("okay", "so"))
+PREFACED_WORDS = 6
 SUBJECTS = frozenset("i i'm i've i'd i'll we we're you you're he she it it's they they're there that's what's".split())
 # Whisper writes these when the voice trails off mid-sentence.
 TRAILING_MARKS = ("...", "\u2026", ",", "-", "\u2013", "\u2014", ":", ";")
@@ -51,8 +54,10 @@ def ends_unfinished(text: str, language: str = "en") -> bool | None:
     last = words[-1]
     if last in ALWAYS_UNFINISHED:
         return True
-    if 2 < len(words) <= PREFACED_WORDS and words[0] in PREFACES and not text.endswith("?"):
-        if not SUBJECTS.intersection(words):
+    if 2 < len(words) <= PREFACED_WORDS and not text.endswith("?"):
+        if tuple(words[:2]) in UPSHOT_PREFACES:
+            return True
+        if words[0] in PREFACES and not SUBJECTS.intersection(words):
             return True
     return last in UNFINISHED_UNLESS_QUESTION and not text.endswith("?")
 

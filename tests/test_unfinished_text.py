@@ -19,6 +19,7 @@ from pipeline.unfinished_text import ends_unfinished
         "And so my fellow Americans.",  # a preface, heard as finished by the audio model
         "and so my fellow america and so my fellow america",  # Whisper looping on the same pause
         "So my question",
+        "And so am I fellow America.",  # the same preface, as Whisper heard it in the browser
     ],
 )
 def test_a_sentence_left_hanging_is_unfinished(text):
