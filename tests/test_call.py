@@ -61,15 +61,21 @@ async def test_a_reply_drafted_at_a_pause_is_dropped_when_the_user_goes_on(serve
         seen = len(client.messages)
         report, _ = await client.talk(str(path), out_dir=tmp_path, index=1)
         messages = [m for _, m in client.messages[seen:]]
+    # One turn. The first sentence's own comma pause ("the wizard, | who", 400 ms, which Whisper
+    # writes "the wizard.") may be judged finished and the turn ended there, then continued when the
+    # speaker goes on: the turn keeps its id and its final transcript is replaced by the whole.
     finals = [m for m in messages if m["type"] == "transcript" and m["final"]]
-    assert len(finals) == 1, finals
-    assert wer(f"{STEREO_TEXT[0]} {STEREO_TEXT[1]}", finals[0]["text"]) <= 0.15, finals[0]["text"]
+    assert finals and {m["turn_id"] for m in finals} == {finals[-1]["turn_id"]}, finals
+    final = finals[-1]
+    assert wer(f"{STEREO_TEXT[0]} {STEREO_TEXT[1]}", final["text"]) <= 0.15, final["text"]
     replies = [m for m in messages if m["type"] in ("reply", "metrics")]
-    assert replies and {m["turn_id"] for m in replies} == {finals[0]["turn_id"]}
-    assert [m for m in replies if m.get("done")] == [replies[-1]] and replies[-1]["text"] == report.reply_text
+    assert replies and {m["turn_id"] for m in replies} == {final["turn_id"]}
+    done = [m for m in replies if m.get("done")]
+    assert done == [replies[-1]] and replies[-1]["text"] == report.reply_text and not done[0].get("interrupted")
+    assert report.overlap_ms == 0  # nothing of a dropped reply was heard
     # The reply was the released draft: it began before the turn ended, and was asked for once.
     assert report.stages_ms["draft_lead"] > 0
-    asked = [r for r in proxy.requests if r["messages"][-1]["content"] == finals[0]["text"]]
+    asked = [r for r in proxy.requests if r["messages"][-1]["content"] == final["text"]]
     assert len(asked) == 1
 
 
