@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
+from media.audio_file import read_audio, write_wav
 from media.frames import frames_of
 from media.tracks import OutboundAudioTrack
 from pipeline.dialog_store import DialogStore
@@ -20,6 +21,16 @@ from pipeline.turns import TurnLoop
 from tests.speech import STEREO_TEXT, stereo_sentence, wer
 
 pytestmark = pytest.mark.slow
+
+
+SECOND = "Please tell me how far away it is."
+
+
+async def _spoken(synthesizer, text: str, folder) -> np.ndarray:
+    """`text` in piper's voice, 16 kHz."""
+    path = folder / "spoken.wav"
+    write_wav(path, await synthesizer.synthesize(text), synthesizer.sample_rate)
+    return read_audio(path, 16000)
 
 
 def _silence(seconds: float) -> np.ndarray:
@@ -77,11 +88,12 @@ async def _turn_loop(settings, llm_config, proxy, shared_redis, transcriber, syn
 
 
 async def test_a_draft_that_reached_the_llm_is_dropped_without_a_trace_when_the_user_goes_on(
-    settings, llm_config, proxy, shared_redis, transcriber, synthesizer, turn_model
+    settings, llm_config, proxy, shared_redis, transcriber, synthesizer, turn_model, tmp_path
 ):
-    # The short sentence, said twice: it has no pause of its own, so the only pause is the one
-    # between the two (the long one's comma pause may itself be judged the end of the turn).
-    first = second = stereo_sentence(1)
+    # Two sentences with no pause of their own (the long stereo sentence's comma pause may itself be
+    # judged the end of the turn), so the only pause is the one between them.
+    first = stereo_sentence(1)
+    second = await _spoken(synthesizer, SECOND, tmp_path)
     # One stream of frames, so their timestamps run on: 300 ms lead, a sentence, a 160 ms pause
     # (100 ms drafts a reply; the shortest end of turn is 200 ms), then, once the draft has asked
     # the LLM, the second sentence and the end of the turn.
@@ -102,7 +114,7 @@ async def test_a_draft_that_reached_the_llm_is_dropped_without_a_trace_when_the_
         await _until(lambda: any(isinstance(e, ReplyDone) for e in events))
     finals = [e for e in events if isinstance(e, TranscriptEvent) and e.final]
     assert len(finals) == 1
-    assert wer(f"{STEREO_TEXT[1]} {STEREO_TEXT[1]}", finals[0].text) <= 0.15, finals[0].text
+    assert wer(f"{STEREO_TEXT[1]} {SECOND}", finals[0].text) <= 0.15, finals[0].text
     # Only the reply to the whole turn was said: none of the dropped draft's text got out.
     (done,) = [e for e in events if isinstance(e, ReplyDone)]
     assert not done.interrupted
