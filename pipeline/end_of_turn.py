@@ -38,19 +38,20 @@ class Judgement:
         words to judge).
     end_silence_ms: the silence after the last voiced frame that ends the turn.
     model_ms: how long the model took.
-    words: the transcript that was read ("" when none was).
+    words: the transcript that was read (None: the words were not read, because the turn did not
+        sound finished).
     """
 
     probability: float | None
     unfinished_text: bool | None
     end_silence_ms: int
     model_ms: float | None = None
-    words: str = ""
+    words: str | None = None
 
     @property
     def by_audio_alone(self) -> bool:
-        """The model called the turn unfinished and its words were not read: worth asking again later."""
-        return self.probability is not None and self.unfinished_text is None and not self.words
+        """The model called the turn unfinished, so its words were not read: worth asking again later."""
+        return self.probability is not None and self.words is None
 
 
 def silence_to_end(
@@ -79,7 +80,7 @@ class EndOfTurn:
         """Whether pauses are judged at all (False: silence alone ends turns)."""
         return self.model is not None
 
-    def unjudged_silence_ms(self) -> int:
+    def silence_before_judgement(self) -> int:
         """The silence that ends a turn whose pause has not been judged (yet)."""
         return self.turns.incomplete_silence_ms if self.judges else self.turns.unjudged_silence_ms
 
@@ -93,12 +94,13 @@ class EndOfTurn:
             log.warning("%s; the turn ends on silence alone", exc)
             return Judgement(None, None, self.turns.unjudged_silence_ms)
         model_ms = 1000 * (time.monotonic() - started)
-        unfinished, words = None, ""
+        unfinished, words = None, None
         if self.model.is_complete(probability):
             # Only a turn that sounds complete needs its words read: the others wait anyway.
             said = await transcript()
+            words = "" if said is None else said.text
             if said is not None:
-                unfinished, words = ends_unfinished(said.text, said.language), said.text
+                unfinished = ends_unfinished(said.text, said.language)
         silence = silence_to_end(
             probability, unfinished, threshold=self.model.config.threshold, vad=self.vad, turns=self.turns
         )

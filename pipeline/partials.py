@@ -2,8 +2,8 @@
 
 The growing utterance is transcribed every `interval_s`, and at once when the
 user pauses (`now()`): the pause's transcription does not wait for a periodic one
-under way, since the end of the turn, and the reply, wait for it. At the end of the turn, a transcript that already covers
-every voiced frame *is* the final transcript: the ASR ran during the end-of-turn
+under way, since the end of the turn, and the reply, wait for it. At the end of
+the turn, a transcript that already covers every voiced frame *is* the final transcript: the ASR ran during the end-of-turn
 silence instead of after it. `covering()` returns it, waiting for one under way;
 `upto()` also waits for the one the pause asked for to begin.
 """

@@ -321,7 +321,7 @@ class TurnLoop:
             self._vad.silence_ms,
             "failed" if judgement.probability is None else f"{judgement.probability:.2f}",
             {None: "not read", True: "unfinished", False: "may end"}[judgement.unfinished_text],
-            judgement.words,
+            judgement.words or "",
             judgement.end_silence_ms,
         )
 
@@ -332,7 +332,7 @@ class TurnLoop:
         if judging is not None and not judging.done():
             judging.cancel()
             await asyncio.wait([judging])
-        self._vad.end_silence_ms = self._end_of_turn.unjudged_silence_ms()
+        self._vad.end_silence_ms = self._end_of_turn.silence_before_judgement()
 
     async def _start_draft(self, covers: int) -> None:
         """Start answering what was said so far, unheard, while the end-of-turn silence runs."""

@@ -87,9 +87,9 @@ async def test_a_failing_model_or_transcript_still_gives_a_judgement():
 
 def test_silence_alone_needs_no_model_and_the_model_setting_needs_one():
     silence = EndOfTurn(None, vad=VAD, turns=TurnConfig(end_of_turn="silence", unjudged_silence_ms=500))
-    assert not silence.judges and silence.unjudged_silence_ms() == 500
+    assert not silence.judges and silence.silence_before_judgement() == 500
     judged = EndOfTurn(SetModel(0.5), vad=VAD, turns=TURNS)
-    assert judged.judges and judged.unjudged_silence_ms() == 2000  # until a pause is judged
+    assert judged.judges and judged.silence_before_judgement() == 2000  # until a pause is judged
     with pytest.raises(ValueError, match="needs the end-of-turn model"):
         EndOfTurn(None, vad=VAD, turns=TurnConfig(end_of_turn="model"))
 
@@ -101,3 +101,9 @@ async def test_only_a_judgement_by_the_audio_alone_is_worth_asking_again():
     assert not hanging.by_audio_alone  # the words hang: asking again would not change them
     finished = await EndOfTurn(SetModel(0.9), vad=VAD, turns=TURNS).judge(b"\0\0", said("The pound key."))
     assert not finished.by_audio_alone
+
+    async def no_transcript():
+        return None
+
+    unread = await EndOfTurn(SetModel(0.9), vad=VAD, turns=TURNS).judge(b"\0\0", no_transcript)
+    assert not unread.by_audio_alone  # it sounded finished: there is nothing to ask again
