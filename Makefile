@@ -21,7 +21,7 @@ $(VENV)/bin/python:
 # Re-installs only when pyproject.toml changes, so a second `make setup` takes seconds.
 $(VENV)/.parley-installed: pyproject.toml | $(VENV)/bin/python
 	@echo "setup: installing Parley and its models into $(VENV)"
-	$(PIP) install --quiet --disable-pip-version-check -e '.[test]'
+	$(PIP) install --quiet --disable-pip-version-check -e '.[test,bench]'
 	@touch $@
 
 $(VENV)/.parley-llm-model: | $(VENV)/bin/python

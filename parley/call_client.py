@@ -63,6 +63,8 @@ class TurnReport:
     server_turns: int = 0
     finals: int = 0
     stages_ms: dict[str, float] = field(default_factory=dict)
+    # The reply's prompt as the LLM server handled it: total, read, cached (when the server says).
+    prompt_tokens: dict[str, int] = field(default_factory=dict)
 
 
 def _voiced_frame_starts(samples: np.ndarray, rate: int) -> list[int]:
@@ -276,6 +278,7 @@ class CallClient:
                 report.reply_generated += m["delta"]
             elif m["type"] == "metrics":
                 report.stages_ms = m["stages_ms"]
+                report.prompt_tokens = m.get("prompt_tokens", {})
         if done:
             report.reply_text = done["text"]
             report.interrupted = bool(done.get("interrupted"))
@@ -288,6 +291,7 @@ class CallClient:
         if not report.reply_text:
             report.voice_to_voice_ms = None
             report.stages_ms = {}
+            report.prompt_tokens = {}
 
     async def _wait_voice_after(self, t: float, timeout: float) -> float | None:
         deadline = time.monotonic() + timeout

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
@@ -68,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     bench_asr.add_argument("--repeats", type=int, default=5)
     bench_llm = bench_kinds.add_parser("llm", help="LLM pool throughput: sequential, concurrent, prompts")
     bench_llm.add_argument("--json", help="also write the figures here")
+    bench_long = bench_kinds.add_parser(
+        "long-call", help="one call of many turns: voice-to-voice, first token and prompt tokens per turn index"
+    )
+    bench_long.add_argument("--turns", type=int, default=30)
+    bench_long.add_argument("--variants", help="comma-separated (default all): sliding, sliding_reuse, stable, stable_reuse")
     bench_turns = bench_kinds.add_parser(
         "turns", help="turn-taking: silence alone against the end-of-turn model, with mid-sentence pauses"
     )
@@ -104,7 +110,8 @@ async def _say(settings: Settings, text: str, out: str, pause_s: float) -> None:
         speech = PausedSpeech(settings.tts)
         write_wav(out, speech.say(text, pause_s), speech.sample_rate)
         return
-    synthesizer = Synthesizer(settings.tts)
+    # Without piper's sampling noise: the same text makes the same caller every time.
+    synthesizer = Synthesizer(dataclasses.replace(settings.tts, noise_scale=0.0, noise_w_scale=0.0))
     write_wav(out, await synthesizer.synthesize(text), synthesizer.sample_rate)
 
 

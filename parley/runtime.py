@@ -38,7 +38,10 @@ async def services(settings: Settings, *, redis: bool = True, llm: bool = True) 
                 settings.llm_server, log_dir=Path(settings.server.log_dir).expanduser()
             )
             url = await running.llm_server.start()
-            running.settings = replace(running.settings, llm=replace(running.settings.llm, base_url=url))
+            # Our own llama-server: its slots are known, so each dialog can keep one (and its cache).
+            slots = settings.llm_server.parallel if settings.llm.server_slots < 0 else settings.llm.server_slots
+            ours = replace(running.settings.llm, base_url=url, server_slots=slots)
+            running.settings = replace(running.settings, llm=ours)
         yield running
     finally:
         if running.llm_server is not None:

@@ -106,6 +106,8 @@ class TTSConfig:
     spin_wait: let those threads spin while they wait for work. Spinning wins on an idle
         machine and loses when the LLM holds a core: the spinning threads take CPU the
         synthesis itself needs.
+    noise_scale, noise_w_scale: piper's sampling noise in the voice and in the phoneme lengths
+        (None: the voice's own). 0 makes the same text the same audio every time.
     """
 
     voice: str = "en_US-joe-medium"
@@ -114,6 +116,8 @@ class TTSConfig:
     length_scale: float = 1.0
     threads: int = 0
     spin_wait: bool = False
+    noise_scale: float | None = None
+    noise_w_scale: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -126,6 +130,10 @@ class LLMConfig:
     max_tokens: a cap on each reply; a looping model otherwise fills its context.
     temperature, seed: sampling; seed -1 is random.
     connect_timeout_s, first_token_timeout_s, total_timeout_s: the three deadlines of a request.
+    server_slots: llama-server's parallel slots. When set, each dialog is kept on a slot of its
+        own (`id_slot`, `cache_prompt`), so a turn reads only its new tokens; 0 leaves placing
+        requests to the server (vLLM's prefix cache needs no help); -1: the bundled
+        llama-server's slots, and 0 for a server of `base_url`.
     """
 
     base_url: str = ""
@@ -138,6 +146,11 @@ class LLMConfig:
     connect_timeout_s: float = 2.0
     first_token_timeout_s: float = 10.0
     total_timeout_s: float = 30.0
+    server_slots: int = -1
+
+    def __post_init__(self) -> None:
+        if self.server_slots < -1:
+            raise ValueError(f"llm.server_slots must be -1 (automatic), 0 or more, not {self.server_slots}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -165,6 +178,9 @@ class TurnConfig:
         end_of_turn = "silence", and a turn whose judgement failed.
     max_no_speech_prob: a final transcript Whisper rates more likely silence than this is no turn.
     history_budget_tokens: how much of the dialog goes into the prompt (newest turns first).
+    history_window: "stable" drops the oldest turns half a budget at a time, so the prompt's
+        beginning, and the server's cache of it, holds for many turns; "sliding" drops one turn
+        whenever over budget (pipeline.history_window).
     first_clause_words: the reply's first piece of speech may end at a comma once it has this
         many words (0: whole sentences only), so the bot starts talking sooner.
     speculative: draft the reply when the user pauses (`vad.pause_ms`), unheard, and release it
@@ -183,6 +199,7 @@ class TurnConfig:
     unjudged_silence_ms: int = 500
     max_no_speech_prob: float = 0.6
     history_budget_tokens: int = 600
+    history_window: str = "stable"
     first_clause_words: int = 4
     speculative: bool = True
     fallback_line: str = "Sorry, I can't answer that right now. Please try again in a moment."
@@ -193,6 +210,8 @@ class TurnConfig:
             raise ValueError(f'turns.end_of_turn must be "model" or "silence", not {self.end_of_turn!r}')
         if self.incomplete_silence_ms <= 0 or self.unjudged_silence_ms <= 0:
             raise ValueError("turns.incomplete_silence_ms and turns.unjudged_silence_ms must be positive")
+        if self.history_window not in ("stable", "sliding"):
+            raise ValueError(f'turns.history_window must be "stable" or "sliding", not {self.history_window!r}')
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

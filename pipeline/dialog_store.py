@@ -99,16 +99,3 @@ class DialogStore:
         except (RedisError, OSError) as exc:
             raise DialogStoreUnavailable(f"cannot read dialog {dialog_id}: {exc}") from exc
         return [Turn.from_json(m) for m in members]
-
-
-def fit_to_budget(turns: list[Turn], budget_tokens: int) -> list[Turn]:
-    """The newest turns whose text fits `budget_tokens` (about 4 characters a token), oldest first."""
-    kept: list[Turn] = []
-    used = 0
-    for turn in reversed(turns):
-        cost = len(turn.text) // 4 + 4
-        if used + cost > budget_tokens:
-            break
-        kept.append(turn)
-        used += cost
-    return kept[::-1]

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pipeline.llm_client import PromptUsage
+
 State = Literal["listening", "thinking", "speaking"]
 
 
@@ -51,10 +53,13 @@ class TurnMetrics:
     Keys: asr (final transcript), llm_first_token, first_sentence (LLM start to the
     first complete sentence), tts_first_audio (that sentence to its first audio),
     end_of_turn_to_first_audio (the whole server-side wait).
+    prompt: the reply's prompt as the LLM server handled it (its tokens, how many it read and
+    how many its cache held), when the server says.
     """
 
     turn_id: str
     stages_ms: dict[str, float] = field(default_factory=dict)
+    prompt: PromptUsage | None = None
 
 
 @dataclass(frozen=True, slots=True)

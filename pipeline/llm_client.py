@@ -2,14 +2,20 @@
 
 One request, one stream of text deltas. Failures come out as LLMUnavailable or
 LLMTimeout, never as httpx's own exceptions. The LLM pool builds on this.
+
+What the server did with the prompt (its tokens, and how many its cache held) is
+reported as `PromptUsage` when the server says: llama-server's `timings` (on every
+chunk when asked for `timings_per_token`, so it is known at the first token), or the
+OpenAI `usage` of the last chunk (`prompt_tokens_details.cached_tokens`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
-from typing import TypedDict
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypedDict
 
 import httpx
 
@@ -20,6 +26,40 @@ from pipeline.errors import LLMConnectError, LLMTimeout, LLMUnavailable
 class Message(TypedDict):
     role: str
     content: str
+
+
+@dataclass(frozen=True, slots=True)
+class PromptUsage:
+    """A request's prompt as the server handled it: its tokens, and how many came from its cache."""
+
+    tokens: int
+    cached: int
+
+    @property
+    def read(self) -> int:
+        """The tokens the server had to read: what its cache did not hold."""
+        return self.tokens - self.cached
+
+
+UsageSink = Callable[[PromptUsage], None]
+
+
+def prompt_usage(chunk: dict[str, Any]) -> PromptUsage | None:
+    """The prompt figures a streamed chunk carries, if any (llama-server's timings, or OpenAI usage)."""
+    timings, usage = chunk.get("timings"), chunk.get("usage")
+    if isinstance(timings, dict) and _count(timings.get("prompt_n")) is not None:
+        read, cached = _count(timings["prompt_n"]), _count(timings.get("cache_n")) or 0
+        return PromptUsage(read + cached, cached)
+    if isinstance(usage, dict) and (tokens := _count(usage.get("prompt_tokens"))) is not None:
+        details = usage.get("prompt_tokens_details")
+        cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else None
+        return PromptUsage(tokens, min(cached or 0, tokens))
+    return None
+
+
+def _count(value: object) -> int | None:
+    # A server's count, or None for anything that is not a count (a bool is not one).
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 class LLMClient:
@@ -49,17 +89,24 @@ class LLMClient:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    def request_body(self, messages: Sequence[Message]) -> dict:
-        """The JSON body of a streamed chat completion for `messages`."""
+    def request_body(self, messages: Sequence[Message], *, slot: int | None = None) -> dict:
+        """The JSON body of a streamed chat completion for `messages`.
+
+        `slot`: the llama-server slot to run on, whose cache holds this dialog's earlier prompt;
+        the body then also asks for the cache and for timings with every chunk.
+        """
         body: dict = {
             "model": self.config.model,
             "messages": list(messages),
             "stream": True,
+            "stream_options": {"include_usage": True},
             "max_tokens": self.config.max_tokens,
             "temperature": self.config.temperature,
         }
         if self.config.seed >= 0:
             body["seed"] = self.config.seed
+        if slot is not None:
+            body.update(id_slot=slot, cache_prompt=True, timings_per_token=True)
         return body
 
     def with_system_prompt(self, messages: Sequence[Message]) -> list[Message]:
@@ -67,9 +114,15 @@ class LLMClient:
         system: list[Message] = [{"role": "system", "content": self.config.system_prompt}]
         return (system if self.config.system_prompt else []) + list(messages)
 
-    async def stream_chat(self, messages: Sequence[Message]) -> AsyncIterator[str]:
-        """Yield the reply's text deltas as they arrive."""
-        async for chunk in self._stream("/chat/completions", self.request_body(messages)):
+    async def stream_chat(
+        self, messages: Sequence[Message], *, slot: int | None = None, on_usage: UsageSink | None = None
+    ) -> AsyncIterator[str]:
+        """Yield the reply's text deltas as they arrive; `on_usage` hears the prompt figures once known."""
+        told = None
+        async for chunk in self._stream("/chat/completions", self.request_body(messages, slot=slot)):
+            if on_usage is not None and (usage := prompt_usage(chunk)) is not None and usage != told:
+                told = usage
+                on_usage(usage)
             for choice in chunk.get("choices", ()):
                 if content := (choice.get("delta") or {}).get("content"):
                     yield content

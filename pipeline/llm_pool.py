@@ -11,6 +11,11 @@ At most `max_inflight` requests are at the server; a caller waits for a slot at
 most `queue_timeout_ms`, then gets LLMBusy. The breaker fails calls at once
 while the LLM is failing (LLMCircuitOpen). A request is retried once on a
 connection error, never once a token has arrived.
+
+With `[llm] server_slots` (llama-server), each dialog's requests go to the slot
+that served it before (pipeline.llm_slots), so the server's prompt cache holds
+the dialog so far. A caller that gives up (barge-in, a dropped draft) cancels its
+request at once: the connection closes and the server stops working for nobody.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ import httpx
 from pipeline.circuit_breaker import CircuitBreaker
 from pipeline.config import LLMConfig
 from pipeline.errors import LLMBusy, LLMCircuitOpen, LLMConnectError, LLMError, LLMUnavailable
-from pipeline.llm_client import LLMClient, Message
+from pipeline.llm_client import LLMClient, Message, PromptUsage, UsageSink
+from pipeline.llm_slots import SlotMap
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +65,11 @@ class PoolConfig:
 class _Request:
     messages: list[Message]
     deadline: float
+    dialog_id: str | None = None
     out: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(maxsize=1024))
     admitted: asyncio.Event = field(default_factory=asyncio.Event)
     abandoned: bool = False
+    task: asyncio.Task[None] | None = None  # the request at the server, once sent
 
 
 class LLMPool:
@@ -83,6 +91,7 @@ class LLMPool:
         self.base_url = self.client.base_url
         self._pending: asyncio.Queue[_Request] = asyncio.Queue(maxsize=1024)
         self._slots = asyncio.Semaphore(pool.max_inflight)
+        self._server_slots = SlotMap(config.server_slots) if config.server_slots > 0 else None
         self.inflight = 0
         self._tasks: asyncio.TaskGroup | None = None
         self._runner: asyncio.Task[None] | None = None
@@ -107,13 +116,19 @@ class LLMPool:
     def with_system_prompt(self, messages: Sequence[Message]) -> list[Message]:
         return self.client.with_system_prompt(messages)
 
-    async def stream_chat(self, messages: Sequence[Message]) -> AsyncIterator[str]:
-        """The reply's text deltas; LLMBusy, LLMCircuitOpen or another LLMError when it cannot come."""
+    async def stream_chat(
+        self, messages: Sequence[Message], *, dialog_id: str | None = None, on_usage: UsageSink | None = None
+    ) -> AsyncIterator[str]:
+        """The reply's text deltas; LLMBusy, LLMCircuitOpen or another LLMError when it cannot come.
+
+        `dialog_id` keeps a dialog's requests where its prompt is cached; `on_usage` hears how
+        much of the prompt the server read and how much its cache held.
+        """
         if self._tasks is None:
             raise RuntimeError("Cannot stream: the LLM pool is not running (use `async with`)")
         if not self.breaker.try_acquire():
             raise LLMCircuitOpen(f"the LLM is failing; calls resume in {self.breaker.retry_after_s():.1f} s")
-        request = _Request(list(messages), time.monotonic() + self.pool.queue_timeout_ms / 1000)
+        request = _Request(list(messages), time.monotonic() + self.pool.queue_timeout_ms / 1000, dialog_id)
         outcome: bool | None = None  # failed?
         try:
             try:
@@ -126,10 +141,18 @@ class LLMPool:
                 if isinstance(item, LLMError):
                     outcome = True
                     raise item
+                if isinstance(item, PromptUsage):
+                    if on_usage is not None:
+                        on_usage(item)
+                    continue
                 yield item
             outcome = False
         finally:
             request.abandoned = True
+            if request.task is not None and not request.task.done():
+                # Closing the stream now, not at its next token, frees the server's slot even
+                # while it is still reading a long prompt for a reply nobody will hear.
+                request.task.cancel()
             if outcome is None:
                 self.breaker.abandon()
             else:
@@ -164,7 +187,7 @@ class LLMPool:
                 self._tasks.create_task(self._send_prompts(admitted), name="llm-pool-prompts")
             else:
                 for request in admitted:
-                    self._tasks.create_task(self._send_chat(request), name="llm-pool-chat")
+                    request.task = self._tasks.create_task(self._send_chat(request), name="llm-pool-chat")
 
     async def _take_slot(self, request: _Request) -> bool:
         """A slot for `request` before its deadline; False if its caller gave up or it timed out."""
@@ -188,11 +211,14 @@ class LLMPool:
             self._slots.release()
 
     async def _send_chat(self, request: _Request) -> None:
+        slot = self._server_slots.take(request.dialog_id) if self._server_slots is not None else None
         try:
             for attempt in range(self.pool.retries + 1):
                 started = False
                 try:
-                    async for delta in self.client.stream_chat(request.messages):
+                    async for delta in self.client.stream_chat(
+                        request.messages, slot=slot, on_usage=lambda usage: _offer(request, usage)
+                    ):
                         started = True
                         if request.abandoned:
                             return  # the caller left (barge-in): closing the stream stops generation
@@ -213,6 +239,8 @@ class LLMPool:
             log.exception("LLM pool: chat request failed unexpectedly")
             await _deliver(request, LLMUnavailable(f"LLM request failed unexpectedly: {exc!r}"))
         finally:
+            if self._server_slots is not None:
+                self._server_slots.give_back(slot)
             self._release()
 
     async def _send_prompts(self, batch: list[_Request]) -> None:
@@ -240,3 +268,10 @@ async def _deliver(request: _Request, item: object) -> None:
     """Hand a delta, an error or the end to the caller, unless it has gone."""
     if not request.abandoned:
         await request.out.put(item)
+
+
+def _offer(request: _Request, usage: PromptUsage) -> None:
+    """Pass the prompt figures on with the deltas; dropped if the caller is far behind (they are not the reply)."""
+    if not request.abandoned:
+        with contextlib.suppress(asyncio.QueueFull):
+            request.out.put_nowait(usage)

@@ -46,7 +46,9 @@ class Synthesizer:
             self._voice = PiperVoice(session=_session(model, config), config=voice_config)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise SynthesisError(f"cannot load voice {config.voice!r} from {folder}: {exc}") from exc
-        self._syn_config = SynthesisConfig(length_scale=config.length_scale)
+        self._syn_config = SynthesisConfig(
+            length_scale=config.length_scale, noise_scale=config.noise_scale, noise_w_scale=config.noise_w_scale
+        )
         # Fixed lines (the fallback when the LLM fails, the busy line) are synthesised once at
         # start-up, so they play at once, when the machine is most likely struggling.
         self._phrases: dict[str, bytes] = {}

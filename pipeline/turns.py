@@ -38,7 +38,8 @@ from media.frames import AudioFrame
 from pipeline.asr import Transcriber, Transcript
 from pipeline.config import TurnConfig, VADConfig
 from pipeline.dialog_buffer import DialogBuffer, DialogBufferFull
-from pipeline.dialog_store import DialogStore, Turn, fit_to_budget
+from pipeline.dialog_store import DialogStore, Turn
+from pipeline.history_window import history_window
 from pipeline.end_of_turn import EndOfTurn, Judgement
 from pipeline.errors import LLMBusy, LLMError, SynthesisError, TranscriptionError
 from pipeline.events import (
@@ -51,7 +52,7 @@ from pipeline.events import (
     TurnEvent,
     TurnMetrics,
 )
-from pipeline.llm_client import Message
+from pipeline.llm_client import Message, PromptUsage, UsageSink
 from pipeline.partials import PartialTranscripts
 from pipeline.sentences import SentenceSplitter
 from pipeline.tts import Synthesizer
@@ -66,7 +67,9 @@ class ChatModel(Protocol):
 
     def with_system_prompt(self, messages: Sequence[Message]) -> list[Message]: ...
 
-    def stream_chat(self, messages: Sequence[Message]) -> AsyncIterator[str]: ...
+    def stream_chat(
+        self, messages: Sequence[Message], *, dialog_id: str | None = None, on_usage: UsageSink | None = None
+    ) -> AsyncIterator[str]: ...
 
 
 class Speaker(Protocol):
@@ -120,6 +123,8 @@ class Reply:
     # judgement of the pause that set it (None: silence alone, or a typed turn).
     end_silence_ms: float | None = None
     judgement: Judgement | None = None
+    # The reply's prompt as the LLM server handled it, once it says.
+    prompt: PromptUsage | None = None
 
 
 class TurnLoop:
@@ -459,6 +464,9 @@ class TurnLoop:
                 await sentences.put(None)
             if speech is not None:
                 await speech
+            elif reply.text:
+                # No voice to time (a call without audio): the figures go out with the reply's end.
+                await self._say(reply, TurnMetrics(reply.turn_id, dict(stages), reply.prompt))
         except BaseException:
             # Cancelled (barge-in, continuation, hang-up) or failed: the speech goes too, and is
             # waited for, so nothing of this reply reaches the speaker after we return.
@@ -476,7 +484,11 @@ class TurnLoop:
     ) -> None:
         splitter = SentenceSplitter(first_clause_words=self.config.first_clause_words)
         started = time.monotonic()
-        async for delta in self._llm.stream_chat(messages):
+
+        def prompt_read(usage: PromptUsage) -> None:
+            reply.prompt = usage
+
+        async for delta in self._llm.stream_chat(messages, dialog_id=self.dialog_id, on_usage=prompt_read):
             if not reply.text:
                 stages["llm_first_token"] = 1000 * (time.monotonic() - started)
             reply.text += delta
@@ -510,7 +522,7 @@ class TurnLoop:
                             stages["end_of_turn_model"] = reply.judgement.model_ms
                         self._vad.start_speech_ms = self.config.barge_in_speech_ms
                         await self._set_state("speaking")
-                        await self._emit(TurnMetrics(reply.turn_id, dict(stages)))
+                        await self._emit(TurnMetrics(reply.turn_id, dict(stages), reply.prompt))
                     await self._speaker.play(pcm, self._synthesizer.sample_rate, sentence)
                     sentence = ""  # a sentence piper splits further is credited to its first piece
             except SynthesisError as exc:
@@ -547,7 +559,9 @@ class TurnLoop:
     # -- dialog ------------------------------------------------------------------------------
 
     async def _history(self) -> list[Message]:
-        kept = fit_to_budget(await self._dialog.history(), self.config.history_budget_tokens)
+        kept = history_window(
+            await self._dialog.history(), self.config.history_budget_tokens, self.config.history_window
+        )
         return [{"role": t.role, "content": t.text} for t in kept if t.text]
 
     async def _commit(self, reply: Reply, bot_text: str, *, interrupted: bool) -> None:

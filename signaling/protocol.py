@@ -155,8 +155,11 @@ def from_event(event: TurnEvent) -> dict[str, Any]:
             return {"type": "reply", "turn_id": turn_id, "delta": text}
         case ReplyDone(turn_id, text, interrupted):
             return {"type": "reply", "turn_id": turn_id, "done": True, "text": text, "interrupted": interrupted}
-        case TurnMetrics(turn_id, stages_ms):
-            return {"type": "metrics", "turn_id": turn_id, "stages_ms": {k: round(v, 1) for k, v in stages_ms.items()}}
+        case TurnMetrics(turn_id, stages_ms, prompt):
+            message = {"type": "metrics", "turn_id": turn_id, "stages_ms": {k: round(v, 1) for k, v in stages_ms.items()}}
+            if prompt is not None:
+                message["prompt_tokens"] = {"total": prompt.tokens, "read": prompt.read, "cached": prompt.cached}
+            return message
         case TurnError(code, message):
             return error(code, message)
     raise TypeError(f"not a turn event: {event!r}")

@@ -18,9 +18,14 @@ from tests.asgi_server import serving
 
 
 class CountingServer:
-    def __init__(self, *, tokens: int = 5, token_delay_s: float = 0.02) -> None:
+    """first_token_delay_s: the wait before the first token, as while a long prompt is read.
+    A request that asks for `timings_per_token` gets llama-server's `timings` with every chunk:
+    its prompt read in full when it names no `id_slot`, else all but 10 tokens from the cache."""
+
+    def __init__(self, *, tokens: int = 5, token_delay_s: float = 0.02, first_token_delay_s: float = 0.0) -> None:
         self.tokens = tokens
         self.token_delay_s = token_delay_s
+        self.first_token_delay_s = first_token_delay_s
         self.active = 0
         self.max_active = 0
         self.requests: list[dict] = []
@@ -38,6 +43,7 @@ class CountingServer:
         self.active += 1
         self.max_active = max(self.max_active, self.active)
         try:
+            await asyncio.sleep(self.first_token_delay_s)
             for i in range(self.tokens):
                 await asyncio.sleep(self.token_delay_s)
                 for event in events(i):
@@ -49,8 +55,11 @@ class CountingServer:
     async def _chat(self, request: Request) -> StreamingResponse:
         body = await request.json()
         self.requests.append(body)
+        prompt = 10 * sum(len(m["content"].split()) for m in body["messages"]) + 20
+        cached = prompt - 10 if "id_slot" in body else 0
+        timings = {"timings": {"prompt_n": prompt - cached, "cache_n": cached}} if body.get("timings_per_token") else {}
         return StreamingResponse(
-            self._stream(lambda i: [{"choices": [{"index": 0, "delta": {"content": f"w{i} "}}]}]),
+            self._stream(lambda i: [{"choices": [{"index": 0, "delta": {"content": f"w{i} "}}], **timings}]),
             media_type="text/event-stream",
         )
 

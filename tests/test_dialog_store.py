@@ -3,7 +3,7 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 
-from pipeline.dialog_store import DialogStore, Turn, dialog_key, fit_to_budget
+from pipeline.dialog_store import DialogStore, Turn, dialog_key
 
 pytestmark = pytest.mark.slow
 
@@ -47,9 +47,3 @@ async def test_a_turn_keeps_an_explicit_sequence_number_and_ttl_is_refreshed(sto
     assert [t.seq for t in await dialogs.turns("d4")] == [2, 5]
     assert 890 <= await client.ttl(dialog_key("d4")) <= 900
     assert 890 <= await client.ttl(dialog_key("d4") + ":ids") <= 900
-
-
-def test_the_prompt_keeps_the_newest_turns_that_fit():
-    turns = [Turn(role="user", text="x" * 400, seq=i) for i in range(10)]  # ~104 tokens each
-    kept = fit_to_budget(turns, 350)
-    assert [t.seq for t in kept] == [7, 8, 9]

@@ -5,7 +5,7 @@ import pytest
 
 from pipeline.config import LLMConfig
 from pipeline.errors import LLMTimeout, LLMUnavailable
-from pipeline.llm_client import LLMClient
+from pipeline.llm_client import LLMClient, PromptUsage, prompt_usage
 
 
 def sse(*deltas: str, done: bool = True) -> bytes:
@@ -106,3 +106,23 @@ async def test_problem_says_why_the_server_cannot_serve():
         assert await client.problem() is None
     async with client_for(lambda r: httpx.Response(503)) as client:
         assert await client.problem() == "HTTP 503 from http://llm.test/v1/models"
+
+
+def test_prompt_figures_come_from_llama_servers_timings_or_openai_usage():
+    assert prompt_usage({"timings": {"prompt_n": 12, "cache_n": 500, "predicted_n": 3}}) == PromptUsage(512, 500)
+    assert prompt_usage({"timings": {"prompt_n": 12}}) == PromptUsage(12, 0)
+    usage = {"prompt_tokens": 512, "completion_tokens": 9, "prompt_tokens_details": {"cached_tokens": 480}}
+    assert prompt_usage({"usage": usage}).read == 32
+    assert prompt_usage({"usage": {"prompt_tokens": 40}}) == PromptUsage(40, 0)
+    # Anything else says nothing: no figure is better than a wrong one.
+    for chunk in [{}, {"timings": {"prompt_n": True}}, {"timings": "x"}, {"usage": {"prompt_tokens": -1}},
+                  {"usage": {"prompt_tokens": "40"}}, {"usage": None}]:
+        assert prompt_usage(chunk) is None, chunk
+
+
+async def test_a_request_for_a_slot_asks_for_its_cache_and_its_timings():
+    client = client_for(lambda request: httpx.Response(200))
+    body = client.request_body([{"role": "user", "content": "hi"}], slot=2)
+    assert (body["id_slot"], body["cache_prompt"], body["timings_per_token"]) == (2, True, True)
+    assert "id_slot" not in client.request_body([{"role": "user", "content": "hi"}])
+    await client.aclose()

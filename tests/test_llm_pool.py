@@ -6,6 +6,7 @@ import pytest
 from pipeline.circuit_breaker import BreakerConfig, CircuitBreaker
 from pipeline.config import LLMConfig
 from pipeline.errors import LLMBusy, LLMCircuitOpen, LLMConnectError, LLMUnavailable
+from pipeline.llm_client import PromptUsage
 from pipeline.llm_pool import LLMPool, PoolConfig
 from tests.fake_openai import CountingServer
 
@@ -113,3 +114,41 @@ async def test_the_breaker_opens_and_then_fails_calls_at_once():
         with pytest.raises(LLMCircuitOpen):
             await collect(pool, 99)
         assert calls["n"] == before  # nothing reached the server
+
+
+async def test_each_dialog_keeps_its_slot_and_hears_what_its_prompt_cost():
+    async with CountingServer(tokens=2, token_delay_s=0.01).running() as server:
+        async with LLMPool(LLMConfig(base_url=server.base_url, server_slots=2)) as pool:
+            heard: list[PromptUsage] = []
+            for dialog in ["a", "b", "a", "b", "a"]:
+                reply = [d async for d in pool.stream_chat(ask(0), dialog_id=dialog, on_usage=heard.append)]
+                assert reply == ["w0 ", "w1 "]  # the figures are not part of the reply
+    slots = [r["id_slot"] for r in server.requests]
+    assert slots[0] != slots[1] and slots[0::2] == [slots[0]] * 3 and slots[1::2] == [slots[1]] * 2
+    assert all(r["cache_prompt"] and r["timings_per_token"] for r in server.requests)
+    # Told once per request (the same figures came with every chunk): 40 tokens, 30 of them cached.
+    assert heard == [PromptUsage(40, 30)] * 5 and heard[0].read == 10
+
+
+async def test_without_server_slots_the_server_places_requests():
+    async with CountingServer(tokens=1, token_delay_s=0.01).running() as server:
+        async with LLMPool(LLMConfig(base_url=server.base_url)) as pool:
+            await collect(pool, 0)
+    assert "id_slot" not in server.requests[0] and "cache_prompt" not in server.requests[0]
+
+
+async def test_a_caller_that_gives_up_frees_the_server_before_the_first_token():
+    # The server takes 30 s to its first token (a long prompt being read): a caller who leaves
+    # (barge-in, a dropped draft) must not hold the server's slot, or the pool's, all that time.
+    async with CountingServer(tokens=1, first_token_delay_s=30).running() as server:
+        async with LLMPool(LLMConfig(base_url=server.base_url, server_slots=1), PoolConfig(max_inflight=1)) as pool:
+            waiting = asyncio.create_task(collect(pool, 0))
+            async with asyncio.timeout(10):
+                while server.active == 0:
+                    await asyncio.sleep(0.01)
+            waiting.cancel()
+            async with asyncio.timeout(10):  # far less than the 30 s the request would have held it
+                while server.active or pool.inflight:
+                    await asyncio.sleep(0.01)
+            server.first_token_delay_s = 0
+            assert await collect(pool, 1) == "w0 "

@@ -26,6 +26,10 @@ async def run_bench(args: argparse.Namespace) -> None:
         from parley.bench.barge_in import bench_barge_in
 
         await bench_barge_in(args)
+    elif args.bench == "long-call":
+        from parley.bench.long_call import bench_long_call
+
+        await bench_long_call(args)
     elif args.bench == "turns":
         from parley.bench.turns import bench_turns
 

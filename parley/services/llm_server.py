@@ -35,6 +35,9 @@ class LLMServerConfig:
     threads: CPU threads for generation.
     threads_batch: CPU threads for reading the prompt.
     parallel: slots served at once (continuous batching); ctx_size is split between them.
+    cache_reuse: the shortest run of cached tokens llama-server moves into place (KV shifting)
+        when a prompt matches its cache after a change in the middle, e.g. when the oldest
+        turns leave the dialog's window (0: only an unchanged beginning is reused).
     nice: added to llama-server's niceness. The reply's first clause is synthesised while the
         LLM writes the rest, and the voice waits for the first, not for the rest.
     """
@@ -48,6 +51,7 @@ class LLMServerConfig:
     threads_batch: int = 1
     parallel: int = 4
     ctx_size: int = 8192
+    cache_reuse: int = 16
     nice: int = 5
 
 
@@ -107,6 +111,7 @@ class EmbeddedLLMServer:
             "--parallel", str(c.parallel),
             "--ctx-size", str(c.ctx_size),
             "--cont-batching",
+            "--cache-reuse", str(c.cache_reuse),
             "--no-webui",
         ]
         self._child = ChildProcess(
