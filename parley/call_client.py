@@ -35,7 +35,7 @@ from media.frames import level_dbfs
 from media.jitter_buffer import set_audio_jitter_buffer
 from media.resample import Resampler
 from media.tracks import OutboundAudioTrack
-from parley.errors import CallFailed
+from parley.errors import CallFailed, CallRefused
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,17 @@ class TurnReport:
     stages_ms: dict[str, float] = field(default_factory=dict)
     # The reply's prompt as the LLM server handled it: total, read, cached (when the server says).
     prompt_tokens: dict[str, int] = field(default_factory=dict)
+
+
+def _raise_refusal(error: dict[str, Any]) -> None:
+    """A refusal for want of room or rate becomes CallRefused, with when to try again."""
+    if error.get("code") in ("over_capacity", "rate_limited"):
+        retry_after = error.get("retry_after")
+        raise CallRefused(
+            f"the server refused the call ({error['code']}): {error.get('message')}",
+            code=error["code"],
+            retry_after_s=float(retry_after) if isinstance(retry_after, (int, float)) else None,
+        )
 
 
 def _voiced_frame_starts(samples: np.ndarray, rate: int) -> list[int]:
@@ -162,6 +173,8 @@ class CallClient:
             raise CallFailed(f"cannot reach {self.ws_url}: {exc or type(exc).__name__}") from exc
         self._tasks.append(asyncio.create_task(self._read(), name="call-client-reader"))
         first = await self._wait_for(lambda m: m["type"] in ("session", "error"), 10.0)
+        if first is not None and first["type"] == "error":
+            _raise_refusal(first)
         if first is None or first["type"] == "error":
             raise CallFailed(f"the server refused the call: {first and first.get('message')}")
         self.session = first
@@ -194,6 +207,8 @@ class CallClient:
         await pc.setLocalDescription(await pc.createOffer())
         await self._send({"type": "offer", "sdp": pc.localDescription.sdp})
         answer = await self._wait_for(lambda m: m["type"] in ("answer", "error"), 15.0)
+        if answer is not None and answer["type"] == "error":
+            _raise_refusal(answer)
         if answer is None or answer["type"] == "error":
             raise CallFailed(f"the server did not answer the offer: {answer and answer.get('message')}")
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))

@@ -159,14 +159,16 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> None:
     import uvicorn
 
     from signaling.app import create_app
+    from signaling.drain import DrainingServer
 
     if settings.turns.end_of_turn == "model":
         from pipeline.turn_model import locate
 
         locate(settings.turn_model)  # a missing or damaged model: one line now, not a traceback from the app
     signaling = settings.signaling
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=host or settings.server.host,
         port=port or settings.server.port,
         log_level="info",
@@ -179,6 +181,8 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> None:
         ws_max_size=signaling.max_message_bytes,
         timeout_graceful_shutdown=10,
     )
+    # SIGTERM drains (signaling.drain): calls finish, clients are told to come back elsewhere.
+    DrainingServer(config, app=app, drain_timeout_s=settings.server.drain_timeout_s).run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

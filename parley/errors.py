@@ -15,3 +15,15 @@ class ServiceError(ParleyError):
 
 class CallFailed(ParleyError):
     """`parley call` could not make or finish the call: server unreachable, refused, or broken."""
+
+
+class CallRefused(CallFailed):
+    """The server had no room for the call (`over_capacity`) or limited the caller (`rate_limited`).
+
+    code: the protocol's error code; retry_after_s: when the server said to try again.
+    """
+
+    def __init__(self, message: str, *, code: str, retry_after_s: float | None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retry_after_s = retry_after_s

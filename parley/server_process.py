@@ -26,6 +26,16 @@ async def server_process(
     extra_env: dict[str, str] | None = None, *, log_path: str | None = None, port: int | None = None
 ) -> AsyncIterator[str]:
     """`parley serve` on `port` (default: a free one), ready (GET /readyz answers 200); yields its URL."""
+    async with server_child(extra_env, log_path=log_path, port=port) as (url, _):
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def server_child(
+    extra_env: dict[str, str] | None = None, *, log_path: str | None = None, port: int | None = None
+) -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
+    """Like `server_process`, yielding the process too (to signal it). On exit it is sent SIGTERM
+    (it drains), and a second signal if it has not exited within 30 s."""
     port = port or free_port()
     env = {**os.environ, **(extra_env or {})}
     log = open(log_path, "ab") if log_path else asyncio.subprocess.DEVNULL  # noqa: SIM115 - closed below
@@ -36,11 +46,15 @@ async def server_process(
     url = f"http://127.0.0.1:{port}"
     try:
         await wait_ready(url, process)
-        yield url
+        yield url, process
     finally:
         if process.returncode is None:
             process.terminate()
-            await process.wait()
+            try:
+                await asyncio.wait_for(process.wait(), 30)
+            except TimeoutError:
+                process.terminate()  # the second signal: exit at once
+                await process.wait()
         if log_path:
             log.close()
 

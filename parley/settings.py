@@ -17,7 +17,7 @@ from parley.errors import ConfigError
 from parley.services.llm_server import LLMServerConfig
 from pipeline.circuit_breaker import BreakerConfig
 from pipeline.llm_pool import PoolConfig
-from signaling.config import SignalingConfig
+from signaling.config import AdmissionConfig, SignalingConfig
 from signaling.rate_limit import RateLimitConfig
 from pipeline.config import (
     ASRConfig,
@@ -36,19 +36,30 @@ DEFAULT_PATH = ROOT / "models.toml"
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServerConfig:
-    """Where `parley serve` listens, and where the embedded services write their logs."""
+    """Where `parley serve` listens, and where the embedded services write their logs.
+
+    drain_timeout_s: on SIGTERM, how long calls in progress may go on before they are sent
+        to another replica (signaling.drain).
+    """
 
     host: str = "127.0.0.1"
     port: int = 8000
     log_dir: str = "~/.local/state/parley/logs"
+    drain_timeout_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RedisConfig:
-    """url: a Redis URL; empty starts a private redis-server keeping its data in state_dir."""
+    """url: a Redis URL; empty starts a private redis-server keeping its data in state_dir.
+
+    max_connections: the process's pool of connections; a burst past it waits for one.
+    pool_timeout_s: the longest a command waits for a connection before it fails.
+    """
 
     url: str = ""
     state_dir: str = "~/.local/state/parley/redis"
+    max_connections: int = 64
+    pool_timeout_s: float = 5.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,6 +70,7 @@ class Settings:
     redis: RedisConfig = RedisConfig()
     signaling: SignalingConfig = SignalingConfig()
     rate_limit: RateLimitConfig = RateLimitConfig()
+    admission: AdmissionConfig = AdmissionConfig()
     media: MediaConfig = MediaConfig()
     vad: VADConfig = VADConfig()
     turns: TurnConfig = TurnConfig()

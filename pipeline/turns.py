@@ -123,8 +123,9 @@ class Reply:
     # judgement of the pause that set it (None: silence alone, or a typed turn).
     end_silence_ms: float | None = None
     judgement: Judgement | None = None
-    # The reply's prompt as the LLM server handled it, once it says.
+    # The reply's prompt as the LLM server handled it, once it says; the metrics event sent.
     prompt: PromptUsage | None = None
+    reported: TurnMetrics | None = None
 
 
 class TurnLoop:
@@ -386,6 +387,17 @@ class TurnLoop:
 
     # -- replies -----------------------------------------------------------------------------
 
+    async def quiet(self) -> None:
+        """Return once no reply is being made or spoken and no typed turn waits: a moment to hang up."""
+        while True:
+            reply = self._reply
+            if reply is not None and reply.task is not None and not reply.task.done():
+                await asyncio.wait([reply.task])
+            elif not self._texts.empty():
+                await asyncio.sleep(0.05)  # a typed turn about to get its reply
+            else:
+                return
+
     def _start_reply(self, reply: Reply, work: Awaitable[None]) -> None:
         self._reply = reply
         reply.task = self._tasks.create_task(work, name=f"reply-{reply.turn_id}")
@@ -464,6 +476,10 @@ class TurnLoop:
                 await sentences.put(None)
             if speech is not None:
                 await speech
+                if reply.reported is not None and reply.reported.prompt is None and reply.prompt is not None:
+                    # The server told the prompt's figures only with its last chunk (OpenAI usage):
+                    # the turn's metrics again, complete.
+                    await self._emit(TurnMetrics(reply.turn_id, reply.reported.stages_ms, reply.prompt))
             elif reply.text:
                 # No voice to time (a call without audio): the figures go out with the reply's end.
                 await self._say(reply, TurnMetrics(reply.turn_id, dict(stages), reply.prompt))
@@ -522,7 +538,8 @@ class TurnLoop:
                             stages["end_of_turn_model"] = reply.judgement.model_ms
                         self._vad.start_speech_ms = self.config.barge_in_speech_ms
                         await self._set_state("speaking")
-                        await self._emit(TurnMetrics(reply.turn_id, dict(stages), reply.prompt))
+                        reply.reported = TurnMetrics(reply.turn_id, dict(stages), reply.prompt)
+                        await self._emit(reply.reported)
                     await self._speaker.play(pcm, self._synthesizer.sample_rate, sentence)
                     sentence = ""  # a sentence piper splits further is credited to its first piece
             except SynthesisError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from redis.exceptions import RedisError
 
+from parley.redis_client import redis_client
 from parley.runtime import Services, services
 from parley.settings import Settings
 from pipeline.asr import Transcriber
@@ -25,6 +27,7 @@ from pipeline.circuit_breaker import CircuitBreaker
 from pipeline.llm_pool import LLMPool
 from pipeline.tts import Synthesizer
 from pipeline.turn_model import TurnCompletionModel
+from signaling.admission import Admission
 from signaling.rate_limit import RateLimiter
 from signaling.sessions import SessionStore
 from signaling.ws import CallSocket
@@ -46,11 +49,13 @@ class AppServices:
     sessions: SessionStore
     dialogs: DialogStore
     limiter: RateLimiter
+    admission: Admission
     llm: LLMPool
     transcriber: Transcriber
     synthesizer: Synthesizer
     turn_model: TurnCompletionModel | None
     active_calls: set = field(default_factory=set)
+    sockets: set = field(default_factory=set)  # the CallSockets being served (the drain ends them)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -60,7 +65,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             running = await stack.enter_async_context(services(settings))
-            redis = aioredis.from_url(running.settings.redis.url)
+            redis = redis_client(running.settings.redis)
             stack.push_async_callback(redis.aclose)
             llm = await stack.enter_async_context(
                 LLMPool(running.settings.llm, settings.llm_pool, CircuitBreaker(settings.llm_breaker))
@@ -72,18 +77,24 @@ def create_app(settings: Settings) -> FastAPI:
             turn_model = None
             if settings.turns.end_of_turn == "model":
                 turn_model = await run_inference(TurnCompletionModel, settings.turn_model)
+            replica = f"{socket.gethostname()}:{os.getpid()}"
+            admission = Admission(redis, replica, settings.admission)
+            heartbeat = asyncio.create_task(admission.heartbeat(), name="admission-heartbeat")
+            stack.callback(heartbeat.cancel)
+            stack.push_async_callback(admission.withdraw)
             app.state.services = AppServices(
                 settings=running.settings,
                 running=running,
                 redis=redis,
                 sessions=SessionStore(
                     redis,
-                    replica=f"{socket.gethostname()}:{id(app):x}",
+                    replica=replica,
                     attached_ttl_s=settings.signaling.session_ttl_s,
                     detached_ttl_s=settings.signaling.detached_session_ttl_s,
                 ),
                 dialogs=DialogStore(redis, ttl_s=settings.dialog.ttl_s),
                 limiter=RateLimiter(redis, settings.rate_limit),
+                admission=admission,
                 llm=llm,
                 transcriber=transcriber,
                 synthesizer=synthesizer,
@@ -130,6 +141,8 @@ def create_app(settings: Settings) -> FastAPI:
         shared: AppServices | None = getattr(app.state, "services", None)
         if shared is None:
             return JSONResponse({"status": "not ready", "problems": ["models are loading"]}, status_code=503)
+        if shared.admission.draining:
+            return JSONResponse({"status": "draining", "active_calls": len(shared.active_calls)}, status_code=503)
         problems = []
         try:
             await shared.redis.ping()
@@ -151,9 +164,16 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/stats")
     async def stats() -> dict[str, int]:
-        """Live counters of this process: calls, and asyncio tasks (a leak shows here first)."""
+        """Live counters of this process: sessions, voice calls, and asyncio tasks (a leak shows here first)."""
         shared: AppServices | None = getattr(app.state, "services", None)
-        return {"active_calls": len(shared.active_calls) if shared else 0, "tasks": len(asyncio.all_tasks())}
+        if shared is None:
+            return {"active_calls": 0, "sessions": 0, "voice_calls": 0, "tasks": len(asyncio.all_tasks())}
+        return {
+            "active_calls": len(shared.active_calls),
+            "sessions": shared.admission.active["sessions"],
+            "voice_calls": shared.admission.active["calls"],
+            "tasks": len(asyncio.all_tasks()),
+        }
 
     @app.websocket("/ws")
     async def call_socket(websocket: WebSocket) -> None:

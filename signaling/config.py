@@ -19,3 +19,29 @@ class SignalingConfig:
     max_message_bytes: int = 65536
     session_ttl_s: int = 3600
     detached_session_ttl_s: int = 120
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdmissionConfig:
+    """What one replica takes on ([admission] in models.toml; signaling.admission).
+
+    max_calls: voice calls at once (WebRTC audio: ASR, TTS and the LLM for each).
+    max_sessions: WebSocket sessions at once, text or voice.
+    cluster_max_calls: voice calls across every replica together (0: no cap but the replicas' own).
+    retry_after_s: what a refused caller is told to wait before trying again.
+    heartbeat_s, replica_ttl_s: how often a replica writes its load to Redis, and how long
+        after its last write the others stop counting it.
+    """
+
+    max_calls: int = 2
+    max_sessions: int = 2000
+    cluster_max_calls: int = 0
+    retry_after_s: float = 5.0
+    heartbeat_s: float = 5.0
+    replica_ttl_s: float = 15.0
+
+    def __post_init__(self) -> None:
+        if self.max_calls < 0 or self.max_sessions < 0 or self.cluster_max_calls < 0:
+            raise ValueError("admission limits must be 0 or more")
+        if self.replica_ttl_s <= self.heartbeat_s:
+            raise ValueError("admission.replica_ttl_s must be longer than heartbeat_s")

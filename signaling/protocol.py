@@ -140,8 +140,12 @@ def error(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"type": "error", "code": code, "message": message, **extra}
 
 
-def bye(reason: str) -> dict[str, Any]:
-    return {"type": "bye", "reason": reason}
+def bye(reason: str, *, reconnect: bool = False) -> dict[str, Any]:
+    """The server ends the session; `reconnect`: come back (to any replica) with the resume token."""
+    message: dict[str, Any] = {"type": "bye", "reason": reason}
+    if reconnect:
+        message["reconnect"] = True
+    return message
 
 
 def from_event(event: TurnEvent) -> dict[str, Any]:

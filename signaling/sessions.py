@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from parley.redis_client import redis_problem
+
 
 class SessionError(Exception):
     """A session cannot be created or resumed; `code` goes into the protocol's error."""
@@ -63,7 +65,7 @@ class SessionStore:
                 await pipe.expire(session_key(session.session_id), self.attached_ttl_s)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
-            raise SessionError("unavailable", f"cannot create a session: Redis is unavailable ({exc})") from exc
+            raise SessionError("unavailable", f"cannot create a session: {redis_problem(exc)}") from exc
         return session
 
     async def resume(self, session_id: str, token: str) -> Session:
@@ -72,7 +74,7 @@ class SessionStore:
         try:
             fields = await self._redis.hgetall(key)
         except (RedisError, OSError) as exc:
-            raise SessionError("unavailable", f"cannot resume: Redis is unavailable ({exc})") from exc
+            raise SessionError("unavailable", f"cannot resume: {redis_problem(exc)}") from exc
         stored = fields.get(b"token_sha256", b"").decode()
         if not stored or not secrets.compare_digest(stored, _hash(token)):
             raise SessionError("resume_failed", "unknown session or wrong resume token")
@@ -83,7 +85,7 @@ class SessionStore:
                 await pipe.expire(key, self.attached_ttl_s)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
-            raise SessionError("unavailable", f"cannot resume: Redis is unavailable ({exc})") from exc
+            raise SessionError("unavailable", f"cannot resume: {redis_problem(exc)}") from exc
         return session
 
     async def detach(self, session_id: str) -> None:

@@ -21,6 +21,7 @@ from pipeline.errors import DialogStoreUnavailable
 from pipeline.events import TranscriptEvent, TurnEvent
 from pipeline.turns import TurnLoop
 from signaling import protocol
+from signaling.admission import Refusal
 from signaling.call import Call
 from signaling.protocol import Bye, IceCandidate, Offer, Ping, Pong, ProtocolError, Text
 from signaling.config import SignalingConfig
@@ -29,6 +30,23 @@ from signaling.sessions import Session, SessionError
 log = logging.getLogger(__name__)
 
 OUTBOX_SIZE = 256
+
+
+def over_capacity(refusal: Refusal) -> dict[str, Any]:
+    """The protocol's refusal of a newcomer: why, whether another replica has room, when to retry."""
+    what = "voice call" if refusal.kind == "calls" else "session"
+    why = {
+        "draining": "this server is shutting down",
+        "cluster": "every line in the service is busy",
+    }.get(refusal.reason, "all lines on this server are busy")
+    return protocol.error(
+        "over_capacity",
+        f"no room for a new {what}: {why}; try again in {refusal.retry_after_s:.0f} s",
+        retry_after=refusal.retry_after_s,
+        kind="call" if refusal.kind == "calls" else "session",
+        reason=refusal.reason,
+        room_elsewhere=refusal.room_elsewhere,
+    )
 
 
 class _Hangup(Exception):
@@ -43,6 +61,23 @@ class CallSocket:
         self.services = services
         self.config = config
         self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=OUTBOX_SIZE)
+        self._voice = False  # holds one of the replica's places for voice calls
+        self._close_code = 1000
+        self._turns: TurnLoop | None = None
+        self._end = asyncio.Event()  # the server ends the session (drain)
+
+    @property
+    def voice(self) -> bool:
+        """The session carries a voice call (its offer was admitted)."""
+        return self._voice
+
+    async def drain(self) -> None:
+        """End the session for a replica that is going away: after the reply in progress, a
+        `bye` with reason `draining` and `reconnect`; the resume token stays valid."""
+        if self._turns is not None:
+            await self._turns.quiet()
+        await self.send(protocol.bye("draining", reconnect=True))
+        self._end.set()
 
     async def serve(self) -> None:
         await self.ws.accept()
@@ -55,6 +90,16 @@ class CallSocket:
             )
             await self.ws.close(code=1013)
             return
+        if (refusal := await self.services.admission.admit("sessions")) is not None:
+            await self.ws.send_json(over_capacity(refusal))
+            await self.ws.close(code=1013)
+            return
+        try:
+            await self._serve_admitted()
+        finally:
+            await asyncio.shield(self.services.admission.release("sessions"))
+
+    async def _serve_admitted(self) -> None:
         try:
             session, resumed = await self._open_session()
         except SessionError as exc:
@@ -72,22 +117,28 @@ class CallSocket:
             config=self.services.settings.turns,
             turn_model=self.services.turn_model,
         )
+        self._turns = turns
         call = Call(turns, self.services.settings.media, on_media_failed=self._media_failed)
         await self.send(protocol.session(session.session_id, session.dialog_id, session.resume_token))
         if resumed:
             await self._send_history(session.dialog_id)
         self.services.active_calls.add(call)
+        self.services.sockets.add(self)
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._write(), name=f"ws-writer-{session.session_id}")
                 tasks.create_task(self._ping(), name=f"ws-pinger-{session.session_id}")
                 tasks.create_task(call.run(), name=f"call-{session.session_id}")
+                tasks.create_task(self._ended_by_server(), name=f"ws-end-{session.session_id}")
                 await self._read(call)
                 raise _Hangup
         except* (_Hangup, WebSocketDisconnect):
             pass
         finally:
+            self.services.sockets.discard(self)
             self.services.active_calls.discard(call)
+            if self._voice:
+                await asyncio.shield(self.services.admission.release("calls"))
             await asyncio.shield(call.close())
             await asyncio.shield(self._detach(session.session_id))
             if self.ws.client_state == WebSocketState.CONNECTED:
@@ -149,6 +200,13 @@ class CallSocket:
         """Act on one message; True when the client said bye."""
         match message:
             case Offer(sdp):
+                if not self._voice:
+                    if (refusal := await self.services.admission.admit("calls")) is not None:
+                        # Refused before any media work; the client tries again later, or elsewhere.
+                        await self.send(over_capacity(refusal))
+                        self._close_code = 1013
+                        return True
+                    self._voice = True
                 await self.send(protocol.answer(await call.accept_offer(sdp)))
             case IceCandidate():
                 await call.add_ice_candidate(message)
@@ -163,6 +221,10 @@ class CallSocket:
                 await self.send(protocol.bye("client said bye"))
                 return True
         return False
+
+    async def _ended_by_server(self) -> None:
+        await self._end.wait()
+        raise _Hangup
 
     async def _write(self) -> None:
         while True:
@@ -192,6 +254,6 @@ class CallSocket:
             except (WebSocketDisconnect, RuntimeError, OSError):
                 return
         try:
-            await self.ws.close(code=1000)
+            await self.ws.close(code=self._close_code)
         except (RuntimeError, OSError):
             pass  # the client closed first

@@ -26,6 +26,10 @@ const parley = {
   session: JSON.parse(sessionStorage.getItem(SESSION_KEY) || "null"),
   reconnectDelay: 500,
   closing: false,
+  // Refused for want of room (over_capacity): when to try again, how often it happened in a row,
+  // and whether the call itself (not only the session) is to be tried again.
+  busy: null, // {until: ms timestamp, attempts, redial}
+  busyTimer: null,
   turns: new Map(), // turn_id -> {user, bot, latency, stages, v2v}
   lastTurnId: null,
   // voice-to-voice, measured here: end of the user's speech to the first reply audio playing
@@ -66,10 +70,41 @@ function connect() {
     parley.ws = null;
     endCall({ notifyServer: false });
     if (parley.closing) return;
+    if (parley.busy) {
+      setState("busy");
+      waitForALine();
+      return;
+    }
     setState("reconnecting");
     setTimeout(connect, parley.reconnectDelay);
     parley.reconnectDelay = Math.min(parley.reconnectDelay * 2, 8000);
   };
+}
+
+// All lines busy: wait what the server said, longer after each refusal in a row (at most a
+// minute), with jitter so that callers refused together do not all come back together.
+function lineBusy(message) {
+  const attempts = parley.busy ? parley.busy.attempts + 1 : 1;
+  const base = Math.max(1, message.retry_after || 5) * Math.min(2 ** (attempts - 1), 8);
+  const delayMs = Math.min(base, 60) * 1000 * (0.75 + Math.random() * 0.5);
+  const redial = message.kind === "call" || Boolean(parley.busy && parley.busy.redial);
+  parley.busy = { until: Date.now() + delayMs, attempts, redial };
+}
+
+function waitForALine() {
+  clearInterval(parley.busyTimer);
+  const tick = () => {
+    const left = Math.ceil((parley.busy.until - Date.now()) / 1000);
+    if (left <= 0) {
+      clearInterval(parley.busyTimer);
+      notify("Calling again…");
+      connect();
+      return;
+    }
+    notify(`All lines are busy — trying again in ${left} s`);
+  };
+  tick();
+  parley.busyTimer = setInterval(tick, 250);
 }
 
 function send(message) {
@@ -86,6 +121,12 @@ function handle(message) {
       parley.session = message;
       sessionStorage.setItem(SESSION_KEY, JSON.stringify(message));
       setState(parley.pc ? "listening" : "ready");
+      if (parley.busy) {
+        const redial = parley.busy.redial;
+        if (!redial) parley.busy = null; // a session was all we waited for
+        notify("");
+        if (redial) startCall();
+      }
       break;
     case "history":
       ui.turns.replaceChildren();
@@ -96,6 +137,7 @@ function handle(message) {
       }
       break;
     case "answer":
+      parley.busy = null; // the call is through
       if (parley.pc) parley.pc.setRemoteDescription({ type: "answer", sdp: message.sdp });
       break;
     case "state":
@@ -122,6 +164,8 @@ function handle(message) {
       if (message.code === "media_failed") {
         notify(`${message.message}. You can keep typing below.`);
         endCall({ notifyServer: false });
+      } else if (message.code === "over_capacity") {
+        lineBusy(message); // the server closes the socket next; onclose waits, then tries again
       } else if (message.code === "rate_limited") {
         notify(`Parley is very busy. Please try again in ${Math.ceil(message.retry_after)} s.`);
       } else if (["llm_unavailable", "llm_busy"].includes(message.code)) {
@@ -137,6 +181,11 @@ function handle(message) {
       send({ type: "pong" });
       break;
     case "bye":
+      if (message.reconnect) {
+        // This server is going away (draining): come back, to another one, in a moment; the
+        // session (and a call in progress) goes on there with the same dialog.
+        parley.busy = { until: Date.now() + 200 + Math.random() * 800, attempts: 0, redial: Boolean(parley.pc) };
+      }
       break;
   }
 }
@@ -317,6 +366,11 @@ function endCall({ notifyServer = true } = {}) {
 }
 
 ui.call.addEventListener("click", () => {
+  if (parley.busy && parley.busy.redial) {
+    parley.busy.redial = false; // waiting for a line, the caller changed their mind
+    notify("");
+    return;
+  }
   if (parley.pc) endCall();
   else startCall();
 });

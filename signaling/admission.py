@@ -1,0 +1,193 @@
+"""Admission by capacity: a new session or call is taken only if this replica can carry it.
+
+Two kinds, each with its own limit per replica: `sessions` (every WebSocket, text or
+voice) and `calls` (sessions with WebRTC audio, far costlier). The decision is made
+once, before any work for the newcomer, and never takes back what was admitted: an
+admitted call is not cut to let another in.
+
+Each replica's count and capacity live in Redis beside every other replica's, so the
+cluster's load is known in one place: one Lua script checks and takes a place
+atomically, clears the counts of replicas whose heartbeat stopped, holds the cluster
+to `[admission] cluster_max_calls` when set, and, on a refusal, says whether another
+replica has room. The local count is the truth for this replica: a heartbeat writes
+it back to Redis (healing a count lost in a Redis restart), and while Redis is away the
+replica decides alone, by its own capacity.
+
+Keys (one hash slot, `{adm}`): `{adm}:replicas` (zset, heartbeat deadline in ms per
+replica), `{adm}:<kind>` (hash, count per replica), `{adm}:<kind>:cap` (hash, capacity).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from signaling.config import AdmissionConfig
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["sessions", "calls"]
+
+REPLICAS_KEY = "{adm}:replicas"
+
+
+def count_key(kind: Kind) -> str:
+    return f"{{adm}}:{kind}"
+
+
+def capacity_key(kind: Kind) -> str:
+    return f"{{adm}}:{kind}:cap"
+
+
+# KEYS: replicas zset, counts hash, capacities hash.
+# ARGV: replica, now (ms), this replica's capacity, the cluster's cap (0: none), heartbeat deadline (ms).
+# This replica has already found room in itself; the script checks the cluster and counts the call.
+# Returns {admitted (0/1), why ("" | "cluster"), another replica has room (0/1)}.
+_ADMIT = """
+local replicas, counts, caps = KEYS[1], KEYS[2], KEYS[3]
+local me, now, capacity, cluster_max = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+for _, gone in ipairs(redis.call('ZRANGEBYSCORE', replicas, '-inf', now)) do
+  redis.call('HDEL', counts, gone)
+  redis.call('HDEL', caps, gone)
+end
+redis.call('ZREMRANGEBYSCORE', replicas, '-inf', now)
+redis.call('ZADD', replicas, ARGV[5], me)
+redis.call('HSET', caps, me, capacity)
+local total, room_elsewhere = 0, 0
+local all = redis.call('HGETALL', caps)
+for i = 1, #all, 2 do
+  local n = tonumber(redis.call('HGET', counts, all[i])) or 0
+  total = total + n
+  if all[i] ~= me and n < (tonumber(all[i + 1]) or 0) then room_elsewhere = 1 end
+end
+if cluster_max > 0 and total >= cluster_max then return {0, 'cluster', 0} end
+redis.call('HINCRBY', counts, me, 1)
+return {1, '', room_elsewhere}
+"""
+
+# KEYS: counts hash. ARGV: replica. A place given back; never below zero.
+_RELEASE = """
+local n = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
+if n < 0 then redis.call('HSET', KEYS[1], ARGV[1], 0) end
+return n
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a newcomer was not taken, and when to try again.
+
+    reason: "replica" (this replica is full), "cluster" (every place in the cluster is
+        taken), "draining" (this replica is shutting down).
+    room_elsewhere: another replica has room now (a balancer's next pick may take it).
+    """
+
+    kind: Kind
+    reason: str
+    retry_after_s: float
+    room_elsewhere: bool
+
+
+class Admission:
+    """This replica's places: `admit(kind)` takes one or refuses; `release(kind)` gives it back."""
+
+    def __init__(self, redis: aioredis.Redis, replica: str, config: AdmissionConfig) -> None:
+        self.config = config
+        self.replica = replica
+        self._redis = redis
+        self._admit = redis.register_script(_ADMIT)
+        self._release = redis.register_script(_RELEASE)
+        self.active: dict[Kind, int] = {"sessions": 0, "calls": 0}
+        self.draining = False
+        self.refused: dict[tuple[Kind, str], int] = {}  # (kind, reason) -> count, for the metrics
+
+    def capacity(self, kind: Kind) -> int:
+        return self.config.max_calls if kind == "calls" else self.config.max_sessions
+
+    async def admit(self, kind: Kind) -> Refusal | None:
+        """Take a place of `kind`, or say why not (None: admitted)."""
+        if self.draining:
+            return self._refuse(kind, "draining", room_elsewhere=True)
+        if self.active[kind] >= self.capacity(kind):
+            # Full here: no need to ask Redis to take a place, only whether others have one.
+            return self._refuse(kind, "replica", room_elsewhere=await self._room_elsewhere(kind))
+        # The place is taken here first: admissions under way at once each see the others.
+        self.active[kind] += 1
+        try:
+            admitted, why, elsewhere = await self._run_admit(kind)
+        except (RedisError, OSError) as exc:
+            log.warning("admission: Redis unavailable (%s); deciding by this replica's capacity alone", exc)
+            return None
+        if not admitted:
+            self.active[kind] -= 1
+            return self._refuse(kind, why.decode() if isinstance(why, bytes) else str(why), room_elsewhere=bool(elsewhere))
+        return None
+
+    async def release(self, kind: Kind) -> None:
+        """Give back a place taken by `admit`."""
+        self.active[kind] = max(0, self.active[kind] - 1)
+        try:
+            await self._release(keys=[count_key(kind)], args=[self.replica])
+        except (RedisError, OSError) as exc:
+            log.warning("admission: could not give back a place in Redis (%s); the heartbeat will", exc)
+
+    async def heartbeat(self) -> None:
+        """Write this replica's counts and capacities to Redis, with a deadline; every `heartbeat_s`."""
+        while True:
+            try:
+                await self.publish()
+            except (RedisError, OSError) as exc:
+                log.warning("admission: heartbeat failed (%s)", exc)
+            await asyncio.sleep(self.config.heartbeat_s)
+
+    async def publish(self) -> None:
+        deadline = int(1000 * (time.time() + self.config.replica_ttl_s))
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(REPLICAS_KEY, {self.replica: deadline})
+            for kind in ("sessions", "calls"):
+                # The local count is the truth: it heals a count lost in a Redis restart.
+                pipe.hset(count_key(kind), self.replica, self.active[kind])
+                pipe.hset(capacity_key(kind), self.replica, 0 if self.draining else self.capacity(kind))
+            await pipe.execute()
+
+    async def withdraw(self) -> None:
+        """Leave the cluster's count (the replica is shutting down): others see no room here."""
+        self.draining = True
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for kind in ("sessions", "calls"):
+                    pipe.hset(capacity_key(kind), self.replica, 0)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.warning("admission: could not withdraw from Redis (%s)", exc)
+
+    async def _run_admit(self, kind: Kind) -> tuple[int, bytes, int]:
+        now = int(1000 * time.time())
+        cluster_max = self.config.cluster_max_calls if kind == "calls" else 0
+        admitted, why, elsewhere = await self._admit(
+            keys=[REPLICAS_KEY, count_key(kind), capacity_key(kind)],
+            args=[self.replica, now, self.capacity(kind), cluster_max, now + int(1000 * self.config.replica_ttl_s)],
+        )
+        return int(admitted), why, int(elsewhere)
+
+    async def _room_elsewhere(self, kind: Kind) -> bool:
+        try:
+            counts = await self._redis.hgetall(count_key(kind))
+            caps = await self._redis.hgetall(capacity_key(kind))
+            alive = {m for m in await self._redis.zrangebyscore(REPLICAS_KEY, int(1000 * time.time()), "+inf")}
+        except (RedisError, OSError):
+            return False
+        me = self.replica.encode()
+        return any(
+            int(counts.get(r, 0)) < int(cap) for r, cap in caps.items() if r != me and r in alive
+        )
+
+    def _refuse(self, kind: Kind, reason: str, *, room_elsewhere: bool) -> Refusal:
+        self.refused[(kind, reason)] = self.refused.get((kind, reason), 0) + 1
+        return Refusal(kind, reason, self.config.retry_after_s, room_elsewhere)

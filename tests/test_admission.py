@@ -1,0 +1,113 @@
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+
+from parley.redis_client import redis_client, redis_problem
+from parley.settings import RedisConfig
+from signaling.admission import Admission, count_key
+from signaling.config import AdmissionConfig
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+async def redis(embedded_redis):
+    client = redis_client(RedisConfig(url=embedded_redis.url))
+    yield client
+    await client.aclose()
+
+
+def replica(redis, name: str, **config) -> Admission:
+    return Admission(redis, name, AdmissionConfig(**{"max_calls": 2, "max_sessions": 10, **config}))
+
+
+async def test_a_replica_takes_calls_up_to_its_capacity_and_a_place_given_back_is_free_again(redis):
+    a = replica(redis, "a")
+    assert [await a.admit("calls") for _ in range(2)] == [None, None]
+    refusal = await a.admit("calls")
+    assert refusal is not None and refusal.reason == "replica" and refusal.retry_after_s == 5.0
+    assert not refusal.room_elsewhere  # there is no other replica
+    assert await a.admit("sessions") is None  # sessions have places of their own
+    await a.release("calls")
+    assert await a.admit("calls") is None
+    assert int(await redis.hget(count_key("calls"), "a")) == 2
+
+
+async def test_a_refusal_says_whether_another_replica_has_room(redis):
+    a, b = replica(redis, "a", max_calls=1), replica(redis, "b", max_calls=1)
+    await b.publish()
+    assert await a.admit("calls") is None
+    assert (await a.admit("calls")).room_elsewhere  # b has a free place
+    assert await b.admit("calls") is None
+    assert not (await a.admit("calls")).room_elsewhere  # now both are full
+
+
+async def test_the_cluster_cap_holds_across_replicas_taking_places_at_once(redis):
+    replicas = [replica(redis, f"r{i}", max_calls=10, cluster_max_calls=7) for i in range(4)]
+    outcomes = await asyncio.gather(*(r.admit("calls") for r in replicas for _ in range(5)))
+    assert sum(o is None for o in outcomes) == 7
+    assert {o.reason for o in outcomes if o is not None} == {"cluster"}
+    assert sum(r.active["calls"] for r in replicas) == 7
+
+
+async def test_a_replica_whose_heartbeat_stopped_is_not_counted(redis):
+    gone = replica(redis, "gone", max_calls=5, cluster_max_calls=5, heartbeat_s=0.1, replica_ttl_s=0.3)
+    for _ in range(5):
+        assert await gone.admit("calls") is None
+    alive = replica(redis, "alive", max_calls=5, cluster_max_calls=5, heartbeat_s=0.1, replica_ttl_s=0.3)
+    assert (await alive.admit("calls")).reason == "cluster"
+    # "gone" dies without a word: once its deadline passes, its five calls no longer count.
+    async with asyncio.timeout(10):
+        while (refusal := await alive.admit("calls")) is not None:
+            await asyncio.sleep(0.1)
+    assert await redis.hget(count_key("calls"), "gone") is None
+
+
+async def test_the_local_count_heals_a_count_lost_in_redis(redis):
+    a = replica(redis, "a")
+    assert await a.admit("calls") is None
+    await redis.flushall()  # Redis restarted without its data
+    await a.publish()
+    assert int(await redis.hget(count_key("calls"), "a")) == 1
+    assert await a.admit("calls") is None
+    assert (await a.admit("calls")).reason == "replica"
+
+
+async def test_with_redis_away_a_replica_decides_by_its_own_capacity():
+    dead = aioredis.from_url("redis://127.0.0.1:1", socket_connect_timeout=0.2)
+    a = replica(dead, "a")
+    assert [await a.admit("calls") for _ in range(2)] == [None, None]
+    assert (await a.admit("calls")).reason == "replica"
+    await a.release("calls")
+    assert a.active["calls"] == 1
+    await dead.aclose()
+
+
+async def test_a_draining_replica_takes_nobody_and_shows_no_room(redis):
+    a, b = replica(redis, "a"), replica(redis, "b")
+    await a.withdraw()
+    assert (await a.admit("sessions")).reason == "draining"
+    assert (await b.admit("calls")) is None
+    assert not (await b.admit("calls") or None)  # b's second place
+    assert not (await b.admit("calls")).room_elsewhere  # a is draining: no room there
+
+
+async def test_a_burst_past_the_pool_waits_for_a_connection_instead_of_failing(embedded_redis):
+    client = redis_client(RedisConfig(url=embedded_redis.url, max_connections=4, pool_timeout_s=10))
+    try:
+        # 1,000 commands at once through 4 connections: they queue, none fails.
+        results = await asyncio.gather(*(client.incr("burst") for _ in range(1000)))
+        assert sorted(results) == list(range(1, 1001))
+    finally:
+        await client.aclose()
+    tiny = redis_client(RedisConfig(url=embedded_redis.url, max_connections=1, pool_timeout_s=0.05))
+    try:
+        blocked = asyncio.create_task(tiny.blpop(["never"], timeout=2))  # holds the only connection
+        await asyncio.sleep(0.2)
+        with pytest.raises(Exception) as failure:
+            await tiny.get("x")
+        assert redis_problem(failure.value) == "Redis is busy: no connection free in this server's pool in time"
+        blocked.cancel()
+    finally:
+        await tiny.aclose()
