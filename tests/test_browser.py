@@ -182,7 +182,8 @@ async def test_the_page_reconnects_to_a_restarted_server_and_keeps_the_history(
                 timeout=60_000,
             )
             await page.get_by_test_id("state").filter(has_text="listening").wait_for()
-            reply = (await page.get_by_test_id("reply").last.text_content()).strip()
+            # The reply's words (a text turn's element also shows its latency beside them).
+            reply = (await page.get_by_test_id("reply-text").last.text_content()).strip()
             dialog_id = await page.evaluate("window.parley.session.dialog_id")
         # The server is gone (its socket closed); another process takes its place, as a replica would.
         await page.get_by_test_id("state").filter(has_text="reconnecting").wait_for(timeout=10_000)
@@ -192,7 +193,7 @@ async def test_the_page_reconnects_to_a_restarted_server_and_keeps_the_history(
             )
             await page.get_by_test_id("state").filter(has_text="ready").wait_for(timeout=30_000)
             assert await page.evaluate("window.parley.session.dialog_id") == dialog_id
-            assert reply in await page.get_by_test_id("reply").last.text_content()
+            assert reply == (await page.get_by_test_id("reply-text").last.text_content()).strip()
             assert "capital of France" in await page.locator("#turns").text_content()
             await asyncio.sleep(0.2)
         # Only the expected failed reconnection attempts while no server listened.

@@ -30,6 +30,9 @@ const parley = {
   // and whether the call itself (not only the session) is to be tried again.
   busy: null, // {until: ms timestamp, attempts, redial}
   busyTimer: null,
+  // Sent away by a server shutting down (bye with reconnect): come back after delayMs.
+  rejoin: null, // {delayMs, redial}
+  redial: false,
   turns: new Map(), // turn_id -> {user, bot, latency, stages, v2v}
   lastTurnId: null,
   // voice-to-voice, measured here: end of the user's speech to the first reply audio playing
@@ -76,6 +79,13 @@ function connect() {
       return;
     }
     setState("reconnecting");
+    const rejoin = parley.rejoin;
+    parley.rejoin = null;
+    if (rejoin) {
+      parley.redial = rejoin.redial;
+      setTimeout(connect, rejoin.delayMs);
+      return;
+    }
     setTimeout(connect, parley.reconnectDelay);
     parley.reconnectDelay = Math.min(parley.reconnectDelay * 2, 8000);
   };
@@ -126,6 +136,9 @@ function handle(message) {
         if (!redial) parley.busy = null; // a session was all we waited for
         notify("");
         if (redial) startCall();
+      } else if (parley.redial) {
+        parley.redial = false; // the call moved here from a server that went away
+        startCall();
       }
       break;
     case "history":
@@ -182,9 +195,10 @@ function handle(message) {
       break;
     case "bye":
       if (message.reconnect) {
-        // This server is going away (draining): come back, to another one, in a moment; the
-        // session (and a call in progress) goes on there with the same dialog.
-        parley.busy = { until: Date.now() + 200 + Math.random() * 800, attempts: 0, redial: Boolean(parley.pc) };
+        // This server is going away (draining): come back, to another one, in a moment (with
+        // jitter: everyone on it is leaving at once); the session, and a call in progress, go on
+        // there with the same dialog.
+        parley.rejoin = { delayMs: 200 + Math.random() * 800, redial: Boolean(parley.pc) };
       }
       break;
   }
@@ -221,6 +235,7 @@ function botElement(turnId) {
     turn.bot.dataset.testid = "reply";
     turn.bot.dataset.turnId = turnId;
     turn.text = document.createElement("span");
+    turn.text.dataset.testid = "reply-text";
     turn.latency = document.createElement("span");
     turn.latency.className = "latency";
     turn.latency.dataset.testid = "latency";
