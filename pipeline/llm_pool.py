@@ -93,6 +93,7 @@ class LLMPool:
         self._slots = asyncio.Semaphore(pool.max_inflight)
         self._server_slots = SlotMap(config.server_slots) if config.server_slots > 0 else None
         self.inflight = 0
+        self._waiting = 0  # taken from the queue, waiting for a slot
         self._tasks: asyncio.TaskGroup | None = None
         self._runner: asyncio.Task[None] | None = None
         self._running = asyncio.Event()
@@ -115,6 +116,12 @@ class LLMPool:
 
     def with_system_prompt(self, messages: Sequence[Message]) -> list[Message]:
         return self.client.with_system_prompt(messages)
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting to be sent (for a batch to close, or for a slot)."""
+        return self._pending.qsize() + self._waiting
+
 
     async def stream_chat(
         self, messages: Sequence[Message], *, dialog_id: str | None = None, on_usage: UsageSink | None = None
@@ -193,11 +200,14 @@ class LLMPool:
         """A slot for `request` before its deadline; False if its caller gave up or it timed out."""
         if request.abandoned:
             return False
+        self._waiting += 1
         try:
             async with asyncio.timeout(max(0.0, request.deadline - time.monotonic())):
                 await self._slots.acquire()
         except TimeoutError:
             return False
+        finally:
+            self._waiting -= 1
         if request.abandoned:
             self._slots.release()
             return False

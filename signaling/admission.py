@@ -28,6 +28,7 @@ from typing import Literal
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from signaling import metrics
 from signaling.config import AdmissionConfig
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,6 @@ class Admission:
         self._release = redis.register_script(_RELEASE)
         self.active: dict[Kind, int] = {"sessions": 0, "calls": 0}
         self.draining = False
-        self.refused: dict[tuple[Kind, str], int] = {}  # (kind, reason) -> count, for the metrics
 
     def capacity(self, kind: Kind) -> int:
         return self.config.max_calls if kind == "calls" else self.config.max_sessions
@@ -122,11 +122,13 @@ class Admission:
         try:
             admitted, why, elsewhere = await self._run_admit(kind)
         except (RedisError, OSError) as exc:
+            metrics.REDIS_ERRORS.labels("admission").inc()
             log.warning("admission: Redis unavailable (%s); deciding by this replica's capacity alone", exc)
-            return None
+            admitted = 1
         if not admitted:
             self.active[kind] -= 1
             return self._refuse(kind, why.decode() if isinstance(why, bytes) else str(why), room_elsewhere=bool(elsewhere))
+        metrics.ADMISSIONS.labels(kind, "admitted").inc()
         return None
 
     async def release(self, kind: Kind) -> None:
@@ -189,5 +191,5 @@ class Admission:
         )
 
     def _refuse(self, kind: Kind, reason: str, *, room_elsewhere: bool) -> Refusal:
-        self.refused[(kind, reason)] = self.refused.get((kind, reason), 0) + 1
+        metrics.ADMISSIONS.labels(kind, reason).inc()
         return Refusal(kind, reason, self.config.retry_after_s, room_elsewhere)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Request, WebSocket
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from fastapi.staticfiles import StaticFiles
 from redis.exceptions import RedisError
 
@@ -27,6 +28,7 @@ from pipeline.circuit_breaker import CircuitBreaker
 from pipeline.llm_pool import LLMPool
 from pipeline.tts import Synthesizer
 from pipeline.turn_model import TurnCompletionModel
+from signaling import metrics
 from signaling.admission import Admission
 from signaling.rate_limit import RateLimiter
 from signaling.sessions import SessionStore
@@ -36,7 +38,7 @@ log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 # Health probes and counters are never rate limited: a load balancer must always see the truth.
-UNLIMITED_PATHS = frozenset({"/healthz", "/readyz", "/stats"})
+UNLIMITED_PATHS = frozenset({"/healthz", "/readyz", "/stats", "/metrics"})
 
 
 @dataclass(slots=True)
@@ -100,6 +102,7 @@ def create_app(settings: Settings) -> FastAPI:
                 synthesizer=synthesizer,
                 turn_model=turn_model,
             )
+            metrics.bind(app.state.services)
             log.info(
                 "Parley ready: ASR %s, voice %s, LLM at %s, end of turn by %s",
                 settings.asr.model, settings.tts.voice, llm.base_url, settings.turns.end_of_turn,
@@ -174,6 +177,11 @@ def create_app(settings: Settings) -> FastAPI:
             "voice_calls": shared.admission.active["calls"],
             "tasks": len(asyncio.all_tasks()),
         }
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        """Prometheus metrics (docs/metrics.md)."""
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.websocket("/ws")
     async def call_socket(websocket: WebSocket) -> None:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from signaling import metrics
+
 log = logging.getLogger(__name__)
 
 # KEYS: the buckets. ARGV: rate and burst of each bucket, in KEYS order.
@@ -83,6 +85,7 @@ class RateLimiter:
         try:
             admitted, wait = await self._take(keys=keys, args=[c.per_ip_rate, c.per_ip_burst, c.global_rate, c.global_burst])
         except (RedisError, OSError) as exc:
+            metrics.REDIS_ERRORS.labels("rate_limit").inc()
             log.warning("rate limiter: Redis unavailable (%s); admitting %s", exc, client_ip)
             return Decision(True, 0.0)
         if admitted:

@@ -18,9 +18,9 @@ from redis.exceptions import RedisError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from pipeline.errors import DialogStoreUnavailable
-from pipeline.events import TranscriptEvent, TurnEvent
+from pipeline.events import TranscriptEvent, TurnEvent, TurnMetrics
 from pipeline.turns import TurnLoop
-from signaling import protocol
+from signaling import metrics, protocol
 from signaling.admission import Refusal
 from signaling.call import Call
 from signaling.protocol import Bye, IceCandidate, Offer, Ping, Pong, ProtocolError, Text
@@ -65,6 +65,10 @@ class CallSocket:
         self._close_code = 1000
         self._turns: TurnLoop | None = None
         self._end = asyncio.Event()  # the server ends the session (drain)
+        # Turns whose stages, and whose prompt figures, went to the metrics (a turn's metrics
+        # event may come twice: the second adds the prompt figures).
+        self._timed: set[str] = set()
+        self._prompt_counted: set[str] = set()
 
     @property
     def voice(self) -> bool:
@@ -103,6 +107,8 @@ class CallSocket:
         try:
             session, resumed = await self._open_session()
         except SessionError as exc:
+            if exc.code == "unavailable":
+                metrics.REDIS_ERRORS.labels("sessions").inc()
             await self.ws.send_json(protocol.error(exc.code, str(exc)))
             await self.ws.close(code=1013)
             return
@@ -171,11 +177,22 @@ class CallSocket:
         """Turn loop events to the client. Partial transcripts are dropped when the outbox is full
         (the next one supersedes them); everything else waits for room."""
         message = protocol.from_event(event)
+        if isinstance(event, TurnMetrics):
+            self._measure(event)
         if isinstance(event, TranscriptEvent) and not event.final:
             if not self.outbox.full():
                 self.outbox.put_nowait(message)
             return
         await self.outbox.put(message)
+
+    def _measure(self, event: TurnMetrics) -> None:
+        stages = {} if event.turn_id in self._timed else event.stages_ms
+        self._timed.add(event.turn_id)
+        read = None
+        if event.prompt is not None and event.turn_id not in self._prompt_counted:
+            self._prompt_counted.add(event.turn_id)
+            read = event.prompt.read
+        metrics.turn_measured(stages, read)
 
     async def send(self, message: dict[str, Any]) -> None:
         await self.outbox.put(message)
@@ -184,6 +201,8 @@ class CallSocket:
         while True:
             received = await self.ws.receive()
             if received["type"] == "websocket.disconnect":
+                if received.get("code") == 1011:  # the WebSocket server's pong deadline passed
+                    metrics.KEEPALIVE_CLOSES.inc()
                 return
             raw = received.get("text")
             if raw is None:

@@ -1,0 +1,72 @@
+"""Prometheus metrics of a replica, served at `/metrics` (docs/metrics.md says what each means).
+
+Counters and histograms are updated where things happen (admission, a turn's metrics
+event, a keepalive close, a Redis error); gauges of live state (calls, sessions,
+capacity, the LLM pool, the inference queue, the breaker) are read when Prometheus
+scrapes, from the services of the running app. prometheus-client's default collectors
+add the process's CPU, memory, file descriptors and the Python GC.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from pipeline.inference import executor
+
+# Latency buckets for a voice assistant's stages: 10 ms to 10 s.
+_STAGE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+# The stages of a turn's metrics event that are timed (stages_ms keys), as histogram labels.
+STAGES = (
+    "asr", "llm_first_token", "first_sentence", "tts_first_audio", "end_of_turn_to_first_audio",
+    "end_of_turn_silence", "end_of_turn_model",
+)
+
+SESSIONS_ACTIVE = Gauge("parley_sessions_active", "WebSocket sessions open on this replica (text or voice)")
+CALLS_ACTIVE = Gauge("parley_calls_active", "Voice calls (admitted WebRTC audio) on this replica")
+CAPACITY = Gauge("parley_capacity", "What this replica takes on ([admission]); 0 while draining", ["kind"])
+DRAINING = Gauge("parley_draining", "1 while this replica drains (SIGTERM), else 0")
+ADMISSIONS = Counter(
+    "parley_admissions_total", "Newcomers by outcome: admitted, or refused (replica, cluster, draining)",
+    ["kind", "outcome"],
+)
+STAGE_SECONDS = Histogram(
+    "parley_stage_seconds", "Per-turn stage latency, as in the metrics event", ["stage"], buckets=_STAGE_BUCKETS
+)
+PROMPT_TOKENS_READ = Histogram(
+    "parley_llm_prompt_tokens_read", "Prompt tokens the LLM server read for a reply (not from its cache)",
+    buckets=(8, 16, 32, 64, 128, 256, 512, 1024, 2048),
+)
+LLM_QUEUE = Gauge("parley_llm_queue_depth", "LLM requests waiting for a slot in the pool")
+LLM_INFLIGHT = Gauge("parley_llm_inflight", "LLM requests at the server")
+LLM_BREAKER_OPEN = Gauge("parley_llm_breaker_open", "1 while the LLM circuit breaker is open (or half open), else 0")
+INFERENCE_QUEUE = Gauge("parley_inference_queue_depth", "ASR/TTS/end-of-turn jobs waiting for an inference thread")
+REDIS_ERRORS = Counter("parley_redis_errors_total", "Redis commands that failed, by where", ["where"])
+KEEPALIVE_CLOSES = Counter(
+    "parley_keepalive_closes_total", "Sockets closed because the client stopped answering pings (1011)"
+)
+
+
+def bind(services: Any) -> None:
+    """Read the live gauges from `services` (the running app's) at every scrape."""
+    admission = services.admission
+    SESSIONS_ACTIVE.set_function(lambda: admission.active["sessions"])
+    CALLS_ACTIVE.set_function(lambda: admission.active["calls"])
+    for kind in ("sessions", "calls"):
+        CAPACITY.labels(kind).set_function(lambda kind=kind: 0 if admission.draining else admission.capacity(kind))
+    DRAINING.set_function(lambda: int(admission.draining))
+    LLM_QUEUE.set_function(lambda: services.llm.queue_depth)
+    LLM_INFLIGHT.set_function(lambda: services.llm.inflight)
+    LLM_BREAKER_OPEN.set_function(lambda: int(services.llm.breaker.state != "closed"))
+    # The pool's own queue: what waits for one of its threads (a private attribute, read only).
+    INFERENCE_QUEUE.set_function(lambda: executor()._work_queue.qsize())
+
+
+def turn_measured(stages_ms: dict[str, float], prompt_read: int | None) -> None:
+    """A turn's metrics event, once per turn."""
+    for stage in STAGES:
+        if (value := stages_ms.get(stage)) is not None:
+            STAGE_SECONDS.labels(stage).observe(value / 1000)
+    if prompt_read is not None:
+        PROMPT_TOKENS_READ.observe(prompt_read)
