@@ -50,3 +50,25 @@ async def test_metrics_show_sessions_admissions_stage_latency_and_the_process(sh
                  "process_open_fds"):
         assert (name, ()) in got, name
     assert got[("parley_llm_breaker_open", ())] == 0 and got[("parley_draining", ())] == 0
+
+
+def test_the_dashboard_and_the_docs_name_only_metrics_that_exist():
+    import re
+    from pathlib import Path
+
+    from prometheus_client import REGISTRY
+
+    import signaling.metrics  # noqa: F401  registers Parley's metrics
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    exported = {s.name for family in REGISTRY.collect() for s in family.samples} | {
+        family.name for family in REGISTRY.collect()
+    }
+    dashboard = json.loads((docs / "grafana" / "parley.json").read_text())
+    exprs = " ".join(t["expr"] for panel in dashboard["panels"] for t in panel["targets"])
+    named = set(re.findall(r"\bparley_[a-z_]+", exprs + (docs / "metrics.md").read_text()))
+    missing = {n for n in named if not {n, n.removesuffix("_bucket"), n.removesuffix("_total")} & exported}
+    assert not missing, missing
+    documented = set(re.findall(r"`(parley_[a-z_]+)`", (docs / "metrics.md").read_text()))
+    ours = {f.name for f in REGISTRY.collect() if f.name.startswith("parley_")}
+    assert ours <= {n.removesuffix("_total") for n in documented}, ours - documented
