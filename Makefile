@@ -53,6 +53,7 @@ bench: setup
 	$(VENV)/bin/parley bench call
 	$(VENV)/bin/parley bench barge-in
 	$(VENV)/bin/parley bench turns
+	$(VENV)/bin/parley bench long-call
 
 clean-venv:
 	rm -rf $(VENV)
