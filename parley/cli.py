@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
@@ -111,7 +110,7 @@ async def _say(settings: Settings, text: str, out: str, pause_s: float) -> None:
         write_wav(out, speech.say(text, pause_s), speech.sample_rate)
         return
     # Without piper's sampling noise: the same text makes the same caller every time.
-    synthesizer = Synthesizer(dataclasses.replace(settings.tts, noise_scale=0.0, noise_w_scale=0.0))
+    synthesizer = Synthesizer(settings.tts.without_noise())
     write_wav(out, await synthesizer.synthesize(text), synthesizer.sample_rate)
 
 

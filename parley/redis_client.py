@@ -18,10 +18,10 @@ from parley.settings import RedisConfig
 _POOL_TIMEOUT = "No connection available."
 
 
-def redis_client(config: RedisConfig, url: str | None = None) -> aioredis.Redis:
-    """A client on a blocking pool of `config.max_connections` for `url` (default: `config.url`)."""
+def redis_client(config: RedisConfig) -> aioredis.Redis:
+    """A client for `config.url` on a blocking pool of `config.max_connections`."""
     pool = aioredis.BlockingConnectionPool.from_url(
-        url or config.url, max_connections=config.max_connections, timeout=config.pool_timeout_s
+        config.url, max_connections=config.max_connections, timeout=config.pool_timeout_s
     )
     return aioredis.Redis.from_pool(pool)  # the client owns the pool: closing it closes both
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 
@@ -118,6 +119,10 @@ class TTSConfig:
     spin_wait: bool = False
     noise_scale: float | None = None
     noise_w_scale: float | None = None
+
+    def without_noise(self) -> TTSConfig:
+        """This voice with no sampling noise: the same text is the same audio (test and bench callers)."""
+        return dataclasses.replace(self, noise_scale=0.0, noise_w_scale=0.0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -47,9 +47,10 @@ def capacity_key(kind: Kind) -> str:
 
 
 # KEYS: replicas zset, counts hash, capacities hash.
-# ARGV: replica, now (ms), this replica's capacity, the cluster's cap (0: none), heartbeat deadline (ms).
-# This replica has already found room in itself; the script checks the cluster and counts the call.
-# Returns {admitted (0/1), why ("" | "cluster"), another replica has room (0/1)}.
+# ARGV: replica, now (ms), this replica's capacity, the cluster's cap (0: none), heartbeat deadline
+# (ms), take (1: this replica found room in itself, so check the cluster and count the newcomer;
+# 0: it is full, only say whether another replica has room).
+# Returns {admitted (0/1), why ("" | "replica" | "cluster"), another replica has room (0/1)}.
 _ADMIT = """
 local replicas, counts, caps = KEYS[1], KEYS[2], KEYS[3]
 local me, now, capacity, cluster_max = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -67,6 +68,7 @@ for i = 1, #all, 2 do
   total = total + n
   if all[i] ~= me and n < (tonumber(all[i + 1]) or 0) then room_elsewhere = 1 end
 end
+if ARGV[6] == '0' then return {0, 'replica', room_elsewhere} end
 if cluster_max > 0 and total >= cluster_max then return {0, 'cluster', 0} end
 redis.call('HINCRBY', counts, me, 1)
 return {1, '', room_elsewhere}
@@ -114,19 +116,18 @@ class Admission:
         """Take a place of `kind`, or say why not (None: admitted)."""
         if self.draining:
             return self._refuse(kind, "draining", room_elsewhere=True)
-        if self.active[kind] >= self.capacity(kind):
-            # Full here: no need to ask Redis to take a place, only whether others have one.
-            return self._refuse(kind, "replica", room_elsewhere=await self._room_elsewhere(kind))
-        # The place is taken here first: admissions under way at once each see the others.
-        self.active[kind] += 1
+        # A place is taken here first, so admissions under way at once each see the others; a
+        # full replica only asks Redis whether another has room.
+        take = self.active[kind] < self.capacity(kind)
+        self.active[kind] += int(take)
         try:
-            admitted, why, elsewhere = await self._run_admit(kind)
+            admitted, why, elsewhere = await self._run_admit(kind, take)
         except (RedisError, OSError) as exc:
             metrics.REDIS_ERRORS.labels("admission").inc()
             log.warning("admission: Redis unavailable (%s); deciding by this replica's capacity alone", exc)
-            admitted = 1
+            admitted, why, elsewhere = take, b"replica", 0
         if not admitted:
-            self.active[kind] -= 1
+            self.active[kind] -= int(take)
             return self._refuse(kind, why.decode() if isinstance(why, bytes) else str(why), room_elsewhere=bool(elsewhere))
         metrics.ADMISSIONS.labels(kind, "admitted").inc()
         return None
@@ -159,36 +160,24 @@ class Admission:
             await pipe.execute()
 
     async def withdraw(self) -> None:
-        """Leave the cluster's count (the replica is shutting down): others see no room here."""
+        """Take no one from now on (the replica is shutting down); others see no room here."""
         self.draining = True
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                for kind in ("sessions", "calls"):
-                    pipe.hset(capacity_key(kind), self.replica, 0)
-                await pipe.execute()
+            await self.publish()  # capacities of 0
         except (RedisError, OSError) as exc:
             log.warning("admission: could not withdraw from Redis (%s)", exc)
 
-    async def _run_admit(self, kind: Kind) -> tuple[int, bytes, int]:
+    async def _run_admit(self, kind: Kind, take: bool) -> tuple[int, bytes, int]:
         now = int(1000 * time.time())
         cluster_max = self.config.cluster_max_calls if kind == "calls" else 0
         admitted, why, elsewhere = await self._admit(
             keys=[REPLICAS_KEY, count_key(kind), capacity_key(kind)],
-            args=[self.replica, now, self.capacity(kind), cluster_max, now + int(1000 * self.config.replica_ttl_s)],
+            args=[
+                self.replica, now, self.capacity(kind), cluster_max,
+                now + int(1000 * self.config.replica_ttl_s), int(take),
+            ],
         )
         return int(admitted), why, int(elsewhere)
-
-    async def _room_elsewhere(self, kind: Kind) -> bool:
-        try:
-            counts = await self._redis.hgetall(count_key(kind))
-            caps = await self._redis.hgetall(capacity_key(kind))
-            alive = {m for m in await self._redis.zrangebyscore(REPLICAS_KEY, int(1000 * time.time()), "+inf")}
-        except (RedisError, OSError):
-            return False
-        me = self.replica.encode()
-        return any(
-            int(counts.get(r, 0)) < int(cap) for r, cap in caps.items() if r != me and r in alive
-        )
 
     def _refuse(self, kind: Kind, reason: str, *, room_elsewhere: bool) -> Refusal:
         metrics.ADMISSIONS.labels(kind, reason).inc()

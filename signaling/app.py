@@ -56,7 +56,6 @@ class AppServices:
     transcriber: Transcriber
     synthesizer: Synthesizer
     turn_model: TurnCompletionModel | None
-    active_calls: set = field(default_factory=set)
     sockets: set = field(default_factory=set)  # the CallSockets being served (the drain ends them)
 
 
@@ -145,7 +144,7 @@ def create_app(settings: Settings) -> FastAPI:
         if shared is None:
             return JSONResponse({"status": "not ready", "problems": ["models are loading"]}, status_code=503)
         if shared.admission.draining:
-            return JSONResponse({"status": "draining", "active_calls": len(shared.active_calls)}, status_code=503)
+            return JSONResponse({"status": "draining", "active_calls": len(shared.sockets)}, status_code=503)
         problems = []
         try:
             await shared.redis.ping()
@@ -160,7 +159,7 @@ def create_app(settings: Settings) -> FastAPI:
         breaker = shared.llm.breaker.state
         if breaker == "open":
             problems.append(f"llm: circuit breaker open for {shared.llm.breaker.retry_after_s():.1f} s more")
-        body = {"llm_breaker": breaker, "active_calls": len(shared.active_calls)}
+        body = {"llm_breaker": breaker, "active_calls": len(shared.sockets)}
         if problems:
             return JSONResponse({"status": "not ready", "problems": problems, **body}, status_code=503)
         return JSONResponse({"status": "ready", **body})
@@ -172,7 +171,7 @@ def create_app(settings: Settings) -> FastAPI:
         if shared is None:
             return {"active_calls": 0, "sessions": 0, "voice_calls": 0, "tasks": len(asyncio.all_tasks())}
         return {
-            "active_calls": len(shared.active_calls),
+            "active_calls": len(shared.sockets),
             "sessions": shared.admission.active["sessions"],
             "voice_calls": shared.admission.active["calls"],
             "tasks": len(asyncio.all_tasks()),

@@ -65,10 +65,9 @@ class CallSocket:
         self._close_code = 1000
         self._turns: TurnLoop | None = None
         self._end = asyncio.Event()  # the server ends the session (drain)
-        # Turns whose stages, and whose prompt figures, went to the metrics (a turn's metrics
-        # event may come twice: the second adds the prompt figures).
+        # Turns whose stages went to the metrics: a turn's metrics event comes a second time
+        # only to add the prompt figures the first lacked.
         self._timed: set[str] = set()
-        self._prompt_counted: set[str] = set()
 
     @property
     def voice(self) -> bool:
@@ -128,7 +127,6 @@ class CallSocket:
         await self.send(protocol.session(session.session_id, session.dialog_id, session.resume_token))
         if resumed:
             await self._send_history(session.dialog_id)
-        self.services.active_calls.add(call)
         self.services.sockets.add(self)
         try:
             async with asyncio.TaskGroup() as tasks:
@@ -142,7 +140,6 @@ class CallSocket:
             pass
         finally:
             self.services.sockets.discard(self)
-            self.services.active_calls.discard(call)
             if self._voice:
                 await asyncio.shield(self.services.admission.release("calls"))
             await asyncio.shield(call.close())
@@ -188,11 +185,7 @@ class CallSocket:
     def _measure(self, event: TurnMetrics) -> None:
         stages = {} if event.turn_id in self._timed else event.stages_ms
         self._timed.add(event.turn_id)
-        read = None
-        if event.prompt is not None and event.turn_id not in self._prompt_counted:
-            self._prompt_counted.add(event.turn_id)
-            read = event.prompt.read
-        metrics.turn_measured(stages, read)
+        metrics.turn_measured(stages, event.prompt.read if event.prompt is not None else None)
 
     async def send(self, message: dict[str, Any]) -> None:
         await self.outbox.put(message)

@@ -51,7 +51,7 @@ def synthesizer(settings):
     """The server's voice without piper's sampling noise: what the tests say is the same every run."""
     from pipeline.tts import Synthesizer
 
-    return Synthesizer(dataclasses.replace(settings.tts, noise_scale=0.0, noise_w_scale=0.0))
+    return Synthesizer(settings.tts.without_noise())
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ told when to retry, and nobody admitted is touched."""
 import asyncio
 import json
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -13,14 +12,9 @@ import websockets
 from parley.call_client import run_call
 from parley.errors import CallRefused
 from tests.conftest import own_server
-from tests.speech import wer
+from tests.speech import JFK, JFK_TEXT, wer
 
 pytestmark = pytest.mark.slow
-
-JFK = Path(__file__).resolve().parents[2] / "shared" / "audio" / "jfk.flac"
-JFK_TEXT = (
-    "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
-)
 
 
 def ws_url(url: str) -> str:

@@ -39,7 +39,7 @@ async def test_say_then_transcribe_round_trips_three_sentences(synthesizer, tran
 
 
 async def test_the_voice_runs_with_our_threads_and_they_do_not_spin(settings, transcriber, tmp_path):
-    synthesizer = Synthesizer(dataclasses.replace(settings.tts, threads=1, noise_scale=0.0, noise_w_scale=0.0))
+    synthesizer = Synthesizer(dataclasses.replace(settings.tts.without_noise(), threads=1))
     options = synthesizer._voice.session.get_session_options()
     assert options.intra_op_num_threads == 1
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"

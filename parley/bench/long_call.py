@@ -72,8 +72,6 @@ VARIANTS: dict[str, dict[str, str]] = {
 
 async def make_files(folder: Path, turns: int) -> list[str]:
     """The caller's sentences as WAV files, each after 0.3 s of quiet."""
-    import dataclasses
-
     import numpy as np
 
     from media.audio_file import write_wav
@@ -81,7 +79,7 @@ async def make_files(folder: Path, turns: int) -> list[str]:
     from pipeline.tts import Synthesizer
 
     settings = load_settings()
-    voice = Synthesizer(dataclasses.replace(settings.tts, noise_scale=0.0, noise_w_scale=0.0))
+    voice = Synthesizer(settings.tts.without_noise())
     files = []
     for i in range(turns):
         pcm = await voice.synthesize(SENTENCES[i % len(SENTENCES)])
