@@ -151,9 +151,16 @@ class CallClient:
     """One session: connect, negotiate, then `talk` file after file."""
 
     def __init__(
-        self, server: str, *, reply_timeout_s: float = 15.0, jitter_buffer_packets: int = DEFAULT_JITTER_PACKETS
+        self,
+        server: str,
+        *,
+        reply_timeout_s: float = 15.0,
+        jitter_buffer_packets: int = DEFAULT_JITTER_PACKETS,
+        local_address: str | None = None,
     ) -> None:
         base = server.rstrip("/")
+        # The signaling socket's source address: any of 127.0.0.0/8 makes a distinct caller on loopback.
+        self.local_address = local_address
         self.jitter_buffer_packets = jitter_buffer_packets
         self.ws_url = base.replace("https://", "wss://").replace("http://", "ws://") + "/ws"
         self.reply_timeout_s = reply_timeout_s
@@ -162,13 +169,27 @@ class CallClient:
         self._arrived = asyncio.Condition()
         self._ws: ClientConnection | None = None
         self._pc: RTCPeerConnection | None = None
-        self._mic = OutboundAudioTrack(max_queued_s=120)
-        self._recorder = _Recorder()
+        self._mic = self._make_mic()
+        self._recorder = self._make_recorder()
         self._tasks: list[asyncio.Task] = []
 
+    def _make_mic(self):
+        """The microphone track: audio files played as PCM, encoded by aiortc."""
+        return OutboundAudioTrack(max_queued_s=120)
+
+    def _make_recorder(self):
+        """What keeps the bot's voice as it arrives."""
+        return _Recorder()
+
+    @property
+    def dropped(self) -> bool:
+        """The server closed the socket (the client did not leave)."""
+        return self._reader_done()
+
     async def __aenter__(self) -> CallClient:
+        source = {"local_addr": (self.local_address, 0)} if self.local_address else {}
         try:
-            self._ws = await websockets.connect(self.ws_url, open_timeout=10, max_size=2**20)
+            self._ws = await websockets.connect(self.ws_url, open_timeout=10, max_size=2**20, **source)
         except (OSError, websockets.InvalidHandshake, TimeoutError) as exc:
             raise CallFailed(f"cannot reach {self.ws_url}: {exc or type(exc).__name__}") from exc
         self._tasks.append(asyncio.create_task(self._read(), name="call-client-reader"))

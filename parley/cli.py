@@ -81,6 +81,26 @@ def _parser() -> argparse.ArgumentParser:
         help="telephone sentences to say, whole and with each pause (default all 12)",
     )
 
+    bench_load = bench_kinds.add_parser(
+        "load", help="many calls at once over real WebRTC: ramp (capacity), spike (27x arrivals), soak (leaks)"
+    )
+    bench_load.add_argument("mode", choices=["ramp", "spike", "soak", "all"])
+    bench_load.add_argument("--json", help="also write the load document here")
+    bench_load.add_argument("--steps", default="1,2,3,4,6,8", help="ramp: calls at once, per step")
+    bench_load.add_argument("--sentences", type=int, default=4, help="ramp: sentences each call says")
+    bench_load.add_argument("--max-calls", type=int, help="spike: the server's max_calls (default: models.toml)")
+    bench_load.add_argument("--base-rate", type=float, default=0.05, help="spike: calls arriving a second before and after")
+    bench_load.add_argument("--before-s", type=float, default=40.0, help="spike: seconds at the base rate before it")
+    bench_load.add_argument("--spike-s", type=float, default=10.0, help="spike: seconds at 27x the rate")
+    bench_load.add_argument("--after-s", type=float, default=50.0, help="spike: seconds at the base rate after it")
+    bench_load.add_argument(
+        "--settle-s", type=float, default=15.0, help="spike: turns this long after it still count as during it"
+    )
+    bench_load.add_argument("--text-base", type=int, default=100, help="spike: text sessions arriving in the first 10 s")
+    bench_load.add_argument("--text-hold-s", type=float, default=20.0, help="spike: how long each text session stays")
+    bench_load.add_argument("--calls", type=int, default=2, help="soak: calls talking throughout")
+    bench_load.add_argument("--minutes", type=float, default=30.0, help="soak: how long")
+
     serve = commands.add_parser("serve", help="run the server")
     serve.add_argument("--host", help="default: [server] host in models.toml")
     serve.add_argument("--port", type=int, help="default: [server] port in models.toml")

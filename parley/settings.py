@@ -17,6 +17,7 @@ from parley.errors import ConfigError
 from parley.services.llm_server import LLMServerConfig
 from pipeline.circuit_breaker import BreakerConfig
 from pipeline.llm_pool import PoolConfig
+from pipeline.shedding import SheddingConfig
 from signaling.config import AdmissionConfig, SignalingConfig
 from signaling.rate_limit import RateLimitConfig
 from pipeline.config import (
@@ -71,6 +72,7 @@ class Settings:
     signaling: SignalingConfig = SignalingConfig()
     rate_limit: RateLimitConfig = RateLimitConfig()
     admission: AdmissionConfig = AdmissionConfig()
+    shedding: SheddingConfig = SheddingConfig()
     media: MediaConfig = MediaConfig()
     vad: VADConfig = VADConfig()
     turns: TurnConfig = TurnConfig()

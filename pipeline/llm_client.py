@@ -89,8 +89,10 @@ class LLMClient:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    def request_body(self, messages: Sequence[Message], *, slot: int | None = None) -> dict:
-        """The JSON body of a streamed chat completion for `messages`.
+    def request_body(
+        self, messages: Sequence[Message], *, slot: int | None = None, max_tokens: int | None = None
+    ) -> dict:
+        """The JSON body of a streamed chat completion for `messages` (`max_tokens`: a lower cap).
 
         `slot`: the llama-server slot to run on, whose cache holds this dialog's earlier prompt;
         the body then also asks for the cache and for timings with every chunk.
@@ -100,7 +102,7 @@ class LLMClient:
             "messages": list(messages),
             "stream": True,
             "stream_options": {"include_usage": True},
-            "max_tokens": self.config.max_tokens,
+            "max_tokens": min(self.config.max_tokens, max_tokens or self.config.max_tokens),
             "temperature": self.config.temperature,
         }
         if self.config.seed >= 0:
@@ -115,11 +117,17 @@ class LLMClient:
         return (system if self.config.system_prompt else []) + list(messages)
 
     async def stream_chat(
-        self, messages: Sequence[Message], *, slot: int | None = None, on_usage: UsageSink | None = None
+        self,
+        messages: Sequence[Message],
+        *,
+        slot: int | None = None,
+        on_usage: UsageSink | None = None,
+        max_tokens: int | None = None,
     ) -> AsyncIterator[str]:
         """Yield the reply's text deltas as they arrive; `on_usage` hears the prompt figures once known."""
         told = None
-        async for chunk in self._stream("/chat/completions", self.request_body(messages, slot=slot)):
+        body = self.request_body(messages, slot=slot, max_tokens=max_tokens)
+        async for chunk in self._stream("/chat/completions", body):
             if on_usage is not None and (usage := prompt_usage(chunk)) is not None and usage != told:
                 told = usage
                 on_usage(usage)

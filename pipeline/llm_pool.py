@@ -66,6 +66,7 @@ class _Request:
     messages: list[Message]
     deadline: float
     dialog_id: str | None = None
+    max_tokens: int | None = None
     out: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(maxsize=1024))
     admitted: asyncio.Event = field(default_factory=asyncio.Event)
     abandoned: bool = False
@@ -124,18 +125,26 @@ class LLMPool:
 
 
     async def stream_chat(
-        self, messages: Sequence[Message], *, dialog_id: str | None = None, on_usage: UsageSink | None = None
+        self,
+        messages: Sequence[Message],
+        *,
+        dialog_id: str | None = None,
+        on_usage: UsageSink | None = None,
+        max_tokens: int | None = None,
     ) -> AsyncIterator[str]:
         """The reply's text deltas; LLMBusy, LLMCircuitOpen or another LLMError when it cannot come.
 
         `dialog_id` keeps a dialog's requests where its prompt is cached; `on_usage` hears how
-        much of the prompt the server read and how much its cache held.
+        much of the prompt the server read and how much its cache held; `max_tokens` caps this
+        reply below the configured cap (a turn shedding load).
         """
         if self._tasks is None:
             raise RuntimeError("Cannot stream: the LLM pool is not running (use `async with`)")
         if not self.breaker.try_acquire():
             raise LLMCircuitOpen(f"the LLM is failing; calls resume in {self.breaker.retry_after_s():.1f} s")
-        request = _Request(list(messages), time.monotonic() + self.pool.queue_timeout_ms / 1000, dialog_id)
+        request = _Request(
+            list(messages), time.monotonic() + self.pool.queue_timeout_ms / 1000, dialog_id, max_tokens
+        )
         outcome: bool | None = None  # failed?
         try:
             try:
@@ -227,7 +236,8 @@ class LLMPool:
                 started = False
                 try:
                     async for delta in self.client.stream_chat(
-                        request.messages, slot=slot, on_usage=lambda usage: _offer(request, usage)
+                        request.messages, slot=slot, on_usage=lambda usage: _offer(request, usage),
+                        max_tokens=request.max_tokens,
                     ):
                         started = True
                         if request.abandoned:

@@ -26,6 +26,8 @@ Spawn = Callable[[Awaitable[Transcript | None], str], "asyncio.Task[Transcript |
 class PartialTranscripts:
     """One turn's partial transcripts. Run `run()` as a task; cancel it when the turn ends.
 
+    `interval_s` None: no periodic partials (a turn shedding load), only those `now()` asks for.
+
     Each transcription is its own task (made by `spawn`, so the call's TaskGroup owns it):
     cancelling `run()` at the end of the turn leaves a transcription under way to finish,
     because it may be the final transcript.
@@ -37,7 +39,7 @@ class PartialTranscripts:
         utterance: Callable[[], bytes],
         *,
         spawn: Spawn,
-        interval_s: float,
+        interval_s: float | None,
         min_new_ms: int = 200,
     ) -> None:
         self._transcriber = transcriber

@@ -55,6 +55,7 @@ from pipeline.events import (
 from pipeline.llm_client import Message, PromptUsage, UsageSink
 from pipeline.partials import PartialTranscripts
 from pipeline.sentences import SentenceSplitter
+from pipeline.shedding import FULL, Planner, TurnPlan
 from pipeline.tts import Synthesizer
 from pipeline.turn_model import TurnCompletionModel
 from pipeline.vad import SpeechPaused, SpeechStarted, TurnEnded, VoiceActivityDetector
@@ -68,7 +69,12 @@ class ChatModel(Protocol):
     def with_system_prompt(self, messages: Sequence[Message]) -> list[Message]: ...
 
     def stream_chat(
-        self, messages: Sequence[Message], *, dialog_id: str | None = None, on_usage: UsageSink | None = None
+        self,
+        messages: Sequence[Message],
+        *,
+        dialog_id: str | None = None,
+        on_usage: UsageSink | None = None,
+        max_tokens: int | None = None,
     ) -> AsyncIterator[str]: ...
 
 
@@ -126,6 +132,8 @@ class Reply:
     # The reply's prompt as the LLM server handled it, once it says; the metrics event sent.
     prompt: PromptUsage | None = None
     reported: TurnMetrics | None = None
+    # What the turn does at the load it began under (pipeline.shedding).
+    plan: TurnPlan = FULL
 
 
 class TurnLoop:
@@ -143,8 +151,12 @@ class TurnLoop:
         vad_config: VADConfig = VADConfig(),
         config: TurnConfig = TurnConfig(),
         turn_model: TurnCompletionModel | None = None,
+        planner: Planner | None = None,
     ) -> None:
+        """`planner` says, as each turn begins, what it may leave out under load (pipeline.shedding)."""
         self.dialog_id = dialog_id
+        self._planner = planner or (lambda: FULL)
+        self._plan = FULL  # the current spoken turn's
         self.config = config
         self._dialog = DialogBuffer(store, dialog_id)
         self._llm = llm
@@ -223,7 +235,7 @@ class TurnLoop:
                 covers = self._pause_covers = len(self._carry) + event.speech_bytes
                 if self._end_of_turn.judges:
                     self._start_judging()
-                if self.config.speculative and self._speaker is not None:
+                if self.config.speculative and self._plan.drafts and self._speaker is not None:
                     await self._start_draft(covers)
             elif isinstance(event, TurnEnded):
                 await self._on_turn_ended(event)
@@ -276,7 +288,7 @@ class TurnLoop:
             if not text:
                 continue
             await self._stop_reply(barge_in=True)
-            reply = Reply(turn_id=uuid.uuid4().hex, user_started_at=time.time(), user_text=text)
+            reply = Reply(turn_id=uuid.uuid4().hex, user_started_at=time.time(), user_text=text, plan=self._planner())
             self._start_reply(reply, self._answer(reply))
 
     async def _on_speech_started(self) -> None:
@@ -293,11 +305,14 @@ class TurnLoop:
         await self._forget_judgement()
         # The turn's id is fixed when it starts, so partial and final transcripts share it.
         self._turn_id, self._carry_turn_id = self._carry_turn_id or uuid.uuid4().hex, None
+        plan = self._plan = self._planner()
+        if plan.shed:
+            log.info("turn %s sheds %s under load", self._turn_id, ", ".join(plan.shed))
         self._partials = PartialTranscripts(
             self._transcriber,
             lambda: self._carry + self._vad.utterance(),
             spawn=lambda work, name: self._tasks.create_task(work, name=f"{name}-{self.dialog_id}"),
-            interval_s=self._transcriber.config.partial_interval_ms / 1000,
+            interval_s=self._transcriber.config.partial_interval_ms / 1000 if plan.partials else None,
         )
         turn_id = self._turn_id
         self._partials_task = self._tasks.create_task(
@@ -346,7 +361,7 @@ class TurnLoop:
         audio = self._carry + self._vad.utterance()
         draft = self._draft = Reply(
             turn_id=self._turn_id, user_started_at=0.0, user_audio=audio, released=asyncio.Event(), covers=covers,
-            drafted_at_mono=time.monotonic(),
+            drafted_at_mono=time.monotonic(), plan=self._plan,
         )
         draft.task = self._tasks.create_task(
             self._respond(draft, self._partials, covers), name=f"draft-{draft.turn_id}"
@@ -381,7 +396,7 @@ class TurnLoop:
         await self._drop_draft()
         reply = Reply(
             turn_id=self._turn_id, user_started_at=user_started_at, user_audio=audio,
-            end_silence_ms=event.silence_ms, judgement=judgement,
+            end_silence_ms=event.silence_ms, judgement=judgement, plan=self._plan,
         )
         self._start_reply(reply, self._respond(reply, partials, speech_bytes))
 
@@ -504,7 +519,9 @@ class TurnLoop:
         def prompt_read(usage: PromptUsage) -> None:
             reply.prompt = usage
 
-        async for delta in self._llm.stream_chat(messages, dialog_id=self.dialog_id, on_usage=prompt_read):
+        async for delta in self._llm.stream_chat(
+            messages, dialog_id=self.dialog_id, on_usage=prompt_read, max_tokens=reply.plan.max_tokens
+        ):
             if not reply.text:
                 stages["llm_first_token"] = 1000 * (time.monotonic() - started)
             reply.text += delta

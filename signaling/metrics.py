@@ -43,6 +43,9 @@ LLM_INFLIGHT = Gauge("parley_llm_inflight", "LLM requests at the server")
 LLM_BREAKER_OPEN = Gauge("parley_llm_breaker_open", "1 while the LLM circuit breaker is open (or half open), else 0")
 INFERENCE_QUEUE = Gauge("parley_inference_queue_depth", "ASR/TTS/end-of-turn jobs waiting for an inference thread")
 REDIS_ERRORS = Counter("parley_redis_errors_total", "Redis commands that failed, by where", ["where"])
+TURNS_SHED = Counter(
+    "parley_turns_shed_total", "Turns begun without a rung of work to shed load ([shedding]), by rung", ["rung"]
+)
 KEEPALIVE_CLOSES = Counter(
     "parley_keepalive_closes_total", "Sockets closed because the client stopped answering pings (1011)"
 )

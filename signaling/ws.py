@@ -19,6 +19,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from pipeline.errors import DialogStoreUnavailable
 from pipeline.events import TranscriptEvent, TurnEvent, TurnMetrics
+from pipeline.shedding import TurnPlan, plan_for
 from pipeline.turns import TurnLoop
 from signaling import metrics, protocol
 from signaling.admission import Refusal
@@ -121,6 +122,7 @@ class CallSocket:
             vad_config=self.services.settings.vad,
             config=self.services.settings.turns,
             turn_model=self.services.turn_model,
+            planner=self._plan_turn,
         )
         self._turns = turns
         call = Call(turns, self.services.settings.media, on_media_failed=self._media_failed)
@@ -248,6 +250,15 @@ class CallSocket:
         while True:
             await asyncio.sleep(self.config.ping_interval_s)
             await self.send({"type": "ping"})
+
+    def _plan_turn(self) -> TurnPlan:
+        """What a turn beginning now may leave out: the load is this replica's calls over its capacity."""
+        admission = self.services.admission
+        load = admission.active["calls"] / max(1, admission.capacity("calls"))
+        plan = plan_for(load, self.services.settings.shedding)
+        for rung in plan.shed:
+            metrics.TURNS_SHED.labels(rung).inc()
+        return plan
 
     async def _media_failed(self, reason: str) -> None:
         await self.send(protocol.error("media_failed", reason))

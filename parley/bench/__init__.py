@@ -30,6 +30,10 @@ async def run_bench(args: argparse.Namespace) -> None:
         from parley.bench.long_call import bench_long_call
 
         await bench_long_call(args)
+    elif args.bench == "load":
+        from parley.bench.load import bench_load
+
+        await bench_load(args)
     elif args.bench == "turns":
         from parley.bench.turns import bench_turns
 

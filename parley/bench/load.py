@@ -1,0 +1,434 @@
+"""`parley bench load`: many calls at once over real WebRTC, from one process: ramp, spike, soak.
+
+Every caller is a `LoadCall` (pre-encoded Opus, so a client call costs a fraction of the
+server's) from an address of its own in 127.0.0.0/8, as the per-IP limiter would see real
+callers. It says the benchmark's two human sentences in turn, each after the previous reply is done.
+- `ramp`: 1, 2, 3, 4, 6, 8 … calls at once (their starts spread over a few seconds); per step
+  voice-to-voice p50/p95/max, refusals, failures and the CPU both sides used. The server admits
+  them all (its cap is lifted). The capacity is the most calls with p95 ≤ 1.5 s and no failure.
+- `spike`: the server as configured (its `max_calls`), calls arriving at a steady rate, then 27×
+  that rate for 10 s, then the steady rate again: admitted calls' p95 before, during and after;
+  refusals, whether each said when to retry, admitted calls dropped. Then the same for text
+  sessions: 100 arriving over 10 s, then 2,700 over 10 s, each held a while.
+- `soak`: N calls talking for M minutes: the server's RSS, asyncio tasks, open file descriptors
+  and Redis keys, sampled through the run, must stay flat; no call may fail.
+Figures merge into bench/results/load.json by mode (and `--json PATH`), a row per mode in
+load.md, plots in load_ramp.png and load_spike.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import websockets
+
+from parley.bench.load_call import EncodedSpeech, LoadCall, TurnOutcome, encode_speech
+from parley.bench.results import BENCH_ENV, RESULTS, ms, percentile, speaker_files, write_results
+from parley.errors import CallFailed, CallRefused
+from parley.server_process import server_child
+
+GOAL_P95_MS = 1500.0
+SPIKE_FACTOR = 27
+# Ramp steps go on while p95 stays below this (past it, larger steps only take longer to say so).
+RAMP_GIVE_UP_MS = 4 * GOAL_P95_MS
+
+
+class CallerAddresses:
+    """Source addresses in 127.0.0.0/8, one per caller, never 127.0.0.1 (the server's own)."""
+
+    def __init__(self, first: int = 2) -> None:
+        self._next = first
+
+    def take(self) -> str:
+        n, self._next = self._next, self._next + 1
+        return f"127.{1 + n // 62500}.{1 + n // 250 % 250}.{1 + n % 250}"
+
+
+@dataclass(slots=True)
+class CallRecord:
+    """One caller's outcome: refused (with what it was told), failed, dropped after admission, or its turns."""
+
+    offered_at: float
+    admitted: bool = False
+    refused: str | None = None
+    retry_after_s: float | None = None
+    failure: str | None = None
+    dropped: bool = False
+    turns: list[TurnOutcome] = field(default_factory=list)
+
+    @property
+    def v2v(self) -> list[float]:
+        return [t.voice_to_voice_ms for t in self.turns if t.voice_to_voice_ms is not None]
+
+    @property
+    def unanswered(self) -> int:
+        return sum(t.voice_to_voice_ms is None for t in self.turns)
+
+
+async def place_call(
+    url: str, address: str, speeches: list[EncodedSpeech], *, keep_going: Callable[[int], bool] | None = None
+) -> CallRecord:
+    """One caller: connect from `address`, say the sentences (or go on while `keep_going(turns so far)`)."""
+    record = CallRecord(time.monotonic())
+    try:
+        async with LoadCall(url, local_address=address, reply_timeout_s=20.0) as call:
+            record.admitted = True
+            index = 0
+            while (keep_going(index) if keep_going else index < len(speeches)):
+                record.turns.append(await call.say(speeches[index % len(speeches)]))
+                index += 1
+                if call.dropped:
+                    record.dropped = True
+                    break
+    except CallRefused as refused:
+        record.refused, record.retry_after_s = refused.code, refused.retry_after_s
+    except CallFailed as failed:
+        record.failure = str(failed)
+        record.dropped = record.admitted
+    except (OSError, websockets.WebSocketException) as exc:
+        record.failure = f"{type(exc).__name__}: {exc}"
+        record.dropped = record.admitted
+    return record
+
+
+class CpuMeter:
+    """CPU seconds used by the server's process tree (llama-server and Redis included) and by this process."""
+
+    def __init__(self, server_pid: int) -> None:
+        self._server = psutil.Process(server_pid)
+        self._seen: dict[int, float] = {}
+
+    def server_seconds(self) -> float:
+        # Children that exit take their time with them; the largest figure seen per process is kept.
+        for proc in [self._server, *self._server.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                self._seen[proc.pid] = max(self._seen.get(proc.pid, 0.0), times.user + times.system)
+        return sum(self._seen.values())
+
+    @staticmethod
+    def client_seconds() -> float:
+        return time.process_time()
+
+    @contextlib.contextmanager
+    def measure(self, into: dict[str, Any]) -> Any:
+        """Puts `server_cores` and `client_cores` (mean cores busy) into `into` for the block's time."""
+        wall, server, client = time.monotonic(), self.server_seconds(), self.client_seconds()
+        yield
+        elapsed = max(1e-6, time.monotonic() - wall)
+        into["server_cores"] = round((self.server_seconds() - server) / elapsed, 2)
+        into["client_cores"] = round((self.client_seconds() - client) / elapsed, 2)
+
+
+def _latency(values: list[float]) -> dict[str, float | None]:
+    return {"p50_ms": percentile(values, 50), "p95_ms": percentile(values, 95), "max_ms": max(values, default=None)}
+
+
+async def ramp(url: str, meter: CpuMeter, speeches: list[EncodedSpeech], steps: list[int], sentences: int) -> dict:
+    """Each step: that many calls at once, each saying `sentences` sentences."""
+    addresses = CallerAddresses()
+    results = []
+    for calls in steps:
+        figures: dict[str, Any] = {"calls": calls}
+        with meter.measure(figures):
+            records = await asyncio.gather(*(
+                _after(3.0 * i / calls, place_call(url, addresses.take(), _rotated(speeches, i), keep_going=lambda n: n < sentences))
+                for i in range(calls)
+            ))
+        v2v = [v for r in records for v in r.v2v]
+        figures.update(_latency(v2v))
+        figures.update({
+            "turns": sum(len(r.turns) for r in records),
+            "refused": sum(r.refused is not None for r in records),
+            "failed": sum(r.failure is not None or r.dropped for r in records),
+            "unanswered": sum(r.unanswered for r in records),
+        })
+        results.append(figures)
+        print(f"ramp {calls} calls: {figures}")
+        if (figures["p95_ms"] or 0) > RAMP_GIVE_UP_MS:
+            break
+    within = [s["calls"] for s in results
+              if s["p95_ms"] is not None and s["p95_ms"] <= GOAL_P95_MS and not (s["failed"] or s["refused"] or s["unanswered"])]
+    return {"steps": results, "capacity_calls": max(within, default=0), "goal_p95_ms": GOAL_P95_MS}
+
+
+async def _after(delay_s: float, work):
+    await asyncio.sleep(delay_s)
+    return await work
+
+
+def _rotated(items: list, by: int) -> list:
+    """Callers start on different sentences, so they do not all say the same thing at once."""
+    by %= len(items)
+    return items[by:] + items[:by]
+
+
+def _phase(at: float, spike_start: float, spike_end: float, settle_s: float) -> str:
+    """Before the spike, during it (and while the calls it admitted still talk), or after."""
+    if at < spike_start:
+        return "before"
+    return "during" if at < spike_end + settle_s else "after"
+
+
+async def spike(
+    url: str, meter: CpuMeter, speeches: list[EncodedSpeech], *, base_rate: float, before_s: float,
+    spike_s: float, after_s: float, settle_s: float,
+) -> dict:
+    """Calls arriving at `base_rate` a second, 27× that for `spike_s`, then `base_rate` again."""
+    addresses = CallerAddresses()
+    start = time.monotonic()
+    spike_start, spike_end = start + before_s, start + before_s + spike_s
+    calls: list[asyncio.Task[CallRecord]] = []
+    figures: dict[str, Any] = {"base_rate_per_s": base_rate, "factor": SPIKE_FACTOR, "spike_s": spike_s}
+    with meter.measure(figures):
+        at = start
+        while at < spike_end + after_s:
+            await asyncio.sleep(max(0.0, at - time.monotonic()))
+            calls.append(asyncio.create_task(place_call(url, addresses.take(), _rotated(speeches, len(calls)))))
+            at += 1 / (base_rate * SPIKE_FACTOR if spike_start <= at < spike_end else base_rate)
+        records = await asyncio.gather(*calls)
+    by_phase: dict[str, list[float]] = {"before": [], "during": [], "after": []}
+    for record in records:
+        for turn in record.turns:
+            if turn.voice_to_voice_ms is not None:
+                by_phase[_phase(turn.speech_end, spike_start, spike_end, settle_s)].append(turn.voice_to_voice_ms)
+    refused = [r for r in records if r.refused]
+    admitted = [r for r in records if r.admitted]
+    figures.update({
+        "base_calls": round(base_rate * _mean_call_s(admitted), 1),
+        "offered": len(records),
+        "offered_during_spike": sum(spike_start <= r.offered_at < spike_end for r in records),
+        "admitted": len(admitted),
+        "refused": len(refused),
+        "refused_by_code": {code: sum(r.refused == code for r in refused) for code in {r.refused for r in refused}},
+        "refused_without_retry_after": sum(r.retry_after_s is None for r in refused),
+        "retry_after_s": sorted({r.retry_after_s for r in refused if r.retry_after_s is not None}),
+        "failed_before_admission": sum(r.failure is not None and not r.admitted for r in records),
+        "admitted_dropped": sum(r.dropped for r in admitted),
+        "unanswered_turns": sum(r.unanswered for r in admitted),
+        **{f"p95_{phase}_ms": percentile(values, 95) for phase, values in by_phase.items()},
+        **{f"turns_{phase}": len(values) for phase, values in by_phase.items()},
+    })
+    before, during = figures["p95_before_ms"], figures["p95_during_ms"]
+    figures["p95_during_vs_before"] = round(during / before, 2) if before and during else None
+    figures["timeline"] = _timeline(records, start, spike_end + after_s)
+    return figures
+
+
+def _mean_call_s(records: list[CallRecord]) -> float:
+    """How long an admitted call lasted, on average (to its last reply)."""
+    spans = [r.turns[-1].speech_end - r.offered_at for r in records if r.turns]
+    return sum(spans) / len(spans) if spans else 0.0
+
+
+def _timeline(records: list[CallRecord], start: float, end: float) -> list[dict[str, Any]]:
+    """Per second from the start: calls offered, admitted and refused, and p95 of the turns that ended then."""
+    seconds = int(end - start) + 1
+    rows = [{"s": s, "offered": 0, "admitted": 0, "refused": 0, "v2v": []} for s in range(seconds + 60)]
+    for record in records:
+        row = rows[min(len(rows) - 1, int(record.offered_at - start))]
+        row["offered"] += 1
+        row["admitted"] += record.admitted
+        row["refused"] += record.refused is not None
+        for turn in record.turns:
+            if turn.voice_to_voice_ms is not None:
+                rows[min(len(rows) - 1, max(0, int(turn.speech_end - start)))]["v2v"].append(turn.voice_to_voice_ms)
+    last = max((i for i, r in enumerate(rows) if r["offered"] or r["v2v"]), default=0)
+    return [{**{k: v for k, v in r.items() if k != "v2v"}, "p95_ms": percentile(r["v2v"], 95)} for r in rows[: last + 1]]
+
+
+async def text_spike(url: str, *, base: int, surge: int, window_s: float, hold_s: float) -> dict:
+    """`base` text sessions arriving over `window_s`, then `surge` over the next `window_s`; each held `hold_s`."""
+    addresses = CallerAddresses(first=100_000)
+    outcomes: list[str] = []
+    most_held = 0
+
+    async def one() -> None:
+        try:
+            async with websockets.connect(
+                url.replace("http", "ws") + "/ws", local_addr=(addresses.take(), 0), open_timeout=30
+            ) as ws:
+                first = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                outcomes.append("session" if first["type"] == "session" else first.get("code", first["type"]))
+                if first["type"] == "session":
+                    await asyncio.sleep(hold_s)
+        except (OSError, TimeoutError, websockets.WebSocketException) as exc:
+            outcomes.append(f"failed: {type(exc).__name__}")
+
+    async def watch() -> None:
+        nonlocal most_held
+        async with httpx.AsyncClient(timeout=5) as http:
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    most_held = max(most_held, (await http.get(f"{url}/stats")).json()["sessions"])
+                await asyncio.sleep(0.5)
+
+    watcher = asyncio.create_task(watch())
+    sessions = []
+    for count in (base, surge):
+        start = time.monotonic()
+        for i in range(count):
+            await asyncio.sleep(max(0.0, start + window_s * i / count - time.monotonic()))
+            sessions.append(asyncio.create_task(one()))
+    await asyncio.gather(*sessions)
+    watcher.cancel()
+    counts = {outcome: outcomes.count(outcome) for outcome in sorted(set(outcomes))}
+    return {
+        "base": base, "offered": base + surge, "window_s": window_s, "hold_s": hold_s,
+        "outcomes": counts, "unavailable": counts.get("unavailable", 0), "most_sessions_held": most_held,
+    }
+
+
+async def soak(
+    url: str, meter: CpuMeter, speeches: list[EncodedSpeech], redis_url: str, *, calls: int, minutes: float,
+    sample_s: float = 10.0,
+) -> dict:
+    """`calls` calls talking for `minutes`; the server's RSS, tasks, descriptors and Redis keys sampled."""
+    from redis.asyncio import Redis
+
+    addresses = CallerAddresses()
+    server = psutil.Process(meter._server.pid)
+    stop = time.monotonic() + 60 * minutes
+    samples: list[dict[str, Any]] = []
+    figures: dict[str, Any] = {"calls": calls, "minutes": minutes}
+
+    async def sample(http: httpx.AsyncClient, redis: Redis, start: float) -> None:
+        stats = (await http.get(f"{url}/stats")).json()
+        samples.append({
+            "s": round(time.monotonic() - start), "rss_mb": round(server.memory_info().rss / 2**20, 1),
+            "tasks": stats["tasks"], "fds": server.num_fds(), "redis_keys": await redis.dbsize(),
+            "voice_calls": stats["voice_calls"],
+        })
+
+    with meter.measure(figures):
+        redis = Redis.from_url(redis_url)
+        async with httpx.AsyncClient(timeout=5) as http:
+            start = time.monotonic()
+            talking = [
+                asyncio.create_task(_after(2.0 * i, place_call(url, addresses.take(), _rotated(speeches, i),
+                                                               keep_going=lambda n: time.monotonic() < stop)))
+                for i in range(calls)
+            ]
+            while not all(t.done() for t in talking):
+                await sample(http, redis, start)
+                await asyncio.wait(talking, timeout=sample_s)
+            records = [t.result() for t in talking]
+            await sample(http, redis, start)  # the calls ended: what they leave behind
+        await redis.aclose()
+    # The first samples include warming up (allocator arenas, model buffers, caches filling):
+    # growth counts from the first sample after a fifth of the run (at least 30 s).
+    talking_samples = samples[:-1]
+    warm = next((s for s in talking_samples if s["s"] >= max(30, 12 * minutes)), talking_samples[0])
+    last = talking_samples[-1]
+    v2v = [v for r in records for v in r.v2v]
+    figures.update({
+        "turns": sum(len(r.turns) for r in records),
+        "failed": sum(r.failure is not None or r.dropped for r in records),
+        "unanswered": sum(r.unanswered for r in records),
+        **_latency(v2v),
+        "rss_mb_warm": warm["rss_mb"], "rss_mb_last": last["rss_mb"],
+        "rss_growth_pct": round(100 * (last["rss_mb"] - warm["rss_mb"]) / warm["rss_mb"], 1),
+        "tasks_warm": warm["tasks"], "tasks_last": last["tasks"],
+        "fds_warm": warm["fds"], "fds_last": last["fds"],
+        "redis_keys_warm": warm["redis_keys"], "redis_keys_last": last["redis_keys"],
+        "after_calls_ended": samples[-1],
+        "samples": samples,
+    })
+    return figures
+
+
+@contextlib.asynccontextmanager
+async def _server(env: dict[str, str]) -> AsyncIterator[tuple[str, CpuMeter]]:
+    async with server_child(env) as (url, process):
+        yield url, CpuMeter(process.pid)
+
+
+@contextlib.asynccontextmanager
+async def _private_redis(folder: Path) -> AsyncIterator[str]:
+    """A Redis of the benchmark's own, so its keys are only what the server under test wrote."""
+    from parley.services.redis_server import EmbeddedRedis
+
+    redis = EmbeddedRedis(folder)
+    try:
+        yield await redis.start()
+    finally:
+        await redis.stop()
+
+
+def _merge_into(path: Path, mode: str, figures: dict[str, Any], stamp: dict[str, Any]) -> dict[str, Any]:
+    """The load document with `mode`'s figures replaced (modes run separately keep each other's)."""
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError):
+        document = {"benchmark": "load"}
+    document[mode] = {**stamp, **figures}
+    return document
+
+
+async def bench_load(args: argparse.Namespace) -> None:
+    """Run the mode(s) `args.mode` names, each against a fresh server, and write the figures."""
+    from parley.bench.load_plots import plot_ramp, plot_spike
+
+    modes = ["ramp", "spike", "soak"] if args.mode == "all" else [args.mode]
+    env = {**BENCH_ENV}
+    with tempfile.TemporaryDirectory(prefix="parley-load-") as tmp:
+        speeches = [encode_speech(path) for path in speaker_files(Path(tmp))]
+        async with _private_redis(Path(tmp) / "redis") as redis_url:
+            env["REDIS_URL"] = redis_url
+            for mode in modes:
+                stamp = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine_cores": os.cpu_count()}
+                print(f"load: {mode}")
+                if mode == "ramp":
+                    steps = [int(s) for s in args.steps.split(",")]
+                    # The cap is lifted: the ramp measures what the machine carries, not what it is told to take.
+                    async with _server({**env, "PARLEY_ADMISSION_MAX_CALLS": str(max(steps) + 1)}) as (url, meter):
+                        figures = await ramp(url, meter, speeches, steps, args.sentences)
+                    plot_ramp(figures, RESULTS / "load_ramp.png")
+                    row = (f"| {stamp['when']} | ramp | capacity {figures['capacity_calls']} calls at p95 ≤ "
+                           f"{GOAL_P95_MS:.0f} ms | " + "; ".join(
+                               f"{s['calls']}: {ms(s['p50_ms'])}/{ms(s['p95_ms'])}/{ms(s['max_ms'])} "
+                               f"(cpu {s['server_cores']}+{s['client_cores']})" for s in figures["steps"]) + " |")
+                elif mode == "spike":
+                    max_calls = {"PARLEY_ADMISSION_MAX_CALLS": str(args.max_calls)} if args.max_calls else {}
+                    async with _server({**env, **max_calls}) as (url, meter):
+                        figures = await spike(url, meter, speeches, base_rate=args.base_rate, before_s=args.before_s,
+                                              spike_s=args.spike_s, after_s=args.after_s, settle_s=args.settle_s)
+                        figures["text"] = await text_spike(url, base=args.text_base, surge=args.text_base * SPIKE_FACTOR,
+                                                           window_s=args.spike_s, hold_s=args.text_hold_s)
+                    plot_spike(figures, RESULTS / "load_spike.png")
+                    text = figures["text"]
+                    row = (f"| {stamp['when']} | spike | offered {figures['offered']}, admitted {figures['admitted']},"
+                           f" refused {figures['refused']} (without retry_after {figures['refused_without_retry_after']}),"
+                           f" dropped {figures['admitted_dropped']}; p95 before/during/after {ms(figures['p95_before_ms'])}/"
+                           f"{ms(figures['p95_during_ms'])}/{ms(figures['p95_after_ms'])}; text {text['offered']}:"
+                           f" {text['outcomes']}, held {text['most_sessions_held']} |")
+                else:
+                    async with _server(env) as (url, meter):
+                        figures = await soak(url, meter, speeches, redis_url, calls=args.calls, minutes=args.minutes)
+                    row = (f"| {stamp['when']} | soak | {figures['calls']} calls × {figures['minutes']} min:"
+                           f" failed {figures['failed']}, RSS {figures['rss_mb_warm']}→{figures['rss_mb_last']} MB"
+                           f" ({figures['rss_growth_pct']} %), tasks {figures['tasks_warm']}→{figures['tasks_last']},"
+                           f" fds {figures['fds_warm']}→{figures['fds_last']}, Redis keys"
+                           f" {figures['redis_keys_warm']}→{figures['redis_keys_last']} |")
+                document = _merge_into(RESULTS / "load.json", mode, figures, stamp)
+                header = (
+                    "# Load benchmark: many calls at once over real WebRTC (`parley bench load`)\n\n"
+                    "Ramp: per step calls p50/p95/max voice-to-voice (ms) and CPU cores used (server tree + client)."
+                    " Spike: 27× the arrival rate for 10 s. Soak: N calls for M minutes. Plots: load_ramp.png,"
+                    " load_spike.png.\n\n| when | mode | figures |\n| --- | --- | --- |\n"
+                )
+                write_results("load", document, row, header)
+                if args.json:
+                    Path(args.json).write_text(json.dumps(document, indent=2) + "\n")

@@ -1,0 +1,153 @@
+"""A cheap caller for the load benchmark: real WebRTC, but the microphone replays pre-encoded Opus.
+
+aiortc sends an `av.Packet` that a track's `recv()` returns as it is (it only packetizes it),
+so the speech is encoded once for every call and a client call costs far less CPU than the
+server's side of it. The bot's voice is decoded by aiortc as usual; only the arrival time of
+each voiced 20 ms frame is kept. Each `say` is one turn: the sentence, then silence until the
+reply is done, with its voice-to-voice time measured here at the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import fractions
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import av
+import numpy as np
+from aiortc.codecs.opus import OpusEncoder
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from media.audio_file import read_audio
+from media.frames import level_dbfs
+from parley.call_client import RATE, TAIL_S, VOICE_DBFS, CallClient, last_voiced_offset_s
+
+FRAME = RATE // 50
+_TIME_BASE = fractions.Fraction(1, RATE)
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedSpeech:
+    """A sentence as 20 ms Opus payloads, and how long after its last voiced frame the file ends."""
+
+    name: str
+    payloads: tuple[bytes, ...]
+    tail_s: float
+
+
+def _opus_payloads(samples: np.ndarray) -> list[bytes]:
+    """48 kHz mono int16 samples as Opus payloads, one per 20 ms."""
+    encoder = OpusEncoder()
+    payloads: list[bytes] = []
+    for start in range(0, samples.size - FRAME + 1, FRAME):
+        frame = av.AudioFrame.from_ndarray(samples[start : start + FRAME].reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = RATE, start, _TIME_BASE
+        payloads += encoder.encode(frame)[0]
+    return payloads
+
+
+def encode_speech(path: str) -> EncodedSpeech:
+    """Encode an audio file once; every call replays the same packets."""
+    samples = read_audio(path, RATE)
+    return EncodedSpeech(path, tuple(_opus_payloads(samples)), samples.size / RATE - last_voiced_offset_s(samples, RATE))
+
+
+def _silence_payload() -> bytes:
+    """One 20 ms Opus packet of silence, as the encoder makes it once it has settled."""
+    return _opus_payloads(np.zeros(RATE, dtype=np.int16))[-1]
+
+
+class EncodedMicrophone(MediaStreamTrack):
+    """Sends queued Opus payloads every 20 ms, and silence between them, without encoding anything."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._queue: deque[bytes] = deque()
+        self._silence = _silence_payload()
+        self._sent = asyncio.Event()
+        self._sent.set()
+        self._start: float | None = None
+        self._pts = 0
+
+    async def say(self, speech: EncodedSpeech) -> float:
+        """Queue the sentence and wait until its last packet has gone; returns that moment."""
+        self._queue.extend(speech.payloads)
+        self._sent.clear()
+        await self._sent.wait()
+        return time.monotonic()
+
+    async def recv(self) -> av.Packet:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        else:
+            self._pts += FRAME
+            wait = self._start + self._pts / RATE - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        packet = av.Packet(self._queue.popleft() if self._queue else self._silence)
+        packet.pts, packet.time_base = self._pts, _TIME_BASE
+        if not self._queue:
+            self._sent.set()
+        return packet
+
+
+class VoiceArrivals:
+    """When each voiced 20 ms frame of the bot's voice arrived (nothing else is kept)."""
+
+    def __init__(self) -> None:
+        self.voiced: list[float] = []
+
+    async def record(self, track) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                if level_dbfs(frame.to_ndarray()) > VOICE_DBFS:
+                    self.voiced.append(time.monotonic())
+        except MediaStreamError:
+            return
+
+    def first_voiced_after(self, t: float) -> float | None:
+        index = bisect.bisect_left(self.voiced, t)
+        return self.voiced[index] if index < len(self.voiced) else None
+
+    def voiced_ms_between(self, start: float, end: float) -> float:
+        return 20.0 * (bisect.bisect_right(self.voiced, end) - bisect.bisect_left(self.voiced, start))
+
+
+@dataclass(frozen=True, slots=True)
+class TurnOutcome:
+    """One sentence said: when its speech ended, and the voice-to-voice time (None: no reply heard)."""
+
+    speech_end: float
+    voice_to_voice_ms: float | None
+
+
+class LoadCall(CallClient):
+    """A call for the load benchmark: `say` encoded sentences one after another."""
+
+    def _make_mic(self) -> EncodedMicrophone:
+        return EncodedMicrophone()
+
+    def _make_recorder(self) -> VoiceArrivals:
+        return VoiceArrivals()
+
+    async def say(self, speech: EncodedSpeech) -> TurnOutcome:
+        """Say the sentence, wait until its reply is done (or the reply timeout passes without one)."""
+        seen = len(self.messages)
+        speech_end = await self._mic.say(speech) - speech.tail_s
+        heard = await self._wait_for(
+            lambda m: m["type"] in ("reply", "transcript") and m.get("final", True), self.reply_timeout_s, since=seen
+        )
+        done = heard and await self._wait_for(self._reply_done_for_turns_since(seen), 120.0, since=seen)
+        if not done or not done.get("text"):
+            return TurnOutcome(speech_end, None)
+        await asyncio.sleep(TAIL_S)
+        voiced = self._recorder.first_voiced_after(speech_end)
+        return TurnOutcome(speech_end, round(1000 * (voiced - speech_end), 1) if voiced else None)

@@ -1,0 +1,69 @@
+"""Shedding work before refusing calls: what a new turn leaves out as the replica fills.
+
+The load is the replica's voice calls in progress over its `max_calls`, read as each turn
+begins. Each rung of the ladder applies from its mark up:
+- partial transcripts: the growing utterance is no longer transcribed every 400 ms while the
+  caller talks (the transcript made at the pause still is: it becomes the final one);
+- drafts: no reply is drafted, unheard, at the pause (LLM work thrown away whenever the
+  caller goes on); the reply starts when the turn ends;
+- short replies: the reply's token cap drops, so each turn holds the LLM and the TTS for less.
+A turn keeps the plan it began with; only newer turns see a new load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SheddingConfig:
+    """The ladder (`[shedding]` in models.toml). A mark above 1 never applies: admission keeps
+    the load at or below 1.
+
+    partials_off_at: from this load on, no periodic partial transcripts.
+    drafts_off_at: from this load on, no speculative draft at the pause.
+    short_replies_at: from this load on, replies are capped at `short_reply_tokens`.
+    """
+
+    partials_off_at: float = 0.5
+    drafts_off_at: float = 0.75
+    short_replies_at: float = 1.0
+    short_reply_tokens: int = 40
+
+    def __post_init__(self) -> None:
+        if min(self.partials_off_at, self.drafts_off_at, self.short_replies_at) < 0:
+            raise ValueError("shedding marks must not be negative")
+        if self.short_reply_tokens < 1:
+            raise ValueError("shedding.short_reply_tokens must be at least 1")
+
+
+@dataclass(frozen=True, slots=True)
+class TurnPlan:
+    """What one turn does. max_tokens: the reply's cap (None: the LLM's configured one)."""
+
+    partials: bool = True
+    drafts: bool = True
+    max_tokens: int | None = None
+
+    @property
+    def shed(self) -> tuple[str, ...]:
+        """The rungs this plan leaves out, by name (for metrics and logs)."""
+        return tuple(name for name, kept in
+                     (("partials", self.partials), ("drafts", self.drafts), ("long_replies", self.max_tokens is None))
+                     if not kept)
+
+
+FULL = TurnPlan()
+
+
+def plan_for(load: float, config: SheddingConfig) -> TurnPlan:
+    """The plan for a turn beginning at `load` (calls in progress over max_calls)."""
+    return TurnPlan(
+        partials=load < config.partials_off_at,
+        drafts=load < config.drafts_off_at,
+        max_tokens=config.short_reply_tokens if load >= config.short_replies_at else None,
+    )
+
+
+Planner = Callable[[], TurnPlan]
