@@ -54,6 +54,7 @@ bench: setup
 	$(VENV)/bin/parley bench barge-in
 	$(VENV)/bin/parley bench turns
 	$(VENV)/bin/parley bench long-call
+	$(VENV)/bin/parley bench load all --minutes 30
 
 clean-venv:
 	rm -rf $(VENV)

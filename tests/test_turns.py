@@ -17,6 +17,7 @@ from media.tracks import OutboundAudioTrack
 from pipeline.dialog_store import DialogStore
 from pipeline.events import ReplyDelta, ReplyDone, TranscriptEvent, TurnMetrics
 from pipeline.llm_pool import LLMPool
+from pipeline.shedding import SheddingConfig, plan_for
 from pipeline.turns import TurnLoop
 from tests.speech import STEREO_TEXT, stereo_sentence, wer
 
@@ -44,7 +45,9 @@ async def _until(condition, timeout: float = 60.0) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _turn_loop(settings, llm_config, proxy, shared_redis, transcriber, synthesizer, turn_model, events):
+async def _turn_loop(
+    settings, llm_config, proxy, shared_redis, transcriber, synthesizer, turn_model, events, planner=None
+):
     """A running turn loop whose audio comes from the returned queue and goes to a track read in real time."""
 
     async def emit(event) -> None:
@@ -55,6 +58,7 @@ async def _turn_loop(settings, llm_config, proxy, shared_redis, transcriber, syn
         loop = TurnLoop(
             dialog_id=uuid.uuid4().hex, store=DialogStore(redis), llm=llm, transcriber=transcriber,
             synthesizer=synthesizer, emit=emit, vad_config=settings.vad, config=settings.turns, turn_model=turn_model,
+            planner=planner,
         )
         frames: asyncio.Queue = asyncio.Queue()
 
@@ -123,3 +127,40 @@ async def test_a_draft_that_reached_the_llm_is_dropped_without_a_trace_when_the_
     assert asked == [drafted, finals[0].text]
     (metrics,) = [e for e in events if isinstance(e, TurnMetrics)]
     assert metrics.stages_ms["draft_lead"] > 0  # the reply said was itself drafted at the last pause
+
+
+async def test_a_turn_under_full_load_sheds_partials_drafts_and_reply_length_and_is_still_answered(
+    settings, llm_config, proxy, shared_redis, transcriber, synthesizer, turn_model, tmp_path
+):
+    # The same turn as above (a sentence, a pause that would draft, a second sentence), begun at
+    # the replica's capacity: every rung of the ladder applies.
+    ladder = SheddingConfig()
+    plans = []
+
+    def planner():
+        plans.append(plan_for(1.0, ladder))
+        return plans[-1]
+
+    first = stereo_sentence(1)
+    second = await _spoken(synthesizer, SECOND, tmp_path)
+    frames = frames_of(np.concatenate([_silence(0.3), first, _silence(0.16), second, _silence(2.5)]).tobytes(), 16000)
+    events: list = []
+    asked_before = len(proxy.requests)
+    async with _turn_loop(
+        settings, llm_config, proxy, shared_redis, transcriber, synthesizer, turn_model, events, planner
+    ) as mic:
+        for frame in frames:
+            mic.put_nowait(frame)
+        await _until(lambda: any(isinstance(e, ReplyDone) for e in events))
+    assert plans and all(p.shed == ("partials", "drafts", "long_replies") for p in plans)
+    (final,) = [e for e in events if isinstance(e, TranscriptEvent) and e.final]
+    assert wer(f"{STEREO_TEXT[1]} {SECOND}", final.text) <= 0.15, final.text
+    # No transcript every 400 ms over ~8 s of speech: only those its pauses asked for.
+    partials = [e for e in events if isinstance(e, TranscriptEvent) and not e.final]
+    assert len(partials) <= 3, [p.text for p in partials]
+    # No draft at the pause: the LLM was asked once, for the whole turn, with the short cap.
+    (asked,) = proxy.requests[asked_before:]
+    assert asked["messages"][-1]["content"] == final.text
+    assert asked["max_tokens"] == ladder.short_reply_tokens
+    (done,) = [e for e in events if isinstance(e, ReplyDone)]
+    assert done.text and not done.interrupted

@@ -43,6 +43,19 @@ GOAL_P95_MS = 1500.0
 SPIKE_FACTOR = 27
 # Ramp steps go on while p95 stays below this (past it, larger steps only take longer to say so).
 RAMP_GIVE_UP_MS = 4 * GOAL_P95_MS
+# The ramp's variants: the shedding ladder's rungs taken one after another, at every load (a mark
+# of 0 always applies, one of 2 never), so each rung's worth shows side by side in one run.
+NEVER, ALWAYS = "2", "0"
+RAMP_VARIANTS: dict[str, dict[str, str]] = {
+    "full": {"PARLEY_SHEDDING_PARTIALS_OFF_AT": NEVER, "PARLEY_SHEDDING_DRAFTS_OFF_AT": NEVER,
+             "PARLEY_SHEDDING_SHORT_REPLIES_AT": NEVER},
+    "no_partials": {"PARLEY_SHEDDING_PARTIALS_OFF_AT": ALWAYS, "PARLEY_SHEDDING_DRAFTS_OFF_AT": NEVER,
+                    "PARLEY_SHEDDING_SHORT_REPLIES_AT": NEVER},
+    "no_drafts": {"PARLEY_SHEDDING_PARTIALS_OFF_AT": ALWAYS, "PARLEY_SHEDDING_DRAFTS_OFF_AT": ALWAYS,
+                  "PARLEY_SHEDDING_SHORT_REPLIES_AT": NEVER},
+    "short_replies": {"PARLEY_SHEDDING_PARTIALS_OFF_AT": ALWAYS, "PARLEY_SHEDDING_DRAFTS_OFF_AT": ALWAYS,
+                      "PARLEY_SHEDDING_SHORT_REPLIES_AT": ALWAYS},
+}
 
 
 class CallerAddresses:
@@ -132,6 +145,16 @@ class CpuMeter:
         into["client_cores"] = round((self.client_seconds() - client) / elapsed, 2)
 
 
+def _stage_medians(records: list[CallRecord]) -> dict[str, float | None]:
+    """The server's per-stage figures over every answered turn, p50 per stage: where the time went."""
+    stages: dict[str, list[float]] = {}
+    for record in records:
+        for turn in record.turns:
+            for stage, value in turn.stages_ms.items():
+                stages.setdefault(stage, []).append(value)
+    return {stage: percentile(values, 50) for stage, values in sorted(stages.items())}
+
+
 def _latency(values: list[float]) -> dict[str, float | None]:
     return {"p50_ms": percentile(values, 50), "p95_ms": percentile(values, 95), "max_ms": max(values, default=None)}
 
@@ -149,6 +172,7 @@ async def ramp(url: str, meter: CpuMeter, speeches: list[EncodedSpeech], steps: 
             ))
         v2v = [v for r in records for v in r.v2v]
         figures.update(_latency(v2v))
+        figures["stages_p50_ms"] = _stage_medians(records)
         figures.update({
             "turns": sum(len(r.turns) for r in records),
             "refused": sum(r.refused is not None for r in records),
@@ -197,7 +221,8 @@ async def spike(
         while at < spike_end + after_s:
             await asyncio.sleep(max(0.0, at - time.monotonic()))
             calls.append(asyncio.create_task(place_call(url, addresses.take(), _rotated(speeches, len(calls)))))
-            at += 1 / (base_rate * SPIKE_FACTOR if spike_start <= at < spike_end else base_rate)
+            following = at + 1 / (base_rate * SPIKE_FACTOR if spike_start <= at < spike_end else base_rate)
+            at = spike_start if at < spike_start < following else following  # the spike begins on time
         records = await asyncio.gather(*calls)
     by_phase: dict[str, list[float]] = {"before": [], "during": [], "after": []}
     for record in records:
@@ -295,7 +320,8 @@ async def soak(
     url: str, meter: CpuMeter, speeches: list[EncodedSpeech], redis_url: str, *, calls: int, minutes: float,
     sample_s: float = 10.0,
 ) -> dict:
-    """`calls` calls talking for `minutes`; the server's RSS, tasks, descriptors and Redis keys sampled."""
+    """`calls` calls talking for `minutes`; the server's RSS, tasks, descriptors and Redis keys sampled
+    before the calls, every `sample_s` while they talk, and once they have ended."""
     from redis.asyncio import Redis
 
     addresses = CallerAddresses()
@@ -316,6 +342,8 @@ async def soak(
         redis = Redis.from_url(redis_url)
         async with httpx.AsyncClient(timeout=5) as http:
             start = time.monotonic()
+            await sample(http, redis, start)
+            before = samples.pop()
             talking = [
                 asyncio.create_task(_after(2.0 * i, place_call(url, addresses.take(), _rotated(speeches, i),
                                                                keep_going=lambda n: time.monotonic() < stop)))
@@ -325,7 +353,15 @@ async def soak(
                 await sample(http, redis, start)
                 await asyncio.wait(talking, timeout=sample_s)
             records = [t.result() for t in talking]
-            await sample(http, redis, start)  # the calls ended: what they leave behind
+            # The calls ended: what they leave behind, once the server has seen them go (at most 10 s).
+            for _ in range(20):
+                await sample(http, redis, start)
+                if samples[-1]["voice_calls"] == 0 and samples[-1]["tasks"] <= before["tasks"]:
+                    break
+                samples.pop()
+                await asyncio.sleep(0.5)
+            else:
+                await sample(http, redis, start)
         await redis.aclose()
     # The first samples include warming up (allocator arenas, model buffers, caches filling):
     # growth counts from the first sample after a fifth of the run (at least 30 s).
@@ -343,6 +379,7 @@ async def soak(
         "tasks_warm": warm["tasks"], "tasks_last": last["tasks"],
         "fds_warm": warm["fds"], "fds_last": last["fds"],
         "redis_keys_warm": warm["redis_keys"], "redis_keys_last": last["redis_keys"],
+        "before_calls": before,
         "after_calls_ended": samples[-1],
         "samples": samples,
     })
@@ -392,14 +429,23 @@ async def bench_load(args: argparse.Namespace) -> None:
                 print(f"load: {mode}")
                 if mode == "ramp":
                     steps = [int(s) for s in args.steps.split(",")]
-                    # The cap is lifted: the ramp measures what the machine carries, not what it is told to take.
-                    async with _server({**env, "PARLEY_ADMISSION_MAX_CALLS": str(max(steps) + 1)}) as (url, meter):
-                        figures = await ramp(url, meter, speeches, steps, args.sentences)
+                    figures = {"variants": {}}
+                    rows = []
+                    for name in args.variants.split(","):
+                        # The cap is lifted: the ramp measures what the machine carries, not what it is told to take.
+                        lifted = {"PARLEY_ADMISSION_MAX_CALLS": str(max(steps) + 1), **RAMP_VARIANTS[name]}
+                        async with _server({**env, **lifted}) as (url, meter):
+                            print(f"ramp variant {name}")
+                            variant = figures["variants"][name] = await ramp(url, meter, speeches, steps, args.sentences)
+                        rows.append(f"| {stamp['when']} | ramp {name} | capacity {variant['capacity_calls']} calls at p95 ≤ "
+                                    f"{GOAL_P95_MS:.0f} ms; " + "; ".join(
+                                        f"{s['calls']}: {ms(s['p50_ms'])}/{ms(s['p95_ms'])}/{ms(s['max_ms'])} "
+                                        f"(cpu {s['server_cores']}+{s['client_cores']})" for s in variant["steps"]) + " |")
+                    # What a replica takes on is measured with every rung shed, as they are at its top.
+                    top = figures["variants"].get("short_replies") or next(iter(figures["variants"].values()))
+                    figures.update(steps=top["steps"], capacity_calls=top["capacity_calls"], goal_p95_ms=GOAL_P95_MS)
                     plot_ramp(figures, RESULTS / "load_ramp.png")
-                    row = (f"| {stamp['when']} | ramp | capacity {figures['capacity_calls']} calls at p95 ≤ "
-                           f"{GOAL_P95_MS:.0f} ms | " + "; ".join(
-                               f"{s['calls']}: {ms(s['p50_ms'])}/{ms(s['p95_ms'])}/{ms(s['max_ms'])} "
-                               f"(cpu {s['server_cores']}+{s['client_cores']})" for s in figures["steps"]) + " |")
+                    row = "\n".join(rows)
                 elif mode == "spike":
                     max_calls = {"PARLEY_ADMISSION_MAX_CALLS": str(args.max_calls)} if args.max_calls else {}
                     async with _server({**env, **max_calls}) as (url, meter):

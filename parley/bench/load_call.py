@@ -14,7 +14,7 @@ import bisect
 import fractions
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import av
 import numpy as np
@@ -123,10 +123,12 @@ class VoiceArrivals:
 
 @dataclass(frozen=True, slots=True)
 class TurnOutcome:
-    """One sentence said: when its speech ended, and the voice-to-voice time (None: no reply heard)."""
+    """One sentence said: when its speech ended, the voice-to-voice time (None: no reply heard),
+    and the server's own figures for the turn (its `metrics` event: ms per stage)."""
 
     speech_end: float
     voice_to_voice_ms: float | None
+    stages_ms: dict[str, float] = field(default_factory=dict)
 
 
 class LoadCall(CallClient):
@@ -150,4 +152,6 @@ class LoadCall(CallClient):
             return TurnOutcome(speech_end, None)
         await asyncio.sleep(TAIL_S)
         voiced = self._recorder.first_voiced_after(speech_end)
-        return TurnOutcome(speech_end, round(1000 * (voiced - speech_end), 1) if voiced else None)
+        stages = next((m["stages_ms"] for _, m in reversed(self.messages[seen:])
+                       if m["type"] == "metrics" and m.get("turn_id") == done["turn_id"]), {})
+        return TurnOutcome(speech_end, round(1000 * (voiced - speech_end), 1) if voiced else None, stages)

@@ -16,23 +16,26 @@ def _pyplot():
 
 
 def plot_ramp(ramp: dict[str, Any], path: Path) -> None:
-    """Voice-to-voice p50, p95 and max per step, the goal line, and the CPU each side used."""
+    """Per variant, voice-to-voice p50 (dashed) and p95 against concurrent calls, the goal line,
+    and the CPU each side used."""
     plt = _pyplot()
-    steps = ramp["steps"]
-    calls = [s["calls"] for s in steps]
-    fig, (latency, cpu) = plt.subplots(2, 1, figsize=(8, 8), sharex=True)
-    for key, label in (("p50_ms", "p50"), ("p95_ms", "p95"), ("max_ms", "max")):
-        latency.plot(calls, [s[key] for s in steps], marker="o", label=label)
+    fig, (latency, cpu) = plt.subplots(2, 1, figsize=(9, 9), sharex=True)
+    for name, variant in ramp["variants"].items():
+        steps = variant["steps"]
+        calls = [s["calls"] for s in steps]
+        (line,) = latency.plot(calls, [s["p95_ms"] for s in steps], marker="o", label=f"{name} p95")
+        latency.plot(calls, [s["p50_ms"] for s in steps], linestyle="--", color=line.get_color(), label=f"{name} p50")
+        cpu.plot(calls, [s["server_cores"] for s in steps], marker="o", color=line.get_color(), label=f"{name}: server")
+        cpu.plot(calls, [s["client_cores"] for s in steps], marker="x", linestyle=":", color=line.get_color(),
+                 label=f"{name}: load client")
     latency.axhline(ramp["goal_p95_ms"], color="grey", linestyle="--", label=f"goal p95 {ramp['goal_p95_ms']:.0f} ms")
     latency.set_ylabel("voice to voice at the client (ms)")
-    latency.set_title(f"capacity: {ramp['capacity_calls']} calls at p95 within the goal")
-    cpu.plot(calls, [s["server_cores"] for s in steps], marker="o", label="server (with llama-server)")
-    cpu.plot(calls, [s["client_cores"] for s in steps], marker="o", label="load client")
-    cpu.set_ylabel("cores busy")
+    latency.set_title(f"capacity with every rung shed: {ramp['capacity_calls']} calls at p95 within the goal")
+    cpu.set_ylabel("cores busy (server with llama-server)")
     cpu.set_xlabel("concurrent calls")
     for ax in (latency, cpu):
         ax.grid(True, alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize="small")
     fig.suptitle("parley bench load: ramp")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
