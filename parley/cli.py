@@ -89,8 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     bench_load.add_argument("--steps", default="1,2,3,4,6,8", help="ramp: calls at once, per step")
     bench_load.add_argument("--sentences", type=int, default=3, help="ramp: sentences each call says")
     bench_load.add_argument(
-        "--variants", default="full,no_partials,no_drafts,short_replies",
-        help="ramp: the shedding ladder's rungs, cumulative (comma-separated; the last one's capacity is reported)",
+        "--variants", default="full,no_partials,ladder",
+        help="ramp: rungs of the shedding ladder applied (comma-separated from full, no_partials, ladder,"
+        " no_drafts); the capacity reported is ladder's",
     )
     bench_load.add_argument("--max-calls", type=int, help="spike: the server's max_calls (default: models.toml)")
     bench_load.add_argument("--base-rate", type=float, default=0.05, help="spike: calls arriving a second before and after")

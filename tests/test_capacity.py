@@ -44,8 +44,14 @@ async def test_the_call_past_max_calls_is_refused_at_once_and_the_admitted_one_g
             await run_call(url, [str(JFK)], out_dir=tmp_path / "second")
         assert refused.value.code == "over_capacity" and refused.value.retry_after_s == 5.0
         report = await first
+        async with httpx.AsyncClient() as http:
+            exposition = (await http.get(f"{url}/metrics")).text
     (turn,) = report["turns"]
     assert wer(JFK_TEXT, turn["transcript"]) < 0.2 and turn["reply_text"]
+    # The one call filled the replica (load 1): its turn shed what the default ladder sheds at the top.
+    shed = {line.split('"')[1]: float(line.split()[-1]) for line in exposition.splitlines()
+            if line.startswith("parley_turns_shed_total{")}
+    assert shed["partials"] >= 1 and shed["long_replies"] >= 1 and "drafts" not in shed
 
 
 async def test_the_session_past_max_sessions_is_refused_and_a_place_given_back_is_taken(shared_redis, proxy, tmp_path):

@@ -134,7 +134,7 @@ async def test_a_turn_under_full_load_sheds_partials_drafts_and_reply_length_and
 ):
     # The same turn as above (a sentence, a pause that would draft, a second sentence), begun at
     # the replica's capacity: every rung of the ladder applies.
-    ladder = SheddingConfig()
+    ladder = SheddingConfig(partials_off_at=0.5, short_replies_at=0.75, drafts_off_at=1.0)
     plans = []
 
     def planner():

@@ -43,18 +43,26 @@ GOAL_P95_MS = 1500.0
 SPIKE_FACTOR = 27
 # Ramp steps go on while p95 stays below this (past it, larger steps only take longer to say so).
 RAMP_GIVE_UP_MS = 4 * GOAL_P95_MS
-# The ramp's variants: the shedding ladder's rungs taken one after another, at every load (a mark
-# of 0 always applies, one of 2 never), so each rung's worth shows side by side in one run.
+MIN_STEP_TURNS = 8
+# A second capacity: the most calls whose p95 stays within this factor of one call's alone.
+LONE_CALL_MARGIN = 1.2
+# The ramp's variants: rungs of the shedding ladder applied at every load (a mark of 0 always
+# applies, one of 2 never), so each rung's worth shows side by side in one run. `ladder` is the
+# default ladder's rungs all applied (what a replica does at its top); `no_drafts` adds the rung
+# the default ladder leaves out, because it cost more than it saved (bench/results/load.md).
 NEVER, ALWAYS = "2", "0"
+
+
+def _rungs(partials: str, drafts: str, short: str) -> dict[str, str]:
+    return {"PARLEY_SHEDDING_PARTIALS_OFF_AT": partials, "PARLEY_SHEDDING_DRAFTS_OFF_AT": drafts,
+            "PARLEY_SHEDDING_SHORT_REPLIES_AT": short}
+
+
 RAMP_VARIANTS: dict[str, dict[str, str]] = {
-    "full": {"PARLEY_SHEDDING_PARTIALS_OFF_AT": NEVER, "PARLEY_SHEDDING_DRAFTS_OFF_AT": NEVER,
-             "PARLEY_SHEDDING_SHORT_REPLIES_AT": NEVER},
-    "no_partials": {"PARLEY_SHEDDING_PARTIALS_OFF_AT": ALWAYS, "PARLEY_SHEDDING_DRAFTS_OFF_AT": NEVER,
-                    "PARLEY_SHEDDING_SHORT_REPLIES_AT": NEVER},
-    "no_drafts": {"PARLEY_SHEDDING_PARTIALS_OFF_AT": ALWAYS, "PARLEY_SHEDDING_DRAFTS_OFF_AT": ALWAYS,
-                  "PARLEY_SHEDDING_SHORT_REPLIES_AT": NEVER},
-    "short_replies": {"PARLEY_SHEDDING_PARTIALS_OFF_AT": ALWAYS, "PARLEY_SHEDDING_DRAFTS_OFF_AT": ALWAYS,
-                      "PARLEY_SHEDDING_SHORT_REPLIES_AT": ALWAYS},
+    "full": _rungs(NEVER, NEVER, NEVER),
+    "no_partials": _rungs(ALWAYS, NEVER, NEVER),
+    "ladder": _rungs(ALWAYS, NEVER, ALWAYS),
+    "no_drafts": _rungs(ALWAYS, ALWAYS, NEVER),
 }
 
 
@@ -160,14 +168,16 @@ def _latency(values: list[float]) -> dict[str, float | None]:
 
 
 async def ramp(url: str, meter: CpuMeter, speeches: list[EncodedSpeech], steps: list[int], sentences: int) -> dict:
-    """Each step: that many calls at once, each saying `sentences` sentences."""
+    """Each step: that many calls at once, each saying `sentences` sentences (more when the calls
+    are few, so every step's percentiles stand on at least MIN_STEP_TURNS turns)."""
     addresses = CallerAddresses()
     results = []
     for calls in steps:
-        figures: dict[str, Any] = {"calls": calls}
+        says = max(sentences, -(-MIN_STEP_TURNS // calls))
+        figures: dict[str, Any] = {"calls": calls, "sentences_per_call": says}
         with meter.measure(figures):
             records = await asyncio.gather(*(
-                _after(3.0 * i / calls, place_call(url, addresses.take(), _rotated(speeches, i), keep_going=lambda n: n < sentences))
+                _after(3.0 * i / calls, place_call(url, addresses.take(), _rotated(speeches, i), keep_going=lambda n: n < says))
                 for i in range(calls)
             ))
         v2v = [v for r in records for v in r.v2v]
@@ -183,9 +193,18 @@ async def ramp(url: str, meter: CpuMeter, speeches: list[EncodedSpeech], steps: 
         print(f"ramp {calls} calls: {figures}")
         if (figures["p95_ms"] or 0) > RAMP_GIVE_UP_MS:
             break
-    within = [s["calls"] for s in results
-              if s["p95_ms"] is not None and s["p95_ms"] <= GOAL_P95_MS and not (s["failed"] or s["refused"] or s["unanswered"])]
-    return {"steps": results, "capacity_calls": max(within, default=0), "goal_p95_ms": GOAL_P95_MS}
+    def capacity(limit_ms: float | None) -> int:
+        within = [s["calls"] for s in results if limit_ms and s["p95_ms"] is not None and s["p95_ms"] <= limit_ms
+                  and not (s["failed"] or s["refused"] or s["unanswered"])]
+        return max(within, default=0)
+
+    # Where even one call misses the goal, the latency is not the load's doing: the second figure
+    # is what the machine carries before callers wait noticeably longer than a lone caller does.
+    lone = results[0]["p95_ms"] if results[0]["calls"] == 1 else None
+    return {
+        "steps": results, "capacity_calls": capacity(GOAL_P95_MS), "goal_p95_ms": GOAL_P95_MS,
+        "capacity_calls_near_one": capacity(lone and LONE_CALL_MARGIN * lone), "lone_call_margin": LONE_CALL_MARGIN,
+    }
 
 
 async def _after(delay_s: float, work):
@@ -438,12 +457,14 @@ async def bench_load(args: argparse.Namespace) -> None:
                             print(f"ramp variant {name}")
                             variant = figures["variants"][name] = await ramp(url, meter, speeches, steps, args.sentences)
                         rows.append(f"| {stamp['when']} | ramp {name} | capacity {variant['capacity_calls']} calls at p95 ≤ "
-                                    f"{GOAL_P95_MS:.0f} ms; " + "; ".join(
+                                    f"{GOAL_P95_MS:.0f} ms, {variant['capacity_calls_near_one']} within "
+                                    f"{LONE_CALL_MARGIN}× one call's p95; " + "; ".join(
                                         f"{s['calls']}: {ms(s['p50_ms'])}/{ms(s['p95_ms'])}/{ms(s['max_ms'])} "
                                         f"(cpu {s['server_cores']}+{s['client_cores']})" for s in variant["steps"]) + " |")
                     # What a replica takes on is measured with every rung shed, as they are at its top.
-                    top = figures["variants"].get("short_replies") or next(iter(figures["variants"].values()))
-                    figures.update(steps=top["steps"], capacity_calls=top["capacity_calls"], goal_p95_ms=GOAL_P95_MS)
+                    top = figures["variants"].get("ladder") or next(iter(figures["variants"].values()))
+                    figures.update({key: top[key] for key in (
+                        "steps", "capacity_calls", "goal_p95_ms", "capacity_calls_near_one", "lone_call_margin")})
                     plot_ramp(figures, RESULTS / "load_ramp.png")
                     row = "\n".join(rows)
                 elif mode == "spike":
