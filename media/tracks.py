@@ -67,6 +67,27 @@ class InboundAudio:
             yield frame
 
 
+class FramePacer:
+    """The pts of each outgoing 20 ms frame, handed out when that frame is due (as aiortc's own
+    tracks pace): the first at once, each next one frame's time after the first, without drift."""
+
+    def __init__(self, rate: int = OUT_RATE) -> None:
+        self.rate = rate
+        self.samples = rate // 50
+        self._start: float | None = None
+        self._pts = 0
+
+    async def next_pts(self) -> int:
+        if self._start is None:
+            self._start = time.monotonic()
+        else:
+            self._pts += self.samples
+            wait = self._start + self._pts / self.rate - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        return self._pts
+
+
 @dataclass(slots=True)
 class _Segment:
     pcm: bytes  # 48 kHz mono s16
@@ -98,8 +119,7 @@ class OutboundAudioTrack(MediaStreamTrack):
         self._space.set()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._start: float | None = None
-        self._pts = 0
+        self._pacer = FramePacer()
         self._held = False
 
     @property
@@ -150,16 +170,10 @@ class OutboundAudioTrack(MediaStreamTrack):
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        else:
-            self._pts += OUT_FRAME_SAMPLES
-            wait = self._start + self._pts / OUT_RATE - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
+        pts = await self._pacer.next_pts()
         samples = np.frombuffer(self._next_chunk(), dtype=np.int16).reshape(1, -1)
         frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
-        frame.pts = self._pts
+        frame.pts = pts
         frame.sample_rate = OUT_RATE
         frame.time_base = _TIME_BASE
         return frame

@@ -256,10 +256,7 @@ class CallClient:
         speech_start = sent - (samples.size / RATE - first_voiced_offset_s(samples, RATE))
         speech_end = sent - (samples.size / RATE - last_voiced_offset_s(samples, RATE))
         report.overlap_ms = self._recorder.voiced_ms_between(speech_start, speech_end)
-        started = await self._wait_for(
-            lambda m: m["type"] in ("reply", "transcript") and m.get("final", True), self.reply_timeout_s, since=seen
-        )
-        if started is None:
+        if await self._turn_heard(seen) is None:
             return report, None
         if barge_in_after_s is not None:
             voiced = await self._wait_voice_after(speech_end, self.reply_timeout_s)
@@ -283,6 +280,13 @@ class CallClient:
         stop = self._recorder.last_voiced_between(next_speech_start, end)
         if stop is not None:
             turn.report.barge_in_stop_ms = round(1000 * (stop - next_speech_start), 1)
+
+    async def _turn_heard(self, since: int) -> dict[str, Any] | None:
+        """The server's first sign, after message `since`, that it took what was said as a turn (a
+        final transcript or a reply), within the reply timeout; None if none came."""
+        return await self._wait_for(
+            lambda m: m["type"] in ("reply", "transcript") and m.get("final", True), self.reply_timeout_s, since=since
+        )
 
     def _reply_done_for_turns_since(self, since: int):
         """Matches the end of a reply to a turn the user began after message `since` (not an

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import shutil
-import tempfile
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +11,7 @@ import redis.asyncio as aioredis
 from media.audio_file import read_audio, write_wav
 from parley.server_process import server_process
 from parley.services.llm_server import EmbeddedLLMServer
-from parley.services.redis_server import EmbeddedRedis
+from parley.services.redis_server import EmbeddedRedis, private_redis
 from parley.settings import Settings, load_settings
 from pipeline.dialog_store import Turn, dialog_key
 from tests.llm_proxy import RecordingProxy
@@ -82,19 +78,6 @@ async def llm_server(settings, tmp_path_factory) -> EmbeddedLLMServer:
 def llm_config(settings, llm_server):
     """LLM settings pointing at the session's llama-server, sampling made repeatable."""
     return dataclasses.replace(settings.llm, base_url=llm_server.base_url, temperature=0.0, seed=42)
-
-
-@contextlib.asynccontextmanager
-async def private_redis() -> AsyncIterator[EmbeddedRedis]:
-    """A private Redis in a fresh state directory (under /tmp: a unix socket path is limited to 107 bytes)."""
-    state = Path(tempfile.mkdtemp(prefix="parley-redis-", dir="/tmp"))
-    redis_server = EmbeddedRedis(state)
-    await redis_server.start()
-    try:
-        yield redis_server
-    finally:
-        await redis_server.stop()
-        shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture

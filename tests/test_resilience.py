@@ -14,7 +14,8 @@ import websockets
 from parley.call_client import CallClient
 from parley.server_process import free_port
 from parley.services.llm_server import EmbeddedLLMServer
-from tests.conftest import own_server, private_redis, stored_turns
+from parley.services.redis_server import private_redis
+from tests.conftest import own_server, stored_turns
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from parley.bench.results import BENCH_ENV, add_ratios, ms, percentile, speaker_files, write_results
+from parley.bench.results import BENCH_ENV, add_ratios, ms, percentile, speaker_files, stage_medians, write_results
 from parley.server_process import server_process
 
 
@@ -23,15 +23,11 @@ async def _call_figures(url: str, files: list[str], calls: int, out_dir: Path) -
         turns += report["turns"]
         print(f"call {i + 1}/{calls}: " + ", ".join(f"{t['voice_to_voice_ms']} ms" for t in report["turns"]))
     v2v = [t["voice_to_voice_ms"] for t in turns if t["voice_to_voice_ms"] is not None]
-    stages: dict[str, list[float]] = {}
-    for turn in turns:
-        for stage, value in turn["stages_ms"].items():
-            stages.setdefault(stage, []).append(value)
     return {
         "turns": len(turns),
         "answered": len(v2v),
         "voice_to_voice_ms": {"p50": percentile(v2v, 50), "p95": percentile(v2v, 95)},
-        "stages_ms_p50": {stage: percentile(values, 50) for stage, values in sorted(stages.items())},
+        "stages_ms_p50": stage_medians(t["stages_ms"] for t in turns),
     }
 
 

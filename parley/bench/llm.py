@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import time
-from pathlib import Path
 
 from parley.bench.results import ms, percentile, write_results
 
@@ -100,6 +98,4 @@ async def bench_llm(args: argparse.Namespace) -> None:
         " temperature 0, seed 42. Throughput as a ratio to `sequential` (one request at a time).\n\n"
         "| when | sequential | concurrent | prompts |\n| --- | --- | --- | --- |\n"
     )
-    write_results("llm", figures, row, header)
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+    write_results("llm", figures, row, header, copy_to=args.json)

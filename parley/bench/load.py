@@ -35,9 +35,10 @@ import psutil
 import websockets
 
 from parley.bench.load_call import EncodedSpeech, LoadCall, TurnOutcome, encode_speech
-from parley.bench.results import BENCH_ENV, RESULTS, ms, percentile, speaker_files, write_results
+from parley.bench.results import BENCH_ENV, RESULTS, ms, percentile, speaker_files, stage_medians, write_results
 from parley.errors import CallFailed, CallRefused
 from parley.server_process import server_child
+from parley.services.redis_server import private_redis
 
 GOAL_P95_MS = 1500.0
 SPIKE_FACTOR = 27
@@ -97,6 +98,10 @@ class CallRecord:
     def unanswered(self) -> int:
         return sum(t.voice_to_voice_ms is None for t in self.turns)
 
+    @property
+    def failed(self) -> bool:
+        return self.failure is not None or self.dropped
+
 
 async def place_call(
     url: str, address: str, speeches: list[EncodedSpeech], *, keep_going: Callable[[int], bool] | None = None
@@ -128,12 +133,12 @@ class CpuMeter:
     """CPU seconds used by the server's process tree (llama-server and Redis included) and by this process."""
 
     def __init__(self, server_pid: int) -> None:
-        self._server = psutil.Process(server_pid)
+        self.server = psutil.Process(server_pid)
         self._seen: dict[int, float] = {}
 
     def server_seconds(self) -> float:
         # Children that exit take their time with them; the largest figure seen per process is kept.
-        for proc in [self._server, *self._server.children(recursive=True)]:
+        for proc in [self.server, *self.server.children(recursive=True)]:
             with contextlib.suppress(psutil.Error):
                 times = proc.cpu_times()
                 self._seen[proc.pid] = max(self._seen.get(proc.pid, 0.0), times.user + times.system)
@@ -153,18 +158,15 @@ class CpuMeter:
         into["client_cores"] = round((self.client_seconds() - client) / elapsed, 2)
 
 
-def _stage_medians(records: list[CallRecord]) -> dict[str, float | None]:
-    """The server's per-stage figures over every answered turn, p50 per stage: where the time went."""
-    stages: dict[str, list[float]] = {}
-    for record in records:
-        for turn in record.turns:
-            for stage, value in turn.stages_ms.items():
-                stages.setdefault(stage, []).append(value)
-    return {stage: percentile(values, 50) for stage, values in sorted(stages.items())}
-
-
-def _latency(values: list[float]) -> dict[str, float | None]:
-    return {"p50_ms": percentile(values, 50), "p95_ms": percentile(values, 95), "max_ms": max(values, default=None)}
+def _turn_figures(records: list[CallRecord]) -> dict[str, Any]:
+    """What the callers got: voice-to-voice p50/p95/max, turns, calls failed, turns unanswered."""
+    v2v = [v for r in records for v in r.v2v]
+    return {
+        "p50_ms": percentile(v2v, 50), "p95_ms": percentile(v2v, 95), "max_ms": max(v2v, default=None),
+        "turns": sum(len(r.turns) for r in records),
+        "failed": sum(r.failed for r in records),
+        "unanswered": sum(r.unanswered for r in records),
+    }
 
 
 async def ramp(url: str, meter: CpuMeter, speeches: list[EncodedSpeech], steps: list[int], sentences: int) -> dict:
@@ -180,19 +182,13 @@ async def ramp(url: str, meter: CpuMeter, speeches: list[EncodedSpeech], steps: 
                 _after(3.0 * i / calls, place_call(url, addresses.take(), _rotated(speeches, i), keep_going=lambda n: n < says))
                 for i in range(calls)
             ))
-        v2v = [v for r in records for v in r.v2v]
-        figures.update(_latency(v2v))
-        figures["stages_p50_ms"] = _stage_medians(records)
-        figures.update({
-            "turns": sum(len(r.turns) for r in records),
-            "refused": sum(r.refused is not None for r in records),
-            "failed": sum(r.failure is not None or r.dropped for r in records),
-            "unanswered": sum(r.unanswered for r in records),
-        })
+        figures.update(_turn_figures(records), refused=sum(r.refused is not None for r in records))
+        figures["stages_p50_ms"] = stage_medians(turn.stages_ms for r in records for turn in r.turns)
         results.append(figures)
         print(f"ramp {calls} calls: {figures}")
         if (figures["p95_ms"] or 0) > RAMP_GIVE_UP_MS:
             break
+
     def capacity(limit_ms: float | None) -> int:
         within = [s["calls"] for s in results if limit_ms and s["p95_ms"] is not None and s["p95_ms"] <= limit_ms
                   and not (s["failed"] or s["refused"] or s["unanswered"])]
@@ -344,7 +340,7 @@ async def soak(
     from redis.asyncio import Redis
 
     addresses = CallerAddresses()
-    server = psutil.Process(meter._server.pid)
+    server = meter.server
     stop = time.monotonic() + 60 * minutes
     samples: list[dict[str, Any]] = []
     figures: dict[str, Any] = {"calls": calls, "minutes": minutes}
@@ -387,12 +383,8 @@ async def soak(
     talking_samples = samples[:-1]
     warm = next((s for s in talking_samples if s["s"] >= max(30, 12 * minutes)), talking_samples[0])
     last = talking_samples[-1]
-    v2v = [v for r in records for v in r.v2v]
+    figures.update(_turn_figures(records))
     figures.update({
-        "turns": sum(len(r.turns) for r in records),
-        "failed": sum(r.failure is not None or r.dropped for r in records),
-        "unanswered": sum(r.unanswered for r in records),
-        **_latency(v2v),
         "rss_mb_warm": warm["rss_mb"], "rss_mb_last": last["rss_mb"],
         "rss_growth_pct": round(100 * (last["rss_mb"] - warm["rss_mb"]) / warm["rss_mb"], 1),
         "tasks_warm": warm["tasks"], "tasks_last": last["tasks"],
@@ -411,18 +403,6 @@ async def _server(env: dict[str, str]) -> AsyncIterator[tuple[str, CpuMeter]]:
         yield url, CpuMeter(process.pid)
 
 
-@contextlib.asynccontextmanager
-async def _private_redis(folder: Path) -> AsyncIterator[str]:
-    """A Redis of the benchmark's own, so its keys are only what the server under test wrote."""
-    from parley.services.redis_server import EmbeddedRedis
-
-    redis = EmbeddedRedis(folder)
-    try:
-        yield await redis.start()
-    finally:
-        await redis.stop()
-
-
 def _merge_into(path: Path, mode: str, figures: dict[str, Any], stamp: dict[str, Any]) -> dict[str, Any]:
     """The load document with `mode`'s figures replaced (modes run separately keep each other's)."""
     try:
@@ -433,69 +413,80 @@ def _merge_into(path: Path, mode: str, figures: dict[str, Any], stamp: dict[str,
     return document
 
 
-async def bench_load(args: argparse.Namespace) -> None:
-    """Run the mode(s) `args.mode` names, each against a fresh server, and write the figures."""
-    from parley.bench.load_plots import plot_ramp, plot_spike
+def _steps_row(steps: list[dict[str, Any]]) -> str:
+    return "; ".join(f"{s['calls']}: {ms(s['p50_ms'])}/{ms(s['p95_ms'])}/{ms(s['max_ms'])} "
+                     f"(cpu {s['server_cores']}+{s['client_cores']})" for s in steps)
 
-    modes = ["ramp", "spike", "soak"] if args.mode == "all" else [args.mode]
-    env = {**BENCH_ENV}
+
+async def _run_ramp(args: argparse.Namespace, env: dict[str, str], speeches: list[EncodedSpeech], when: str):
+    """Each variant's ramp against a server of its own; the figures and the markdown rows."""
+    from parley.bench.load_plots import plot_ramp
+
+    steps = [int(s) for s in args.steps.split(",")]
+    variants: dict[str, dict[str, Any]] = {}
+    for name in args.variants.split(","):
+        # The cap is lifted: the ramp measures what the machine carries, not what it is told to take.
+        lifted = {"PARLEY_ADMISSION_MAX_CALLS": str(max(steps) + 1), **RAMP_VARIANTS[name]}
+        async with _server({**env, **lifted}) as (url, meter):
+            print(f"ramp variant {name}")
+            variants[name] = await ramp(url, meter, speeches, steps, args.sentences)
+    # What a replica takes on is measured with every rung shed, as they are at its top.
+    figures = {"variants": variants, **(variants.get("ladder") or next(iter(variants.values())))}
+    plot_ramp(figures, RESULTS / "load_ramp.png")
+    rows = [f"| {when} | ramp {name} | capacity {v['capacity_calls']} calls at p95 ≤ {GOAL_P95_MS:.0f} ms,"
+            f" {v['capacity_calls_near_one']} within {LONE_CALL_MARGIN}× one call's p95; {_steps_row(v['steps'])} |"
+            for name, v in variants.items()]
+    return figures, "\n".join(rows)
+
+
+async def _run_spike(args: argparse.Namespace, env: dict[str, str], speeches: list[EncodedSpeech], when: str):
+    """Calls, then text sessions, against one server with its configured (or --max-calls) capacity."""
+    from parley.bench.load_plots import plot_spike
+
+    max_calls = {"PARLEY_ADMISSION_MAX_CALLS": str(args.max_calls)} if args.max_calls else {}
+    async with _server({**env, **max_calls}) as (url, meter):
+        f = await spike(url, meter, speeches, base_rate=args.base_rate, before_s=args.before_s,
+                        spike_s=args.spike_s, after_s=args.after_s, settle_s=args.settle_s)
+        f["text"] = await text_spike(url, base=args.text_base, surge=args.text_base * SPIKE_FACTOR,
+                                     window_s=args.spike_s, hold_s=args.text_hold_s)
+    plot_spike(f, RESULTS / "load_spike.png")
+    text = f["text"]
+    row = (f"| {when} | spike | offered {f['offered']}, admitted {f['admitted']}, refused {f['refused']}"
+           f" (without retry_after {f['refused_without_retry_after']}), dropped {f['admitted_dropped']};"
+           f" p95 before/during/after {ms(f['p95_before_ms'])}/{ms(f['p95_during_ms'])}/{ms(f['p95_after_ms'])};"
+           f" text {text['offered']}: {text['outcomes']}, held {text['most_sessions_held']} |")
+    return f, row
+
+
+async def _run_soak(args: argparse.Namespace, env: dict[str, str], speeches: list[EncodedSpeech], when: str):
+    async with _server(env) as (url, meter):
+        f = await soak(url, meter, speeches, env["REDIS_URL"], calls=args.calls, minutes=args.minutes)
+    row = (f"| {when} | soak | {f['calls']} calls × {f['minutes']} min: failed {f['failed']},"
+           f" RSS {f['rss_mb_warm']}→{f['rss_mb_last']} MB ({f['rss_growth_pct']} %),"
+           f" tasks {f['tasks_warm']}→{f['tasks_last']}, fds {f['fds_warm']}→{f['fds_last']},"
+           f" Redis keys {f['redis_keys_warm']}→{f['redis_keys_last']} |")
+    return f, row
+
+
+MODES = {"ramp": _run_ramp, "spike": _run_spike, "soak": _run_soak}
+HEADER = (
+    "# Load benchmark: many calls at once over real WebRTC (`parley bench load`)\n\n"
+    "Ramp: per step calls p50/p95/max voice-to-voice (ms) and CPU cores used (server tree + client)."
+    " Spike: 27× the arrival rate for 10 s. Soak: N calls for M minutes. Plots: load_ramp.png,"
+    " load_spike.png.\n\n| when | mode | figures |\n| --- | --- | --- |\n"
+)
+
+
+async def bench_load(args: argparse.Namespace) -> None:
+    """Run the mode(s) `args.mode` names, each against a fresh server on the benchmark's own Redis."""
+    modes = list(MODES) if args.mode == "all" else [args.mode]
     with tempfile.TemporaryDirectory(prefix="parley-load-") as tmp:
         speeches = [encode_speech(path) for path in speaker_files(Path(tmp))]
-        async with _private_redis(Path(tmp) / "redis") as redis_url:
-            env["REDIS_URL"] = redis_url
+        async with private_redis() as redis:
+            env = {**BENCH_ENV, "REDIS_URL": redis.url}
             for mode in modes:
                 stamp = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine_cores": os.cpu_count()}
                 print(f"load: {mode}")
-                if mode == "ramp":
-                    steps = [int(s) for s in args.steps.split(",")]
-                    figures = {"variants": {}}
-                    rows = []
-                    for name in args.variants.split(","):
-                        # The cap is lifted: the ramp measures what the machine carries, not what it is told to take.
-                        lifted = {"PARLEY_ADMISSION_MAX_CALLS": str(max(steps) + 1), **RAMP_VARIANTS[name]}
-                        async with _server({**env, **lifted}) as (url, meter):
-                            print(f"ramp variant {name}")
-                            variant = figures["variants"][name] = await ramp(url, meter, speeches, steps, args.sentences)
-                        rows.append(f"| {stamp['when']} | ramp {name} | capacity {variant['capacity_calls']} calls at p95 ≤ "
-                                    f"{GOAL_P95_MS:.0f} ms, {variant['capacity_calls_near_one']} within "
-                                    f"{LONE_CALL_MARGIN}× one call's p95; " + "; ".join(
-                                        f"{s['calls']}: {ms(s['p50_ms'])}/{ms(s['p95_ms'])}/{ms(s['max_ms'])} "
-                                        f"(cpu {s['server_cores']}+{s['client_cores']})" for s in variant["steps"]) + " |")
-                    # What a replica takes on is measured with every rung shed, as they are at its top.
-                    top = figures["variants"].get("ladder") or next(iter(figures["variants"].values()))
-                    figures.update({key: top[key] for key in (
-                        "steps", "capacity_calls", "goal_p95_ms", "capacity_calls_near_one", "lone_call_margin")})
-                    plot_ramp(figures, RESULTS / "load_ramp.png")
-                    row = "\n".join(rows)
-                elif mode == "spike":
-                    max_calls = {"PARLEY_ADMISSION_MAX_CALLS": str(args.max_calls)} if args.max_calls else {}
-                    async with _server({**env, **max_calls}) as (url, meter):
-                        figures = await spike(url, meter, speeches, base_rate=args.base_rate, before_s=args.before_s,
-                                              spike_s=args.spike_s, after_s=args.after_s, settle_s=args.settle_s)
-                        figures["text"] = await text_spike(url, base=args.text_base, surge=args.text_base * SPIKE_FACTOR,
-                                                           window_s=args.spike_s, hold_s=args.text_hold_s)
-                    plot_spike(figures, RESULTS / "load_spike.png")
-                    text = figures["text"]
-                    row = (f"| {stamp['when']} | spike | offered {figures['offered']}, admitted {figures['admitted']},"
-                           f" refused {figures['refused']} (without retry_after {figures['refused_without_retry_after']}),"
-                           f" dropped {figures['admitted_dropped']}; p95 before/during/after {ms(figures['p95_before_ms'])}/"
-                           f"{ms(figures['p95_during_ms'])}/{ms(figures['p95_after_ms'])}; text {text['offered']}:"
-                           f" {text['outcomes']}, held {text['most_sessions_held']} |")
-                else:
-                    async with _server(env) as (url, meter):
-                        figures = await soak(url, meter, speeches, redis_url, calls=args.calls, minutes=args.minutes)
-                    row = (f"| {stamp['when']} | soak | {figures['calls']} calls × {figures['minutes']} min:"
-                           f" failed {figures['failed']}, RSS {figures['rss_mb_warm']}→{figures['rss_mb_last']} MB"
-                           f" ({figures['rss_growth_pct']} %), tasks {figures['tasks_warm']}→{figures['tasks_last']},"
-                           f" fds {figures['fds_warm']}→{figures['fds_last']}, Redis keys"
-                           f" {figures['redis_keys_warm']}→{figures['redis_keys_last']} |")
+                figures, row = await MODES[mode](args, env, speeches, stamp["when"])
                 document = _merge_into(RESULTS / "load.json", mode, figures, stamp)
-                header = (
-                    "# Load benchmark: many calls at once over real WebRTC (`parley bench load`)\n\n"
-                    "Ramp: per step calls p50/p95/max voice-to-voice (ms) and CPU cores used (server tree + client)."
-                    " Spike: 27× the arrival rate for 10 s. Soak: N calls for M minutes. Plots: load_ramp.png,"
-                    " load_spike.png.\n\n| when | mode | figures |\n| --- | --- | --- |\n"
-                )
-                write_results("load", document, row, header)
-                if args.json:
-                    Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
+                write_results("load", document, row, HEADER, copy_to=args.json)

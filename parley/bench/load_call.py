@@ -23,6 +23,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media.audio_file import read_audio
 from media.frames import level_dbfs
+from media.tracks import FramePacer
 from parley.call_client import RATE, TAIL_S, VOICE_DBFS, CallClient, last_voiced_offset_s
 
 FRAME = RATE // 50
@@ -71,8 +72,7 @@ class EncodedMicrophone(MediaStreamTrack):
         self._silence = _silence_payload()
         self._sent = asyncio.Event()
         self._sent.set()
-        self._start: float | None = None
-        self._pts = 0
+        self._pacer = FramePacer(RATE)
 
     async def say(self, speech: EncodedSpeech) -> float:
         """Queue the sentence and wait until its last packet has gone; returns that moment."""
@@ -84,15 +84,9 @@ class EncodedMicrophone(MediaStreamTrack):
     async def recv(self) -> av.Packet:
         if self.readyState != "live":
             raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        else:
-            self._pts += FRAME
-            wait = self._start + self._pts / RATE - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
+        pts = await self._pacer.next_pts()
         packet = av.Packet(self._queue.popleft() if self._queue else self._silence)
-        packet.pts, packet.time_base = self._pts, _TIME_BASE
+        packet.pts, packet.time_base = pts, _TIME_BASE
         if not self._queue:
             self._sent.set()
         return packet
@@ -116,9 +110,6 @@ class VoiceArrivals:
     def first_voiced_after(self, t: float) -> float | None:
         index = bisect.bisect_left(self.voiced, t)
         return self.voiced[index] if index < len(self.voiced) else None
-
-    def voiced_ms_between(self, start: float, end: float) -> float:
-        return 20.0 * (bisect.bisect_right(self.voiced, end) - bisect.bisect_left(self.voiced, start))
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,9 +135,7 @@ class LoadCall(CallClient):
         """Say the sentence, wait until its reply is done (or the reply timeout passes without one)."""
         seen = len(self.messages)
         speech_end = await self._mic.say(speech) - speech.tail_s
-        heard = await self._wait_for(
-            lambda m: m["type"] in ("reply", "transcript") and m.get("final", True), self.reply_timeout_s, since=seen
-        )
+        heard = await self._turn_heard(seen)
         done = heard and await self._wait_for(self._reply_done_for_turns_since(seen), 120.0, since=seen)
         if not done or not done.get("text"):
             return TurnOutcome(speech_end, None)

@@ -7,6 +7,7 @@ bench/results/<name>.md, and may draw bench/results/<name>.png.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +36,25 @@ def add_ratios(results: dict[str, dict[str, Any]], base: str, figure, key: str) 
         figures[key] = round(value / reference, 2) if value and reference else None
 
 
-def write_results(name: str, figures: dict[str, Any], row: str, header: str) -> Path:
-    """bench/results/<name>.json, and a row appended to bench/results/<name>.md; prints the figures."""
+def stage_medians(turns: Iterable[dict[str, float]]) -> dict[str, float | None]:
+    """p50 per stage over turns' server figures (each a `metrics` event's stages_ms): where the time went."""
+    stages: dict[str, list[float]] = {}
+    for turn in turns:
+        for stage, value in turn.items():
+            stages.setdefault(stage, []).append(value)
+    return {stage: percentile(values, 50) for stage, values in sorted(stages.items())}
+
+
+def write_results(name: str, figures: dict[str, Any], row: str, header: str, *, copy_to: str | None = None) -> Path:
+    """bench/results/<name>.json, and a row appended to bench/results/<name>.md; prints the figures.
+
+    copy_to: also write the JSON there (a benchmark's `--json PATH`).
+    """
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(figures, indent=2) + "\n")
+    if copy_to:
+        Path(copy_to).write_text(json.dumps(figures, indent=2) + "\n")
     table = RESULTS / f"{name}.md"
     if not table.exists():
         table.write_text(header)

@@ -7,8 +7,12 @@ dialogs survive a restart, and is stopped when Parley stops.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -93,3 +97,17 @@ class EmbeddedRedis:
             return False
         finally:
             await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def private_redis() -> AsyncIterator[EmbeddedRedis]:
+    """A Redis nobody else uses, in a fresh state directory removed afterwards (for tests and
+    benchmarks: its keys are only what they wrote). Under /tmp: a unix socket path is limited to 107 bytes."""
+    state = Path(tempfile.mkdtemp(prefix="parley-redis-", dir="/tmp"))
+    redis_server = EmbeddedRedis(state)
+    await redis_server.start()
+    try:
+        yield redis_server
+    finally:
+        await redis_server.stop()
+        shutil.rmtree(state, ignore_errors=True)
