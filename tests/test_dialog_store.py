@@ -1,4 +1,5 @@
 import asyncio
+import random
 
 import pytest
 import redis.asyncio as aioredis
@@ -47,3 +48,22 @@ async def test_a_turn_keeps_an_explicit_sequence_number_and_ttl_is_refreshed(sto
     assert [t.seq for t in await dialogs.turns("d4")] == [2, 5]
     assert 890 <= await client.ttl(dialog_key("d4")) <= 900
     assert 890 <= await client.ttl(dialog_key("d4") + ":ids") <= 900
+
+
+async def test_a_writer_cancelled_in_the_middle_of_a_turn_write_ends(store):
+    store, _ = store
+    # A call's dialog writer is cancelled when the call ends, whatever Redis command it is in: the
+    # cancellation must reach it, or the call's TaskGroup waits for it forever. Cancelled at random
+    # moments, some inside a command's round trip.
+    rng = random.Random(7)
+    for attempt in range(200):
+
+        async def write_forever() -> None:
+            while True:
+                await store.append("cancelled-writer", Turn(role="user", text=f"turn {attempt}"))
+
+        writer = asyncio.create_task(write_forever())
+        await asyncio.sleep(rng.random() * 0.003)
+        writer.cancel()
+        await asyncio.wait([writer], timeout=2)
+        assert writer.cancelled(), f"attempt {attempt}: the writer went on after it was cancelled"

@@ -102,7 +102,7 @@ async def test_a_draft_that_reached_the_llm_is_dropped_without_a_trace_when_the_
     # (100 ms drafts a reply; the shortest end of turn is 200 ms), then, once the draft has asked
     # the LLM, the second sentence and the end of the turn.
     head = np.concatenate([_silence(0.3), first, _silence(0.16)])
-    frames = frames_of(np.concatenate([head, second, _silence(4.0)]).tobytes(), 16000)
+    frames = frames_of(np.concatenate([head, second, _silence(2.5)]).tobytes(), 16000)
     split = head.size // 320
     events: list = []
     asked_before = len(proxy.requests)
@@ -143,7 +143,7 @@ async def test_a_turn_under_full_load_sheds_partials_drafts_and_reply_length_and
 
     first = stereo_sentence(1)
     second = await _spoken(synthesizer, SECOND, tmp_path)
-    frames = frames_of(np.concatenate([_silence(0.3), first, _silence(0.16), second, _silence(4.0)]).tobytes(), 16000)
+    frames = frames_of(np.concatenate([_silence(0.3), first, _silence(0.16), second, _silence(2.5)]).tobytes(), 16000)
     events: list = []
     asked_before = len(proxy.requests)
     async with _turn_loop(
