@@ -1,8 +1,13 @@
 """Dialog history in Redis: one sorted set per dialog, scored by turn sequence number.
 
 `dlg:{dialog_id}` holds one JSON member per turn; `dlg:{dialog_id}:ids` maps turn
-ids to sequence numbers, so writing a turn again (a retry) is a no-op. The check
-and the insert are one Lua script, so two concurrent retries cannot both insert.
+ids to sequence numbers. Redis assigns the numbers (the script takes the next one),
+so two writers on one dialog never collide, and the turn id is the idempotency key:
+writing a turn again keeps its number and puts the latest text in its place (a retry
+is a no-op; a turn that grew, a caller who went on after a pause, or a reply played
+further, is updated where it stands). The check and the write are one Lua script.
+A write may be fenced: it happens only while the session still has the writer's
+owner epoch, so a replica that lost the session to another cannot write into it.
 Both keys' TTL is refreshed on every write.
 """
 
@@ -17,32 +22,42 @@ from typing import Literal
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from pipeline.errors import DialogStoreUnavailable
+from pipeline.errors import DialogFenced, DialogStoreUnavailable
 
 Role = Literal["user", "assistant"]
 
-# KEYS: the turns' sorted set, the id→seq hash. ARGV: turn id, seq ("" = next), the turn as
-# JSON, TTL seconds. Returns {inserted (0/1), seq}.
-_APPEND = """
+# KEYS: the turns' sorted set, the id→seq hash, and the session hash of a fenced write (else
+# the id hash again). ARGV: turn id, the turn as JSON, TTL seconds, the writer's epoch ("" for
+# no fence). Returns {inserted (1), updated (0) or fenced (-1), seq}.
+_PUT = """
+if ARGV[4] ~= '' and redis.call('HGET', KEYS[3], 'epoch') ~= ARGV[4] then
+  return {-1, 0}
+end
+local turn = cjson.decode(ARGV[2])
 local existing = redis.call('HGET', KEYS[2], ARGV[1])
+local seq, inserted
 if existing then
-  redis.call('EXPIRE', KEYS[1], ARGV[4])
-  redis.call('EXPIRE', KEYS[2], ARGV[4])
-  return {0, tonumber(existing)}
-end
-local seq = tonumber(ARGV[2])
-if not seq then
+  seq, inserted = tonumber(existing), 0
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], seq, seq)
+else
   local last = redis.call('ZREVRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  seq = last[2] and (tonumber(last[2]) + 1) or 1
+  seq, inserted = last[2] and (tonumber(last[2]) + 1) or 1, 1
+  redis.call('HSET', KEYS[2], ARGV[1], seq)
 end
-local turn = cjson.decode(ARGV[3])
 turn['seq'] = seq
 redis.call('ZADD', KEYS[1], seq, cjson.encode(turn))
-redis.call('HSET', KEYS[2], ARGV[1], seq)
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('EXPIRE', KEYS[2], ARGV[4])
-return {1, seq}
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return {inserted, seq}
 """
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """A write's condition: the hash at `key` still has `epoch` (the writer still owns the session)."""
+
+    key: str
+    epoch: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,21 +90,25 @@ class DialogStore:
     def __init__(self, redis: aioredis.Redis, *, ttl_s: int = 900) -> None:
         self._redis = redis
         self.ttl_s = ttl_s
-        self._append = redis.register_script(_APPEND)
+        self._put = redis.register_script(_PUT)
 
-    async def append(self, dialog_id: str, turn: Turn) -> tuple[Turn, bool]:
-        """Store `turn` once; returns it with its sequence number, and whether this call inserted it.
+    async def put(self, dialog_id: str, turn: Turn, *, fence: Fence | None = None) -> tuple[Turn, bool]:
+        """Store `turn` under its id: the next sequence number the first time, its own after.
 
-        A turn with seq 0 gets the next number; a turn with a seq keeps it (a buffered write
-        replayed later keeps its place).
+        Returns the turn with its sequence number, and whether this call inserted it (False:
+        it was there, and now holds this text). DialogFenced when `fence` no longer holds.
         """
         key = dialog_key(dialog_id)
+        ids = f"{key}:ids"
         try:
-            inserted, seq = await self._append(
-                keys=[key, f"{key}:ids"], args=[turn.turn_id, turn.seq or "", turn.to_json(), self.ttl_s]
+            inserted, seq = await self._put(
+                keys=[key, ids, fence.key if fence else ids],
+                args=[turn.turn_id, turn.to_json(), self.ttl_s, fence.epoch if fence else ""],
             )
         except (RedisError, OSError) as exc:
             raise DialogStoreUnavailable(f"cannot write turn {turn.turn_id} of dialog {dialog_id}: {exc}") from exc
+        if inserted == -1:
+            raise DialogFenced(f"turn {turn.turn_id} of dialog {dialog_id} not written: another replica took the session")
         return Turn(**{**asdict(turn), "seq": int(seq)}), bool(inserted)
 
     async def turns(self, dialog_id: str) -> list[Turn]:

@@ -47,3 +47,7 @@ class LLMCircuitOpen(LLMError):
 
 class TurnModelError(PipelineError):
     """The end-of-turn model could not judge a turn."""
+
+
+class DialogFenced(PipelineError):
+    """A write to a dialog was refused: another replica took the session since this one did."""

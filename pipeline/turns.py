@@ -26,6 +26,7 @@ frame before that cancels it, and the next pause drafts anew.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -38,7 +39,7 @@ from media.frames import AudioFrame
 from pipeline.asr import Transcriber, Transcript
 from pipeline.config import TurnConfig, VADConfig
 from pipeline.dialog_buffer import DialogBuffer, DialogBufferFull
-from pipeline.dialog_store import DialogStore, Turn
+from pipeline.dialog_store import DialogStore, Fence, Turn
 from pipeline.history_window import history_window
 from pipeline.end_of_turn import EndOfTurn, Judgement
 from pipeline.errors import LLMBusy, LLMError, SynthesisError, TranscriptionError
@@ -152,13 +153,15 @@ class TurnLoop:
         config: TurnConfig = TurnConfig(),
         turn_model: TurnCompletionModel | None = None,
         planner: Planner | None = None,
+        fence: Fence | None = None,
     ) -> None:
-        """`planner` says, as each turn begins, what it may leave out under load (pipeline.shedding)."""
+        """`planner` says, as each turn begins, what it may leave out under load (pipeline.shedding);
+        `fence`, when the dialog may be written (while this replica owns the session)."""
         self.dialog_id = dialog_id
         self._planner = planner or (lambda: FULL)
         self._plan = FULL  # the current spoken turn's
         self.config = config
-        self._dialog = DialogBuffer(store, dialog_id)
+        self._dialog = DialogBuffer(store, dialog_id, fence=fence)
         self._llm = llm
         self._transcriber = transcriber
         self._synthesizer = synthesizer
@@ -197,7 +200,12 @@ class TurnLoop:
             await asyncio.shield(self._save_on_hangup())
 
     async def _save_on_hangup(self) -> None:
-        """Give unsaved turns a last chance to reach Redis before the call's state is gone."""
+        """Keep what the caller heard of a reply cut by the hang-up, and give unsaved turns a last
+        chance to reach Redis before the call's state is gone."""
+        reply = self._reply
+        if reply is not None and reply.speaking and reply.user_text and self._speaker is not None:
+            if played := self._speaker.interrupt():
+                self._commit_bot(reply, played, interrupted=True)
         if not await self._dialog.flush(timeout_s=3.0):
             log.error("dialog %s: %d turn(s) lost: Redis stayed unavailable", self.dialog_id, self._dialog.pending)
 
@@ -289,6 +297,7 @@ class TurnLoop:
                 continue
             await self._stop_reply(barge_in=True)
             reply = Reply(turn_id=uuid.uuid4().hex, user_started_at=time.time(), user_text=text, plan=self._planner())
+            self._commit_user(reply)
             self._start_reply(reply, self._answer(reply))
 
     async def _on_speech_started(self) -> None:
@@ -428,7 +437,7 @@ class TurnLoop:
         played = self._speaker.interrupt() if self._speaker is not None else ""
         if barge_in and reply.user_text:
             kept = played if reply.speaking else ""
-            await self._commit(reply, kept, interrupted=True)
+            self._commit_bot(reply, kept, interrupted=True)
             await self._emit(ReplyDone(reply.turn_id, kept, interrupted=True))
         await self._set_state("listening")
 
@@ -458,6 +467,8 @@ class TurnLoop:
             return
         reply.user_text = transcript.text
         await self._say(reply, TranscriptEvent(reply.turn_id, transcript.text, final=True))
+        if reply.released.is_set():
+            self._commit_user(reply)  # a draft's waits for its release: the caller may go on
         await self._answer(reply, {"asr": asr_ms})
 
     async def _answer(self, reply: Reply, stages: dict[str, float] | None = None) -> None:
@@ -506,7 +517,7 @@ class TurnLoop:
                 await asyncio.wait([speech])
             raise
         await reply.released.wait()  # a draft is only kept once the turn it answers has ended
-        await self._commit(reply, kept, interrupted=False)
+        self._commit_bot(reply, kept, interrupted=False)
         await self._emit(ReplyDone(reply.turn_id, reply.text))
         await self._set_state("listening")
 
@@ -578,6 +589,8 @@ class TurnLoop:
             await self._send(reply.held.pop(0))
         # No await between the last held event and this: nothing can slip in out of order.
         reply.released.set()
+        if reply.user_text:
+            self._commit_user(reply)
 
     async def _send(self, event: TurnEvent) -> None:
         if isinstance(event, StateChanged):
@@ -598,13 +611,25 @@ class TurnLoop:
         )
         return [{"role": t.role, "content": t.text} for t in kept if t.text]
 
-    async def _commit(self, reply: Reply, bot_text: str, *, interrupted: bool) -> None:
-        now = time.time()
-        turns = [Turn(role="user", text=reply.user_text, turn_id=reply.turn_id, started_at=reply.user_started_at, ended_at=now)]
-        if bot_text:
-            turns.append(Turn(role="assistant", text=bot_text, turn_id=f"{reply.turn_id}-bot", interrupted=interrupted))
-        for turn in turns:
-            try:
-                self._dialog.add(turn)
-            except DialogBufferFull as exc:
-                await self._emit(TurnError("dialog_store_unavailable", str(exc)))
+    def _commit_user(self, reply: Reply) -> None:
+        """Store the caller's turn as soon as its final transcript stands, before any reply: a
+        replica that dies while answering loses no word the caller said. A turn continued after
+        a pause keeps its id and is stored again, whole, in the same place."""
+        self._store(Turn(
+            role="user", text=reply.user_text, turn_id=reply.turn_id, started_at=reply.user_started_at,
+            ended_at=time.time(),
+        ))
+
+    def _commit_bot(self, reply: Reply, text: str, *, interrupted: bool) -> None:
+        """Store what the caller heard of the bot's reply (nothing heard, nothing stored)."""
+        if text:
+            self._store(Turn(role="assistant", text=text, turn_id=f"{reply.turn_id}-bot", interrupted=interrupted))
+
+    def _store(self, turn: Turn) -> None:
+        try:
+            self._dialog.add(turn)
+        except DialogBufferFull as exc:
+            log.error("%s", exc)
+            # Said from a task of its own: storing never waits, and never fails the turn.
+            with contextlib.suppress(RuntimeError):  # the call is over: nobody to tell
+                self._tasks.create_task(self._emit(TurnError("dialog_store_unavailable", str(exc))))

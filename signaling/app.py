@@ -31,6 +31,8 @@ from pipeline.turn_model import TurnCompletionModel
 from signaling import metrics
 from signaling.admission import Admission
 from signaling.rate_limit import RateLimiter
+from signaling.event_log import EventLog
+from signaling.ownership import OwnershipWatch
 from signaling.sessions import SessionStore
 from signaling.ws import CallSocket
 
@@ -56,6 +58,8 @@ class AppServices:
     transcriber: Transcriber
     synthesizer: Synthesizer
     turn_model: TurnCompletionModel | None
+    events: EventLog
+    owners: OwnershipWatch
     sockets: set = field(default_factory=set)  # the CallSockets being served (the drain ends them)
 
 
@@ -83,6 +87,9 @@ def create_app(settings: Settings) -> FastAPI:
             heartbeat = asyncio.create_task(admission.heartbeat(), name="admission-heartbeat")
             stack.callback(heartbeat.cancel)
             stack.push_async_callback(admission.withdraw)
+            owners = OwnershipWatch(redis)
+            watching = asyncio.create_task(owners.run(), name="ownership-watch")
+            stack.callback(watching.cancel)
             app.state.services = AppServices(
                 settings=running.settings,
                 running=running,
@@ -100,6 +107,8 @@ def create_app(settings: Settings) -> FastAPI:
                 transcriber=transcriber,
                 synthesizer=synthesizer,
                 turn_model=turn_model,
+                events=EventLog(redis, max_events=settings.signaling.event_log_max),
+                owners=owners,
             )
             metrics.bind(app.state.services)
             log.info(

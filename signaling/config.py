@@ -12,6 +12,8 @@ class SignalingConfig:
     ping_interval_s, pong_timeout_s: protocol pings, and the deadline for their pongs (close 1011).
     max_message_bytes: a larger message closes the socket with 1009.
     session_ttl_s, detached_session_ttl_s: how long a session lives in Redis with and without a client.
+    event_log_max: about how many events a session's log keeps for a client that resumes (MAXLEN ~).
+    resume_wait_s: how long a socket opened to resume waits for the `resume` message.
     """
 
     ping_interval_s: float = 30.0
@@ -19,6 +21,8 @@ class SignalingConfig:
     max_message_bytes: int = 65536
     session_ttl_s: int = 3600
     detached_session_ttl_s: int = 120
+    event_log_max: int = 2000
+    resume_wait_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -46,6 +46,10 @@ REDIS_ERRORS = Counter("parley_redis_errors_total", "Redis commands that failed,
 TURNS_SHED = Counter(
     "parley_turns_shed_total", "Turns begun without a rung of work to shed load ([shedding]), by rung", ["rung"]
 )
+EVENTS_REPLAYED = Counter(
+    "parley_events_replayed_total", "Events sent again to clients that resumed a session (missed while away)"
+)
+SESSIONS_RESUMED = Counter("parley_sessions_resumed_total", "Sessions resumed on this replica, by outcome", ["outcome"])
 KEEPALIVE_CLOSES = Counter(
     "parley_keepalive_closes_total", "Sockets closed because the client stopped answering pings (1011)"
 )

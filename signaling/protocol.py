@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pipeline.dialog_store import Turn
+from signaling.event_log import valid_event_id
 from pipeline.events import (
     ReplyDelta,
     ReplyDone,
@@ -68,7 +69,16 @@ class Pong:
     pass
 
 
-ClientMessage = Offer | IceCandidate | Text | Bye | Ping | Pong
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """The first message on a socket opened to resume: which session, its token, the last event seen."""
+
+    session_id: str
+    resume_token: str
+    last_event_id: str | None
+
+
+ClientMessage = Offer | IceCandidate | Text | Bye | Ping | Pong | Resume
 
 
 def _string(data: dict[str, Any], key: str, *, optional: bool = False) -> str | None:
@@ -106,6 +116,11 @@ def parse(raw: str | bytes) -> ClientMessage:
         if len(text) > MAX_TEXT_CHARS:
             raise ProtocolError("invalid_message", f"'text' is longer than {MAX_TEXT_CHARS} characters")
         return Text(text)
+    if kind == "resume":
+        last = _string(data, "last_event_id", optional=True)
+        if last is not None and not valid_event_id(last):
+            raise ProtocolError("invalid_message", "'last_event_id' is not an event id (like \"1764253000000-0\")")
+        return Resume(_string(data, "session_id"), _string(data, "resume_token"), last)
     if kind == "bye":
         return Bye()
     if kind == "ping":
@@ -120,8 +135,11 @@ def parse(raw: str | bytes) -> ClientMessage:
 # -- server messages ---------------------------------------------------------------------
 
 
-def session(session_id: str, dialog_id: str, resume_token: str) -> dict[str, Any]:
-    return {"type": "session", "session_id": session_id, "dialog_id": dialog_id, "resume_token": resume_token}
+def session(session_id: str, dialog_id: str, resume_token: str, *, resumed: bool = False) -> dict[str, Any]:
+    return {
+        "type": "session", "session_id": session_id, "dialog_id": dialog_id, "resume_token": resume_token,
+        "resumed": resumed,
+    }
 
 
 def history(turns: Sequence[Turn]) -> dict[str, Any]:
@@ -138,6 +156,14 @@ def answer(sdp: str) -> dict[str, Any]:
 
 def error(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"type": "error", "code": code, "message": message, **extra}
+
+
+def logged(message: dict[str, Any]) -> bool:
+    """Whether a server message belongs in the session's event log, for a client that resumes:
+    the conversation (final transcripts, replies, turn errors), not what is only for this
+    connection or superseded at once (state, metrics, partial transcripts, WebRTC answers)."""
+    kind = message["type"]
+    return kind in ("reply", "error") or (kind == "transcript" and message["final"])
 
 
 def bye(reason: str, *, reconnect: bool = False) -> dict[str, Any]:

@@ -1,9 +1,16 @@
-"""Sessions in Redis, so any replica can serve a client that comes back.
+"""Sessions in Redis, so any replica can serve a client that comes back, and only one at a time.
 
 `sess:{session_id}` is a hash: the dialog id, the sha256 of the resume token (the
-token itself is only ever sent to the client), the replica serving it, and when
-it was created. Its TTL is long while a client is attached and short after it
-leaves, so an abandoned session expires on its own.
+token itself is only ever sent to the client), the replica serving it, when it was
+created, and an `epoch` that counts its owners. Its TTL is long while a client is
+attached and short after it leaves, so an abandoned session expires on its own.
+
+Resuming is one Lua script: check the token, bump the epoch, store the next token's
+hash and publish the new epoch on `SESSIONS_CHANNEL`, so two clients racing with one
+token cannot both win, and the replica that served the session before learns at once
+that it no longer does. Every later change a replica makes to the session (its TTL,
+its dialog, its event log) is fenced by the epoch it took: a replica that lost the
+session cannot shorten the TTL of a session another replica now serves.
 """
 
 from __future__ import annotations
@@ -18,6 +25,35 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from parley.redis_client import redis_problem
+from pipeline.dialog_store import Fence
+
+# Where a resume announces "session <id> now has owner epoch <n>" to every replica.
+SESSIONS_CHANNEL = "sess:owners"
+
+# KEYS: the session hash. ARGV: the presented token's hash, the next token's hash, this
+# replica, the attached TTL, the channel. Returns {dialog_id, epoch}, or nil for an unknown
+# session or a wrong token.
+_RESUME = """
+if redis.call('HGET', KEYS[1], 'token_sha256') ~= ARGV[1] then
+  return nil
+end
+local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+redis.call('HSET', KEYS[1], 'token_sha256', ARGV[2], 'replica', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('PUBLISH', ARGV[5], string.sub(KEYS[1], 6) .. ' ' .. epoch)
+return {redis.call('HGET', KEYS[1], 'dialog_id'), epoch}
+"""
+
+# KEYS: the session hash, its event log. ARGV: the epoch held, the TTL. Returns 1 when the
+# TTL was set, 0 when another owner holds the session (or it is gone).
+_EXPIRE_IF_OWNER = """
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then
+  return 0
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return 1
+"""
 
 
 class SessionError(Exception):
@@ -30,9 +66,17 @@ class SessionError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Session:
+    """A session as one owner holds it: `epoch` fences every change this owner makes."""
+
     session_id: str
     dialog_id: str
     resume_token: str
+    epoch: int = 1
+
+    @property
+    def fence(self) -> Fence:
+        """The condition of this owner's writes: the session still has this owner's epoch."""
+        return Fence(session_key(self.session_id), self.epoch)
 
 
 def _hash(token: str) -> str:
@@ -43,21 +87,28 @@ def session_key(session_id: str) -> str:
     return f"sess:{session_id}"
 
 
+def event_log_key(session_id: str) -> str:
+    return f"evt:{session_id}"
+
+
 class SessionStore:
     def __init__(self, redis: aioredis.Redis, *, replica: str, attached_ttl_s: int, detached_ttl_s: int) -> None:
         self._redis = redis
         self.replica = replica
         self.attached_ttl_s = attached_ttl_s
         self.detached_ttl_s = detached_ttl_s
+        self._resume = redis.register_script(_RESUME)
+        self._expire_if_owner = redis.register_script(_EXPIRE_IF_OWNER)
 
     async def create(self) -> Session:
-        """A new session with a new dialog."""
-        session = Session(uuid.uuid4().hex, uuid.uuid4().hex, secrets.token_urlsafe(24))
+        """A new session with a new dialog, owned by this replica at epoch 1."""
+        session = Session(uuid.uuid4().hex, uuid.uuid4().hex, secrets.token_urlsafe(24), 1)
         fields = {
             "dialog_id": session.dialog_id,
             "token_sha256": _hash(session.resume_token),
             "replica": self.replica,
             "created_at": time.time(),
+            "epoch": session.epoch,
         }
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
@@ -69,25 +120,29 @@ class SessionStore:
         return session
 
     async def resume(self, session_id: str, token: str) -> Session:
-        """The session whose resume token this is; SessionError otherwise. A new token is issued."""
-        key = session_key(session_id)
-        try:
-            fields = await self._redis.hgetall(key)
-        except (RedisError, OSError) as exc:
-            raise SessionError("unavailable", f"cannot resume: {redis_problem(exc)}") from exc
-        stored = fields.get(b"token_sha256", b"").decode()
-        if not stored or not secrets.compare_digest(stored, _hash(token)):
-            raise SessionError("resume_failed", "unknown session or wrong resume token")
-        session = Session(session_id, fields[b"dialog_id"].decode(), secrets.token_urlsafe(24))
-        try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                await pipe.hset(key, mapping={"token_sha256": _hash(session.resume_token), "replica": self.replica})
-                await pipe.expire(key, self.attached_ttl_s)
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise SessionError("unavailable", f"cannot resume: {redis_problem(exc)}") from exc
-        return session
+        """Take the session whose resume token this is (SessionError otherwise), with a new token.
 
-    async def detach(self, session_id: str) -> None:
-        """The client left: keep the session for `detached_ttl_s` in case it comes back."""
-        await self._redis.expire(session_key(session_id), self.detached_ttl_s)
+        Atomic: of two clients presenting the same token, exactly one gets the session; the
+        other's token no longer matches.
+        """
+        session = Session(session_id, "", secrets.token_urlsafe(24))
+        try:
+            taken = await self._resume(
+                keys=[session_key(session_id)],
+                args=[_hash(token), _hash(session.resume_token), self.replica, self.attached_ttl_s, SESSIONS_CHANNEL],
+            )
+        except (RedisError, OSError) as exc:
+            raise SessionError("unavailable", f"cannot resume: {redis_problem(exc)}") from exc
+        if taken is None:
+            raise SessionError("resume_failed", "unknown session or wrong resume token")
+        dialog_id, epoch = taken
+        return Session(session_id, dialog_id.decode(), session.resume_token, int(epoch))
+
+    async def detach(self, session: Session) -> bool:
+        """The client left: keep the session (and its event log) for `detached_ttl_s` in case it
+        comes back. False, changing nothing, when another replica has taken the session since."""
+        kept = await self._expire_if_owner(
+            keys=[session_key(session.session_id), event_log_key(session.session_id)],
+            args=[session.epoch, self.detached_ttl_s],
+        )
+        return bool(kept)

@@ -24,13 +24,18 @@ from pipeline.turns import TurnLoop
 from signaling import metrics, protocol
 from signaling.admission import Refusal
 from signaling.call import Call
-from signaling.protocol import Bye, IceCandidate, Offer, Ping, Pong, ProtocolError, Text
+from signaling.event_log import EventLogError, LostOwnership
+from signaling.protocol import Bye, IceCandidate, Offer, Ping, Pong, ProtocolError, Resume, Text
 from signaling.config import SignalingConfig
 from signaling.sessions import Session, SessionError
 
 log = logging.getLogger(__name__)
 
 OUTBOX_SIZE = 256
+# Messages the writer logs in one round trip to Redis, at most: a burst of reply deltas costs one.
+LOG_BATCH = 64
+# The longest the writer waits for Redis to log a batch before sending it without ids.
+LOG_TIMEOUT_S = 1.0
 
 
 def over_capacity(refusal: Refusal) -> dict[str, Any]:
@@ -61,7 +66,11 @@ class CallSocket:
         self.ws = websocket
         self.services = services
         self.config = config
-        self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=OUTBOX_SIZE)
+        # (message, whether it goes into the session's event log): see protocol.logged.
+        self.outbox: asyncio.Queue[tuple[dict[str, Any], bool]] = asyncio.Queue(maxsize=OUTBOX_SIZE)
+        self._session: Session | None = None
+        self._log_failing = False  # the event log's Redis is away (warned once per outage)
+        self._last_bye: dict[str, Any] | None = None  # said after everything else, as the socket closes
         self._voice = False  # holds one of the replica's places for voice calls
         self._close_code = 1000
         self._turns: TurnLoop | None = None
@@ -105,13 +114,14 @@ class CallSocket:
 
     async def _serve_admitted(self) -> None:
         try:
-            session, resumed = await self._open_session()
+            session, resumed, last_event_id = await self._open_session()
         except SessionError as exc:
             if exc.code == "unavailable":
                 metrics.REDIS_ERRORS.labels("sessions").inc()
             await self.ws.send_json(protocol.error(exc.code, str(exc)))
-            await self.ws.close(code=1013)
+            await self.ws.close(code=1013 if exc.code == "unavailable" else 1008)
             return
+        self._session = session
         turns = TurnLoop(
             dialog_id=session.dialog_id,
             store=self.services.dialogs,
@@ -123,13 +133,16 @@ class CallSocket:
             config=self.services.settings.turns,
             turn_model=self.services.turn_model,
             planner=self._plan_turn,
+            fence=session.fence,
         )
         self._turns = turns
         call = Call(turns, self.services.settings.media, on_media_failed=self._media_failed)
-        await self.send(protocol.session(session.session_id, session.dialog_id, session.resume_token))
+        await self.send(protocol.session(session.session_id, session.dialog_id, session.resume_token, resumed=resumed))
         if resumed:
             await self._send_history(session.dialog_id)
+            await self._replay(session.session_id, last_event_id)
         self.services.sockets.add(self)
+        self.services.owners.watch(session, self._taken_elsewhere)
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._write(), name=f"ws-writer-{session.session_id}")
@@ -142,26 +155,66 @@ class CallSocket:
             pass
         finally:
             self.services.sockets.discard(self)
+            self.services.owners.forget(session)
             if self._voice:
                 await asyncio.shield(self.services.admission.release("calls"))
             await asyncio.shield(call.close())
-            await asyncio.shield(self._detach(session.session_id))
+            await asyncio.shield(self._detach(session))
             if self.ws.client_state == WebSocketState.CONNECTED:
                 await asyncio.shield(self._close())
             log.info("session %s ended", session.session_id)
 
-    async def _open_session(self) -> tuple[Session, bool]:
-        """Resume the session named in the URL (?session_id=…&resume_token=…), else a new one."""
-        params = self.ws.query_params
-        session_id, token = params.get("session_id"), params.get("resume_token")
-        if session_id and token:
+    async def _open_session(self) -> tuple[Session, bool, str | None]:
+        """A new session, or, on a socket opened as `/ws?resume`, the one its first message
+        (`resume`) names: (session, resumed, the last event id the client saw).
+
+        The resume token travels in that message, never in the URL, which servers and proxies log.
+        """
+        if "resume" in self.ws.query_params:
+            resume = await self._resume_message()
             try:
-                return await self.services.sessions.resume(session_id, token), True
+                session = await self.services.sessions.resume(resume.session_id, resume.resume_token)
+                log.info("session %s resumed here at epoch %d", session.session_id, session.epoch)
+                metrics.SESSIONS_RESUMED.labels("resumed").inc()
+                return session, True, resume.last_event_id
             except SessionError as exc:
                 if exc.code != "resume_failed":
                     raise
+                metrics.SESSIONS_RESUMED.labels("failed").inc()
                 await self.send(protocol.error(exc.code, f"{exc}; starting a new session"))
-        return await self.services.sessions.create(), False
+        return await self.services.sessions.create(), False, None
+
+    async def _resume_message(self) -> Resume:
+        try:
+            async with asyncio.timeout(self.config.resume_wait_s):
+                raw = await self.ws.receive_text()
+            message = protocol.parse(raw)
+        except TimeoutError:
+            raise SessionError("out_of_order", "a socket opened to resume must send `resume` first; none came") from None
+        except ProtocolError as exc:
+            raise SessionError(exc.code, exc.message) from None
+        if not isinstance(message, Resume):
+            raise SessionError("out_of_order", "a socket opened to resume must send `resume` first")
+        return message
+
+    async def _replay(self, session_id: str, last_event_id: str | None) -> None:
+        """The events the client missed while it was away (from whichever replica sent them)."""
+        try:
+            missed = await self.services.events.since(session_id, last_event_id)
+        except EventLogError as exc:
+            await self.send(protocol.error("unavailable", f"missed events cannot be replayed: {exc}"))
+            return
+        for message in missed:
+            await self.send({**message, "replayed": True})
+        metrics.EVENTS_REPLAYED.inc(len(missed))
+        log.info("session %s: %d missed event(s) replayed", session_id, len(missed))
+
+    def _taken_elsewhere(self) -> None:
+        """Another replica resumed this session: end this side at once (the client is there now)."""
+        if self._session is not None:
+            log.info("session %s resumed elsewhere; ending it here", self._session.session_id)
+        self._last_bye = protocol.bye("resumed_elsewhere")
+        self._end.set()
 
     async def _send_history(self, dialog_id: str) -> None:
         """The dialog so far, so a client that came back (to any replica) can show it again."""
@@ -180,9 +233,9 @@ class CallSocket:
             self._measure(event)
         if isinstance(event, TranscriptEvent) and not event.final:
             if not self.outbox.full():
-                self.outbox.put_nowait(message)
+                self.outbox.put_nowait((message, False))
             return
-        await self.outbox.put(message)
+        await self.outbox.put((message, protocol.logged(message)))
 
     def _measure(self, event: TurnMetrics) -> None:
         stages = {} if event.turn_id in self._timed else event.stages_ms
@@ -190,7 +243,8 @@ class CallSocket:
         metrics.turn_measured(stages, event.prompt.read if event.prompt is not None else None)
 
     async def send(self, message: dict[str, Any]) -> None:
-        await self.outbox.put(message)
+        """A message for this connection only (not logged for replay)."""
+        await self.outbox.put((message, False))
 
     async def _read(self, call: Call) -> None:
         while True:
@@ -242,7 +296,37 @@ class CallSocket:
 
     async def _write(self) -> None:
         while True:
-            await self.ws.send_json(await self.outbox.get())
+            batch = [await self.outbox.get()]
+            while len(batch) < LOG_BATCH and not self.outbox.empty():
+                batch.append(self.outbox.get_nowait())
+            try:
+                await self._log([message for message, logged in batch if logged])
+            except LostOwnership:
+                self._taken_elsewhere()
+                return
+            for message, _ in batch:
+                await self.ws.send_json(message)
+
+    async def _log(self, messages: list[dict[str, Any]]) -> None:
+        """Append the conversation's messages to the session's event log and give each its `id`.
+
+        When Redis is away they go out without ids (the client has them; only a replay would
+        miss them): a slow log never holds up the call.
+        """
+        if not messages or self._session is None:
+            return
+        try:
+            async with asyncio.timeout(LOG_TIMEOUT_S):
+                ids = await self.services.events.append(self._session, messages)
+        except (EventLogError, TimeoutError) as exc:
+            metrics.REDIS_ERRORS.labels("event_log").inc()
+            if not self._log_failing:
+                log.warning("session %s: events go out unlogged: %s", self._session.session_id, exc or "Redis timed out")
+            self._log_failing = True
+            return
+        self._log_failing = False
+        for message, event_id in zip(messages, ids, strict=True):
+            message["id"] = event_id
 
     async def _ping(self) -> None:
         # For clients that cannot see protocol pings (browsers): they answer with a pong and
@@ -263,17 +347,22 @@ class CallSocket:
     async def _media_failed(self, reason: str) -> None:
         await self.send(protocol.error("media_failed", reason))
 
-    async def _detach(self, session_id: str) -> None:
+    async def _detach(self, session: Session) -> None:
         try:
-            await self.services.sessions.detach(session_id)
+            await self.services.sessions.detach(session)
         except (RedisError, OSError) as exc:
-            log.warning("session %s: could not shorten its TTL: %s", session_id, exc)
+            log.warning("session %s: could not shorten its TTL: %s", session.session_id, exc)
 
     async def _close(self) -> None:
         # Flush what the writer had not sent yet (a final bye, an error) before closing.
+        pending = []
         while not self.outbox.empty():
+            pending.append(self.outbox.get_nowait()[0])
+        if self._last_bye is not None:
+            pending.append(self._last_bye)
+        for message in pending:
             try:
-                await self.ws.send_json(self.outbox.get_nowait())
+                await self.ws.send_json(message)
             except (WebSocketDisconnect, RuntimeError, OSError):
                 return
         try:

@@ -39,8 +39,8 @@ async def test_turns_spoken_while_redis_is_down_land_once_and_in_order(embedded_
 async def test_a_dialog_first_written_after_an_outage_follows_what_is_stored(embedded_redis):
     client = aioredis.from_url(embedded_redis.url, socket_timeout=1, socket_connect_timeout=1)
     store = DialogStore(client)
-    await store.append("resumed", Turn(role="user", text="earlier call", seq=1))
-    await store.append("resumed", Turn(role="assistant", text="earlier reply", seq=2))
+    await store.put("resumed", Turn(role="user", text="earlier call"))
+    await store.put("resumed", Turn(role="assistant", text="earlier reply"))
     await embedded_redis.stop()
     dialog = DialogBuffer(store, "resumed")  # this call never read Redis
     dialog.add(Turn(role="user", text="new"))
@@ -49,4 +49,19 @@ async def test_a_dialog_first_written_after_an_outage_follows_what_is_stored(emb
     assert [(t.seq, t.text) for t in await store.turns("resumed")] == [
         (1, "earlier call"), (2, "earlier reply"), (3, "new"),
     ]
+    await client.aclose()
+
+
+async def test_a_turn_updated_before_it_lands_is_written_once_with_its_latest_text(embedded_redis):
+    client = aioredis.from_url(embedded_redis.url, socket_timeout=1, socket_connect_timeout=1)
+    store = DialogStore(client)
+    await embedded_redis.stop()
+    dialog = DialogBuffer(store, "updated")
+    dialog.add(Turn(role="user", text="Please enter your", turn_id="t1"))
+    dialog.add(Turn(role="assistant", text="Sure", turn_id="t1-bot"))
+    dialog.add(Turn(role="user", text="Please enter your number.", turn_id="t1"))
+    assert dialog.pending == 2
+    await embedded_redis.start()
+    assert await dialog.flush(timeout_s=10)
+    assert [(t.seq, t.text) for t in await store.turns("updated")] == [(1, "Please enter your number."), (2, "Sure")]
     await client.aclose()
