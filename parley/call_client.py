@@ -12,6 +12,13 @@ between its first and last voiced frame: the bot talking over the caller.
 `server_turns` is how many turns the server made of the file, and `finals` how
 many final transcripts it sent for them: a turn ended in a pause and continued
 when the caller went on keeps its id (one turn) but is finalised twice.
+
+When the WebSocket drops (a replica died, or drained and said `bye` with
+`reconnect`), the client reconnects to the same URL with a backoff, resumes the
+session with the last event id it saw (the server replays what was missed), makes
+a new peer connection and goes on with the next file. The report counts the
+reconnects and, for each, `resume_ms`: from the drop to the bot's audio flowing
+again. A call that cannot be resumed raises CallFailed.
 """
 
 from __future__ import annotations
@@ -47,6 +54,10 @@ TAIL_S = 0.6
 # Received packets held before decoding. A browser's adaptive buffer on a clean path holds about
 # one; aiortc's fixed four would add 60 ms to every figure measured here that a browser does not.
 DEFAULT_JITTER_PACKETS = 1
+# Reconnecting after a drop: the first wait, the longest, and how long to keep trying in all.
+RECONNECT_FIRST_S = 0.1
+RECONNECT_MAX_S = 2.0
+RECONNECT_GIVE_UP_S = 30.0
 
 
 @dataclass(slots=True)
@@ -65,6 +76,23 @@ class TurnReport:
     stages_ms: dict[str, float] = field(default_factory=dict)
     # The reply's prompt as the LLM server handled it: total, read, cached (when the server says).
     prompt_tokens: dict[str, int] = field(default_factory=dict)
+    # The connection dropped during this turn (and was resumed before the next).
+    dropped: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnect:
+    """One drop survived: how long until the bot's audio flowed again, and what was replayed."""
+
+    resume_ms: float
+    replayed: int
+    attempts: int
+
+
+def _event_key(event_id: str) -> tuple[int, int]:
+    """Stream ids order as two numbers ("…-10" comes after "…-9")."""
+    ms, _, n = event_id.partition("-")
+    return int(ms), int(n)
 
 
 def _raise_refusal(error: dict[str, Any]) -> None:
@@ -94,6 +122,10 @@ def first_voiced_offset_s(samples: np.ndarray, rate: int) -> float:
     """Start of the first 20 ms frame above -40 dBFS, in seconds from the start (0 if none)."""
     voiced = _voiced_frame_starts(samples, rate)
     return voiced[0] / rate if voiced else 0.0
+
+
+class _Unrecoverable(CallFailed):
+    """The server will not take the session back: trying again cannot help."""
 
 
 @dataclass(slots=True)
@@ -166,11 +198,16 @@ class CallClient:
         self.reply_timeout_s = reply_timeout_s
         self.session: dict[str, Any] = {}
         self.messages: list[tuple[float, dict[str, Any]]] = []
+        self.last_event_id: str | None = None
+        self.reconnects: list[Reconnect] = []
         self._arrived = asyncio.Condition()
         self._ws: ClientConnection | None = None
         self._pc: RTCPeerConnection | None = None
         self._mic = self._make_mic()
         self._recorder = self._make_recorder()
+        self._reader: asyncio.Task | None = None
+        self._dropped_at: float | None = None
+        self._leaving = False  # the server's bye said not to come back
         self._tasks: list[asyncio.Task] = []
 
     def _make_mic(self):
@@ -187,12 +224,7 @@ class CallClient:
         return self._reader_done()
 
     async def __aenter__(self) -> CallClient:
-        source = {"local_addr": (self.local_address, 0)} if self.local_address else {}
-        try:
-            self._ws = await websockets.connect(self.ws_url, open_timeout=10, max_size=2**20, **source)
-        except (OSError, websockets.InvalidHandshake, TimeoutError) as exc:
-            raise CallFailed(f"cannot reach {self.ws_url}: {exc or type(exc).__name__}") from exc
-        self._tasks.append(asyncio.create_task(self._read(), name="call-client-reader"))
+        await self._open(self.ws_url)
         first = await self._wait_for(lambda m: m["type"] in ("session", "error"), 10.0)
         if first is not None and first["type"] == "error":
             _raise_refusal(first)
@@ -206,15 +238,88 @@ class CallClient:
         if self._ws is not None:
             try:
                 await self._ws.send(json.dumps({"type": "bye"}))
-                await self._wait_for(lambda m: m["type"] == "bye", 2.0)
+                await self._wait_for(lambda m: m["type"] == "bye", 2.0, since=len(self.messages))
             except websockets.ConnectionClosed:
                 pass
             await self._ws.close()
         if self._pc is not None:
             await self._pc.close()
-        for task in self._tasks:
+        tasks = [*self._tasks, *([self._reader] if self._reader else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _open(self, url: str) -> None:
+        source = {"local_addr": (self.local_address, 0)} if self.local_address else {}
+        try:
+            self._ws = await websockets.connect(url, open_timeout=10, max_size=2**20, **source)
+        except (OSError, websockets.InvalidHandshake, TimeoutError) as exc:
+            raise CallFailed(f"cannot reach {url}: {exc or type(exc).__name__}") from exc
+        self._dropped_at = None
+        self._reader = asyncio.create_task(self._read(self._ws), name="call-client-reader")
+
+    async def recover(self) -> None:
+        """After a drop: reconnect with a backoff, resume the session, negotiate media anew.
+
+        CallFailed when the session cannot be resumed: the server forgot it or another client
+        took it, or no server answered for RECONNECT_GIVE_UP_S.
+        """
+        if self._leaving:
+            raise CallFailed("the server ended the call and said not to come back")
+        dropped_at = self._dropped_at or time.monotonic()
+        if self._pc is not None:
+            await self._pc.close()
+            self._pc = None
+        wait, attempts = RECONNECT_FIRST_S, 0
+        while True:
+            attempts += 1
+            try:
+                session, replayed = await self._resume()
+                break
+            except CallFailed as exc:
+                if isinstance(exc, _Unrecoverable) or time.monotonic() - dropped_at > RECONNECT_GIVE_UP_S:
+                    raise
+                log.info("reconnect attempt %d failed (%s); again in %.1f s", attempts, exc, wait)
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, RECONNECT_MAX_S)
+        self.session = session
+        self._mic = self._make_mic()
+        connected = time.monotonic()
+        await self._connect_media()
+        if await self._wait_audio_after(connected, 10.0) is None:
+            raise CallFailed("the resumed call's audio did not come back")
+        resume_ms = round(1000 * (time.monotonic() - dropped_at), 1)
+        self.reconnects.append(Reconnect(resume_ms, replayed, attempts))
+        log.info("call resumed after %.0f ms (%d attempt(s), %d event(s) replayed)", resume_ms, attempts, replayed)
+
+    async def _resume(self) -> tuple[dict[str, Any], int]:
+        """One attempt: open /ws?resume, say which session and the last event seen; the session
+        message and how many missed events came back with it."""
+        await self._open(self.ws_url + "?resume")
+        seen = len(self.messages)
+        await self._send({
+            "type": "resume", "session_id": self.session["session_id"],
+            "resume_token": self.session["resume_token"], "last_event_id": self.last_event_id,
+        })
+        first = await self._wait_for(lambda m: m["type"] in ("session", "error"), 10.0, since=seen)
+        if first is None:
+            raise CallFailed("the server did not answer the resume")
+        if first["type"] == "error":
+            if first.get("code") in ("over_capacity", "rate_limited", "unavailable"):
+                raise CallFailed(f"resume refused for now: {first.get('message')}")  # try again
+            raise _Unrecoverable(f"the call could not be resumed: {first.get('code')}: {first.get('message')}")
+        # The replay comes right after `session` and `history`, before the answer to our offer.
+        replayed = sum(1 for _, m in self.messages[seen:] if m.get("replayed"))
+        return first, replayed
+
+    async def _wait_audio_after(self, t: float, timeout: float) -> float | None:
+        """When the first of the bot's frames (voice or silence) arrived after `t`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._recorder.frames and self._recorder.frames[-1][0] >= t:
+                return self._recorder.frames[-1][0]
+            await asyncio.sleep(0.01)
+        return None
 
     async def _connect_media(self) -> None:
         pc = self._pc = RTCPeerConnection()
@@ -249,6 +354,8 @@ class CallClient:
         """
         report = TurnReport(input=path)
         samples = read_audio(path, RATE)
+        if self.dropped:
+            await self.recover()
         seen = len(self.messages)
         await self._mic.play(samples.tobytes(), RATE, "")
         await self._mic.drained()
@@ -257,6 +364,8 @@ class CallClient:
         speech_end = sent - (samples.size / RATE - last_voiced_offset_s(samples, RATE))
         report.overlap_ms = self._recorder.voiced_ms_between(speech_start, speech_end)
         if await self._turn_heard(seen) is None:
+            if self.dropped:
+                await self._dropped_in(report, seen, speech_end, out_dir, index)
             return report, None
         if barge_in_after_s is not None:
             voiced = await self._wait_voice_after(speech_end, self.reply_timeout_s)
@@ -265,9 +374,24 @@ class CallClient:
                 await asyncio.sleep(barge_in_after_s)
                 return report, _Interrupted(report, seen, speech_end, index, out_dir)
         done = await self._wait_for(self._reply_done_for_turns_since(seen), 120.0, since=seen)
+        if done is None and self.dropped:
+            await self._dropped_in(report, seen, speech_end, out_dir, index)
+            return report, None
         await asyncio.sleep(TAIL_S)
         self._fill(report, seen, done, speech_end, time.monotonic(), out_dir, index)
         return report, None
+
+    async def _dropped_in(self, report: TurnReport, seen: int, speech_end: float, out_dir: Path, index: int) -> None:
+        """The connection dropped during this turn: resume, and report what got through (the
+        replay included): the transcript, the reply as far as it went."""
+        await self.recover()
+        heard = any(m["type"] == "transcript" and m["final"] for _, m in self.messages[seen:])
+        # A turn the server heard is answered again by the replica that resumed the call.
+        wait_s = self.reply_timeout_s + 60 if heard else 0.5
+        done = await self._wait_for(self._reply_done_for_turns_since(seen), wait_s, since=seen)
+        self._fill(report, seen, done, speech_end, time.monotonic(), out_dir, index)
+        report.dropped = True
+        report.voice_to_voice_ms = None  # measured across a reconnect, it would mean nothing
 
     async def finish_interrupted(self, turn: _Interrupted, next_speech_start: float) -> None:
         """Complete the report of a turn whose reply the next file interrupted."""
@@ -314,6 +438,8 @@ class CallClient:
             if m["type"] == "transcript" and m["final"]:
                 report.transcript = m["text"]
                 report.reply_generated = ""  # a continued turn: the reply begun before is void
+            elif m["type"] == "reply" and m.get("restart"):
+                report.reply_generated = ""  # answered again from the start, after a move
             elif m["type"] == "reply" and "delta" in m:
                 report.reply_generated += m["delta"]
             elif m["type"] == "metrics":
@@ -345,19 +471,25 @@ class CallClient:
         assert self._ws is not None
         await self._ws.send(json.dumps(message))
 
-    async def _read(self) -> None:
-        assert self._ws is not None
+    async def _read(self, ws: ClientConnection) -> None:
         try:
-            async for raw in self._ws:
+            async for raw in ws:
                 message = json.loads(raw)
                 if message.get("type") == "ping":
                     await self._send({"type": "pong"})
+                if (event_id := message.get("id")) is not None:
+                    if self.last_event_id is not None and _event_key(event_id) <= _event_key(self.last_event_id):
+                        continue  # seen before the drop: a replay may overlap what arrived
+                    self.last_event_id = event_id
+                if message.get("type") == "bye" and message.get("reason") == "resumed_elsewhere":
+                    self._leaving = True  # another client has the session now
                 async with self._arrived:
                     self.messages.append((time.monotonic(), message))
                     self._arrived.notify_all()
         except websockets.ConnectionClosed:
             pass
         finally:
+            self._dropped_at = time.monotonic()
             async with self._arrived:
                 self._arrived.notify_all()
 
@@ -379,7 +511,7 @@ class CallClient:
             return None
 
     def _reader_done(self) -> bool:
-        return bool(self._tasks) and self._tasks[0].done()
+        return self._reader is not None and self._reader.done()
 
 
 async def run_call(
@@ -413,9 +545,12 @@ async def run_call(
             if finishing is not None:
                 await finishing
         session = client.session
+        reconnects = client.reconnects
     return {
         "session_id": session.get("session_id"),
         "dialog_id": session.get("dialog_id"),
+        "reconnects": len(reconnects),
+        "resumes": [{"resume_ms": r.resume_ms, "replayed": r.replayed, "attempts": r.attempts} for r in reconnects],
         "turns": [
             {
                 "input": t.input,
@@ -430,6 +565,7 @@ async def run_call(
                 "server_turns": t.server_turns,
                 "finals": t.finals,
                 "stages_ms": t.stages_ms,
+                "dropped": t.dropped,
             }
             for t in turns
         ],

@@ -70,4 +70,12 @@ class TurnError:
     message: str
 
 
-TurnEvent = StateChanged | TranscriptEvent | ReplyDelta | ReplyDone | TurnMetrics | TurnError
+@dataclass(frozen=True, slots=True)
+class ReplyRestarted:
+    """The reply to `turn_id` starts again from its beginning: the deltas sent for it before (by a
+    replica that went away mid-reply) are void."""
+
+    turn_id: str
+
+
+TurnEvent = StateChanged | TranscriptEvent | ReplyDelta | ReplyDone | ReplyRestarted | TurnMetrics | TurnError

@@ -47,6 +47,7 @@ from pipeline.events import (
     ReplyDelta,
     State,
     ReplyDone,
+    ReplyRestarted,
     StateChanged,
     TranscriptEvent,
     TurnError,
@@ -184,6 +185,8 @@ class TurnLoop:
         self._carry_turn_id: str | None = None
         self._turn_id = ""
         self._texts: asyncio.Queue[str] = asyncio.Queue(maxsize=8)
+        self._audio_attached = asyncio.Event()
+        self._running = asyncio.Event()
         self._state = ""
         self._held_ms: float | None = None  # silence since the bot was paused for a voiced frame
 
@@ -194,6 +197,7 @@ class TurnLoop:
         try:
             async with asyncio.TaskGroup() as tasks:
                 self._tasks = tasks
+                self._running.set()
                 tasks.create_task(self._dialog.run(), name=f"dialog-{self.dialog_id}")
                 tasks.create_task(self._text_turns(), name=f"texts-{self.dialog_id}")
         finally:
@@ -214,7 +218,26 @@ class TurnLoop:
         if self._tasks is None:
             raise RuntimeError("Cannot attach audio: the turn loop is not running")
         self._speaker = speaker
+        self._audio_attached.set()
         self._tasks.create_task(self._audio_turns(frames), name=f"audio-{self.dialog_id}")
+
+    async def answer_again(self, turn: Turn, *, wait_for_voice_s: float = 0.0) -> None:
+        """Answer a stored caller turn whose reply was cut when the call moved here (its replica
+        died or the client dropped mid-reply): from the beginning, spoken if the call's audio is
+        attached within `wait_for_voice_s` (a resumed voice call offers again at once)."""
+        await self._running.wait()
+        reply = Reply(turn_id=turn.turn_id, user_started_at=turn.started_at, user_text=turn.text, plan=self._planner())
+
+        async def answer() -> None:
+            if wait_for_voice_s > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait_for_voice_s):
+                        await self._audio_attached.wait()
+            await self._emit(ReplyRestarted(reply.turn_id))
+            await self._answer(reply)
+
+        log.info("turn %s was left unanswered; answering it again", turn.turn_id)
+        self._start_reply(reply, answer())
 
     def submit_text(self, text: str) -> bool:
         """Queue a typed message as a user turn; False when too many are waiting (the caller says busy)."""
@@ -476,7 +499,7 @@ class TurnLoop:
         stages = dict(stages or {})
         await self._say(reply, StateChanged("thinking"))
         messages = self._llm.with_system_prompt(
-            [*(await self._history()), {"role": "user", "content": reply.user_text}]
+            [*(await self._history(before=reply.turn_id)), {"role": "user", "content": reply.user_text}]
         )
         sentences: asyncio.Queue[str | None] = asyncio.Queue(maxsize=16)
         speech = None
@@ -605,10 +628,14 @@ class TurnLoop:
 
     # -- dialog ------------------------------------------------------------------------------
 
-    async def _history(self) -> list[Message]:
-        kept = history_window(
-            await self._dialog.history(), self.config.history_budget_tokens, self.config.history_window
-        )
+    async def _history(self, *, before: str) -> list[Message]:
+        """The dialog as the prompt's context: up to the turn `before` (already stored, as a caller's
+        turn is at its final transcript), within the history window."""
+        turns = await self._dialog.history()
+        ids = [t.turn_id for t in turns]
+        if before in ids:
+            turns = turns[: ids.index(before)]
+        kept = history_window(turns, self.config.history_budget_tokens, self.config.history_window)
         return [{"role": t.role, "content": t.text} for t in kept if t.text]
 
     def _commit_user(self, reply: Reply) -> None:

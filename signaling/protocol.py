@@ -16,6 +16,7 @@ from signaling.event_log import valid_event_id
 from pipeline.events import (
     ReplyDelta,
     ReplyDone,
+    ReplyRestarted,
     StateChanged,
     TranscriptEvent,
     TurnError,
@@ -183,6 +184,8 @@ def from_event(event: TurnEvent) -> dict[str, Any]:
             return {"type": "transcript", "turn_id": turn_id, "text": text, "final": final}
         case ReplyDelta(turn_id, text):
             return {"type": "reply", "turn_id": turn_id, "delta": text}
+        case ReplyRestarted(turn_id):
+            return {"type": "reply", "turn_id": turn_id, "restart": True}
         case ReplyDone(turn_id, text, interrupted):
             return {"type": "reply", "turn_id": turn_id, "done": True, "text": text, "interrupted": interrupted}
         case TurnMetrics(turn_id, stages_ms, prompt):

@@ -31,7 +31,7 @@ from pipeline.dialog_store import Fence
 SESSIONS_CHANNEL = "sess:owners"
 
 # KEYS: the session hash. ARGV: the presented token's hash, the next token's hash, this
-# replica, the attached TTL, the channel. Returns {dialog_id, epoch}, or nil for an unknown
+# replica, the attached TTL, the channel. Returns {dialog_id, epoch, voice}, or nil for an unknown
 # session or a wrong token.
 _RESUME = """
 if redis.call('HGET', KEYS[1], 'token_sha256') ~= ARGV[1] then
@@ -41,7 +41,7 @@ local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 redis.call('HSET', KEYS[1], 'token_sha256', ARGV[2], 'replica', ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('PUBLISH', ARGV[5], string.sub(KEYS[1], 6) .. ' ' .. epoch)
-return {redis.call('HGET', KEYS[1], 'dialog_id'), epoch}
+return {redis.call('HGET', KEYS[1], 'dialog_id'), epoch, redis.call('HGET', KEYS[1], 'voice') or '0'}
 """
 
 # KEYS: the session hash, its event log. ARGV: the epoch held, the TTL. Returns 1 when the
@@ -72,6 +72,7 @@ class Session:
     dialog_id: str
     resume_token: str
     epoch: int = 1
+    voice: bool = False  # the session has carried a voice call (a resumed one offers again)
 
     @property
     def fence(self) -> Fence:
@@ -135,8 +136,12 @@ class SessionStore:
             raise SessionError("unavailable", f"cannot resume: {redis_problem(exc)}") from exc
         if taken is None:
             raise SessionError("resume_failed", "unknown session or wrong resume token")
-        dialog_id, epoch = taken
-        return Session(session_id, dialog_id.decode(), session.resume_token, int(epoch))
+        dialog_id, epoch, voice = taken
+        return Session(session_id, dialog_id.decode(), session.resume_token, int(epoch), voice == b"1")
+
+    async def mark_voice(self, session: Session) -> None:
+        """Remember that the session carries a voice call, for the replica that may resume it."""
+        await self._redis.hset(session_key(session.session_id), "voice", 1)
 
     async def detach(self, session: Session) -> bool:
         """The client left: keep the session (and its event log) for `detached_ttl_s` in case it

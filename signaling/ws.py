@@ -17,6 +17,7 @@ from fastapi import WebSocket
 from redis.exceptions import RedisError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from pipeline.dialog_store import Turn
 from pipeline.errors import DialogStoreUnavailable
 from pipeline.events import TranscriptEvent, TurnEvent, TurnMetrics
 from pipeline.shedding import TurnPlan, plan_for
@@ -32,6 +33,8 @@ from signaling.sessions import Session, SessionError
 log = logging.getLogger(__name__)
 
 OUTBOX_SIZE = 256
+# How long an unanswered turn of a resumed voice call waits for the new peer connection's audio.
+RESUMED_OFFER_WAIT_S = 5.0
 # Messages the writer logs in one round trip to Redis, at most: a burst of reply deltas costs one.
 LOG_BATCH = 64
 # The longest the writer waits for Redis to log a batch before sending it without ids.
@@ -138,9 +141,11 @@ class CallSocket:
         self._turns = turns
         call = Call(turns, self.services.settings.media, on_media_failed=self._media_failed)
         await self.send(protocol.session(session.session_id, session.dialog_id, session.resume_token, resumed=resumed))
+        unanswered = None
         if resumed:
-            await self._send_history(session.dialog_id)
+            stored = await self._send_history(session.dialog_id)
             await self._replay(session.session_id, last_event_id)
+            unanswered = await self._unanswered(session, stored)
         self.services.sockets.add(self)
         self.services.owners.watch(session, self._taken_elsewhere)
         try:
@@ -149,6 +154,10 @@ class CallSocket:
                 tasks.create_task(self._ping(), name=f"ws-pinger-{session.session_id}")
                 tasks.create_task(call.run(), name=f"call-{session.session_id}")
                 tasks.create_task(self._ended_by_server(), name=f"ws-end-{session.session_id}")
+                if unanswered is not None:
+                    # A resumed voice call offers again at once: the answer waits a moment to be spoken.
+                    wait = RESUMED_OFFER_WAIT_S if session.voice else 0.0
+                    tasks.create_task(turns.answer_again(unanswered, wait_for_voice_s=wait), name=f"again-{session.session_id}")
                 await self._read(call)
                 raise _Hangup
         except* (_Hangup, WebSocketDisconnect):
@@ -216,14 +225,28 @@ class CallSocket:
         self._last_bye = protocol.bye("resumed_elsewhere")
         self._end.set()
 
-    async def _send_history(self, dialog_id: str) -> None:
+    async def _send_history(self, dialog_id: str) -> list[Turn]:
         """The dialog so far, so a client that came back (to any replica) can show it again."""
         try:
             turns = await self.services.dialogs.turns(dialog_id)
         except DialogStoreUnavailable as exc:
             await self.send(protocol.error("dialog_store_unavailable", f"history not available: {exc}"))
-            return
+            return []
         await self.send(protocol.history(turns))
+        return turns
+
+    async def _unanswered(self, session: Session, stored: list[Turn]) -> Turn | None:
+        """The caller's last turn, if its reply never ended: the replica answering it went away
+        (or the client dropped) mid-reply. Its deltas so far are in the log, but not its end."""
+        if not stored or stored[-1].role != "user":
+            return None
+        turn = stored[-1]
+        try:
+            logged = await self.services.events.since(session.session_id, None)
+        except EventLogError:
+            return None  # cannot tell: better silent than answering twice
+        ended = any(e["type"] == "reply" and e.get("done") and e.get("turn_id") == turn.turn_id for e in logged)
+        return None if ended else turn
 
     async def emit(self, event: TurnEvent) -> None:
         """Turn loop events to the client. Partial transcripts are dropped when the outbox is full
@@ -275,6 +298,8 @@ class CallSocket:
                         self._close_code = 1013
                         return True
                     self._voice = True
+                    if self._session is not None and not self._session.voice:
+                        await self._mark_voice(self._session)
                 await self.send(protocol.answer(await call.accept_offer(sdp)))
             case IceCandidate():
                 await call.add_ice_candidate(message)
@@ -346,6 +371,12 @@ class CallSocket:
 
     async def _media_failed(self, reason: str) -> None:
         await self.send(protocol.error("media_failed", reason))
+
+    async def _mark_voice(self, session: Session) -> None:
+        try:
+            await self.services.sessions.mark_voice(session)
+        except (RedisError, OSError) as exc:
+            log.warning("session %s: could not note its voice call: %s", session.session_id, exc)
 
     async def _detach(self, session: Session) -> None:
         try:
