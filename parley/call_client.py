@@ -331,8 +331,9 @@ class CallClient:
             self._tasks.append(asyncio.create_task(self._recorder.record(track), name="call-client-recorder"))
 
         await pc.setLocalDescription(await pc.createOffer())
+        seen = len(self.messages)  # after a reconnect, the earlier connection's answer is there too
         await self._send({"type": "offer", "sdp": pc.localDescription.sdp})
-        answer = await self._wait_for(lambda m: m["type"] in ("answer", "error"), 15.0)
+        answer = await self._wait_for(lambda m: m["type"] in ("answer", "error"), 15.0, since=seen)
         if answer is not None and answer["type"] == "error":
             _raise_refusal(answer)
         if answer is None or answer["type"] == "error":
