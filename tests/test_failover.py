@@ -30,8 +30,8 @@ async def cluster(settings):
     config = ClusterConfig(replicas=3, state_dir=str(state), balancer=BalancerConfig(port=free_port()))
     replica_env = {
         "PARLEY_LLM_TEMPERATURE": "0", "PARLEY_LLM_SEED": "42", "PARLEY_LLM_MAX_TOKENS": "48",
-        # A draining replica hands its calls on within a few seconds, not a minute.
-        "PARLEY_SERVER_DRAIN_TIMEOUT_S": "10",
+        # A draining replica hands its calls on after a second, not a minute.
+        "PARLEY_SERVER_DRAIN_TIMEOUT_S": "1",
     }
     async with Cluster(config, settings=settings, env=replica_env) as running:
         yield running
@@ -95,6 +95,10 @@ async def test_sigterm_moves_the_call_to_another_replica_and_it_goes_on(cluster,
         first, _ = await client.talk(speakers[0], out_dir=tmp_path, index=1)
         draining = await serving(cluster, client.session["session_id"])
         os.kill(draining.pid, signal.SIGTERM)  # it lets the call finish what it does, then says bye
+        async with asyncio.timeout(30):
+            while not client.dropped:
+                await asyncio.sleep(0.05)
+        assert any(m == {"type": "bye", "reason": "draining", "reconnect": True} for _, m in client.messages)
         second, _ = await client.talk(speakers[1], out_dir=tmp_path, index=2)
         dialog_id = client.session["dialog_id"]
         assert len(client.reconnects) == 1
