@@ -7,6 +7,7 @@ saved under test-artifacts/ for a person to look at.
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 
 from media.audio_file import read_audio, write_wav
 from parley.server_process import server_process
-from tests.conftest import server_env
+from tests.conftest import server_env, stored_turns
 from tests.speech import JFK, JFK_TEXT, wer
 
 pytestmark = pytest.mark.slow
@@ -45,6 +46,16 @@ def microphone_wav(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def talking_microphone_wav(tmp_path_factory) -> Path:
+    """JFK, then 12 s of silence, played over and over (no %noloop): a caller who keeps talking, so
+    turns go on coming after the page reconnects, whenever that is."""
+    path = tmp_path_factory.mktemp("mic") / "jfk-again-and-again.wav"
+    speech = read_audio(JFK, 48000)
+    write_wav(path, np.concatenate([np.zeros(48000, np.int16), speech, np.zeros(48000 * 12, np.int16)]), 48000)
+    return path
+
+
+@pytest.fixture(scope="module")
 async def playwright():
     from playwright.async_api import async_playwright
 
@@ -57,19 +68,29 @@ async def launch(playwright, *flags: str):
 
 
 MIN_WORDS = 18
-# The id of a turn whose final transcript has at least `minWords` words and whose reply is done and
-# was heard (the page shows voice to voice once the reply's audio plays); null until there is one.
-SETTLED_TURN = """(minWords) => {
+# The id of a turn whose final transcript has at least `minWords` words and whose reply was heard (the
+# page shows voice to voice once the reply's audio plays) and is done (unless `done` is false), other
+# than the turns in `seen`; null until there is one.
+SETTLED_TURN = """({minWords, seen = [], done = true}) => {
   for (const user of document.querySelectorAll("[data-testid=transcript]")) {
+    if (seen.includes(user.dataset.turnId)) continue;
     if (user.textContent.trim().split(/\\s+/).length < minWords) continue;
     const reply = document.querySelector(`[data-testid=reply][data-turn-id="${user.dataset.turnId}"]`);
     const latency = reply && reply.querySelector("[data-testid=latency]");
-    if (reply && reply.dataset.done === "true" && latency && latency.textContent.includes("voice to voice")) {
+    const heard = latency && latency.textContent.includes("voice to voice");
+    if (reply && heard && (!done || reply.dataset.done === "true")) {
       return user.dataset.turnId;
     }
   }
   return null;
 }"""
+
+
+def collect_replayed(frame: str | bytes, replayed: list[dict]) -> None:
+    """Keep a server message that was replayed (on resuming) for the test to look at."""
+    message = json.loads(frame)
+    if message.get("replayed"):
+        replayed.append(message)
 
 
 def watch_console(page) -> list[str]:
@@ -95,8 +116,8 @@ async def test_a_call_in_the_browser(playwright, server, microphone_wav):
         # A settled conversation, whatever the machine's speed: the final transcript of the whole
         # sentence (JFK says 22 words; a turn ended in one of his pauses would have at most 14), the
         # reply to that same turn finished, and its voice heard here. The page is read only then.
-        await page.wait_for_function(SETTLED_TURN, arg=MIN_WORDS, timeout=120_000)
-        turn_id = await page.evaluate(SETTLED_TURN, MIN_WORDS)
+        await page.wait_for_function(SETTLED_TURN, arg={"minWords": MIN_WORDS}, timeout=120_000)
+        turn_id = await page.evaluate(SETTLED_TURN, {"minWords": MIN_WORDS})
         texts = [t.strip() for t in await page.get_by_test_id("transcript").all_text_contents()]
         assert len(texts) == 1, texts  # one turn: JFK's pauses did not end it
         assert wer(JFK_TEXT, texts[0]) <= 0.15, texts
@@ -110,6 +131,111 @@ async def test_a_call_in_the_browser(playwright, server, microphone_wav):
         await page.screenshot(path=str(ARTIFACTS / "browser-call.png"), full_page=True)
         await page.get_by_test_id("call").click()  # hang up
         await page.get_by_test_id("call").filter(has_text="Call").wait_for()
+        assert problems == []
+    finally:
+        await browser.close()
+
+
+async def test_a_dropped_socket_mid_call_resumes_the_session_and_the_call_goes_on(
+    playwright, server, shared_redis, talking_microphone_wav
+):
+    browser = await launch(
+        playwright,
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={talking_microphone_wav}",
+    )
+    try:
+        page = await browser.new_page()
+        problems = watch_console(page)
+        await page.goto(server)
+        await page.get_by_test_id("state").filter(has_text="ready").wait_for()
+        await page.get_by_test_id("call").click()
+        # The drop comes while the first reply is being heard (or just after, on a short reply).
+        speaking = {"minWords": MIN_WORDS, "done": False}
+        await page.wait_for_function(SETTLED_TURN, arg=speaking, timeout=120_000)
+        first = await page.evaluate(SETTLED_TURN, speaking)
+        reply = page.locator(f'[data-testid=reply][data-turn-id="{first}"] [data-testid=reply-text]')
+        before = await page.evaluate(
+            """() => {
+              window.droppedPc = window.parley.pc;  // to tell the next peer connection from this one
+              return {
+                session: window.parley.session,
+                turns: [...document.querySelectorAll("[data-testid=transcript]")].map((e) => e.dataset.turnId),
+              };
+            }"""
+        )
+        assert before["session"]["last_event_id"], before  # the page keeps the last event id it saw
+
+        # The page forgets the events it saw, as if the drop had come before they reached it: the
+        # server replays them all, on top of the history that holds the same turns.
+        replayed: list[dict] = []
+        page.on("websocket", lambda ws: ws.on("framereceived", lambda frame: collect_replayed(frame, replayed)))
+        await page.evaluate("window.parley.session.last_event_id = null")
+        # The page's socket closes without the page asking for it, as when the network drops. The
+        # page comes back to the same session and dials again by itself, on a new peer connection.
+        await page.evaluate("window.parley.ws.close()")
+        await page.wait_for_function(
+            """() => {
+              const { session, pc } = window.parley;
+              return session && session.resumed && pc && pc !== window.droppedPc && pc.connectionState === "connected";
+            }""",
+            timeout=60_000,
+        )
+        after = await page.evaluate("window.parley.session")
+        assert after["session_id"] == before["session"]["session_id"]
+        assert after["dialog_id"] == before["session"]["dialog_id"]
+        assert after["resume_token"] != before["session"]["resume_token"]  # the old one is spent
+
+        # The first turn's events were replayed, and the page shows the turn once, as the dialog
+        # stored it: the reply as heard (what was played before the drop cut it, or all of it), not
+        # with the replayed words again.
+        assert {m["type"] for m in replayed if m.get("turn_id") == first} >= {"transcript", "reply"}, replayed
+        stored = {t.turn_id: t for t in await stored_turns(shared_redis.url, after["dialog_id"])}
+        assert await page.locator(f'[data-testid=transcript][data-turn-id="{first}"]').count() == 1
+        assert await reply.count() == 1
+        assert (await reply.text_content()).strip() == stored[f"{first}-bot"].text.strip()
+        bot = page.locator(f'[data-testid=reply][data-turn-id="{first}"]')
+        assert ("interrupted" in await bot.get_attribute("class")) == stored[f"{first}-bot"].interrupted
+
+        # The call goes on: a turn said after the reconnection is heard and answered aloud, over the new
+        # peer connection (a fragment, if the drop cut into what the caller was saying, counts).
+        await page.wait_for_function(SETTLED_TURN, arg={"minWords": 1, "seen": before["turns"]}, timeout=120_000)
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "browser-call-resumed.png"), full_page=True)
+        await page.get_by_test_id("call").click()  # hang up
+        await page.get_by_test_id("call").filter(has_text="Call").wait_for()
+        assert problems == []
+    finally:
+        await browser.close()
+
+
+async def test_a_session_taken_over_by_another_window_ends_here_for_good(playwright, server):
+    browser = await launch(playwright)
+    try:
+        first = await browser.new_page()
+        problems = watch_console(first)
+        await first.goto(server)
+        await first.get_by_test_id("state").filter(has_text="ready").wait_for()
+        stored = await first.evaluate("sessionStorage.getItem('parley.session')")
+        # Another window holding this tab's session (as a duplicated tab does) resumes it.
+        second = await browser.new_page()
+        await second.add_init_script(f"sessionStorage.setItem('parley.session', {json.dumps(stored)})")
+        await second.goto(server)
+        await second.wait_for_function("() => window.parley.session && window.parley.session.resumed")
+        notice = first.locator("#notice")
+        await notice.filter(has_text="another window").wait_for(timeout=15_000)
+        assert await first.get_by_test_id("state").text_content() == "offline"
+        # The other window goes on with the session; this one, its token spent, did not come back
+        # meanwhile (it would have been refused, and started a session of its own).
+        await second.get_by_test_id("text-input").fill("Say hello.")
+        await second.get_by_test_id("text-send").click()
+        await second.wait_for_function(
+            "() => [...document.querySelectorAll('[data-testid=reply]')].some(e => e.dataset.done === 'true')",
+            timeout=60_000,
+        )
+        assert await first.evaluate("window.parley.ws === null && window.parley.session === null")
+        assert await second.evaluate("window.parley.ws.readyState") == 1
         assert problems == []
     finally:
         await browser.close()

@@ -1,9 +1,15 @@
 // Parley's browser client: one WebSocket session (text chat, and signaling for the call),
 // one WebRTC peer connection while a call is up. See docs/protocol.md for the messages.
+//
+// A dropped socket is resumed, not started over: the page opens /ws?resume, names its session and
+// the last event it saw, and gets back the dialog (`history`) and the events it missed (replayed
+// with their ids). A peer connection does not outlive its socket, so a call that was up is dialled
+// again on the resumed session: a new RTCPeerConnection with the same microphone.
 
 const VOICE_DB = -40; // a 20 ms level above this counts as voice (as the server's harness does)
 const TICK_MS = 20;
 const SESSION_KEY = "parley.session";
+const ENDED_ELSEWHERE = "This call continued in another window. Press Call to start a new one here.";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -20,20 +26,27 @@ const ui = {
 
 const parley = {
   ws: null,
+  online: false, // the socket's `session` came: the page may send (a resuming socket's first message is `resume`)
   pc: null,
-  mic: null,
+  mic: null, // the microphone stream: kept while the socket is away, so the call goes on with it
   audio: null,
+  micAnalyser: null,
+  remote: null, // {source, analyser}: the bot's voice on the current peer connection
+  ticker: null,
+  // {session_id, dialog_id, resume_token, resumed, last_event_id}, kept for this tab in
+  // sessionStorage: a reload or a dropped socket resumes the session and replays only what was missed.
   session: JSON.parse(sessionStorage.getItem(SESSION_KEY) || "null"),
   reconnectDelay: 500,
   closing: false,
-  // Refused for want of room (over_capacity): when to try again, how often it happened in a row,
-  // and whether the call itself (not only the session) is to be tried again.
-  busy: null, // {until: ms timestamp, attempts, redial}
+  ended: false, // the session went on in another window (bye resumed_elsewhere): do not come back
+  // Refused for want of room (over_capacity): when to try again and how often it happened in a row.
+  busy: null, // {until: ms timestamp, attempts}
   busyTimer: null,
   // Sent away by a server shutting down (bye with reconnect): come back after delayMs.
-  rejoin: null, // {delayMs, redial}
+  rejoin: null, // {delayMs}
+  // Dial as soon as a session is up: a call was up when the socket closed, or a refused call waits for a line.
   redial: false,
-  turns: new Map(), // turn_id -> {user, bot, latency, stages, v2v}
+  turns: new Map(), // turn_id -> {user, bot, text, latency, stages, v2v, overlap, storedUser, storedBot}
   lastTurnId: null,
   // voice-to-voice, measured here: end of the user's speech to the first reply audio playing
   userVoiceAt: 0,
@@ -57,23 +70,41 @@ function notify(text) {
 // --- the WebSocket session ---------------------------------------------------------------
 
 function connect() {
-  const url = new URL("/ws", location.href);
+  const resuming = Boolean(parley.session);
+  const url = new URL(resuming ? "/ws?resume" : "/ws", location.href);
   url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
-  if (parley.session) {
-    url.searchParams.set("session_id", parley.session.session_id);
-    url.searchParams.set("resume_token", parley.session.resume_token);
-  }
   setState("connecting");
   const ws = new WebSocket(url);
   parley.ws = ws;
-  ws.onopen = () => { parley.reconnectDelay = 500; };
-  ws.onmessage = (event) => handle(JSON.parse(event.data));
+  parley.online = false;
+  ws.onopen = () => {
+    parley.reconnectDelay = 500;
+    if (!resuming) return;
+    // The token travels only in this first message, never in the URL (servers and proxies log URLs).
+    const { session_id, resume_token, last_event_id } = parley.session;
+    ws.send(JSON.stringify({ type: "resume", session_id, resume_token, last_event_id: last_event_id ?? null }));
+  };
+  ws.onmessage = (event) => {
+    if (parley.ws === ws) receive(JSON.parse(event.data));
+  };
   ws.onclose = () => {
     if (parley.ws !== ws) return;
     parley.ws = null;
-    endCall({ notifyServer: false });
-    if (parley.closing) return;
+    parley.online = false;
+    const callWasUp = Boolean(parley.mic);
+    closePeer(); // the server ended its side of the call with the socket
+    if (parley.closing || parley.ended) {
+      releaseMicrophone();
+      return;
+    }
+    if (callWasUp) {
+      // However the socket closed (the network, a server going away, a close the page did not ask
+      // for), the call goes on: dialled again once the session is resumed, with the same microphone.
+      parley.redial = true;
+      ui.call.disabled = false; // the caller can still hang up while the page reconnects
+    }
     if (parley.busy) {
+      releaseMicrophone(); // the wait may last a minute: do not hold the microphone meanwhile
       setState("busy");
       waitForALine();
       return;
@@ -82,7 +113,6 @@ function connect() {
     const rejoin = parley.rejoin;
     parley.rejoin = null;
     if (rejoin) {
-      parley.redial = rejoin.redial;
       setTimeout(connect, rejoin.delayMs);
       return;
     }
@@ -91,14 +121,19 @@ function connect() {
   };
 }
 
+function saveSession() {
+  if (parley.session) sessionStorage.setItem(SESSION_KEY, JSON.stringify(parley.session));
+  else sessionStorage.removeItem(SESSION_KEY);
+}
+
 // All lines busy: wait what the server said, longer after each refusal in a row (at most a
 // minute), with jitter so that callers refused together do not all come back together.
 function lineBusy(message) {
   const attempts = parley.busy ? parley.busy.attempts + 1 : 1;
   const base = Math.max(1, message.retry_after || 5) * Math.min(2 ** (attempts - 1), 8);
   const delayMs = Math.min(base, 60) * 1000 * (0.75 + Math.random() * 0.5);
-  const redial = message.kind === "call" || Boolean(parley.busy && parley.busy.redial);
-  parley.busy = { until: Date.now() + delayMs, attempts, redial };
+  if (message.kind === "call") parley.redial = true; // a refused call is dialled again by itself
+  parley.busy = { until: Date.now() + delayMs, attempts };
 }
 
 function waitForALine() {
@@ -118,37 +153,87 @@ function waitForALine() {
 }
 
 function send(message) {
-  if (parley.ws && parley.ws.readyState === WebSocket.OPEN) {
+  if (parley.online && parley.ws && parley.ws.readyState === WebSocket.OPEN) {
     parley.ws.send(JSON.stringify(message));
     return true;
   }
   return false;
 }
 
+// Event ids are Redis stream ids, "<ms>-<seq>": compared as two numbers ("9-0" comes before "10-0").
+function eventIdAfter(id, last) {
+  if (last == null) return true;
+  const [ms, seq] = id.split("-").map(Number);
+  const [lastMs, lastSeq] = last.split("-").map(Number);
+  return ms !== lastMs ? ms > lastMs : seq > lastSeq;
+}
+
+// A replayed event of a turn that `history` already holds adds nothing but repeats: the dialog
+// stores the caller's final transcript and the reply as heard, and replayed deltas would add the
+// reply's words a second time.
+function heldByHistory(message) {
+  const turn = parley.turns.get(message.turn_id);
+  if (!turn) return false;
+  return message.type === "transcript" ? Boolean(turn.storedUser) : message.type === "reply" && Boolean(turn.storedBot);
+}
+
+function receive(message) {
+  if (message.id != null && parley.session) {
+    // A replay can overlap what the page already has: an id that is not after the last one seen is a repeat.
+    if (!eventIdAfter(message.id, parley.session.last_event_id)) return;
+    parley.session.last_event_id = message.id;
+    saveSession();
+  }
+  if (message.replayed && heldByHistory(message)) return;
+  handle(message);
+}
+
 function handle(message) {
   switch (message.type) {
-    case "session":
-      parley.session = message;
-      sessionStorage.setItem(SESSION_KEY, JSON.stringify(message));
-      setState(parley.pc ? "listening" : "ready");
-      if (parley.busy) {
-        const redial = parley.busy.redial;
-        if (!redial) parley.busy = null; // a session was all we waited for
-        notify("");
-        if (redial) startCall();
-      } else if (parley.redial) {
-        parley.redial = false; // the call moved here from a server that went away
-        startCall();
+    case "session": {
+      // A resumed session goes on from the last event seen; a new one has seen none.
+      const lastSeen = message.resumed && parley.session ? parley.session.last_event_id ?? null : null;
+      const { session_id, dialog_id, resume_token, resumed } = message;
+      parley.session = { session_id, dialog_id, resume_token, resumed, last_event_id: lastSeen };
+      saveSession();
+      parley.online = true;
+      setState("ready");
+      if (parley.busy) notify("");
+      if (parley.redial) {
+        parley.redial = false;
+        startCall(); // `busy` stays until the answer: a call refused again waits longer
+      } else {
+        parley.busy = null; // a session was all we waited for
       }
       break;
-    case "history":
+    }
+    case "history": {
+      // The dialog as stored replaces what the page shows. A reply still arriving when the socket
+      // dropped that the dialog lacks (nothing of it heard yet, or a stock line, which is not kept)
+      // stays: its replayed deltas go on from where the page was.
+      const unfinished = [...parley.turns]
+        .filter(([, turn]) => turn.bot && turn.bot.dataset.done !== "true" && turn.text.textContent)
+        .map(([turnId, turn]) => [turnId, turn.text.textContent]);
       ui.turns.replaceChildren();
       parley.turns.clear();
       for (const turn of message.turns) {
-        if (turn.role === "user") userTurn(turn.turn_id, turn.text);
-        else botTurn(turn.turn_id.replace(/-bot$/, ""), turn.text, { interrupted: turn.interrupted });
+        if (turn.role === "user") {
+          userTurn(turn.turn_id, turn.text);
+          turnFor(turn.turn_id).storedUser = true;
+        } else {
+          const turnId = turn.turn_id.replace(/-bot$/, "");
+          botTurn(turnId, turn.text, { interrupted: turn.interrupted, done: true });
+          turnFor(turnId).storedBot = true;
+        }
+      }
+      for (const [turnId, text] of unfinished) {
+        const turn = parley.turns.get(turnId);
+        if (!turn || !turn.user || turn.bot) continue; // not this dialog's, or stored after all
+        botTurn(turnId, text);
+        turn.user.after(turn.bot);
       }
       break;
+    }
     case "answer":
       parley.busy = null; // the call is through
       if (parley.pc) parley.pc.setRemoteDescription({ type: "answer", sdp: message.sdp });
@@ -167,6 +252,7 @@ function handle(message) {
       break;
     case "reply":
       if (message.done) botTurn(message.turn_id, message.text, { interrupted: message.interrupted, done: true });
+      else if (message.restart) botTurn(message.turn_id, ""); // answered again after a move: start over
       else botDelta(message.turn_id, message.delta);
       break;
     case "metrics":
@@ -184,8 +270,14 @@ function handle(message) {
       } else if (["llm_unavailable", "llm_busy"].includes(message.code)) {
         notify("The assistant is having trouble answering right now.");
       } else if (message.code === "resume_failed") {
+        // A new session follows, on a new dialog: a call that was up cannot go on in it. (A call
+        // waiting for a line holds no microphone; it is still dialled.)
         parley.session = null;
-        sessionStorage.removeItem(SESSION_KEY);
+        saveSession();
+        if (parley.mic) {
+          endCall({ notifyServer: false });
+          notify("The call could not be resumed. Press Call to start a new one.");
+        }
       } else {
         console.warn(`Parley: ${message.code}: ${message.message}`);
       }
@@ -194,11 +286,20 @@ function handle(message) {
       send({ type: "pong" });
       break;
     case "bye":
-      if (message.reconnect) {
+      if (message.reason === "resumed_elsewhere") {
+        // Another window (or connection) took the session over and spent the token this page
+        // held: coming back would only fail. The call ends here; it goes on there.
+        parley.ended = true;
+        parley.session = null;
+        saveSession();
+        endCall({ notifyServer: false });
+        setState("offline");
+        notify(ENDED_ELSEWHERE);
+      } else if (message.reconnect) {
         // This server is going away (draining): come back, to another one, in a moment (with
         // jitter: everyone on it is leaving at once); the session, and a call in progress, go on
         // there with the same dialog.
-        parley.rejoin = { delayMs: 200 + Math.random() * 800, redial: Boolean(parley.pc) };
+        parley.rejoin = { delayMs: 200 + Math.random() * 800 };
       }
       break;
   }
@@ -286,9 +387,15 @@ function levelDb(analyser, buffer) {
   return rms > 0 ? 20 * Math.log10(rms) : -Infinity;
 }
 
+// The microphone if it is not open yet (a call that is dialled again keeps its own), then a peer connection.
 async function startCall() {
   notify("");
   ui.call.disabled = true;
+  if (!parley.mic && !(await openMicrophone())) return;
+  await dial();
+}
+
+async function openMicrophone() {
   try {
     parley.mic = await navigator.mediaDevices.getUserMedia({
       audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
@@ -296,41 +403,23 @@ async function startCall() {
   } catch (error) {
     ui.call.disabled = false;
     notify(`The microphone is not available (${error.name}). You can keep typing below.`);
-    return;
+    return false;
   }
-  const pc = new RTCPeerConnection();
-  parley.pc = pc;
   parley.audio = new AudioContext();
-  const micAnalyser = parley.audio.createAnalyser();
-  micAnalyser.fftSize = 1024;
-  parley.audio.createMediaStreamSource(parley.mic).connect(micAnalyser);
-  let remoteAnalyser = null;
-
-  for (const track of parley.mic.getAudioTracks()) pc.addTrack(track, parley.mic);
-  pc.ontrack = (event) => {
-    const stream = event.streams[0] || new MediaStream([event.track]);
-    ui.remoteAudio.srcObject = stream; // Chrome only feeds WebAudio from a remote stream that also plays
-    remoteAnalyser = parley.audio.createAnalyser();
-    remoteAnalyser.fftSize = 1024;
-    parley.audio.createMediaStreamSource(stream).connect(remoteAnalyser);
-  };
-  pc.onconnectionstatechange = () => {
-    if (pc.connectionState === "failed") {
-      notify("The call could not connect (no network path for audio). You can keep typing below.");
-      endCall();
-    }
-  };
+  parley.micAnalyser = parley.audio.createAnalyser();
+  parley.micAnalyser.fftSize = 1024;
+  parley.audio.createMediaStreamSource(parley.mic).connect(parley.micAnalyser);
 
   const buffer = new Float32Array(1024);
   parley.ticker = setInterval(() => {
     const now = performance.now();
-    const mic = levelDb(micAnalyser, buffer);
+    const mic = levelDb(parley.micAnalyser, buffer);
     ui.meter.style.width = `${Math.max(0, Math.min(100, (mic + 60) * (100 / 60)))}%`;
     if (mic > VOICE_DB) {
       parley.userVoiceAt = now;
     }
-    if (remoteAnalyser) {
-      const remote = levelDb(remoteAnalyser, buffer);
+    if (parley.remote) {
+      const remote = levelDb(parley.remote.analyser, buffer);
       parley.maxRemoteDb = Math.max(parley.maxRemoteDb, remote);
       if (remote > VOICE_DB && mic > VOICE_DB) parley.overlapMs += TICK_MS;
       if (remote > VOICE_DB && parley.awaitingReply && parley.userVoiceAt) {
@@ -341,13 +430,42 @@ async function startCall() {
       }
     }
   }, TICK_MS);
-
-  await pc.setLocalDescription(await pc.createOffer());
-  await gatheringComplete(pc);
-  send({ type: "offer", sdp: pc.localDescription.sdp });
   ui.call.textContent = "Hang up";
   ui.call.setAttribute("aria-pressed", "true");
+  return true;
+}
+
+// A new peer connection for the microphone, offered on the current socket.
+async function dial() {
+  const pc = new RTCPeerConnection();
+  parley.pc = pc;
+  for (const track of parley.mic.getAudioTracks()) pc.addTrack(track, parley.mic);
+  pc.ontrack = (event) => {
+    if (parley.pc !== pc) return;
+    const stream = event.streams[0] || new MediaStream([event.track]);
+    ui.remoteAudio.srcObject = stream; // Chrome only feeds WebAudio from a remote stream that also plays
+    const analyser = parley.audio.createAnalyser();
+    analyser.fftSize = 1024;
+    const source = parley.audio.createMediaStreamSource(stream);
+    source.connect(analyser);
+    parley.remote = { source, analyser };
+  };
+  pc.onconnectionstatechange = () => {
+    if (parley.pc === pc && pc.connectionState === "failed") {
+      notify("The call could not connect (no network path for audio). You can keep typing below.");
+      endCall();
+    }
+  };
+
+  try {
+    await pc.setLocalDescription(await pc.createOffer());
+    await gatheringComplete(pc);
+  } catch (error) {
+    if (parley.pc === pc) throw error;
+    // The socket closed meanwhile and took this peer connection with it; the call is dialled again.
+  }
   ui.call.disabled = false;
+  if (parley.pc === pc) send({ type: "offer", sdp: pc.localDescription.sdp });
 }
 
 function gatheringComplete(pc) {
@@ -360,34 +478,54 @@ function gatheringComplete(pc) {
   });
 }
 
-function endCall({ notifyServer = true } = {}) {
-  if (!parley.pc) return;
-  clearInterval(parley.ticker);
-  parley.pc.close();
+function closePeer() {
+  if (parley.pc) parley.pc.close();
   parley.pc = null;
+  if (parley.remote) parley.remote.source.disconnect();
+  parley.remote = null;
+  ui.remoteAudio.srcObject = null;
+  parley.awaitingReply = false; // a reply awaited on this connection will not be heard on the next
+}
+
+function releaseMicrophone() {
+  clearInterval(parley.ticker);
   for (const track of parley.mic ? parley.mic.getTracks() : []) track.stop();
   parley.mic = null;
   if (parley.audio) parley.audio.close();
   parley.audio = null;
-  ui.remoteAudio.srcObject = null;
+  parley.micAnalyser = null;
   ui.meter.style.width = "0";
   ui.call.textContent = "Call";
   ui.call.setAttribute("aria-pressed", "false");
   ui.call.disabled = false;
-  // The server ties a call to its socket: hanging up is a fresh session on the same dialog.
-  if (notifyServer && parley.ws) {
-    send({ type: "bye" });
-  }
+}
+
+function endCall({ notifyServer = true } = {}) {
+  parley.redial = false;
+  if (!parley.mic) return;
+  closePeer();
+  releaseMicrophone();
+  // The server ties a call to its socket: hanging up is a fresh socket on the same session and dialog.
+  if (notifyServer) send({ type: "bye" });
 }
 
 ui.call.addEventListener("click", () => {
-  if (parley.busy && parley.busy.redial) {
-    parley.busy.redial = false; // waiting for a line, the caller changed their mind
+  if (parley.busy && parley.redial) {
+    parley.redial = false; // waiting for a line, the caller changed their mind
     notify("");
     return;
   }
-  if (parley.pc) endCall();
-  else startCall();
+  if (parley.mic) {
+    endCall();
+  } else if (parley.ended) {
+    // The session went on in another window: start a new one here, and call on it.
+    parley.ended = false;
+    parley.redial = true;
+    notify("");
+    connect();
+  } else {
+    startCall();
+  }
 });
 
 ui.form.addEventListener("submit", (event) => {
@@ -403,7 +541,7 @@ ui.form.addEventListener("submit", (event) => {
     ui.turns.append(li);
     ui.input.value = "";
   } else {
-    notify("Not connected yet; trying again shortly.");
+    notify(parley.ended ? ENDED_ELSEWHERE : "Not connected yet; trying again shortly.");
   }
 });
 
