@@ -34,6 +34,10 @@ async def run_bench(args: argparse.Namespace) -> None:
         from parley.bench.load import bench_load
 
         await bench_load(args)
+    elif args.bench == "failover":
+        from parley.bench.failover import bench_failover
+
+        await bench_failover(args)
     elif args.bench == "turns":
         from parley.bench.turns import bench_turns
 
