@@ -191,7 +191,12 @@ async def test_a_dropped_socket_mid_call_resumes_the_session_and_the_call_goes_o
         # stored it: the reply as heard (what was played before the drop cut it, or all of it), not
         # with the replayed words again.
         assert {m["type"] for m in replayed if m.get("turn_id") == first} >= {"transcript", "reply"}, replayed
-        stored = {t.turn_id: t for t in await stored_turns(shared_redis.url, after["dialog_id"])}
+        # A reply the drop cut is answered again on the resumed side (a `restart`): its turn is stored,
+        # and the page's reply done, once that answer has been played.
+        async with asyncio.timeout(90):
+            while f"{first}-bot" not in (stored := {t.turn_id: t for t in await stored_turns(shared_redis.url, after["dialog_id"])}):
+                await asyncio.sleep(0.2)
+        await page.locator(f'[data-testid=reply][data-turn-id="{first}"][data-done="true"]').wait_for(timeout=60_000)
         assert await page.locator(f'[data-testid=transcript][data-turn-id="{first}"]').count() == 1
         assert await reply.count() == 1
         assert (await reply.text_content()).strip() == stored[f"{first}-bot"].text.strip()
