@@ -17,6 +17,7 @@ import websockets
 from parley.server_process import free_port
 from parley.services.cluster import Cluster, ClusterConfig
 from parley.services.haproxy import BalancerConfig
+from tests.messages import messages_until
 
 pytestmark = pytest.mark.slow
 
@@ -37,22 +38,13 @@ def ws_url(http_url: str) -> str:
 
 
 def is_reply_done(message: dict) -> bool:
-    return message["type"] == "reply_done" or (message["type"] == "reply" and bool(message.get("done")))
-
-
-async def receive_until(ws, stop) -> list[dict]:
-    seen = []
-    async with asyncio.timeout(60):
-        while True:
-            seen.append(json.loads(await ws.recv()))
-            if stop(seen[-1]):
-                return seen
+    return message["type"] == "reply" and bool(message.get("done"))
 
 
 async def ask(ws, text: str) -> dict:
     """Send a text turn; return the end of its reply."""
     await ws.send(json.dumps({"type": "text", "text": text}))
-    return (await receive_until(ws, is_reply_done))[-1]
+    return (await messages_until(ws, is_reply_done))[-1]
 
 
 async def until(condition, seconds: float = 20.0):
@@ -102,10 +94,10 @@ async def test_a_draining_replica_leaves_the_rotation_and_newcomers_go_to_the_ot
         async with websockets.connect(ws_url(draining.url)) as held:
             await held.recv()
             await held.send(json.dumps({"type": "text", "text": "Tell me about the moon."}))
-            await receive_until(held, lambda m: m["type"] == "reply" and "delta" in m)
+            await messages_until(held, lambda m: m["type"] == "reply" and "delta" in m)
             os.kill(draining.pid, signal.SIGTERM)
             # Read on, as a client does, while newcomers arrive through the frontend.
-            held_rest = asyncio.create_task(receive_until(held, lambda m: m["type"] == "bye"), name="held-session")
+            held_rest = asyncio.create_task(messages_until(held, lambda m: m["type"] == "bye"), name="held-session")
             try:
 
                 async def readyz_draining():

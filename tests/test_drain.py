@@ -11,17 +11,9 @@ import websockets
 from parley.call_client import CallClient
 from parley.server_process import server_child
 from tests.conftest import server_env, stored_turns
+from tests.messages import messages_until
 
 pytestmark = pytest.mark.slow
-
-
-async def _messages_until(ws, stop) -> list[dict]:
-    seen = []
-    async with asyncio.timeout(60):
-        while True:
-            seen.append(json.loads(await ws.recv()))
-            if stop(seen[-1]):
-                return seen
 
 
 async def test_sigterm_lets_replies_finish_then_sends_every_caller_elsewhere_and_exits_0(shared_redis, proxy, tmp_path):
@@ -33,7 +25,7 @@ async def test_sigterm_lets_replies_finish_then_sends_every_caller_elsewhere_and
             async with websockets.connect(ws_url) as text:
                 session = json.loads(await text.recv())
                 await text.send(json.dumps({"type": "text", "text": "Tell me about the moon."}))
-                await _messages_until(text, lambda m: m["type"] == "reply" and "delta" in m)
+                await messages_until(text, lambda m: m["type"] == "reply" and "delta" in m)
                 process.send_signal(signal.SIGTERM)  # in the middle of the reply
 
                 async with httpx.AsyncClient() as http, asyncio.timeout(10):
@@ -48,7 +40,7 @@ async def test_sigterm_lets_replies_finish_then_sends_every_caller_elsewhere_and
                 assert closed.value.rcvd.code == 1013
 
                 # The reply in progress is finished, and only then is the text session sent away.
-                rest = await _messages_until(text, lambda m: m["type"] == "bye")
+                rest = await messages_until(text, lambda m: m["type"] == "bye")
                 done = [m for m in rest if m["type"] == "reply" and m.get("done")]
                 assert done and done[0]["text"] and not done[0]["interrupted"]
                 assert rest[-1] == {"type": "bye", "reason": "draining", "reconnect": True}

@@ -12,7 +12,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
 
 from parley.call_client import CallClient
 from parley.server_process import free_port
@@ -38,25 +37,6 @@ async def cluster(settings):
     shutil.rmtree(state, ignore_errors=True)
 
 
-async def keep_three(cluster: Cluster) -> None:
-    """Replace replicas a test killed, so the next test starts with three."""
-    for replica in [r for r in cluster.replicas if not r.child.ready]:
-        cluster.replicas.remove(replica)
-    while len(cluster.replicas) < 3:
-        await cluster.add_replica()
-
-
-async def serving(cluster: Cluster, session_id: str):
-    """The replica that owns the session now (its pid is in the session's hash)."""
-    client = aioredis.from_url(cluster.redis_url)
-    try:
-        owner = (await client.hget(f"sess:{session_id}", "replica")).decode()
-    finally:
-        await client.aclose()
-    pid = int(owner.rsplit(":", 1)[1])
-    return next(r for r in cluster.replicas if r.pid == pid)
-
-
 async def first_delta_after(client: CallClient, since: int) -> None:
     async with asyncio.timeout(60):
         while not any(m["type"] == "reply" and "delta" in m for _, m in client.messages[since:]):
@@ -68,11 +48,11 @@ async def user_turns(cluster: Cluster, dialog_id: str) -> list[str]:
 
 
 async def test_kill_9_of_the_replica_serving_a_call_mid_reply_loses_no_turn(cluster, speakers, tmp_path):
-    await keep_three(cluster)
+    await cluster.replace_dead()
     async with CallClient(cluster.url) as client:
         first, _ = await client.talk(speakers[0], out_dir=tmp_path, index=1)
         assert first.reply_text and not first.dropped
-        victim = await serving(cluster, client.session["session_id"])
+        victim = await cluster.serving(client.session["session_id"])
         since = len(client.messages)
         talking = asyncio.create_task(client.talk(speakers[1], out_dir=tmp_path, index=2))
         await first_delta_after(client, since)
@@ -81,7 +61,7 @@ async def test_kill_9_of_the_replica_serving_a_call_mid_reply_loses_no_turn(clus
         third, _ = await client.talk(speakers[0], out_dir=tmp_path, index=3)
         dialog_id = client.session["dialog_id"]
         assert len(client.reconnects) == 1 and client.reconnects[0].resume_ms > 0
-        assert (await serving(cluster, client.session["session_id"])).pid != victim.pid
+        assert (await cluster.serving(client.session["session_id"])).pid != victim.pid
     assert second.dropped and wer(STEREO_TEXT[1], second.transcript) <= 0.2
     assert second.reply_text  # answered again by the replica that took the call over
     assert third.reply_text and not third.dropped
@@ -90,10 +70,10 @@ async def test_kill_9_of_the_replica_serving_a_call_mid_reply_loses_no_turn(clus
 
 
 async def test_sigterm_moves_the_call_to_another_replica_and_it_goes_on(cluster, speakers, tmp_path):
-    await keep_three(cluster)
+    await cluster.replace_dead()
     async with CallClient(cluster.url) as client:
         first, _ = await client.talk(speakers[0], out_dir=tmp_path, index=1)
-        draining = await serving(cluster, client.session["session_id"])
+        draining = await cluster.serving(client.session["session_id"])
         os.kill(draining.pid, signal.SIGTERM)  # it lets the call finish what it does, then says bye
         async with asyncio.timeout(30):
             while not client.dropped:
@@ -102,13 +82,13 @@ async def test_sigterm_moves_the_call_to_another_replica_and_it_goes_on(cluster,
         second, _ = await client.talk(speakers[1], out_dir=tmp_path, index=2)
         dialog_id = client.session["dialog_id"]
         assert len(client.reconnects) == 1
-        assert (await serving(cluster, client.session["session_id"])).pid != draining.pid
+        assert (await cluster.serving(client.session["session_id"])).pid != draining.pid
     assert first.reply_text and second.reply_text
     assert len(await user_turns(cluster, dialog_id)) == 2
 
 
 async def test_a_redis_restart_during_a_call_loses_no_turn(cluster, speakers, tmp_path):
-    await keep_three(cluster)
+    await cluster.replace_dead()
     async with CallClient(cluster.url) as client:
         first, _ = await client.talk(speakers[0], out_dir=tmp_path, index=1)
         # Down and up again with its append-only file; the call goes on meanwhile.

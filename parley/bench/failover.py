@@ -70,7 +70,7 @@ async def bench_failover(args: argparse.Namespace) -> None:
                     f"call {index + 1}/{args.calls}: killed {'at %.1f s' % kill_after_s if killed else 'nothing (call over)'},"
                     f" reconnects {len(client.reconnects)}, turns lost so far {len(lost)}"
                 )
-                await _replace_dead(cluster)
+                await cluster.replace_dead()
     finally:
         shutil.rmtree(state, ignore_errors=True)
     figures: dict[str, Any] = {
@@ -105,13 +105,7 @@ async def _kill_serving(cluster, client, after_s: float) -> bool:
     await asyncio.sleep(after_s)
     if client.dropped:
         return False
-    redis = aioredis.from_url(cluster.redis_url)
-    try:
-        owner = await redis.hget(f"sess:{client.session['session_id']}", "replica")
-    finally:
-        await redis.aclose()
-    pid = int(owner.decode().rsplit(":", 1)[1])
-    os.kill(pid, signal.SIGKILL)
+    os.kill((await cluster.serving(client.session["session_id"])).pid, signal.SIGKILL)
     return True
 
 
@@ -123,10 +117,3 @@ async def _stored_user_turns(redis_url: str, dialog_id: str) -> set[str]:
         return {t.turn_id for t in await DialogStore(redis).turns(dialog_id) if t.role == "user"}
     finally:
         await redis.aclose()
-
-
-async def _replace_dead(cluster) -> None:
-    for replica in [r for r in cluster.replicas if not r.child.ready]:
-        cluster.replicas.remove(replica)
-    while len(cluster.replicas) < REPLICAS:
-        await cluster.add_replica()

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis.asyncio as aioredis
 
 from parley.errors import ServiceError
 from parley.server_process import free_port
@@ -156,6 +157,26 @@ class Cluster:
         await replica.child.stop()
         await self.balancer.remove_server(replica.name)
         self.replicas.remove(replica)
+
+    async def serving(self, session_id: str) -> Replica:
+        """The replica that owns the session now: the one its hash in Redis names (host:pid)."""
+        redis = aioredis.from_url(self.redis_url)
+        try:
+            owner = await redis.hget(f"sess:{session_id}", "replica")
+        finally:
+            await redis.aclose()
+        if owner is None:
+            raise ServiceError(f"session {session_id} is not in Redis")
+        pid = int(owner.decode().rsplit(":", 1)[1])
+        return next(r for r in self.replicas if r.pid == pid)
+
+    async def replace_dead(self) -> None:
+        """Start a replica for each one that died (a failover test or benchmark killed it)."""
+        for replica in [r for r in self.replicas if not r.child.ready]:
+            self.replicas.remove(replica)
+            await self.balancer.disable_server(replica.name)
+            await self.balancer.remove_server(replica.name)
+            await self.add_replica()
 
     async def routed(self) -> list[Replica]:
         """The replicas haproxy sends new connections to now."""
