@@ -121,6 +121,7 @@ class OutboundAudioTrack(MediaStreamTrack):
         self._idle.set()
         self._pacer = FramePacer()
         self._held = False
+        self._segment_played = asyncio.Event()
 
     @property
     def speaking(self) -> bool:
@@ -162,6 +163,13 @@ class OutboundAudioTrack(MediaStreamTrack):
         await self._idle.wait()
         return self._take_played()
 
+    async def next_heard(self) -> str:
+        """Wait until one more queued segment has been sent to its end; return all the text sent
+        since the last interrupt or drain (it stays to be returned by those)."""
+        self._segment_played.clear()
+        await self._segment_played.wait()
+        return " ".join(t for t in self._played if t)
+
     def _take_played(self) -> str:
         text = " ".join(t for t in self._played if t)
         self._played.clear()
@@ -190,6 +198,7 @@ class OutboundAudioTrack(MediaStreamTrack):
             if head.offset >= len(head.pcm):
                 self._played.append(head.text)
                 self._segments.popleft()
+                self._segment_played.set()
         if self._queued_bytes <= self._max_queued_bytes:
             self._space.set()
         if not self._segments:

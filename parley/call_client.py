@@ -359,7 +359,11 @@ class CallClient:
             await self.recover()
         seen = len(self.messages)
         await self._mic.play(samples.tobytes(), RATE, "")
-        await self._mic.drained()
+        if not await self._said():
+            # Dropped while the caller spoke: no use talking on into a dead line. Resume at once;
+            # what was said so far may have been heard, as a turn, before the drop.
+            await self._dropped_in(report, seen, time.monotonic(), out_dir, index)
+            return report, None
         sent = time.monotonic()
         speech_start = sent - (samples.size / RATE - first_voiced_offset_s(samples, RATE))
         speech_end = sent - (samples.size / RATE - last_voiced_offset_s(samples, RATE))
@@ -381,6 +385,18 @@ class CallClient:
         await asyncio.sleep(TAIL_S)
         self._fill(report, seen, done, speech_end, time.monotonic(), out_dir, index)
         return report, None
+
+    async def _said(self) -> bool:
+        """Wait until the microphone has sent all it was given; False (and the rest not sent) if
+        the connection dropped first."""
+        said = asyncio.ensure_future(self._mic.drained())
+        waits = [said, *([self._reader] if self._reader is not None else [])]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        if said.done():
+            return True
+        said.cancel()
+        self._mic.interrupt()
+        return False
 
     async def _dropped_in(self, report: TurnReport, seen: int, speech_end: float, out_dir: Path, index: int) -> None:
         """The connection dropped during this turn: resume, and report what got through (the

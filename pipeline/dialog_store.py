@@ -80,6 +80,11 @@ class Turn:
         return cls(**json.loads(raw))
 
 
+def reply_turn_id(turn_id: str) -> str:
+    """The id of the bot's turn answering the caller's turn `turn_id` (one reply per caller turn)."""
+    return f"{turn_id}-bot"
+
+
 def dialog_key(dialog_id: str) -> str:
     return f"dlg:{dialog_id}"
 
@@ -112,9 +117,11 @@ class DialogStore:
         return Turn(**{**asdict(turn), "seq": int(seq)}), bool(inserted)
 
     async def turns(self, dialog_id: str) -> list[Turn]:
-        """All stored turns, in sequence order."""
+        """All stored turns with any text, in sequence order. A turn written again empty was
+        voided (a reply begun in the caller's pause, then dropped when they went on): it keeps
+        its place, so a later write of the same id lands there, but is no part of the dialog."""
         try:
             members = await self._redis.zrange(dialog_key(dialog_id), 0, -1)
         except (RedisError, OSError) as exc:
             raise DialogStoreUnavailable(f"cannot read dialog {dialog_id}: {exc}") from exc
-        return [Turn.from_json(m) for m in members]
+        return [turn for turn in map(Turn.from_json, members) if turn.text]

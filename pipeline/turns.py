@@ -39,7 +39,7 @@ from media.frames import AudioFrame
 from pipeline.asr import Transcriber, Transcript
 from pipeline.config import TurnConfig, VADConfig
 from pipeline.dialog_buffer import DialogBuffer, DialogBufferFull
-from pipeline.dialog_store import DialogStore, Fence, Turn
+from pipeline.dialog_store import DialogStore, Fence, Turn, reply_turn_id
 from pipeline.history_window import history_window
 from pipeline.end_of_turn import EndOfTurn, Judgement
 from pipeline.errors import LLMBusy, LLMError, SynthesisError, TranscriptionError
@@ -98,6 +98,10 @@ class Speaker(Protocol):
     async def drained(self) -> str:
         """Wait until all queued audio has played; return the text played."""
 
+    async def next_heard(self) -> str:
+        """Wait until one more queued piece has played to its end; return all the text played
+        since the last `interrupt` or `drained` (without taking it)."""
+
 
 Emit = Callable[[TurnEvent], Awaitable[None]]
 
@@ -136,6 +140,8 @@ class Reply:
     reported: TurnMetrics | None = None
     # What the turn does at the load it began under (pipeline.shedding).
     plan: TurnPlan = FULL
+    # Part of the reply was stored as heard while it played (so a void reply must be unstored).
+    heard_stored: bool = False
 
 
 class TurnLoop:
@@ -316,12 +322,15 @@ class TurnLoop:
     async def _text_turns(self) -> None:
         while True:
             text = (await self._texts.get()).strip()
-            if not text:
-                continue
-            await self._stop_reply(barge_in=True)
-            reply = Reply(turn_id=uuid.uuid4().hex, user_started_at=time.time(), user_text=text, plan=self._planner())
-            self._commit_user(reply)
-            self._start_reply(reply, self._answer(reply))
+            try:
+                if not text:
+                    continue
+                await self._stop_reply(barge_in=True)
+                reply = Reply(turn_id=uuid.uuid4().hex, user_started_at=time.time(), user_text=text, plan=self._planner())
+                self._commit_user(reply)
+                self._start_reply(reply, self._answer(reply))
+            finally:
+                self._texts.task_done()  # its reply has begun (`quiet` waits for that)
 
     async def _on_speech_started(self) -> None:
         reply = self._reply
@@ -437,13 +446,11 @@ class TurnLoop:
     async def quiet(self) -> None:
         """Return once no reply is being made or spoken and no typed turn waits: a moment to hang up."""
         while True:
+            await self._texts.join()  # every typed turn taken has its reply begun
             reply = self._reply
-            if reply is not None and reply.task is not None and not reply.task.done():
-                await asyncio.wait([reply.task])
-            elif not self._texts.empty():
-                await asyncio.sleep(0.05)  # a typed turn about to get its reply
-            else:
+            if reply is None or reply.task is None or reply.task.done():
                 return
+            await asyncio.wait([reply.task])
 
     def _start_reply(self, reply: Reply, work: Awaitable[None]) -> None:
         self._reply = reply
@@ -462,6 +469,8 @@ class TurnLoop:
             kept = played if reply.speaking else ""
             self._commit_bot(reply, kept, interrupted=True)
             await self._emit(ReplyDone(reply.turn_id, kept, interrupted=True))
+        else:
+            self._commit_bot(reply, "", interrupted=True)  # the caller went on after a pause: void
         await self._set_state("listening")
 
     async def _respond(self, reply: Reply, partials: PartialTranscripts | None, speech_bytes: int) -> None:
@@ -571,6 +580,28 @@ class TurnLoop:
 
     async def _speak(self, reply: Reply, sentences: asyncio.Queue[str | None], stages: dict[str, float]) -> None:
         assert self._speaker is not None
+        heard = self._tasks.create_task(self._store_heard(reply), name=f"heard-{reply.turn_id}")
+        try:
+            await self._speak_sentences(reply, sentences, stages)
+        finally:
+            heard.cancel()
+            await asyncio.wait([heard])
+
+    async def _store_heard(self, reply: Reply) -> None:
+        """Store the bot's turn as far as it has played, a piece at a time: a replica that dies
+        mid-reply leaves in Redis what the caller heard (marked interrupted). The reply's end,
+        a barge-in or the hang-up stores it again, whole, in the same place."""
+        assert self._speaker is not None
+        while True:
+            heard = await self._speaker.next_heard()
+            if heard and reply.released.is_set():
+                self._commit_bot(reply, heard, interrupted=True)
+                reply.heard_stored = True
+
+    async def _speak_sentences(
+        self, reply: Reply, sentences: asyncio.Queue[str | None], stages: dict[str, float]
+    ) -> None:
+        assert self._speaker is not None
         while (sentence := await sentences.get()) is not None:
             started = time.monotonic()
             try:
@@ -648,9 +679,11 @@ class TurnLoop:
         ))
 
     def _commit_bot(self, reply: Reply, text: str, *, interrupted: bool) -> None:
-        """Store what the caller heard of the bot's reply (nothing heard, nothing stored)."""
-        if text:
-            self._store(Turn(role="assistant", text=text, turn_id=f"{reply.turn_id}-bot", interrupted=interrupted))
+        """Store what the caller heard of the bot's reply. Nothing heard, nothing stored; but a
+        reply that comes to nothing after part of it was stored as heard (a reply voided when
+        the caller went on, a stock apology) is stored again empty, which voids it."""
+        if text or reply.heard_stored:
+            self._store(Turn(role="assistant", text=text, turn_id=reply_turn_id(reply.turn_id), interrupted=interrupted))
 
     def _store(self, turn: Turn) -> None:
         try:

@@ -17,7 +17,7 @@ from fastapi import WebSocket
 from redis.exceptions import RedisError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from pipeline.dialog_store import Turn
+from pipeline.dialog_store import Turn, reply_turn_id
 from pipeline.errors import DialogStoreUnavailable
 from pipeline.events import TranscriptEvent, TurnEvent, TurnMetrics
 from pipeline.shedding import TurnPlan, plan_for
@@ -78,6 +78,8 @@ class CallSocket:
         self._close_code = 1000
         self._turns: TurnLoop | None = None
         self._end = asyncio.Event()  # the server ends the session (drain)
+        self._finished = asyncio.Event()  # everything said and the socket closed
+        self._sending: list[tuple[dict[str, Any], bool]] = []  # the writer's batch, until sent
         # Turns whose stages went to the metrics: a turn's metrics event comes a second time
         # only to add the prompt figures the first lacked.
         self._timed: set[str] = set()
@@ -92,8 +94,11 @@ class CallSocket:
         `bye` with reason `draining` and `reconnect`; the resume token stays valid."""
         if self._turns is not None:
             await self._turns.quiet()
-        await self.send(protocol.bye("draining", reconnect=True))
+        self._last_bye = protocol.bye("draining", reconnect=True)
         self._end.set()
+        # Returns once the bye is out and the socket closed: the server may then exit, and its
+        # own shutdown (close code 1012) cuts nothing.
+        await self._finished.wait()
 
     async def serve(self) -> None:
         await self.ws.accept()
@@ -171,6 +176,7 @@ class CallSocket:
             await asyncio.shield(self._detach(session))
             if self.ws.client_state == WebSocketState.CONNECTED:
                 await asyncio.shield(self._close())
+            self._finished.set()
             log.info("session %s ended", session.session_id)
 
     async def _open_session(self) -> tuple[Session, bool, str | None]:
@@ -238,9 +244,12 @@ class CallSocket:
     async def _unanswered(self, session: Session, stored: list[Turn]) -> Turn | None:
         """The caller's last turn, if its reply never ended: the replica answering it went away
         (or the client dropped) mid-reply. Its deltas so far are in the log, but not its end."""
-        if not stored or stored[-1].role != "user":
+        # The last caller turn, followed by nothing but what was heard of its own reply (stored
+        # as it played: the re-answer replaces it, in place).
+        users = [i for i, t in enumerate(stored) if t.role == "user"]
+        if not users or any(t.turn_id != reply_turn_id(stored[users[-1]].turn_id) for t in stored[users[-1] + 1 :]):
             return None
-        turn = stored[-1]
+        turn = stored[users[-1]]
         try:
             logged = await self.services.events.since(session.session_id, None)
         except EventLogError:
@@ -321,7 +330,9 @@ class CallSocket:
 
     async def _write(self) -> None:
         while True:
-            batch = [await self.outbox.get()]
+            # The batch stays in `_sending` until sent: if the session ends meanwhile, `_close`
+            # sends the rest of it before anything queued after it.
+            batch = self._sending = [await self.outbox.get()]
             while len(batch) < LOG_BATCH and not self.outbox.empty():
                 batch.append(self.outbox.get_nowait())
             try:
@@ -329,8 +340,9 @@ class CallSocket:
             except LostOwnership:
                 self._taken_elsewhere()
                 return
-            for message, _ in batch:
-                await self.ws.send_json(message)
+            while batch:
+                await self.ws.send_json(batch[0][0])
+                batch.pop(0)
 
     async def _log(self, messages: list[dict[str, Any]]) -> None:
         """Append the conversation's messages to the session's event log and give each its `id`.
@@ -386,7 +398,8 @@ class CallSocket:
 
     async def _close(self) -> None:
         # Flush what the writer had not sent yet (a final bye, an error) before closing.
-        pending = []
+        pending = [message for message, _ in self._sending]
+        self._sending = []
         while not self.outbox.empty():
             pending.append(self.outbox.get_nowait()[0])
         if self._last_bye is not None:

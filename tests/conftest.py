@@ -13,7 +13,7 @@ from parley.server_process import server_process
 from parley.services.llm_server import EmbeddedLLMServer
 from parley.services.redis_server import EmbeddedRedis, private_redis
 from parley.settings import Settings, load_settings
-from pipeline.dialog_store import Turn, dialog_key
+from pipeline.dialog_store import DialogStore, Turn
 from tests.llm_proxy import RecordingProxy
 from tests.speech import STEREO
 
@@ -128,6 +128,6 @@ def own_server(redis_url: str, llm_url: str, folder: Path, **settings: str):
 async def stored_turns(redis_url: str, dialog_id: str) -> list[Turn]:
     client = aioredis.from_url(redis_url)
     try:
-        return [Turn.from_json(m) for m in await client.zrange(dialog_key(dialog_id), 0, -1)]
+        return await DialogStore(client).turns(dialog_id)
     finally:
         await client.aclose()

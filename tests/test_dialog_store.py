@@ -4,7 +4,7 @@ import random
 import pytest
 import redis.asyncio as aioredis
 
-from pipeline.dialog_store import DialogStore, Fence, Turn, dialog_key
+from pipeline.dialog_store import DialogStore, Fence, Turn, dialog_key, reply_turn_id
 from pipeline.errors import DialogFenced
 
 pytestmark = pytest.mark.slow
@@ -51,6 +51,17 @@ async def test_a_turn_written_again_is_updated_in_its_place_and_ttl_is_refreshed
     assert [(t.seq, t.text) for t in await dialogs.turns("d4")] == [(1, "Please enter your number."), (2, "reply")]
     assert 890 <= await client.ttl(dialog_key("d4")) <= 900
     assert 890 <= await client.ttl(dialog_key("d4") + ":ids") <= 900
+
+
+async def test_a_turn_written_again_empty_is_void_and_a_later_write_fills_its_place(store):
+    dialogs, _ = store
+    await dialogs.put("d7", Turn(role="user", text="Hello", turn_id="t1"))
+    await dialogs.put("d7", Turn(role="assistant", text="Good morning, how", turn_id=reply_turn_id("t1")))
+    await dialogs.put("d7", Turn(role="assistant", text="", turn_id=reply_turn_id("t1")))  # the caller went on
+    assert [t.text for t in await dialogs.turns("d7")] == ["Hello"]
+    await dialogs.put("d7", Turn(role="user", text="Hello there", turn_id="t1"))
+    await dialogs.put("d7", Turn(role="assistant", text="Hi!", turn_id=reply_turn_id("t1")))
+    assert [(t.seq, t.text) for t in await dialogs.turns("d7")] == [(1, "Hello there"), (2, "Hi!")]
 
 
 async def test_two_writers_on_one_dialog_get_distinct_numbers(store):

@@ -49,6 +49,25 @@ async def test_drained_waits_for_the_audio_to_be_sent():
     assert await asyncio.wait_for(drained, 1) == "Short."
 
 
+async def test_next_heard_follows_each_piece_played_to_its_end_and_takes_nothing():
+    track = OutboundAudioTrack()
+    await track.play(tone(0.1, 48000), 48000, "One.")
+    await track.play(tone(0.1, 48000), 48000, "Two.")
+    heard = asyncio.create_task(track.next_heard())
+    for _ in range(5):  # 0.1 s: the first piece, to its end
+        await track.recv()
+    assert await asyncio.wait_for(heard, 1) == "One."
+    heard = asyncio.create_task(track.next_heard())
+    for _ in range(3):  # half of the second: not yet heard whole
+        await track.recv()
+    await asyncio.sleep(0)
+    assert not heard.done()
+    for _ in range(2):
+        await track.recv()
+    assert await asyncio.wait_for(heard, 1) == "One. Two."
+    assert await track.drained() == "One. Two."  # still there for the drain to take
+
+
 class FakeMicrophone(MediaStreamTrack):
     """48 kHz stereo frames of a tone, as a browser's Opus decoder hands them to aiortc."""
 

@@ -14,11 +14,12 @@ import redis.asyncio as aioredis
 from media.audio_file import read_audio, write_wav
 from media.frames import frames_of
 from media.tracks import OutboundAudioTrack
-from pipeline.dialog_store import DialogStore
+from pipeline.dialog_store import DialogStore, Turn
 from pipeline.events import ReplyDelta, ReplyDone, TranscriptEvent, TurnMetrics
 from pipeline.llm_pool import LLMPool
 from pipeline.shedding import SheddingConfig, plan_for
 from pipeline.turns import TurnLoop
+from tests.conftest import stored_turns
 from tests.speech import STEREO_TEXT, stereo_sentence, wer
 
 pytestmark = pytest.mark.slow
@@ -46,9 +47,10 @@ async def _until(condition, timeout: float = 60.0) -> None:
 
 @contextlib.asynccontextmanager
 async def _turn_loop(
-    settings, llm_config, proxy, shared_redis, transcriber, synthesizer, turn_model, events, planner=None
+    settings, llm_config, proxy, shared_redis, transcriber, synthesizer, turn_model, events, planner=None,
+    store_class=DialogStore,
 ):
-    """A running turn loop whose audio comes from the returned queue and goes to a track read in real time."""
+    """A running turn loop, and the queue its audio comes from; it speaks into a track read in real time."""
 
     async def emit(event) -> None:
         events.append(event)
@@ -56,7 +58,7 @@ async def _turn_loop(
     redis = aioredis.from_url(shared_redis.url)
     async with LLMPool(dataclasses.replace(llm_config, max_tokens=48), settings.llm_pool, base_url=proxy.base_url) as llm:
         loop = TurnLoop(
-            dialog_id=uuid.uuid4().hex, store=DialogStore(redis), llm=llm, transcriber=transcriber,
+            dialog_id=uuid.uuid4().hex, store=store_class(redis), llm=llm, transcriber=transcriber,
             synthesizer=synthesizer, emit=emit, vad_config=settings.vad, config=settings.turns, turn_model=turn_model,
             planner=planner,
         )
@@ -83,7 +85,7 @@ async def _turn_loop(
                     break
                 except RuntimeError:  # run() has not got going yet
                     await asyncio.sleep(0.01)
-            yield frames
+            yield frames, loop
         finally:
             for task in (running, listener):
                 task.cancel()
@@ -106,7 +108,7 @@ async def test_a_draft_that_reached_the_llm_is_dropped_without_a_trace_when_the_
     split = head.size // 320
     events: list = []
     asked_before = len(proxy.requests)
-    async with _turn_loop(settings, llm_config, proxy, shared_redis, transcriber, synthesizer, turn_model, events) as mic:
+    async with _turn_loop(settings, llm_config, proxy, shared_redis, transcriber, synthesizer, turn_model, events) as (mic, _):
         for frame in frames[:split]:
             mic.put_nowait(frame)
         await _until(lambda: len(proxy.requests) > asked_before)  # the draft is at the LLM
@@ -148,7 +150,7 @@ async def test_a_turn_under_full_load_sheds_partials_drafts_and_reply_length_and
     asked_before = len(proxy.requests)
     async with _turn_loop(
         settings, llm_config, proxy, shared_redis, transcriber, synthesizer, turn_model, events, planner
-    ) as mic:
+    ) as (mic, _):
         for frame in frames:
             mic.put_nowait(frame)
         await _until(lambda: any(isinstance(e, ReplyDone) for e in events))
@@ -164,3 +166,61 @@ async def test_a_turn_under_full_load_sheds_partials_drafts_and_reply_length_and
     assert asked["max_tokens"] == ladder.short_reply_tokens
     (done,) = [e for e in events if isinstance(e, ReplyDone)]
     assert done.text and not done.interrupted
+
+
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
+async def test_the_bots_turn_is_stored_as_it_plays_then_whole_when_done(
+    settings, llm_config, proxy, shared_redis, transcriber, synthesizer, turn_model
+):
+    events: list = []
+
+    class RecordingStore(DialogStore):
+        """The real store, noting each write and whether the reply was done when it was made."""
+
+        writes: list[tuple[Turn, bool]] = []
+
+        async def put(self, dialog_id, turn, *, fence=None):
+            self.writes.append((turn, any(isinstance(e, ReplyDone) for e in events)))
+            return await super().put(dialog_id, turn, fence=fence)
+
+    async with _turn_loop(
+        settings, llm_config, proxy, shared_redis, transcriber, synthesizer, turn_model, events,
+        store_class=RecordingStore,
+    ) as (_, loop):
+        assert loop.submit_text("Tell me a long story about a dragon, a knight and a castle.")
+        await _until(lambda: any(isinstance(e, ReplyDone) for e in events), 120)
+        (done,) = [e for e in events if isinstance(e, ReplyDone)]
+        await _until(lambda: any(t.role == "assistant" and not t.interrupted for t, _ in RecordingStore.writes))
+        stored = await stored_turns(shared_redis.url, loop.dialog_id)
+    bot = [(t, after_done) for t, after_done in RecordingStore.writes if t.role == "assistant"]
+    # While it played, the reply was stored as far as it had been heard (a replica dying then
+    # leaves that much), each time a little further, and marked cut short until it was done.
+    heard = [t for t, after_done in bot if not after_done]
+    assert heard and all(t.interrupted for t in heard), bot
+    assert [len(_words(t.text)) for t in heard] == sorted(len(_words(t.text)) for t in heard)
+    assert all(_words(done.text)[: len(_words(t.text))] == _words(t.text) for t in heard), (heard, done.text)
+    # Then whole, in the same place: one bot turn in Redis.
+    assert bot[-1][0].text == done.text and not bot[-1][0].interrupted
+    assert [(t.role, t.text, t.interrupted) for t in stored][-1] == ("assistant", done.text, False)
+    assert sum(t.role == "assistant" for t in stored) == 1
+
+
+async def test_quiet_waits_for_a_typed_turn_that_is_replacing_the_reply_in_progress(
+    settings, llm_config, proxy, shared_redis, transcriber, synthesizer, turn_model
+):
+    # A replica that drains waits for `quiet` before saying goodbye: a typed turn taken from the
+    # queue, while it stops the reply before it, must count as a reply in progress.
+    events: list = []
+    async with _turn_loop(
+        settings, llm_config, proxy, shared_redis, transcriber, synthesizer, turn_model, events
+    ) as (_, loop):
+        assert loop.submit_text("Tell me a long story about a dragon.")
+        await _until(lambda: any(isinstance(e, ReplyDelta) for e in events), 120)
+        assert loop.submit_text("What is the capital of France?")
+        async with asyncio.timeout(120):
+            await loop.quiet()
+        done = [e for e in events if isinstance(e, ReplyDone)]
+        assert [d.interrupted for d in done] == [True, False], done

@@ -39,6 +39,8 @@ class ChildProcess:
 
     nice: added to the child's niceness, so it yields the CPU to Parley's own work.
     env: the child's environment (default: this process's).
+    stop_timeout_s: how long `stop()` lets it exit after SIGTERM before SIGKILL (a replica that
+        drains needs its drain timeout and more).
     """
 
     def __init__(
@@ -52,8 +54,10 @@ class ChildProcess:
         max_restarts: int = 3,
         nice: int = 0,
         env: Mapping[str, str] | None = None,
+        stop_timeout_s: float = 5.0,
     ) -> None:
         self.name = name
+        self.stop_timeout_s = stop_timeout_s
         self.nice = nice
         self.env = dict(env) if env is not None else None
         self.argv = list(argv)
@@ -91,7 +95,7 @@ class ChildProcess:
         self._supervisor = asyncio.create_task(self._supervise(), name=f"supervise-{self.name}")
 
     async def stop(self) -> None:
-        """Terminate the child (SIGTERM, then SIGKILL after 5 s). Safe to call twice."""
+        """Terminate the child (SIGTERM, then SIGKILL after `stop_timeout_s`). Safe to call twice."""
         self._stopping = True
         if self._supervisor is not None:
             self._supervisor.cancel()
@@ -102,7 +106,7 @@ class ChildProcess:
         if process is not None and process.returncode is None:
             process.terminate()
             try:
-                await asyncio.wait_for(process.wait(), 5.0)
+                await asyncio.wait_for(process.wait(), self.stop_timeout_s)
             except TimeoutError:
                 process.kill()
                 await process.wait()

@@ -31,6 +31,7 @@ from parley.services.haproxy import Balancer, BalancerConfig
 from parley.services.llm_server import EmbeddedLLMServer
 from parley.services.redis_server import EmbeddedRedis
 from parley.settings import Settings, load_settings
+from signaling.drain import REPLY_GRACE_S
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -152,7 +153,7 @@ class Cluster:
         return replica
 
     async def remove_replica(self, replica: Replica) -> None:
-        """Take a replica out of haproxy's rotation and stop it (SIGTERM: it drains for up to 5 s)."""
+        """Take a replica out of haproxy's rotation and stop it (SIGTERM: it drains, see `drain_timeout_s`)."""
         await self.balancer.disable_server(replica.name)
         await replica.child.stop()
         await self.balancer.remove_server(replica.name)
@@ -242,6 +243,9 @@ class Cluster:
             ready_timeout_s=self.config.replica_ready_timeout_s,
             max_restarts=self.config.replica_restarts,
             env=env,
+            # SIGTERM makes a replica drain: its calls get the drain timeout, a reply in progress
+            # then a grace to finish, and only a replica stuck past both is killed.
+            stop_timeout_s=load_settings(environ=env).server.drain_timeout_s + REPLY_GRACE_S + 5.0,
         )
         replica = Replica(name, port, child)
         self.replicas.append(replica)
