@@ -41,12 +41,15 @@ class ServerConfig:
 
     drain_timeout_s: on SIGTERM, how long calls in progress may go on before they are sent
         to another replica (signaling.drain).
+    malloc_trim_s: how often the memory malloc holds free is given back (parley.free_memory);
+        0 never.
     """
 
     host: str = "127.0.0.1"
     port: int = 8000
     log_dir: str = "~/.local/state/parley/logs"
     drain_timeout_s: float = 60.0
+    malloc_trim_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -109,6 +109,8 @@ class TTSConfig:
         synthesis itself needs.
     noise_scale, noise_w_scale: piper's sampling noise in the voice and in the phoneme lengths
         (None: the voice's own). 0 makes the same text the same audio every time.
+    memory_arena: onnxruntime's memory arena for synthesis. It keeps what it took, and grows by
+        doubling, so the first long sentence of a server's life raises its memory for good.
     """
 
     voice: str = "en_US-joe-medium"
@@ -119,6 +121,7 @@ class TTSConfig:
     spin_wait: bool = False
     noise_scale: float | None = None
     noise_w_scale: float | None = None
+    memory_arena: bool = False
 
     def without_noise(self) -> TTSConfig:
         """This voice with no sampling noise: the same text is the same audio (test and bench callers)."""

@@ -25,6 +25,7 @@ def _session(model: Path, config: TTSConfig) -> onnxruntime.InferenceSession:
     import onnxruntime  # heavy, and loaded with piper anyway
 
     options = onnxruntime.SessionOptions()
+    options.enable_cpu_mem_arena = config.memory_arena
     if config.threads:
         options.intra_op_num_threads = config.threads
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.spin_wait else "0")

@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from fastapi.staticfiles import StaticFiles
 from redis.exceptions import RedisError
 
+from parley.free_memory import trim_periodically
 from parley.redis_client import redis_client
 from parley.runtime import Services, services
 from parley.settings import Settings
@@ -90,6 +91,8 @@ def create_app(settings: Settings) -> FastAPI:
             owners = OwnershipWatch(redis)
             watching = asyncio.create_task(owners.run(), name="ownership-watch")
             stack.callback(watching.cancel)
+            trimming = asyncio.create_task(trim_periodically(settings.server.malloc_trim_s), name="malloc-trim")
+            stack.callback(trimming.cancel)
             app.state.services = AppServices(
                 settings=running.settings,
                 running=running,

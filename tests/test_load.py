@@ -32,12 +32,10 @@ async def test_a_two_minute_soak_leaves_memory_tasks_descriptors_and_redis_keys_
         figures = await soak(url, CpuMeter(process.pid), speeches, redis_url, calls=2, minutes=2, sample_s=5)
     print({k: v for k, v in figures.items() if k != "samples"})
     assert figures["failed"] == 0 and figures["unanswered"] == 0 and figures["turns"] >= 8
-    # While the calls talk: memory within 20 % of where it stood once warm (the goal of 5 % is for
-    # 30 minutes, where warming up weighs less), no more descriptors, no more Redis keys.
-    # KNOWN REGRESSION, open in issue 12's note: since the event log and session ownership came in,
-    # this 2-minute soak grows 12-14 % (it was 0.5 %); until it is found, the bound catches a leak
-    # worse than that one, not that one.
-    assert figures["rss_growth_pct"] < 20
+    # While the calls talk: memory within 10 % of where it stood once warm (the goal of 5 % is for
+    # 30 minutes, where warming up weighs less), no more descriptors, no more Redis keys. (It grew
+    # 10-18 % here with nothing leaking, from free memory malloc kept: parley/free_memory.py.)
+    assert figures["rss_growth_pct"] < 10
     assert figures["fds_last"] <= figures["fds_warm"] + 2
     assert figures["redis_keys_last"] <= figures["redis_keys_warm"]
     # Once they have hung up, the server is back where it started: no task or descriptor left over.
