@@ -454,7 +454,17 @@ class TurnLoop:
 
     def _start_reply(self, reply: Reply, work: Awaitable[None]) -> None:
         self._reply = reply
-        reply.task = self._tasks.create_task(work, name=f"reply-{reply.turn_id}")
+        reply.task = self._tasks.create_task(self._within_boundary(reply, work), name=f"reply-{reply.turn_id}")
+
+    async def _within_boundary(self, reply: Reply, work: Awaitable[None]) -> None:
+        """A reply's error boundary: anything unexpected fails this turn, said once with its
+        traceback in the log and as `internal_error` to the caller; the call goes on."""
+        try:
+            await work
+        except Exception:  # noqa: BLE001 - the boundary of one turn
+            log.exception("call %s: turn %s failed", self.dialog_id, reply.turn_id)
+            await self._emit(TurnError("internal_error", "the server failed on this turn; the call goes on"))
+            await self._set_state("listening")
 
     async def _stop_reply(self, *, barge_in: bool) -> None:
         """Cancel the reply in flight. On barge-in, keep what the user heard; on continuation, nothing."""

@@ -72,7 +72,7 @@ class Call:
             set_audio_jitter_buffer(pc, self.config.jitter_buffer_packets)
             pc.addTrack(outbound)
             await pc.setLocalDescription(await pc.createAnswer())
-        except (ValueError, AttributeError, IndexError, KeyError) as exc:
+        except Exception as exc:  # noqa: BLE001 - aiortc checks SDP with asserts and raises any type
             await self.close()
             raise ProtocolError("invalid_offer", f"Cannot accept the offer: {exc or type(exc).__name__}") from exc
         return pc.localDescription.sdp
@@ -83,13 +83,21 @@ class Call:
             raise ProtocolError("out_of_order", "Cannot add an ICE candidate before the offer")
         if message.candidate is None:
             return  # end of candidates
+        if message.sdp_mid is None and message.sdp_mline_index is None:
+            raise ProtocolError("invalid_message", "an ICE candidate needs 'sdpMid' or 'sdpMLineIndex'")
+        sections = self._pc.getTransceivers()
+        if message.sdp_mid not in {t.mid for t in sections} and not (
+            message.sdp_mline_index is not None and message.sdp_mline_index < len(sections)
+        ):
+            # aiortc would drop it without a word; the client should hear it went nowhere.
+            raise ProtocolError("invalid_message", "the ICE candidate names no media section of the offer")
         try:
             candidate = candidate_from_sdp(message.candidate.removeprefix("candidate:"))
-        except (ValueError, IndexError) as exc:
-            raise ProtocolError("invalid_message", f"unreadable ICE candidate: {exc}") from exc
-        candidate.sdpMid = message.sdp_mid
-        candidate.sdpMLineIndex = message.sdp_mline_index
-        await self._pc.addIceCandidate(candidate)
+            candidate.sdpMid = message.sdp_mid
+            candidate.sdpMLineIndex = message.sdp_mline_index
+            await self._pc.addIceCandidate(candidate)
+        except Exception as exc:  # noqa: BLE001 - aiortc raises any type for a candidate it cannot use
+            raise ProtocolError("invalid_message", f"unusable ICE candidate: {exc or type(exc).__name__}") from exc
 
     async def close(self) -> None:
         """Close the peer connection; safe to call more than once."""

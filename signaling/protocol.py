@@ -97,6 +97,9 @@ def parse(raw: str | bytes) -> ClientMessage:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError("invalid_json", f"message is not valid JSON: {exc}") from None
+    except RecursionError:
+        # No message of the protocol nests; the decoder gives up on thousands of brackets.
+        raise ProtocolError("invalid_json", "message nests too deeply") from None
     if not isinstance(data, dict):
         raise ProtocolError("invalid_message", "message must be a JSON object with a 'type'")
     kind = data.get("type")
@@ -107,8 +110,9 @@ def parse(raw: str | bytes) -> ClientMessage:
         return Offer(sdp)
     if kind == "ice":
         index = data.get("sdpMLineIndex")
-        if index is not None and not isinstance(index, int):
-            raise ProtocolError("invalid_message", "'sdpMLineIndex' must be an integer")
+        # JSON's true is Python's 1; the protocol's integers are integers.
+        if index is not None and (not isinstance(index, int) or isinstance(index, bool) or index < 0):
+            raise ProtocolError("invalid_message", "'sdpMLineIndex' must be a whole number, 0 or more")
         return IceCandidate(_string(data, "candidate", optional=True) or None, _string(data, "sdpMid", optional=True), index)
     if kind == "text":
         text = _string(data, "text")

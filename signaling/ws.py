@@ -289,12 +289,17 @@ class CallSocket:
             if raw is None:
                 await self.send(protocol.error("invalid_message", "binary messages are not part of the protocol"))
                 continue
+            message = None
             try:
                 message = protocol.parse(raw)
                 if await self._handle(call, message):
                     return
             except ProtocolError as exc:
                 await self.send(protocol.error(exc.code, exc.message))
+            except Exception:  # noqa: BLE001 - the boundary of one message: it fails, the call goes on
+                # Logged by its kind, never its content (a typed turn is the caller's words).
+                log.exception("call %s: handling a %s message failed", call.turns.dialog_id, type(message).__name__)
+                await self.send(protocol.error("internal_error", "the server failed on that message; the call goes on"))
 
     async def _handle(self, call: Call, message: protocol.ClientMessage) -> bool:
         """Act on one message; True when the client said bye."""

@@ -169,10 +169,18 @@ async def test_bad_messages_get_errors_and_the_socket_stays_usable(server):
     async with websockets.connect(server.replace("http", "ws") + "/ws", max_size=None) as ws:
         await ws.recv()
         replies = []
-        for raw in ["{oops", '{"type": "teleport"}', '{"type": "ice", "candidate": "x"}', '{"type": "offer", "sdp": "v=0\\r\\nm=audio 9 X 0\\r\\n"}']:
+        bad = {
+            "{oops": "invalid_json",
+            "[" * 30_000 + "]" * 30_000: "invalid_json",
+            '{"type": "teleport"}': "unknown_type",
+            '{"type": "ice", "candidate": "x"}': "out_of_order",
+            '{"type": "offer", "sdp": "v=0\\r\\nm=audio 9 X 0\\r\\n"}': "invalid_offer",
+            '{"type": "offer", "sdp": "m=audio\\r\\n"}': "invalid_offer",  # aiortc asserted on this one
+        }
+        for raw in bad:
             await ws.send(raw)
             replies.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
-        assert [r["code"] for r in replies] == ["invalid_json", "unknown_type", "out_of_order", "invalid_offer"]
+        assert [r["code"] for r in replies] == list(bad.values())
         await ws.send('{"type": "ping"}')
         assert json.loads(await asyncio.wait_for(ws.recv(), 10)) == {"type": "pong"}
         await ws.send("x" * (64 * 1024 + 1))
@@ -180,6 +188,35 @@ async def test_bad_messages_get_errors_and_the_socket_stays_usable(server):
             while True:
                 await asyncio.wait_for(ws.recv(), 10)
         assert info.value.rcvd.code == 1009
+
+
+async def test_unusable_ice_candidates_after_a_real_offer_get_errors_and_the_call_goes_on(server):
+    from aiortc import RTCPeerConnection
+
+    pc = RTCPeerConnection()
+    pc.addTransceiver("audio", direction="sendrecv")
+    await pc.setLocalDescription(await pc.createOffer())
+    try:
+        async with websockets.connect(server.replace("http", "ws") + "/ws") as ws:
+            await ws.recv()
+            await ws.send(json.dumps({"type": "offer", "sdp": pc.localDescription.sdp}))
+            async with asyncio.timeout(15):
+                while (answer := json.loads(await ws.recv()))["type"] != "answer":
+                    pass
+            bad = [
+                {"type": "ice", "candidate": "candidate:1 1 udp 2130706431 127.0.0.1 9999 typ host"},  # no mid, no index
+                {"type": "ice", "candidate": "candidate:garbage", "sdpMid": "0"},
+                {"type": "ice", "candidate": "candidate:1 1 udp 2130706431 127.0.0.1 9999 typ host", "sdpMLineIndex": 7},
+            ]
+            for message in bad:
+                await ws.send(json.dumps(message))
+                reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                assert reply["type"] == "error" and reply["code"] == "invalid_message", (message, reply)
+            await ws.send('{"type": "ping"}')
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10)) == {"type": "pong"}
+            assert answer["sdp"]
+    finally:
+        await pc.close()
 
 
 def close_code_from(raw: bytes) -> int | None:

@@ -39,6 +39,10 @@ def test_valid_messages_parse_to_typed_messages(raw, expected):
         ('{"type": "text", "text": "   "}', "invalid_message"),
         (json.dumps({"type": "text", "text": "x" * 2001}), "invalid_message"),
         ('{"type": "ice", "candidate": "c", "sdpMLineIndex": "zero"}', "invalid_message"),
+        ('{"type": "ice", "candidate": "c", "sdpMLineIndex": true}', "invalid_message"),
+        ('{"type": "ice", "candidate": "c", "sdpMLineIndex": -1}', "invalid_message"),
+        ("[" * 30_000 + "]" * 30_000, "invalid_json"),
+        ('{"type": "text", "text": ' + "[" * 30_000 + "]" * 30_000 + "}", "invalid_json"),
     ],
 )
 def test_bad_messages_raise_a_protocol_error_with_a_code(raw, code):
