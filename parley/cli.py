@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
@@ -115,6 +116,9 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the server")
     serve.add_argument("--host", help="default: [server] host in models.toml")
     serve.add_argument("--port", type=int, help="default: [server] port in models.toml")
+    serve.add_argument(
+        "--log-transcripts", action="store_true", help="put what callers say in the log (debugging; [turns] log_transcripts)"
+    )
 
     cluster = commands.add_parser("cluster", help="Redis, one LLM, N replicas and haproxy in front; Ctrl-C stops all")
     cluster.add_argument("--replicas", type=int, default=3, help="`parley serve` processes (default 3)")
@@ -240,6 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             asyncio.run(run_bench(args))
         elif args.command == "serve":
+            if args.log_transcripts:
+                settings = dataclasses.replace(settings, turns=dataclasses.replace(settings.turns, log_transcripts=True))
             _serve(settings, args.host, args.port)
         elif args.command == "cluster":
             from parley.services.cluster import ClusterConfig, run_cluster

@@ -196,6 +196,8 @@ class TurnConfig:
         end-of-turn silence, at the cost of LLM work thrown away when the user goes on.
     fallback_line: said when the LLM cannot answer (it is failing, or its breaker is open).
     busy_line: said when every LLM slot stayed taken past the queue deadline.
+    log_transcripts: put what callers said in the log (for debugging); otherwise the log says
+        how many words, never which.
     """
 
     continuation_window_ms: int = 1500
@@ -212,6 +214,7 @@ class TurnConfig:
     speculative: bool = True
     fallback_line: str = "Sorry, I can't answer that right now. Please try again in a moment."
     busy_line: str = "I'm a little busy right now. Please say that again in a moment."
+    log_transcripts: bool = False
 
     def __post_init__(self) -> None:
         if self.end_of_turn not in ("model", "silence"):

@@ -377,15 +377,19 @@ class TurnLoop:
         else:
             verdict = "finished" if judgement.end_silence_ms < self.config.incomplete_silence_ms else "unfinished"
         log.info(
-            "turn %s: pause judged %s after %d ms of silence (model %s, words %s %r): ends after %d ms of silence",
+            "turn %s: pause judged %s after %d ms of silence (model %s, words %s: %s): ends after %d ms of silence",
             self._turn_id,
             verdict,
             self._vad.silence_ms,
             "failed" if judgement.probability is None else f"{judgement.probability:.2f}",
             {None: "not read", True: "unfinished", False: "may end"}[judgement.unfinished_text],
-            judgement.words or "",
+            self._loggable(judgement.words or ""),
             judgement.end_silence_ms,
         )
+
+    def _loggable(self, said: str) -> str:
+        """What a caller said, as the log may have it: the words only with `log_transcripts`."""
+        return repr(said) if self.config.log_transcripts else f"<{len(said.split())} words>"
 
     async def _forget_judgement(self) -> None:
         """The user speaks again: the pause judged is over, and the turn waits for the next one."""
@@ -504,7 +508,7 @@ class TurnLoop:
             return
         asr_ms = 1000 * (time.monotonic() - started)
         if not transcript.text or transcript.no_speech_prob > self.config.max_no_speech_prob:
-            log.info("no turn: %r (no-speech probability %.2f)", transcript.text, transcript.no_speech_prob)
+            log.info("no turn: %s (no-speech probability %.2f)", self._loggable(transcript.text), transcript.no_speech_prob)
             await self._say(reply, StateChanged("listening"))
             return
         reply.user_text = transcript.text

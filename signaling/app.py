@@ -33,6 +33,7 @@ from signaling import metrics
 from signaling.admission import Admission
 from signaling.rate_limit import RateLimiter
 from signaling.event_log import EventLog
+from signaling.origin import origin_allowed, parse_origins
 from signaling.ownership import OwnershipWatch
 from signaling.sessions import SessionStore
 from signaling.ws import CallSocket
@@ -194,8 +195,17 @@ def create_app(settings: Settings) -> FastAPI:
         """Prometheus metrics (docs/metrics.md)."""
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    allowed_origins = parse_origins(settings.signaling.allowed_origins)
+
     @app.websocket("/ws")
     async def call_socket(websocket: WebSocket) -> None:
+        origin = websocket.headers.get("origin")
+        if not origin_allowed(origin, websocket.headers.get("host"), allowed_origins):
+            # Closed before the handshake completes: the browser sees HTTP 403.
+            log.warning("a page from %s may not open calls here ([signaling] allowed_origins)", origin)
+            metrics.ORIGIN_REFUSALS.inc()
+            await websocket.close(code=1008)
+            return
         await CallSocket(websocket, app.state.services, settings.signaling).serve()
 
     return app

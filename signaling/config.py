@@ -14,6 +14,8 @@ class SignalingConfig:
     session_ttl_s, detached_session_ttl_s: how long a session lives in Redis with and without a client.
     event_log_max: about how many events a session's log keeps for a client that resumes (MAXLEN ~).
     resume_wait_s: how long a socket opened to resume waits for the `resume` message.
+    allowed_origins: web pages, besides the server's own, that may open `/ws` (signaling.origin):
+        origins separated by commas or spaces, "*" for any.
     """
 
     ping_interval_s: float = 30.0
@@ -23,6 +25,7 @@ class SignalingConfig:
     detached_session_ttl_s: int = 120
     event_log_max: int = 2000
     resume_wait_s: float = 10.0
+    allowed_origins: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -53,6 +53,9 @@ SESSIONS_RESUMED = Counter("parley_sessions_resumed_total", "Sessions resumed on
 KEEPALIVE_CLOSES = Counter(
     "parley_keepalive_closes_total", "Sockets closed because the client stopped answering pings (1011)"
 )
+ORIGIN_REFUSALS = Counter(
+    "parley_origin_refusals_total", "WebSockets refused because their page's origin may not open calls (403)"
+)
 
 
 def bind(services: Any) -> None:

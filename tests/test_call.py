@@ -268,3 +268,16 @@ async def test_keepalive_drops_a_client_that_stops_answering(shared_redis, proxy
             assert close_code_from(received) == 1011
             await asyncio.sleep(0.5)
             assert (await http.get(f"{url}/stats")).json()["tasks"] <= baseline["tasks"]
+
+
+async def test_the_servers_log_holds_neither_what_the_caller_said_nor_their_resume_token(shared_redis, proxy, tmp_path):
+    async with own_server(shared_redis.url, proxy.base_url, tmp_path) as url:
+        async with CallClient(url) as client:
+            turn, _ = await client.talk(JFK, out_dir=tmp_path, index=1)
+            token = client.session["resume_token"]
+    assert wer(JFK_TEXT, turn.transcript) <= 0.3, turn.transcript  # the words were heard
+    logged = (tmp_path / "server.log").read_text().lower()
+    assert "turn " in logged and "pause judged" in logged  # the turn's course is logged
+    assert token.lower() not in logged
+    for phrase in ("ask not", "your country", "fellow americans"):
+        assert phrase not in logged, phrase
