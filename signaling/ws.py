@@ -244,12 +244,14 @@ class CallSocket:
     async def _unanswered(self, session: Session, stored: list[Turn]) -> Turn | None:
         """The caller's last turn, if its reply never ended: the replica answering it went away
         (or the client dropped) mid-reply. Its deltas so far are in the log, but not its end."""
-        # The last caller turn, followed by nothing but what was heard of its own reply (stored
-        # as it played: the re-answer replaces it, in place).
-        users = [i for i, t in enumerate(stored) if t.role == "user"]
-        if not users or any(t.turn_id != reply_turn_id(stored[users[-1]].turn_id) for t in stored[users[-1] + 1 :]):
+        users = [t for t in stored if t.role == "user"]
+        if not users:
             return None
-        turn = stored[users[-1]]
+        turn = users[-1]
+        # After it, nothing but what was heard of its own reply (stored as it played: the
+        # re-answer replaces that, in place).
+        if any(t.turn_id != reply_turn_id(turn.turn_id) for t in stored[stored.index(turn) + 1 :]):
+            return None
         try:
             logged = await self.services.events.since(session.session_id, None)
         except EventLogError:

@@ -102,18 +102,28 @@ def watch_console(page) -> list[str]:
     return problems
 
 
-async def test_a_call_in_the_browser(playwright, server, microphone_wav):
-    browser = await launch(
-        playwright,
+def fake_microphone(wav, *, loop: bool = True) -> tuple[str, ...]:
+    """chromium's flags for a microphone that says `wav` (over and over, unless `loop` is False)."""
+    return (
         "--use-fake-ui-for-media-stream",
         "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={microphone_wav}%noloop",
+        f"--use-file-for-fake-audio-capture={wav}{'' if loop else '%noloop'}",
     )
+
+
+async def ready_page(browser, url: str, **page_options):
+    """A new page on `url`, once it says it is ready, and the errors its console shows from the start."""
+    page = await browser.new_page(**page_options)
+    problems = watch_console(page)
+    await page.goto(url)
+    await page.get_by_test_id("state").filter(has_text="ready").wait_for()
+    return page, problems
+
+
+async def test_a_call_in_the_browser(playwright, server, microphone_wav):
+    browser = await launch(playwright, *fake_microphone(microphone_wav, loop=False))
     try:
-        page = await browser.new_page()
-        problems = watch_console(page)
-        await page.goto(server)
-        await page.get_by_test_id("state").filter(has_text="ready").wait_for()
+        page, problems = await ready_page(browser, server)
         await page.get_by_test_id("call").click()
         # A settled conversation, whatever the machine's speed: the final transcript of the whole
         # sentence (JFK says 22 words; a turn ended in one of his pauses would have at most 14), the
@@ -141,17 +151,9 @@ async def test_a_call_in_the_browser(playwright, server, microphone_wav):
 async def test_a_dropped_socket_mid_call_resumes_the_session_and_the_call_goes_on(
     playwright, server, shared_redis, talking_microphone_wav
 ):
-    browser = await launch(
-        playwright,
-        "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={talking_microphone_wav}",
-    )
+    browser = await launch(playwright, *fake_microphone(talking_microphone_wav))
     try:
-        page = await browser.new_page()
-        problems = watch_console(page)
-        await page.goto(server)
-        await page.get_by_test_id("state").filter(has_text="ready").wait_for()
+        page, problems = await ready_page(browser, server)
         await page.get_by_test_id("call").click()
         # The drop comes while the first reply is being heard (or just after, on a short reply).
         speaking = {"minWords": MIN_WORDS, "done": False}
@@ -227,10 +229,7 @@ async def test_a_dropped_socket_mid_call_resumes_the_session_and_the_call_goes_o
 async def test_a_session_taken_over_by_another_window_ends_here_for_good(playwright, server):
     browser = await launch(playwright)
     try:
-        first = await browser.new_page()
-        problems = watch_console(first)
-        await first.goto(server)
-        await first.get_by_test_id("state").filter(has_text="ready").wait_for()
+        first, problems = await ready_page(browser, server)
         stored = await first.evaluate("sessionStorage.getItem('parley.session')")
         # Another window holding this tab's session (as a duplicated tab does) resumes it.
         second = await browser.new_page()
@@ -258,10 +257,7 @@ async def test_a_session_taken_over_by_another_window_ends_here_for_good(playwri
 async def test_text_chat_without_a_call_on_a_phone_sized_screen_with_the_keyboard(playwright, server):
     browser = await launch(playwright)
     try:
-        page = await browser.new_page(viewport={"width": 375, "height": 667})
-        problems = watch_console(page)
-        await page.goto(server)
-        await page.get_by_test_id("state").filter(has_text="ready").wait_for()
+        page, problems = await ready_page(browser, server, viewport={"width": 375, "height": 667})
         await page.keyboard.press("Tab")  # the call button comes first...
         assert await page.evaluate("document.activeElement.dataset.testid") == "call"
         await page.get_by_test_id("text-input").focus()
@@ -284,9 +280,7 @@ async def test_text_chat_without_a_call_on_a_phone_sized_screen_with_the_keyboar
 async def test_a_refused_microphone_is_said_plainly_and_text_still_works(playwright, server):
     browser = await launch(playwright, "--deny-permission-prompts")
     try:
-        page = await browser.new_page()
-        await page.goto(server)
-        await page.get_by_test_id("state").filter(has_text="ready").wait_for()
+        page, _ = await ready_page(browser, server)
         await page.get_by_test_id("call").click()
         notice = page.locator("#notice")
         await notice.filter(has_text="microphone").wait_for(timeout=15_000)
@@ -311,10 +305,7 @@ async def test_the_page_reconnects_to_a_restarted_server_and_keeps_the_history(
     browser = await launch(playwright)
     try:
         async with server_process(env, log_path=str(tmp_path / "first.log"), port=port) as url:
-            page = await browser.new_page()
-            problems = watch_console(page)
-            await page.goto(url)
-            await page.get_by_test_id("state").filter(has_text="ready").wait_for()
+            page, problems = await ready_page(browser, url)
             await page.get_by_test_id("text-input").fill("What is the capital of France?")
             await page.get_by_test_id("text-send").click()
             await page.wait_for_function(
