@@ -33,16 +33,17 @@ from typing import Any
 
 import numpy as np
 import websockets
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from websockets.asyncio.client import ClientConnection
 
-from media.audio_file import read_audio, write_wav
+from media.audio_file import read_audio, read_audio_channels, write_wav
 from media.frames import level_dbfs
 from media.jitter_buffer import set_audio_jitter_buffer
 from media.resample import Resampler
-from media.tracks import OutboundAudioTrack
 from parley.errors import CallFailed, CallRefused
+from parley.impairment import ImpairedLink, Impairment, impair_outgoing_audio
+from parley.microphone import Microphone, MicrophoneFormat
 
 log = logging.getLogger(__name__)
 
@@ -189,13 +190,27 @@ class CallClient:
         reply_timeout_s: float = 15.0,
         jitter_buffer_packets: int = DEFAULT_JITTER_PACKETS,
         local_address: str | None = None,
+        microphone: MicrophoneFormat = MicrophoneFormat(),
+        codecs: tuple[str, ...] = (),
+        impairment: Impairment | None = None,
+        ping_interval_s: float | None = 20.0,
     ) -> None:
+        """microphone: the format the files are played in (the encoder converts it, as a browser's does).
+        codecs: the only audio codecs to offer, by name ("opus", "PCMU", "PCMA"); empty: aiortc's own.
+        impairment: loss and jitter on the RTP packets sent (parley.impairment).
+        ping_interval_s: the WebSocket's own keepalive pings (None: none, as a browser sends none).
+        """
         base = server.rstrip("/")
         # The signaling socket's source address: any of 127.0.0.0/8 makes a distinct caller on loopback.
         self.local_address = local_address
         self.jitter_buffer_packets = jitter_buffer_packets
         self.ws_url = base.replace("https://", "wss://").replace("http://", "ws://") + "/ws"
         self.reply_timeout_s = reply_timeout_s
+        self.microphone = microphone
+        self.codecs = codecs
+        self.impairment = impairment
+        self.ping_interval_s = ping_interval_s
+        self.links: list[ImpairedLink] = []  # one per peer connection made
         self.session: dict[str, Any] = {}
         self.messages: list[tuple[float, dict[str, Any]]] = []
         self.last_event_id: str | None = None
@@ -212,7 +227,7 @@ class CallClient:
 
     def _make_mic(self):
         """The microphone track: audio files played as PCM, encoded by aiortc."""
-        return OutboundAudioTrack(max_queued_s=120)
+        return Microphone(self.microphone)
 
     def _make_recorder(self):
         """What keeps the bot's voice as it arrives."""
@@ -244,6 +259,8 @@ class CallClient:
             await self._ws.close()
         if self._pc is not None:
             await self._pc.close()
+        for link in self.links:
+            await link.aclose()
         tasks = [*self._tasks, *([self._reader] if self._reader else [])]
         for task in tasks:
             task.cancel()
@@ -252,7 +269,9 @@ class CallClient:
     async def _open(self, url: str) -> None:
         source = {"local_addr": (self.local_address, 0)} if self.local_address else {}
         try:
-            self._ws = await websockets.connect(url, open_timeout=10, max_size=2**20, **source)
+            self._ws = await websockets.connect(
+                url, open_timeout=10, max_size=2**20, ping_interval=self.ping_interval_s, **source
+            )
         except (OSError, websockets.InvalidHandshake, TimeoutError) as exc:
             raise CallFailed(f"cannot reach {url}: {exc or type(exc).__name__}") from exc
         self._dropped_at = None
@@ -324,6 +343,10 @@ class CallClient:
     async def _connect_media(self) -> None:
         pc = self._pc = RTCPeerConnection()
         pc.addTrack(self._mic)
+        if self.codecs:
+            self._offer_only(pc, self.codecs)
+        if self.impairment is not None and self.impairment.active:
+            self.links.append(impair_outgoing_audio(pc, self.impairment))
         set_audio_jitter_buffer(pc, self.jitter_buffer_packets)
 
         @pc.on("track")
@@ -345,6 +368,15 @@ class CallClient:
                 raise CallFailed(f"WebRTC did not connect (state {pc.connectionState})")
             await asyncio.sleep(0.05)
 
+    @staticmethod
+    def _offer_only(pc: RTCPeerConnection, names: tuple[str, ...]) -> None:
+        wanted = {name.lower() for name in names}
+        codecs = [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.name.lower() in wanted]
+        if {c.name.lower() for c in codecs} != wanted:
+            raise ValueError(f"aiortc cannot offer {sorted(wanted)}; it knows {[c.name for c in codecs]}")
+        (transceiver,) = pc.getTransceivers()
+        transceiver.setCodecPreferences(codecs)
+
     async def talk(
         self, path: str, *, out_dir: Path, index: int, barge_in_after_s: float | None = None
     ) -> tuple[TurnReport, _Interrupted | None]:
@@ -358,7 +390,7 @@ class CallClient:
         if self.dropped:
             await self.recover()
         seen = len(self.messages)
-        await self._mic.play(samples.tobytes(), RATE, "")
+        await self._mic.play(self._as_recorded(path, samples))
         if not await self._said():
             # Dropped while the caller spoke: no use talking on into a dead line. Resume at once;
             # what was said so far may have been heard, as a turn, before the drop.
@@ -385,6 +417,13 @@ class CallClient:
         await asyncio.sleep(TAIL_S)
         self._fill(report, seen, done, speech_end, time.monotonic(), out_dir, index)
         return report, None
+
+    def _as_recorded(self, path: str, samples: np.ndarray) -> np.ndarray:
+        """The file in the microphone's format (`samples`: the file as 48 kHz mono)."""
+        if self.microphone == MicrophoneFormat(rate=RATE, channels=1):
+            return samples
+        recorded = read_audio_channels(path, self.microphone.rate, self.microphone.channels)
+        return recorded[:, 0] if self.microphone.channels == 1 else recorded
 
     async def _said(self) -> bool:
         """Wait until the microphone has sent all it was given; False (and the rest not sent) if
@@ -484,6 +523,15 @@ class CallClient:
             await asyncio.sleep(0.02)
         return None
 
+    async def ping(self, timeout_s: float = 10.0) -> bool:
+        """Send the protocol's `ping`; True once its `pong` came back within `timeout_s`."""
+        seen = len(self.messages)
+        try:
+            await self._send({"type": "ping"})
+        except websockets.ConnectionClosed:
+            return False
+        return await self._wait_for(lambda m: m["type"] == "pong", timeout_s, since=seen) is not None
+
     async def _send(self, message: dict[str, Any]) -> None:
         assert self._ws is not None
         await self._ws.send(json.dumps(message))
@@ -539,17 +587,23 @@ async def run_call(
     reply_timeout_s: float = 15.0,
     barge_in_after_s: float | None = None,
     jitter_buffer_packets: int = DEFAULT_JITTER_PACKETS,
+    impairment: Impairment | None = None,
+    codecs: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Call `server`, say each file in turn, and return the report.
 
     With barge_in_after_s, each file after the first starts that long after the bot
-    began answering the previous one, interrupting it.
+    began answering the previous one, interrupting it. With an impairment, the report
+    says how many RTP packets were sent, dropped and reordered.
     """
     for path in files:
         read_audio(path)  # fail on an unreadable file before calling anyone
     out_dir.mkdir(parents=True, exist_ok=True)
     turns: list[TurnReport] = []
-    async with CallClient(server, reply_timeout_s=reply_timeout_s, jitter_buffer_packets=jitter_buffer_packets) as client:
+    async with CallClient(
+        server, reply_timeout_s=reply_timeout_s, jitter_buffer_packets=jitter_buffer_packets,
+        impairment=impairment, codecs=codecs,
+    ) as client:
         interrupted: _Interrupted | None = None
         for index, path in enumerate(files, start=1):
             finishing = None
@@ -563,9 +617,18 @@ async def run_call(
                 await finishing
         session = client.session
         reconnects = client.reconnects
+        links = [link.counts for link in client.links]
+    impaired = {}
+    if impairment is not None and impairment.active:
+        impaired = {"impairment": {
+            "loss": impairment.loss, "jitter_ms": impairment.jitter_ms, "seed": impairment.seed,
+            "rtp_packets": sum(c.rtp for c in links), "dropped": sum(c.dropped for c in links),
+            "reordered": sum(c.reordered for c in links),
+        }}
     return {
         "session_id": session.get("session_id"),
         "dialog_id": session.get("dialog_id"),
+        **impaired,
         "reconnects": len(reconnects),
         "resumes": [{"resume_ms": r.resume_ms, "replayed": r.replayed, "attempts": r.attempts} for r in reconnects],
         "turns": [

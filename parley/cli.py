@@ -53,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
         "--jitter-buffer", type=_jitter_packets, default=1, metavar="PACKETS",
         help="received packets held before decoding (1-15; default 1, like a browser on a clean path; aiortc's: 4)",
     )
+    call.add_argument("--loss", type=float, default=0.0, help="drop each RTP packet sent with this probability (0-1)")
+    call.add_argument("--jitter-ms", type=float, default=0.0, help="delay each RTP packet sent by a random 0..J ms")
+    call.add_argument("--seed", type=int, help="the loss and jitter's random seed (default: random)")
+    call.add_argument("--codec", choices=["opus", "PCMU", "PCMA"], help="offer only this audio codec")
 
     bench = commands.add_parser("bench", help="benchmarks; results go to bench/results/")
     bench_kinds = bench.add_subparsers(dest="bench", required=True)
@@ -177,7 +181,9 @@ async def _call(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from parley.call_client import run_call
+    from parley.impairment import Impairment
 
+    impairment = Impairment(loss=args.loss, jitter_ms=args.jitter_ms, seed=args.seed)
     report = await run_call(
         args.server,
         args.files,
@@ -185,6 +191,8 @@ async def _call(args: argparse.Namespace) -> None:
         reply_timeout_s=args.reply_timeout,
         barge_in_after_s=args.barge_in_after,
         jitter_buffer_packets=args.jitter_buffer,
+        impairment=impairment,
+        codecs=(args.codec,) if args.codec else (),
     )
     text = json.dumps(report, indent=2)
     if args.report:
