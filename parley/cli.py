@@ -123,6 +123,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--log-transcripts", action="store_true", help="put what callers say in the log (debugging; [turns] log_transcripts)"
     )
+    serve.add_argument("--ssl-certfile", help="serve https:// and wss:// with this certificate (PEM; with --ssl-keyfile)")
+    serve.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
 
     cluster = commands.add_parser("cluster", help="Redis, one LLM, N replicas and haproxy in front; Ctrl-C stops all")
     cluster.add_argument("--replicas", type=int, default=3, help="`parley serve` processes (default 3)")
@@ -201,9 +203,11 @@ async def _call(args: argparse.Namespace) -> None:
         print(text)
 
 
-def _serve(settings: Settings, host: str | None, port: int | None) -> None:
+def _serve(settings: Settings, host: str | None, port: int | None, tls: tuple[str, str] | None = None) -> None:
+    """tls: (certificate, key) PEM files, to serve https:// and wss:// without a proxy in front."""
     import uvicorn
 
+    from signaling.access_log import drop_query_strings
     from signaling.app import create_app
     from signaling.drain import DrainingServer
 
@@ -226,9 +230,27 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> None:
         ws_ping_timeout=signaling.pong_timeout_s,
         ws_max_size=signaling.max_message_bytes,
         timeout_graceful_shutdown=10,
+        # The client address (rate limits, per-address caps) is X-Forwarded-For's only from these.
+        forwarded_allow_ips=settings.server.forwarded_allow_ips,
+        ssl_certfile=tls[0] if tls else None,
+        ssl_keyfile=tls[1] if tls else None,
     )
+    drop_query_strings()  # after uvicorn.Config, which sets up uvicorn's logging
     # SIGTERM drains (signaling.drain): calls finish, clients are told to come back elsewhere.
     DrainingServer(config, app=app, drain_timeout_s=settings.server.drain_timeout_s).run()
+
+
+def _tls_files(certfile: str | None, keyfile: str | None) -> tuple[str, str] | None:
+    if certfile is None and keyfile is None:
+        return None
+    if certfile is None or keyfile is None:
+        raise ValueError("--ssl-certfile and --ssl-keyfile go together")
+    from pathlib import Path
+
+    for path in (certfile, keyfile):
+        if not Path(path).is_file():
+            raise ValueError(f"no such file: {path}")
+    return certfile, keyfile
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -254,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "serve":
             if args.log_transcripts:
                 settings = dataclasses.replace(settings, turns=dataclasses.replace(settings.turns, log_transcripts=True))
-            _serve(settings, args.host, args.port)
+            _serve(settings, args.host, args.port, _tls_files(args.ssl_certfile, args.ssl_keyfile))
         elif args.command == "cluster":
             from parley.services.cluster import ClusterConfig, run_cluster
             from parley.services.haproxy import BalancerConfig

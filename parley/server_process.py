@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import ssl
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -23,29 +24,42 @@ def free_port() -> int:
 
 @contextlib.asynccontextmanager
 async def server_process(
-    extra_env: dict[str, str] | None = None, *, log_path: str | None = None, port: int | None = None
+    extra_env: dict[str, str] | None = None,
+    *,
+    log_path: str | None = None,
+    port: int | None = None,
+    tls: tuple[str, str] | None = None,
 ) -> AsyncIterator[str]:
-    """`parley serve` on `port` (default: a free one), ready (GET /readyz answers 200); yields its URL."""
-    async with server_child(extra_env, log_path=log_path, port=port) as (url, _):
+    """`parley serve` on `port` (default: a free one), ready (GET /readyz answers 200); yields its URL.
+
+    tls: (certificate, key) PEM files: the server speaks https:// and wss://, and the readiness
+    check trusts that certificate.
+    """
+    async with server_child(extra_env, log_path=log_path, port=port, tls=tls) as (url, _):
         yield url
 
 
 @contextlib.asynccontextmanager
 async def server_child(
-    extra_env: dict[str, str] | None = None, *, log_path: str | None = None, port: int | None = None
+    extra_env: dict[str, str] | None = None,
+    *,
+    log_path: str | None = None,
+    port: int | None = None,
+    tls: tuple[str, str] | None = None,
 ) -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
     """Like `server_process`, yielding the process too (to signal it). On exit it is sent SIGTERM
     (it drains), and a second signal if it has not exited within 30 s."""
     port = port or free_port()
     env = {**os.environ, **(extra_env or {})}
     log = open(log_path, "ab") if log_path else asyncio.subprocess.DEVNULL  # noqa: SIM115 - closed below
+    tls_args = ["--ssl-certfile", tls[0], "--ssl-keyfile", tls[1]] if tls else []
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "parley.cli", "serve", "--port", str(port), env=env,
+        sys.executable, "-m", "parley.cli", "serve", "--port", str(port), *tls_args, env=env,
         stdout=log, stderr=log,
     )
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     try:
-        await wait_ready(url, process)
+        await wait_ready(url, process, verify=ssl.create_default_context(cafile=tls[0]) if tls else True)
         yield url, process
     finally:
         if process.returncode is None:
@@ -59,9 +73,15 @@ async def server_child(
             log.close()
 
 
-async def wait_ready(url: str, process: asyncio.subprocess.Process | None = None, timeout_s: float = 120) -> None:
+async def wait_ready(
+    url: str,
+    process: asyncio.subprocess.Process | None = None,
+    timeout_s: float = 120,
+    *,
+    verify: ssl.SSLContext | bool = True,
+) -> None:
     deadline = time.monotonic() + timeout_s
-    async with httpx.AsyncClient(timeout=2.0) as client:
+    async with httpx.AsyncClient(timeout=2.0, verify=verify) as client:
         while time.monotonic() < deadline:
             if process is not None and process.returncode is not None:
                 raise ParleyError(f"the server exited with code {process.returncode} while starting")

@@ -43,6 +43,8 @@ class ServerConfig:
         to another replica (signaling.drain).
     malloc_trim_s: how often the memory malloc holds free is given back (parley.free_memory);
         0 never.
+    forwarded_allow_ips: proxies whose X-Forwarded-For names the client (its address is the one
+        rate limits and per-address caps count): addresses or networks, comma-separated; "*" any.
     """
 
     host: str = "127.0.0.1"
@@ -50,6 +52,7 @@ class ServerConfig:
     log_dir: str = "~/.local/state/parley/logs"
     drain_timeout_s: float = 60.0
     malloc_trim_s: float = 10.0
+    forwarded_allow_ips: str = "127.0.0.1,::1"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -31,6 +31,7 @@ from pipeline.tts import Synthesizer
 from pipeline.turn_model import TurnCompletionModel
 from signaling import metrics
 from signaling.admission import Admission
+from signaling.client_cap import ClientCap
 from signaling.rate_limit import RateLimiter
 from signaling.event_log import EventLog
 from signaling.origin import origin_allowed, parse_origins
@@ -56,6 +57,7 @@ class AppServices:
     dialogs: DialogStore
     limiter: RateLimiter
     admission: Admission
+    client_cap: ClientCap
     llm: LLMPool
     transcriber: Transcriber
     synthesizer: Synthesizer
@@ -89,6 +91,9 @@ def create_app(settings: Settings) -> FastAPI:
             heartbeat = asyncio.create_task(admission.heartbeat(), name="admission-heartbeat")
             stack.callback(heartbeat.cancel)
             stack.push_async_callback(admission.withdraw)
+            client_cap = ClientCap(redis, replica, settings.admission)
+            counting = asyncio.create_task(client_cap.heartbeat(), name="client-cap-heartbeat")
+            stack.callback(counting.cancel)
             owners = OwnershipWatch(redis)
             watching = asyncio.create_task(owners.run(), name="ownership-watch")
             stack.callback(watching.cancel)
@@ -103,10 +108,12 @@ def create_app(settings: Settings) -> FastAPI:
                     replica=replica,
                     attached_ttl_s=settings.signaling.session_ttl_s,
                     detached_ttl_s=settings.signaling.detached_session_ttl_s,
+                    max_age_s=settings.signaling.max_call_s,
                 ),
                 dialogs=DialogStore(redis, ttl_s=settings.dialog.ttl_s),
                 limiter=RateLimiter(redis, settings.rate_limit),
                 admission=admission,
+                client_cap=client_cap,
                 llm=llm,
                 transcriber=transcriber,
                 synthesizer=synthesizer,

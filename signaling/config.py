@@ -16,6 +16,9 @@ class SignalingConfig:
     resume_wait_s: how long a socket opened to resume waits for the `resume` message.
     allowed_origins: web pages, besides the server's own, that may open `/ws` (signaling.origin):
         origins separated by commas or spaces, "*" for any.
+    max_call_s: the longest a session (text or voice) lasts, counted from its creation across
+        resumes; then it ends after the reply in progress with `bye` reason `max_call_length`,
+        and its resume token no longer works. 0: no limit.
     """
 
     ping_interval_s: float = 30.0
@@ -26,6 +29,11 @@ class SignalingConfig:
     event_log_max: int = 2000
     resume_wait_s: float = 10.0
     allowed_origins: str = ""
+    max_call_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if self.max_call_s < 0:
+            raise ValueError("signaling.max_call_s must be 0 (no limit) or more")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -35,6 +43,8 @@ class AdmissionConfig:
     max_calls: voice calls at once (WebRTC audio: ASR, TTS and the LLM for each).
     max_sessions: WebSocket sessions at once, text or voice.
     cluster_max_calls: voice calls across every replica together (0: no cap but the replicas' own).
+    max_calls_per_ip, max_sessions_per_ip: voice calls and sessions one client address holds at
+        once, across every replica (signaling.client_cap); 0: no cap.
     retry_after_s: what a refused caller is told to wait before trying again.
     heartbeat_s, replica_ttl_s: how often a replica writes its load to Redis, and how long
         after its last write the others stop counting it.
@@ -43,12 +53,15 @@ class AdmissionConfig:
     max_calls: int = 2
     max_sessions: int = 2000
     cluster_max_calls: int = 0
+    max_calls_per_ip: int = 4
+    max_sessions_per_ip: int = 20
     retry_after_s: float = 5.0
     heartbeat_s: float = 5.0
     replica_ttl_s: float = 15.0
 
     def __post_init__(self) -> None:
-        if self.max_calls < 0 or self.max_sessions < 0 or self.cluster_max_calls < 0:
+        limits = (self.max_calls, self.max_sessions, self.cluster_max_calls, self.max_calls_per_ip, self.max_sessions_per_ip)
+        if any(limit < 0 for limit in limits):
             raise ValueError("admission limits must be 0 or more")
         if self.replica_ttl_s <= self.heartbeat_s:
             raise ValueError("admission.replica_ttl_s must be longer than heartbeat_s")

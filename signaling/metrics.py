@@ -56,6 +56,14 @@ KEEPALIVE_CLOSES = Counter(
 ORIGIN_REFUSALS = Counter(
     "parley_origin_refusals_total", "WebSockets refused because their page's origin may not open calls (403)"
 )
+CLIENT_CAP_REFUSALS = Counter(
+    "parley_client_cap_refusals_total",
+    "Newcomers refused because their address holds [admission] max_calls_per_ip or max_sessions_per_ip",
+    ["kind"],
+)
+CALLS_AT_MAX_LENGTH = Counter(
+    "parley_calls_at_max_length_total", "Sessions the server ended at [signaling] max_call_s (bye max_call_length)"
+)
 
 
 def bind(services: Any) -> None:

@@ -5,7 +5,8 @@ token itself is only ever sent to the client), the replica serving it, when it w
 created, and an `epoch` that counts its owners. Its TTL is long while a client is
 attached and short after it leaves, so an abandoned session expires on its own.
 
-Resuming is one Lua script: check the token, bump the epoch, store the next token's
+Resuming is one Lua script: check the token (and that the session is younger than its
+maximum length, `[signaling] max_call_s`), bump the epoch, store the next token's
 hash and publish the new epoch on `SESSIONS_CHANNEL`, so two clients racing with one
 token cannot both win, and the replica that served the session before learns at once
 that it no longer does. Every later change a replica makes to the session (its TTL,
@@ -31,17 +32,22 @@ from pipeline.dialog_store import Fence
 SESSIONS_CHANNEL = "sess:owners"
 
 # KEYS: the session hash. ARGV: the presented token's hash, the next token's hash, this
-# replica, the attached TTL, the channel. Returns {dialog_id, epoch, voice}, or nil for an unknown
-# session or a wrong token.
+# replica, the attached TTL, the channel, the earliest creation time still resumable (0: any).
+# Returns {dialog_id, epoch, voice, created_at}; nil for an unknown session or a wrong token,
+# 0 for a session that has reached its maximum length.
 _RESUME = """
 if redis.call('HGET', KEYS[1], 'token_sha256') ~= ARGV[1] then
   return nil
+end
+if tonumber(ARGV[6]) > 0 and (tonumber(redis.call('HGET', KEYS[1], 'created_at')) or 0) < tonumber(ARGV[6]) then
+  return 0
 end
 local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 redis.call('HSET', KEYS[1], 'token_sha256', ARGV[2], 'replica', ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('PUBLISH', ARGV[5], string.sub(KEYS[1], 6) .. ' ' .. epoch)
-return {redis.call('HGET', KEYS[1], 'dialog_id'), epoch, redis.call('HGET', KEYS[1], 'voice') or '0'}
+return {redis.call('HGET', KEYS[1], 'dialog_id'), epoch, redis.call('HGET', KEYS[1], 'voice') or '0',
+        redis.call('HGET', KEYS[1], 'created_at') or '0'}
 """
 
 # KEYS: the session hash, its event log. ARGV: the epoch held, the TTL. Returns 1 when the
@@ -73,6 +79,7 @@ class Session:
     resume_token: str
     epoch: int = 1
     voice: bool = False  # the session has carried a voice call (a resumed one offers again)
+    created_at: float = 0.0  # when the session began (Unix time), on whichever replica
 
     @property
     def fence(self) -> Fence:
@@ -93,22 +100,27 @@ def event_log_key(session_id: str) -> str:
 
 
 class SessionStore:
-    def __init__(self, redis: aioredis.Redis, *, replica: str, attached_ttl_s: int, detached_ttl_s: int) -> None:
+    """Sessions in Redis. max_age_s: a session this old may no longer be resumed (0: any age)."""
+
+    def __init__(
+        self, redis: aioredis.Redis, *, replica: str, attached_ttl_s: int, detached_ttl_s: int, max_age_s: float = 0.0
+    ) -> None:
         self._redis = redis
         self.replica = replica
         self.attached_ttl_s = attached_ttl_s
         self.detached_ttl_s = detached_ttl_s
+        self.max_age_s = max_age_s
         self._resume = redis.register_script(_RESUME)
         self._expire_if_owner = redis.register_script(_EXPIRE_IF_OWNER)
 
     async def create(self) -> Session:
         """A new session with a new dialog, owned by this replica at epoch 1."""
-        session = Session(uuid.uuid4().hex, uuid.uuid4().hex, secrets.token_urlsafe(24), 1)
+        session = Session(uuid.uuid4().hex, uuid.uuid4().hex, secrets.token_urlsafe(24), 1, created_at=time.time())
         fields = {
             "dialog_id": session.dialog_id,
             "token_sha256": _hash(session.resume_token),
             "replica": self.replica,
-            "created_at": time.time(),
+            "created_at": session.created_at,
             "epoch": session.epoch,
         }
         try:
@@ -124,20 +136,30 @@ class SessionStore:
         """Take the session whose resume token this is (SessionError otherwise), with a new token.
 
         Atomic: of two clients presenting the same token, exactly one gets the session; the
-        other's token no longer matches.
+        other's token no longer matches. A session older than `max_age_s` is not resumed: it
+        ended at its maximum length, and a new one is the way on.
         """
         session = Session(session_id, "", secrets.token_urlsafe(24))
+        born_after = time.time() - self.max_age_s if self.max_age_s > 0 else 0
         try:
             taken = await self._resume(
                 keys=[session_key(session_id)],
-                args=[_hash(token), _hash(session.resume_token), self.replica, self.attached_ttl_s, SESSIONS_CHANNEL],
+                args=[
+                    _hash(token), _hash(session.resume_token), self.replica, self.attached_ttl_s, SESSIONS_CHANNEL,
+                    born_after,
+                ],
             )
         except (RedisError, OSError) as exc:
             raise SessionError("unavailable", f"cannot resume: {redis_problem(exc)}") from exc
         if taken is None:
             raise SessionError("resume_failed", "unknown session or wrong resume token")
-        dialog_id, epoch, voice = taken
-        return Session(session_id, dialog_id.decode(), session.resume_token, int(epoch), voice == b"1")
+        if taken == 0:
+            raise SessionError("resume_failed", "the session has reached its maximum length")
+        dialog_id, epoch, voice, created_at = taken
+        return Session(
+            session_id, dialog_id.decode(), session.resume_token, int(epoch), voice == b"1",
+            created_at=float(created_at or 0),
+        )
 
     async def mark_voice(self, session: Session) -> None:
         """Remember that the session carries a voice call, for the replica that may resume it."""

@@ -10,7 +10,9 @@ WebSocket server itself (uvicorn's ws_ping_interval, ws_ping_timeout, ws_max_siz
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from typing import Any
 
 from fastapi import WebSocket
@@ -23,8 +25,9 @@ from pipeline.events import TranscriptEvent, TurnEvent, TurnMetrics
 from pipeline.shedding import TurnPlan, plan_for
 from pipeline.turns import TurnLoop
 from signaling import metrics, protocol
-from signaling.admission import Refusal
+from signaling.admission import Kind, Refusal
 from signaling.call import Call
+from signaling.drain import REPLY_GRACE_S
 from signaling.event_log import EventLogError, LostOwnership
 from signaling.protocol import Bye, IceCandidate, Offer, Ping, Pong, ProtocolError, Resume, Text
 from signaling.config import SignalingConfig
@@ -58,6 +61,17 @@ def over_capacity(refusal: Refusal) -> dict[str, Any]:
     )
 
 
+def too_many_calls(kind: Kind, limit: int) -> dict[str, Any]:
+    """The protocol's refusal of a newcomer whose address holds its cap already (signaling.client_cap)."""
+    what = "voice calls" if kind == "calls" else "sessions"
+    return protocol.error(
+        "too_many_calls",
+        f"this address already has {limit} {what} open, the most one address may; end one and try again",
+        kind="call" if kind == "calls" else "session",
+        limit=limit,
+    )
+
+
 class _Hangup(Exception):
     """The client said bye or went away: end the socket's task group."""
 
@@ -74,7 +88,9 @@ class CallSocket:
         self._session: Session | None = None
         self._log_failing = False  # the event log's Redis is away (warned once per outage)
         self._last_bye: dict[str, Any] | None = None  # said after everything else, as the socket closes
-        self._voice = False  # holds one of the replica's places for voice calls
+        self._voice = False  # holds one of the replica's places for voice calls, and one of its address's
+        # The peer's address, or the client's that a trusted proxy forwarded ([server] forwarded_allow_ips).
+        self.client_ip = websocket.client.host if websocket.client else "unknown"
         self._close_code = 1000
         self._turns: TurnLoop | None = None
         self._end = asyncio.Event()  # the server ends the session (drain)
@@ -102,8 +118,7 @@ class CallSocket:
 
     async def serve(self) -> None:
         await self.ws.accept()
-        client_ip = self.ws.client.host if self.ws.client else "unknown"
-        decision = await self.services.limiter.take(client_ip)
+        decision = await self.services.limiter.take(self.client_ip)
         if not decision.admitted:
             # Only new calls are limited: a call already admitted is never cut by the limiter.
             await self.ws.send_json(
@@ -111,6 +126,17 @@ class CallSocket:
             )
             await self.ws.close(code=1013)
             return
+        if not await self.services.client_cap.take("sessions", self.client_ip):
+            # Not worth retrying at once: the address's own sessions hold the places.
+            await self.ws.send_json(too_many_calls("sessions", self.services.client_cap.cap("sessions")))
+            await self.ws.close(code=1008)
+            return
+        try:
+            await self._serve_within_capacity()
+        finally:
+            await asyncio.shield(self.services.client_cap.release("sessions", self.client_ip))
+
+    async def _serve_within_capacity(self) -> None:
         if (refusal := await self.services.admission.admit("sessions")) is not None:
             await self.ws.send_json(over_capacity(refusal))
             await self.ws.close(code=1013)
@@ -159,6 +185,8 @@ class CallSocket:
                 tasks.create_task(self._ping(), name=f"ws-pinger-{session.session_id}")
                 tasks.create_task(call.run(), name=f"call-{session.session_id}")
                 tasks.create_task(self._ended_by_server(), name=f"ws-end-{session.session_id}")
+                if self.config.max_call_s > 0:
+                    tasks.create_task(self._end_at_max_length(session), name=f"ws-max-length-{session.session_id}")
                 if unanswered is not None:
                     # A resumed voice call offers again at once: the answer waits a moment to be spoken.
                     wait = RESUMED_OFFER_WAIT_S if session.voice else 0.0
@@ -171,7 +199,7 @@ class CallSocket:
             self.services.sockets.discard(self)
             self.services.owners.forget(session)
             if self._voice:
-                await asyncio.shield(self.services.admission.release("calls"))
+                await asyncio.shield(self._release_call())
             await asyncio.shield(call.close())
             await asyncio.shield(self._detach(session))
             if self.ws.client_state == WebSocketState.CONNECTED:
@@ -308,12 +336,11 @@ class CallSocket:
         match message:
             case Offer(sdp):
                 if not self._voice:
-                    if (refusal := await self.services.admission.admit("calls")) is not None:
+                    if (refused := await self._admit_call()) is not None:
                         # Refused before any media work; the client tries again later, or elsewhere.
-                        await self.send(over_capacity(refusal))
-                        self._close_code = 1013
+                        await self.send(refused[0])
+                        self._close_code = refused[1]
                         return True
-                    self._voice = True
                     if self._session is not None and not self._session.voice:
                         await self._mark_voice(self._session)
                 await self.send(protocol.answer(await call.accept_offer(sdp)))
@@ -330,6 +357,38 @@ class CallSocket:
                 await self.send(protocol.bye("client said bye"))
                 return True
         return False
+
+    async def _admit_call(self) -> tuple[dict[str, Any], int] | None:
+        """A voice call's places: one of its address's, then one of the replica's (and the
+        cluster's). None when both are taken; otherwise the refusal and the close code."""
+        cap = self.services.client_cap
+        if not await cap.take("calls", self.client_ip):
+            # 1008, not 1013: trying again at once will not help while the address's calls go on.
+            return too_many_calls("calls", cap.cap("calls")), 1008
+        if (refusal := await self.services.admission.admit("calls")) is not None:
+            await cap.release("calls", self.client_ip)
+            return over_capacity(refusal), 1013
+        self._voice = True
+        return None
+
+    async def _release_call(self) -> None:
+        await self.services.admission.release("calls")
+        await self.services.client_cap.release("calls", self.client_ip)
+
+    async def _end_at_max_length(self, session: Session) -> None:
+        """At `[signaling] max_call_s` from the session's creation (on whichever replica), end it
+        like a drain does: after the reply in progress, `bye` with reason `max_call_length`. Its
+        resume token no longer works (SessionStore.resume refuses a session that old)."""
+        await asyncio.sleep(session.created_at + self.config.max_call_s - time.time())
+        metrics.CALLS_AT_MAX_LENGTH.inc()
+        log.info("session %s reached its maximum length (%.0f s); ending it", session.session_id, self.config.max_call_s)
+        if self._turns is not None:
+            # A reply still going after the grace is cut: what was heard of it is stored all the same.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(REPLY_GRACE_S):
+                    await self._turns.quiet()
+        self._last_bye = protocol.bye("max_call_length")
+        raise _Hangup
 
     async def _ended_by_server(self) -> None:
         await self._end.wait()

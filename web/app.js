@@ -10,6 +10,7 @@ const VOICE_DB = -40; // a 20 ms level above this counts as voice (as the server
 const TICK_MS = 20;
 const SESSION_KEY = "parley.session";
 const ENDED_ELSEWHERE = "This call continued in another window. Press Call to start a new one here.";
+const ENDED_AT_MAX_LENGTH = "This call reached its maximum length. Press Call to start a new one.";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -38,7 +39,7 @@ const parley = {
   session: JSON.parse(sessionStorage.getItem(SESSION_KEY) || "null"),
   reconnectDelay: 500,
   closing: false,
-  ended: false, // the session went on in another window (bye resumed_elsewhere): do not come back
+  ended: false, // the session went on in another window, or reached its maximum length: do not come back
   // Refused for want of room (over_capacity): when to try again and how often it happened in a row.
   busy: null, // {until: ms timestamp, attempts}
   busyTimer: null,
@@ -265,6 +266,10 @@ function handle(message) {
         endCall({ notifyServer: false });
       } else if (message.code === "over_capacity") {
         lineBusy(message); // the server closes the socket next; onclose waits, then tries again
+      } else if (message.code === "too_many_calls") {
+        // This address's other calls hold its places: dialling again would only be refused again.
+        endCall({ notifyServer: false });
+        notify("Too many calls are open from your network. Hang one up, then press Call.");
       } else if (message.code === "rate_limited") {
         notify(`Parley is very busy. Please try again in ${Math.ceil(message.retry_after)} s.`);
       } else if (["llm_unavailable", "llm_busy"].includes(message.code)) {
@@ -286,15 +291,16 @@ function handle(message) {
       send({ type: "pong" });
       break;
     case "bye":
-      if (message.reason === "resumed_elsewhere") {
+      if (message.reason === "resumed_elsewhere" || message.reason === "max_call_length") {
         // Another window (or connection) took the session over and spent the token this page
-        // held: coming back would only fail. The call ends here; it goes on there.
+        // held, or the session reached its maximum length: coming back would only fail. The
+        // call ends here (and goes on in the other window).
         parley.ended = true;
         parley.session = null;
         saveSession();
         endCall({ notifyServer: false });
         setState("offline");
-        notify(ENDED_ELSEWHERE);
+        notify(message.reason === "max_call_length" ? ENDED_AT_MAX_LENGTH : ENDED_ELSEWHERE);
       } else if (message.reconnect) {
         // This server is going away (draining): come back, to another one, in a moment (with
         // jitter: everyone on it is leaving at once); the session, and a call in progress, go on
