@@ -21,6 +21,10 @@ silence is over, a draft reply starts on what was said so far: transcript, LLM
 and the first sentence's speech, all unheard, its events held. When the turn ends
 with nothing more said, the draft is released and the bot speaks at once; a voiced
 frame before that cancels it, and the next pause drafts anew.
+
+Who has the floor is decided in one place, pipeline.turn_state: every voiced frame,
+VAD event, typed message and reply milestone goes through its policy, and this
+module only carries out the actions it returns (one event at a time).
 """
 
 from __future__ import annotations
@@ -60,6 +64,19 @@ from pipeline.sentences import SentenceSplitter
 from pipeline.shedding import FULL, Planner, TurnPlan
 from pipeline.tts import Synthesizer
 from pipeline.turn_model import TurnCompletionModel
+from pipeline.turn_state import (
+    Action,
+    CallerEnded,
+    CallerPaused,
+    CallerStarted,
+    Event,
+    Heard,
+    PolicyConfig,
+    ReplyAudible,
+    ReplyFinished,
+    ReplyRequested,
+    TurnPolicy,
+)
 from pipeline.vad import SpeechPaused, SpeechStarted, TurnEnded, VoiceActivityDetector
 
 log = logging.getLogger(__name__)
@@ -194,7 +211,13 @@ class TurnLoop:
         self._audio_attached = asyncio.Event()
         self._running = asyncio.Event()
         self._state = ""
-        self._held_ms: float | None = None  # silence since the bot was paused for a voiced frame
+        self._policy = TurnPolicy(PolicyConfig(
+            continuation_window_ms=config.continuation_window_ms, hold_resume_ms=config.hold_resume_ms,
+            judges=self._end_of_turn.judges, drafts=config.speculative,
+        ))
+        # One event and its actions at a time: a typed message and the end of a spoken turn
+        # must not interleave their stops and starts.
+        self._turn_taking = asyncio.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -243,7 +266,7 @@ class TurnLoop:
             await self._answer(reply)
 
         log.info("turn %s was left unanswered; answering it again", turn.turn_id)
-        self._start_reply(reply, answer())
+        await self._apply(ReplyRequested(), start=lambda: self._start_reply(reply, answer()))
 
     def submit_text(self, text: str) -> bool:
         """Queue a typed message as a user turn; False when too many are waiting (the caller says busy)."""
@@ -258,27 +281,26 @@ class TurnLoop:
     async def _audio_turns(self, frames: AsyncIterable[AudioFrame]) -> None:
         async for frame in frames:
             event = self._vad.push(frame)
-            self._hold_for_voice(frame.duration_ms)
-            if self._vad.last_voiced:
-                # The user goes on: the draft answers only part of it, the judgement a pause now over.
-                if self._draft is not None:
-                    await self._drop_draft()
-                if self._judging is not None or self._judgement is not None:
-                    await self._forget_judgement()
+            await self._apply(Heard(self._vad.last_voiced, frame.duration_ms))
             if isinstance(event, SpeechStarted):
-                await self._on_speech_started()
-            elif isinstance(event, SpeechPaused) and self._partials is not None:
+                await self._apply(CallerStarted(self._since_turn_end_ms()))
+            elif isinstance(event, SpeechPaused):
+                assert self._partials is not None  # a pause is always within a turn
                 self._partials.now()
-                covers = self._pause_covers = len(self._carry) + event.speech_bytes
-                if self._end_of_turn.judges:
-                    self._start_judging()
-                if self.config.speculative and self._plan.drafts and self._speaker is not None:
-                    await self._start_draft(covers)
+                self._pause_covers = len(self._carry) + event.speech_bytes
+                await self._apply(CallerPaused(may_draft=self._plan.drafts and self._speaker is not None))
             elif isinstance(event, TurnEnded):
                 await self._on_turn_ended(event)
             elif self._should_recheck():
                 self._rechecked = True
                 self._start_judging()
+
+    def _since_turn_end_ms(self) -> float | None:
+        """How long ago the spoken turn the reply in progress answers ended (None: no such reply)."""
+        reply = self._reply
+        if reply is None or not reply.user_audio:
+            return None
+        return 1000 * (time.monotonic() - reply.ended_at_mono)
 
     def _start_judging(self) -> None:
         assert self._partials is not None
@@ -298,52 +320,25 @@ class TurnLoop:
             and self._partials is not None
         )
 
-    def _hold_for_voice(self, frame_ms: float) -> None:
-        """While the bot talks, a voiced frame pauses it at once; it goes on after a short silence.
-
-        Barge-in needs `barge_in_speech_ms` of speech to be sure; pausing on the first voiced
-        frame makes the bot fall quiet as soon as the user starts, and a cough or an "mm-hm"
-        only costs a brief pause.
-        """
-        reply = self._reply
-        if self._speaker is None or reply is None or not reply.speaking:
-            self._held_ms = None
-            return
-        if self._vad.last_voiced:
-            if self._held_ms is None:
-                self._speaker.hold()
-            self._held_ms = 0.0
-        elif self._held_ms is not None:
-            self._held_ms += frame_ms
-            if self._held_ms >= self.config.hold_resume_ms:
-                self._speaker.resume()
-                self._held_ms = None
-
     async def _text_turns(self) -> None:
         while True:
             text = (await self._texts.get()).strip()
             try:
                 if not text:
                     continue
-                await self._stop_reply(barge_in=True)
                 reply = Reply(turn_id=uuid.uuid4().hex, user_started_at=time.time(), user_text=text, plan=self._planner())
-                self._commit_user(reply)
-                self._start_reply(reply, self._answer(reply))
+
+                def start(reply: Reply = reply) -> None:
+                    self._commit_user(reply)
+                    self._start_reply(reply, self._answer(reply))
+
+                await self._apply(ReplyRequested(), start=start)
             finally:
                 self._texts.task_done()  # its reply has begun (`quiet` waits for that)
 
-    async def _on_speech_started(self) -> None:
-        reply = self._reply
-        if reply is not None and reply.task is not None and not reply.task.done():
-            since_end_ms = 1000 * (time.monotonic() - reply.ended_at_mono)
-            if reply.user_audio and since_end_ms <= self.config.continuation_window_ms:
-                log.info("turn %s continues (%.0f ms after its end); its reply is dropped", reply.turn_id, since_end_ms)
-                self._carry, self._carry_turn_id = reply.user_audio, reply.turn_id
-                await self._stop_reply(barge_in=False)
-            else:
-                await self._stop_reply(barge_in=True)
+    def _begin_turn(self) -> None:
+        """A caller turn begins (or a voided one goes on, in `_carry`): its id, its partial transcripts."""
         self._vad.start_speech_ms = self._vad.config.start_speech_ms
-        await self._forget_judgement()
         # The turn's id is fixed when it starts, so partial and final transcripts share it.
         self._turn_id, self._carry_turn_id = self._carry_turn_id or uuid.uuid4().hex, None
         plan = self._plan = self._planner()
@@ -409,7 +404,7 @@ class TurnLoop:
             drafted_at_mono=time.monotonic(), plan=self._plan,
         )
         draft.task = self._tasks.create_task(
-            self._respond(draft, self._partials, covers), name=f"draft-{draft.turn_id}"
+            self._within_boundary(draft, self._respond(draft, self._partials, covers)), name=f"draft-{draft.turn_id}"
         )
 
     async def _drop_draft(self) -> None:
@@ -420,30 +415,99 @@ class TurnLoop:
             await asyncio.wait([draft.task])
 
     async def _on_turn_ended(self, event: TurnEnded) -> None:
-        judgement = self._judgement
-        await self._forget_judgement()
-        if self._partials_task is not None:
-            self._partials_task.cancel()
-            self._partials_task = None
-        partials, self._partials = self._partials, None
+        judgement, partials = self._judgement, self._partials
         speech_bytes = len(self._carry) + event.speech_bytes
-        audio, self._carry = self._carry + event.audio, b""
+        audio = self._carry + event.audio
         user_started_at = time.time() - len(audio) / 32000
         draft = self._draft
-        if draft is not None and draft.covers == speech_bytes:
+
+        async def release() -> None:
             # Nothing more was said: the draft is the reply, ahead by the end-of-turn silence.
+            assert draft is not None
             self._draft = None
             draft.user_audio, draft.user_started_at, draft.ended_at_mono = audio, user_started_at, time.monotonic()
             draft.end_silence_ms, draft.judgement = event.silence_ms, judgement
             self._reply = draft
             await self._release(draft)
-            return
-        await self._drop_draft()
-        reply = Reply(
-            turn_id=self._turn_id, user_started_at=user_started_at, user_audio=audio,
-            end_silence_ms=event.silence_ms, judgement=judgement, plan=self._plan,
-        )
-        self._start_reply(reply, self._respond(reply, partials, speech_bytes))
+            if draft.task is not None and draft.task.done():
+                self._finished(draft)  # it came to nothing (no speech) before its release
+
+        def start() -> None:
+            reply = Reply(
+                turn_id=self._turn_id, user_started_at=user_started_at, user_audio=audio,
+                end_silence_ms=event.silence_ms, judgement=judgement, plan=self._plan,
+            )
+            self._start_reply(reply, self._respond(reply, partials, speech_bytes))
+
+        covers = draft is not None and draft.covers == speech_bytes
+        await self._apply(CallerEnded(draft_covers=covers), start=start, release=release)
+
+    def _end_turn(self) -> None:
+        """The caller's turn is over: its partial transcripts stop; what it said goes to its reply."""
+        if self._partials_task is not None:
+            self._partials_task.cancel()
+            self._partials_task = None
+        self._partials, self._carry = None, b""
+
+    # -- turn-taking -------------------------------------------------------------------------
+
+    async def _apply(
+        self,
+        event: Event,
+        *,
+        start: Callable[[], None] | None = None,
+        release: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Put one event to the turn-taking policy and carry out its actions, in order. `start`
+        begins the reply the event is about; `release` makes the pause's draft the reply."""
+        async with self._turn_taking:
+            actions = self._policy.on(event)
+            stopping = None
+            if Action.STOP_REPLY in actions or Action.VOID_REPLY in actions:
+                # Detached at once, before any await: its last events (heard, finished) are no
+                # longer the current reply's.
+                stopping, self._reply = self._reply, None
+            for action in actions:
+                match action:
+                    case Action.HOLD | Action.RESUME:
+                        self._hold(action)
+                    case Action.STOP_REPLY | Action.VOID_REPLY:
+                        await self._stop_reply(stopping, barge_in=action is Action.STOP_REPLY)
+                    case Action.BEGIN_TURN | Action.CONTINUE_TURN:
+                        self._begin_turn()
+                    case Action.JUDGE_PAUSE:
+                        self._start_judging()
+                    case Action.FORGET_JUDGEMENT:
+                        await self._forget_judgement()
+                    case Action.START_DRAFT:
+                        await self._start_draft(self._pause_covers)
+                    case Action.DROP_DRAFT:
+                        await self._drop_draft()
+                    case Action.END_TURN:
+                        self._end_turn()
+                    case Action.START_REPLY if start is not None:
+                        start()
+                    case Action.RELEASE_DRAFT if release is not None:
+                        await release()
+                    case _:
+                        raise RuntimeError(f"{action.value}: nothing to carry it out after {type(event).__name__}")
+
+    def _hold(self, action: Action) -> None:
+        if self._speaker is not None:
+            self._speaker.hold() if action is Action.HOLD else self._speaker.resume()
+
+    def _reply_event(self, reply: Reply, event: ReplyAudible | ReplyFinished) -> bool:
+        """Tell the policy of a milestone of `reply`, if it is still the current one (a reply
+        stopped, or a draft not released, is no longer the policy's business)."""
+        if reply is not self._reply:
+            return False
+        for action in self._policy.on(event):
+            self._hold(action)  # a reply's own milestones only ever hold or resume
+        return True
+
+    def _finished(self, reply: Reply) -> None:
+        if self._reply_event(reply, ReplyFinished()):
+            self._reply = None
 
     # -- replies -----------------------------------------------------------------------------
 
@@ -461,19 +525,26 @@ class TurnLoop:
         reply.task = self._tasks.create_task(self._within_boundary(reply, work), name=f"reply-{reply.turn_id}")
 
     async def _within_boundary(self, reply: Reply, work: Awaitable[None]) -> None:
-        """A reply's error boundary: anything unexpected fails this turn, said once with its
-        traceback in the log and as `internal_error` to the caller; the call goes on."""
+        """A reply's (or a draft's) error boundary: anything unexpected fails this turn, said once
+        with its traceback in the log and as `internal_error` to the caller; the call goes on."""
         try:
             await work
         except Exception:  # noqa: BLE001 - the boundary of one turn
             log.exception("call %s: turn %s failed", self.dialog_id, reply.turn_id)
-            await self._emit(TurnError("internal_error", "the server failed on this turn; the call goes on"))
-            await self._set_state("listening")
+            await self._say(reply, TurnError("internal_error", "the server failed on this turn; the call goes on"))
+            await self._say(reply, StateChanged("listening"))
+        finally:
+            self._finished(reply)
 
-    async def _stop_reply(self, *, barge_in: bool) -> None:
-        """Cancel the reply in flight. On barge-in, keep what the user heard; on continuation, nothing."""
-        reply, self._reply = self._reply, None
-        if reply is None or reply.task is None or reply.task.done():
+    async def _stop_reply(self, reply: Reply | None, *, barge_in: bool) -> None:
+        """Cancel a reply in flight. On barge-in, keep what the user heard; on continuation, nothing
+        (the turn it answered goes on, in `_carry`, under the same id)."""
+        if reply is None or reply.task is None:
+            return
+        if not barge_in:
+            log.info("turn %s continues; its reply is dropped", reply.turn_id)
+            self._carry, self._carry_turn_id = reply.user_audio, reply.turn_id
+        if reply.task.done():
             return
         reply.task.cancel()
         # Wait for it to end without raising its CancelledError (ours still propagates).
@@ -624,6 +695,7 @@ class TurnLoop:
                         stages["tts_first_audio"] = 1000 * (time.monotonic() - started)
                         await reply.released.wait()  # a draft's first audio waits, ready, for the end of turn
                         reply.speaking = True
+                        self._reply_event(reply, ReplyAudible())
                         now = time.monotonic()
                         stages["end_of_turn_to_first_audio"] = 1000 * (now - reply.ended_at_mono)
                         if reply.drafted_at_mono is not None:

@@ -1,0 +1,180 @@
+"""The turn loop's turn-taking with stand-ins for ASR, LLM, TTS and Redis: fast, no models, no network.
+
+The caller's audio is real speech (its voiced frames are what the VAD hears); everything the
+loop asks of a model answers at once, so these tests are about who has the floor, not about
+what is said.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from media.audio_file import read_audio
+from media.frames import AudioFrame, frames_of
+from media.tracks import OutboundAudioTrack
+from pipeline.asr import Transcript
+from pipeline.config import TurnConfig
+from pipeline.dialog_store import DialogStore, Turn
+from pipeline.events import ReplyDelta, ReplyDone
+from pipeline.turns import TurnLoop
+
+SPEECH = Path(__file__).resolve().parents[2] / "shared" / "audio" / "jfk.flac"
+FRAME_BYTES = 640  # 20 ms at 16 kHz
+
+
+@dataclass(frozen=True)
+class _ASRConfig:
+    partial_interval_ms: int = 300
+
+
+class _Transcriber:
+    config = _ASRConfig()
+
+    async def transcribe(self, audio: bytes) -> Transcript:
+        return Transcript("and so my fellow americans", 0.0, -0.1, len(audio) / 32, "en")
+
+
+class _LLM:
+    """Answers a typed message at length (so it is still speaking when the caller's turn ends)."""
+
+    def with_system_prompt(self, messages):
+        return list(messages)
+
+    async def stream_chat(self, messages, *, dialog_id=None, on_usage=None, max_tokens=None) -> AsyncIterator[str]:
+        said = messages[-1]["content"]
+        answer = "One. Two. Three. Four. Five. Six." if said.startswith("typed") else "Spoken answer."
+        for word in answer.split(" "):
+            await asyncio.sleep(0)
+            yield word + " "
+
+
+class _Synthesizer:
+    sample_rate = 16000
+
+    async def stream(self, text: str) -> AsyncIterator[bytes]:
+        await asyncio.sleep(0.1)  # synthesis takes a while: the caller's frames go on meanwhile
+        yield bytes(16000)  # half a second of silence a sentence
+
+
+class _Store(DialogStore):
+    """The dialog in memory."""
+
+    def __init__(self) -> None:
+        self.ttl_s = 900
+        self._turns: dict[str, Turn] = {}
+
+    async def put(self, dialog_id, turn, *, fence=None):
+        inserted = turn.turn_id not in self._turns
+        self._turns[turn.turn_id] = turn
+        return turn, inserted
+
+    async def turns(self, dialog_id):
+        return [t for t in self._turns.values() if t.text]
+
+
+async def _until(condition, timeout: float = 20.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+def _speech_frames() -> list[AudioFrame]:
+    return frames_of(read_audio(SPEECH, 16000).tobytes(), 16000)
+
+
+@contextlib.asynccontextmanager
+async def _call(events: list):
+    """A running turn loop; frames put in the queue reach it in real time, silence in between."""
+
+    async def emit(event) -> None:
+        events.append(event)
+
+    loop = TurnLoop(
+        dialog_id="d", store=_Store(), llm=_LLM(), transcriber=_Transcriber(), synthesizer=_Synthesizer(),
+        emit=emit, config=TurnConfig(end_of_turn="silence"),
+    )
+    said: asyncio.Queue[AudioFrame] = asyncio.Queue()
+
+    async def microphone():
+        pts = 0
+        while True:
+            frame = said.get_nowait() if not said.empty() else AudioFrame(bytes(FRAME_BYTES), 16000)
+            yield AudioFrame(frame.pcm, 16000, pts)
+            pts += len(frame.pcm) // 2
+            await asyncio.sleep(0.02)
+
+    track = OutboundAudioTrack()
+
+    async def listen() -> None:
+        while True:
+            await track.recv()
+
+    running = asyncio.create_task(loop.run())
+    listener = asyncio.create_task(listen())
+    try:
+        await _until(lambda: loop._tasks is not None)
+        loop.attach_audio(microphone(), track)
+        yield said, loop
+    finally:
+        for task in (running, listener):
+            task.cancel()
+        await asyncio.gather(running, listener, return_exceptions=True)
+
+
+def _done(events: list) -> list[ReplyDone]:
+    return [e for e in events if isinstance(e, ReplyDone)]
+
+
+async def test_a_reply_starting_just_after_a_voiced_frame_following_the_last_one_is_heard():
+    # A voiced frame after a reply has ended must not pause the idle speaker: the next reply,
+    # begun before the hold would have been released, was never heard.
+    events: list = []
+    voiced = [f for f in _speech_frames()[16:112]]
+    async with _call(events) as (said, loop):
+        assert loop.submit_text("typed: first")
+        await _until(lambda: len(_done(events)) == 1)
+        for frame in voiced[:3]:  # a cough: too short to be a turn
+            said.put_nowait(frame)
+        await _until(said.empty)
+        assert loop.submit_text("typed: second")
+        await _until(lambda: len(_done(events)) == 2)
+    assert [d.interrupted for d in _done(events)] == [False, False]
+    assert _done(events)[1].text == "One. Two. Three. Four. Five. Six."
+
+
+async def test_a_typed_reply_is_stopped_before_the_spoken_turn_it_overlapped_is_answered():
+    # One reply at a time: a message typed while the caller talks is answered, and stopped
+    # when their spoken turn ends, before that turn's reply begins.
+    events: list = []
+    frames = _speech_frames()[:112]  # the first stretch of speech, then the microphone's silence
+    async with _call(events) as (said, loop):
+        for frame in frames:
+            said.put_nowait(frame)
+        await _until(lambda: said.qsize() < len(frames) - 40)  # the caller is well into the turn
+        assert loop.submit_text("typed: while talking")
+        await _until(lambda: any(isinstance(e, ReplyDelta) for e in events))
+        await _until(lambda: len(_done(events)) == 2)
+    typed, spoken = _done(events)
+    assert typed.interrupted and not spoken.interrupted
+    assert spoken.text == "Spoken answer."
+    # The typed reply was over before a word of the spoken turn's reply went out.
+    first_spoken = next(i for i, e in enumerate(events) if isinstance(e, ReplyDelta) and e.turn_id == spoken.turn_id)
+    assert events.index(typed) < first_spoken
+
+
+async def test_barge_in_stops_the_only_reply_and_the_next_turn_is_answered():
+    events: list = []
+    speech = _speech_frames()
+    async with _call(events) as (said, loop):
+        assert loop.submit_text("typed: long answer")
+        await _until(lambda: any(isinstance(e, ReplyDelta) for e in events))
+        for frame in speech[16:112]:
+            said.put_nowait(frame)
+        await _until(lambda: len(_done(events)) == 2)
+    barged, answered = _done(events)
+    assert barged.interrupted and not answered.interrupted
+    assert answered.text == "Spoken answer."
