@@ -78,6 +78,9 @@ class ClientCap:
         self._take = redis.register_script(_TAKE)
         self._release = redis.register_script(_RELEASE)
         self.held: Counter[tuple[Kind, str]] = Counter()  # this replica's places, by kind and address
+        # Every (kind, address) this replica may have a count for in Redis: the heartbeat writes
+        # each, or deletes it once it holds none (a give-back that failed is put right so).
+        self._written: set[tuple[Kind, str]] = set()
 
     def cap(self, kind: Kind) -> int:
         return self.config.max_calls_per_ip if kind == "calls" else self.config.max_sessions_per_ip
@@ -89,12 +92,16 @@ class ClientCap:
             return True
         # Counted here first, so that the heartbeat never writes a count missing a place in flight.
         self.held[kind, address] += 1
+        self._written.add((kind, address))
         try:
             taken = bool(await self._run_take(kind, address, cap))
         except (RedisError, OSError) as exc:
             metrics.REDIS_ERRORS.labels("client_cap").inc()
             log.warning("client cap: Redis unavailable (%s); counting this replica's places alone", exc)
             taken = self.held[kind, address] <= cap
+        except BaseException:
+            self._forget(kind, address)  # cancelled on the way: the heartbeat puts Redis right
+            raise
         if not taken:
             self._forget(kind, address)
             metrics.CLIENT_CAP_REFUSALS.labels(kind).inc()
@@ -121,12 +128,17 @@ class ClientCap:
 
     async def publish(self) -> None:
         ttl_ms = int(1000 * self.config.replica_ttl_s)
+        written = set(self._written)  # holds every address of `held` too
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.zadd(REPLICAS_KEY, {self.replica: int(1000 * time.time()) + ttl_ms})
-            for (kind, address), n in list(self.held.items()):
-                pipe.hset(address_key(kind, address), self.replica, n)
-                pipe.pexpire(address_key(kind, address), ttl_ms)
+            for kind, address in written:
+                if (n := self.held[kind, address]) > 0:
+                    pipe.hset(address_key(kind, address), self.replica, n)
+                    pipe.pexpire(address_key(kind, address), ttl_ms)
+                else:
+                    pipe.hdel(address_key(kind, address), self.replica)
             await pipe.execute()
+        self._written -= {key for key in written if self.held[key] == 0}
 
     async def _run_take(self, kind: Kind, address: str, cap: int) -> int:
         now = int(1000 * time.time())

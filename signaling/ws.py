@@ -365,11 +365,13 @@ class CallSocket:
         if not await cap.take("calls", self.client_ip):
             # 1008, not 1013: trying again at once will not help while the address's calls go on.
             return too_many_calls("calls", cap.cap("calls")), 1008
-        if (refusal := await self.services.admission.admit("calls")) is not None:
-            await cap.release("calls", self.client_ip)
-            return over_capacity(refusal), 1013
-        self._voice = True
-        return None
+        try:
+            refusal = await self.services.admission.admit("calls")
+            self._voice = refusal is None
+        finally:
+            if not self._voice:  # refused, or cut short on the way: the address's place goes back
+                await asyncio.shield(cap.release("calls", self.client_ip))
+        return None if refusal is None else (over_capacity(refusal), 1013)
 
     async def _release_call(self) -> None:
         await self.services.admission.release("calls")

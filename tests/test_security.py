@@ -22,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from redis.exceptions import ConnectionError as RedisConnectionError
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
@@ -95,6 +96,20 @@ async def test_the_heartbeat_writes_back_a_count_redis_lost(redis):
     assert int(await redis.hget(address_key("calls", CALLER), "a")) == 1
     assert 0 < await redis.pttl(address_key("calls", CALLER)) <= 15000  # kept alive by the heartbeat only
     assert [await a.take("calls", CALLER) for _ in range(3)] == [True, True, False]
+
+
+async def test_a_place_whose_give_back_failed_is_put_right_by_the_heartbeat(redis):
+    a = replica(redis, "a")
+    assert await a.take("calls", CALLER)
+
+    async def redis_away(**_):
+        raise RedisConnectionError("Redis went away")
+
+    a._release = redis_away
+    await a.release("calls", CALLER)
+    assert await redis.hget(address_key("calls", CALLER), "a") == b"1"  # still counted in Redis
+    await a.publish()
+    assert await redis.hget(address_key("calls", CALLER), "a") is None
 
 
 async def test_with_redis_away_a_replica_holds_each_address_to_the_cap_alone():
