@@ -60,8 +60,8 @@ class AdmissionConfig:
     replica_ttl_s: float = 15.0
 
     def __post_init__(self) -> None:
-        limits = (self.max_calls, self.max_sessions, self.cluster_max_calls, self.max_calls_per_ip, self.max_sessions_per_ip)
-        if any(limit < 0 for limit in limits):
+        caps = (self.max_calls, self.max_sessions, self.cluster_max_calls)
+        if any(cap < 0 for cap in (*caps, self.max_calls_per_ip, self.max_sessions_per_ip)):
             raise ValueError("admission limits must be 0 or more")
         if self.replica_ttl_s <= self.heartbeat_s:
             raise ValueError("admission.replica_ttl_s must be longer than heartbeat_s")
