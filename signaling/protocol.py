@@ -88,7 +88,19 @@ def _string(data: dict[str, Any], key: str, *, optional: bool = False) -> str | 
         return None
     if not isinstance(value, str):
         raise ProtocolError("invalid_message", f"'{data.get('type')}' needs a string '{key}'")
+    if not _unicode(value):
+        # JSON can escape half a surrogate pair ("\ud800"); no text holds one, and nothing
+        # downstream (Redis, the LLM, the socket's own UTF-8) can encode it.
+        raise ProtocolError("invalid_message", f"'{key}' is not valid Unicode text (a lone surrogate)")
     return value
+
+
+def _unicode(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse(raw: str | bytes) -> ClientMessage:
@@ -97,6 +109,9 @@ def parse(raw: str | bytes) -> ClientMessage:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError("invalid_json", f"message is not valid JSON: {exc}") from None
+    except ValueError:
+        # Python reads no integer of more than 4300 digits (sys.get_int_max_str_digits()).
+        raise ProtocolError("invalid_json", "a number in the message has too many digits") from None
     except RecursionError:
         # No message of the protocol nests; the decoder gives up on thousands of brackets.
         raise ProtocolError("invalid_json", "message nests too deeply") from None

@@ -155,6 +155,8 @@ class CallSocket:
             await self.ws.send_json(protocol.error(exc.code, str(exc)))
             await self.ws.close(code=1013 if exc.code == "unavailable" else 1008)
             return
+        except WebSocketDisconnect:
+            return  # gone before saying which session to resume (or closed for a message too big)
         self._session = session
         turns = TurnLoop(
             dialog_id=session.dialog_id,
@@ -230,8 +232,12 @@ class CallSocket:
     async def _resume_message(self) -> Resume:
         try:
             async with asyncio.timeout(self.config.resume_wait_s):
-                raw = await self.ws.receive_text()
-            message = protocol.parse(raw)
+                received = await self.ws.receive()
+            if received["type"] == "websocket.disconnect":
+                raise WebSocketDisconnect(received.get("code", 1000))
+            if received.get("text") is None:
+                raise ProtocolError("invalid_message", "binary messages are not part of the protocol")
+            message = protocol.parse(received["text"])
         except TimeoutError:
             raise SessionError("out_of_order", "a socket opened to resume must send `resume` first; none came") from None
         except ProtocolError as exc:
@@ -356,6 +362,8 @@ class CallSocket:
             case Bye():
                 await self.send(protocol.bye("client said bye"))
                 return True
+            case Resume():
+                raise ProtocolError("out_of_order", "`resume` is only the first message of a socket opened as /ws?resume")
         return False
 
     async def _admit_call(self) -> tuple[dict[str, Any], int] | None:

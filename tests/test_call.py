@@ -281,3 +281,35 @@ async def test_the_servers_log_holds_neither_what_the_caller_said_nor_their_resu
     assert token.lower() not in logged
     for phrase in ("ask not", "your country", "fellow americans"):
         assert phrase not in logged, phrase
+
+
+async def test_a_resume_socket_refuses_any_first_message_but_a_resume_and_logs_no_traceback(shared_redis, proxy, tmp_path):
+    async with own_server(shared_redis.url, proxy.base_url, tmp_path) as url:
+        ws_url = url.replace("http", "ws") + "/ws"
+        firsts = {
+            b'{"type": "resume"}': "invalid_message",  # binary: read as text, it raised a KeyError
+            '{"type": "resume", "session_id": "\\udc8a", "resume_token": "t"}': "invalid_message",
+            '{"type": "resume", "session_id": "s", "resume_token": "t", "n": ' + "9" * 5000 + "}": "invalid_json",
+            '{"type": "ping"}': "out_of_order",
+        }
+        for first, code in firsts.items():
+            async with websockets.connect(ws_url + "?resume") as ws:
+                await ws.send(first)
+                assert json.loads(await asyncio.wait_for(ws.recv(), 10))["code"] == code, first
+                with pytest.raises(websockets.ConnectionClosed) as info:
+                    await asyncio.wait_for(ws.recv(), 10)
+                assert info.value.rcvd.code == 1008
+        async with websockets.connect(ws_url + "?resume") as ws:
+            await ws.send("x" * (64 * 1024 + 1))  # the client gone before saying which session
+            with pytest.raises(websockets.ConnectionClosed) as info:
+                await asyncio.wait_for(ws.recv(), 10)
+            assert info.value.rcvd.code == 1009
+        async with websockets.connect(ws_url) as ws:
+            session = json.loads(await ws.recv())
+            # In the middle of a session a resume is out of order (it went unanswered), and the socket goes on.
+            await ws.send(json.dumps({"type": "resume", "session_id": session["session_id"],
+                                      "resume_token": session["resume_token"], "last_event_id": None}))
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["code"] == "out_of_order"
+            await ws.send('{"type": "ping"}')
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10)) == {"type": "pong"}
+    assert "Traceback" not in (tmp_path / "server.log").read_text()

@@ -43,12 +43,23 @@ def test_valid_messages_parse_to_typed_messages(raw, expected):
         ('{"type": "ice", "candidate": "c", "sdpMLineIndex": -1}', "invalid_message"),
         ("[" * 30_000 + "]" * 30_000, "invalid_json"),
         ('{"type": "text", "text": ' + "[" * 30_000 + "]" * 30_000 + "}", "invalid_json"),
+        # Python reads no integer of more than 4300 digits: a ValueError, once an internal_error.
+        ('{"type": "ice", "candidate": "c", "sdpMLineIndex": ' + "9" * 4301 + "}", "invalid_json"),
+        ('{"type": "ping", "n": -' + "1" * 6000 + "}", "invalid_json"),
+        # Half a surrogate pair: no UTF-8 for it, so Redis, the LLM and the socket could not take it.
+        ('{"type": "text", "text": "hi \\ud800"}', "invalid_message"),
+        ('{"type": "offer", "sdp": "v=0\\r\\nm=audio \\udc8a"}', "invalid_message"),
+        ('{"type": "resume", "session_id": "\\udc8a", "resume_token": "t"}', "invalid_message"),
     ],
 )
 def test_bad_messages_raise_a_protocol_error_with_a_code(raw, code):
     with pytest.raises(ProtocolError) as info:
         protocol.parse(raw)
     assert info.value.code == code and info.value.message
+
+
+def test_an_escaped_surrogate_pair_is_one_character():
+    assert protocol.parse('{"type": "text", "text": "\\ud83d\\ude00"}') == Text("\U0001f600")
 
 
 def test_turn_events_become_protocol_messages():
