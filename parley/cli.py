@@ -73,6 +73,13 @@ def _parser() -> argparse.ArgumentParser:
     bench_failover.add_argument("--calls", type=int, default=10)
     bench_failover.add_argument("--seed", type=int, default=1, help="the kill moments' random seed")
     bench_failover.add_argument("--json", help="also write the figures here")
+    bench_fuzz = bench_kinds.add_parser(
+        "fuzz", help="fuzzed protocol messages against a real server: dead sockets, tracebacks, internal errors"
+    )
+    bench_fuzz.add_argument("--examples", type=int, default=10_000, help="examples of one to four frames (default 10000)")
+    bench_fuzz.add_argument("--seed", type=int, default=1, help="hypothesis's seed: the same examples every run")
+    bench_fuzz.add_argument("--sockets", type=int, default=3, help="long-lived sockets the examples share (default 3)")
+    bench_fuzz.add_argument("--json", help="also write the figures here")
     bench_barge = bench_kinds.add_parser("barge-in", help="how soon the bot falls silent when talked over")
     bench_barge.add_argument("--calls", type=int, default=10)
     bench_asr = bench_kinds.add_parser("asr", help="ASR window sized per utterance against the fixed 30 s")

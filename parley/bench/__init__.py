@@ -38,6 +38,10 @@ async def run_bench(args: argparse.Namespace) -> None:
         from parley.bench.failover import bench_failover
 
         await bench_failover(args)
+    elif args.bench == "fuzz":
+        from parley.bench.fuzz import bench_fuzz
+
+        await bench_fuzz(args)
     elif args.bench == "turns":
         from parley.bench.turns import bench_turns
 
