@@ -16,6 +16,7 @@ from media.config import MediaConfig
 from parley.errors import ConfigError
 from parley.services.llm_server import LLMServerConfig
 from pipeline.circuit_breaker import BreakerConfig
+from pipeline.inference import InferenceConfig
 from pipeline.llm_pool import PoolConfig
 from pipeline.shedding import SheddingConfig
 from signaling.config import AdmissionConfig, SignalingConfig
@@ -86,6 +87,7 @@ class Settings:
     dialog: DialogConfig = DialogConfig()
     asr: ASRConfig = ASRConfig()
     tts: TTSConfig = TTSConfig()
+    inference: InferenceConfig = InferenceConfig()
     llm: LLMConfig = LLMConfig()
     llm_pool: PoolConfig = PoolConfig()
     llm_breaker: BreakerConfig = BreakerConfig()

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.config import ASRConfig
-from pipeline.errors import TranscriptionError
-from pipeline.inference import run_inference
+from pipeline.errors import ASRBusy, TranscriptionError
+from pipeline.inference import InferenceConfig, InferenceLane, LaneConfig
 from pipeline.model_files import model_dir
 
 SAMPLE_RATE = 16000
@@ -79,9 +79,12 @@ def to_float32(audio: bytes | np.ndarray) -> np.ndarray:
 
 
 class Transcriber:
-    """One loaded Whisper model; `transcribe` is safe to call from many calls at once."""
+    """One loaded Whisper model; `transcribe` is safe to call from many calls at once.
 
-    def __init__(self, config: ASRConfig) -> None:
+    Transcriptions run in the model's own inference lane (`lane`); one it refuses raises ASRBusy.
+    """
+
+    def __init__(self, config: ASRConfig, lane: LaneConfig = InferenceConfig().asr) -> None:
         from faster_whisper import WhisperModel  # heavy import, kept off the module's import path
 
         self.config = config
@@ -93,34 +96,33 @@ class Transcriber:
             )
         except (RuntimeError, ValueError, OSError) as exc:
             raise TranscriptionError(f"cannot load ASR model {config.model!r} from {path}: {exc}") from exc
-        # One transcription at a time per model: two would only share the same cores. The
-        # lock is taken in the worker thread, not the event loop: a cancelled partial's
-        # thread runs on to the end, and the next one must wait for it.
-        self._lock = threading.Lock()
+        # As many transcriptions run at once as the lane has threads: one by default, since two
+        # would only share the same cores (faster-whisper's model may be called from several
+        # threads). A cancelled partial's job runs on to its end; the next waits for its thread.
+        self.lane = InferenceLane("asr", lane, busy=ASRBusy)
 
     async def transcribe(self, audio: bytes | np.ndarray) -> Transcript:
         """Transcribe 16 kHz mono 16-bit PCM."""
-        return await run_inference(self._transcribe_blocking, to_float32(audio))
+        return await self.lane.run(self._transcribe_blocking, to_float32(audio))
 
     def _transcribe_blocking(self, samples: np.ndarray) -> Transcript:
         audio_s = samples.size / SAMPLE_RATE
         try:
-            with self._lock:
-                # 100 feature frames a second; 30 s is faster-whisper's own window.
-                _window.frames = (window_seconds(audio_s) if self.config.sized_window else 30) * 100
-                segments, info = self._model.transcribe(
-                    samples,
-                    language=self.config.language or None,
-                    beam_size=self.config.beam_size,
-                    no_speech_threshold=self.config.no_speech_threshold,
-                    condition_on_previous_text=False,
-                    # Greedy decoding without timestamp tokens tends to stop before a short last
-                    # sentence ("... speaking." dropping "Goodbye."); with them it does not.
-                    without_timestamps=False,
-                    vad_filter=False,
-                )
-                # The segments are a lazy generator: the decoding happens here, in this thread.
-                segments = list(segments)
+            # 100 feature frames a second; 30 s is faster-whisper's own window.
+            _window.frames = (window_seconds(audio_s) if self.config.sized_window else 30) * 100
+            segments, info = self._model.transcribe(
+                samples,
+                language=self.config.language or None,
+                beam_size=self.config.beam_size,
+                no_speech_threshold=self.config.no_speech_threshold,
+                condition_on_previous_text=False,
+                # Greedy decoding without timestamp tokens tends to stop before a short last
+                # sentence ("... speaking." dropping "Goodbye."); with them it does not.
+                without_timestamps=False,
+                vad_filter=False,
+            )
+            # The segments are a lazy generator: the decoding happens here, in this thread.
+            segments = list(segments)
         except (RuntimeError, ValueError) as exc:
             raise TranscriptionError(f"transcription failed: {exc}") from exc
         return Transcript(

@@ -17,6 +17,14 @@ class SynthesisError(PipelineError):
     """The TTS could not speak the text."""
 
 
+class ASRBusy(TranscriptionError):
+    """The ASR's inference lane refused a transcription: its queue was full, or no thread took it in time."""
+
+
+class TTSBusy(SynthesisError):
+    """The TTS's inference lane refused a synthesis: its queue was full, or no thread took it in time."""
+
+
 class LLMError(PipelineError):
     """Base of LLM errors."""
 
@@ -47,6 +55,10 @@ class LLMCircuitOpen(LLMError):
 
 class TurnModelError(PipelineError):
     """The end-of-turn model could not judge a turn."""
+
+
+class TurnModelBusy(TurnModelError):
+    """The end-of-turn model's inference lane refused a decision: its queue was full, or no thread took it in time."""
 
 
 class DialogFenced(PipelineError):

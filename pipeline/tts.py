@@ -1,7 +1,7 @@
 """Speech synthesis with piper: text in, 22.05 kHz mono 16-bit PCM out, one sentence at a time.
 
 piper splits the text into sentences and synthesises them lazily; each is
-produced in the inference pool and handed over as soon as it is ready, so the
+produced in the voice's own inference lane and handed over as soon as it is ready, so the
 first sentence plays while the next is computed.
 """
 
@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.config import TTSConfig
-from pipeline.errors import SynthesisError
-from pipeline.inference import run_inference
+from pipeline.errors import SynthesisError, TTSBusy
+from pipeline.inference import InferenceConfig, InferenceLane, LaneConfig
 from pipeline.model_files import package_dir
 
 if TYPE_CHECKING:
@@ -33,9 +33,9 @@ def _session(model: Path, config: TTSConfig) -> onnxruntime.InferenceSession:
 
 
 class Synthesizer:
-    """One loaded piper voice."""
+    """One loaded piper voice; a sentence its inference lane (`lane`) refuses raises TTSBusy."""
 
-    def __init__(self, config: TTSConfig) -> None:
+    def __init__(self, config: TTSConfig, lane: LaneConfig = InferenceConfig().tts) -> None:
         from piper import PiperConfig, PiperVoice, SynthesisConfig  # heavy import (onnxruntime)
 
         self.config = config
@@ -53,6 +53,7 @@ class Synthesizer:
         # Fixed lines (the fallback when the LLM fails, the busy line) are synthesised once at
         # start-up, so they play at once, when the machine is most likely struggling.
         self._phrases: dict[str, bytes] = {}
+        self.lane = InferenceLane("tts", lane, busy=TTSBusy)
 
     @property
     def sample_rate(self) -> int:
@@ -74,7 +75,7 @@ class Synthesizer:
     async def _synthesize(self, text: str) -> AsyncIterator[bytes]:
         sentences = self._voice.synthesize(text, syn_config=self._syn_config)
         while True:
-            chunk = await run_inference(self._next_chunk, sentences)
+            chunk = await self.lane.run(self._next_chunk, sentences)
             if chunk is None:
                 return
             yield chunk

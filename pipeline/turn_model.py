@@ -7,20 +7,21 @@ unit variance; out comes the probability that the turn is complete. This follows
 pipecat's own preparation (`LocalSmartTurnAnalyzerV3`); faster-whisper's feature
 extractor computes the same features (within 1e-5 of pipecat's on JFK's sentence).
 
-A decision takes ~50-110 ms on one core, so it runs in a thread of its own: one
-decision at a time for the whole process, never queued behind a transcription.
+A decision takes ~50-110 ms on one core, so it runs in an inference lane of its own
+(one thread by default: one decision at a time for the whole process), never queued
+behind a transcription. A decision the lane refuses raises TurnModelBusy, and the
+turn is left to silence alone.
 """
 
 from __future__ import annotations
 
-import asyncio
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.config import TurnModelConfig
-from pipeline.errors import ModelNotFound, TurnModelError
+from pipeline.errors import ModelNotFound, TurnModelBusy, TurnModelError
+from pipeline.inference import InferenceConfig, InferenceLane, LaneConfig
 from pipeline.model_files import cached_model_file
 
 SAMPLE_RATE = 16000
@@ -35,7 +36,9 @@ def locate(config: TurnModelConfig) -> Path:
 class TurnCompletionModel:
     """Smart Turn loaded once per process; `complete_probability` is safe from any task."""
 
-    def __init__(self, config: TurnModelConfig = TurnModelConfig()) -> None:
+    def __init__(
+        self, config: TurnModelConfig = TurnModelConfig(), lane: LaneConfig = InferenceConfig().turn_model
+    ) -> None:
         import onnxruntime  # installed with piper
         from faster_whisper.feature_extractor import FeatureExtractor
 
@@ -57,7 +60,7 @@ class TurnCompletionModel:
         self._features = FeatureExtractor(
             feature_size=80, sampling_rate=SAMPLE_RATE, hop_length=160, chunk_length=int(config.max_audio_s), n_fft=400
         )
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="end-of-turn")
+        self.lane = InferenceLane("turn_model", lane, busy=TurnModelBusy)
 
     def probability_blocking(self, pcm: bytes | np.ndarray) -> float:
         """The probability that the turn in `pcm` (16 kHz mono int16, to now) is complete."""
@@ -74,8 +77,8 @@ class TurnCompletionModel:
         return float(np.asarray(logits).reshape(-1)[0])
 
     async def complete_probability(self, pcm: bytes) -> float:
-        """`probability_blocking` in the model's own thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.probability_blocking, pcm)
+        """`probability_blocking` in the model's own lane (TurnModelBusy when it refuses)."""
+        return await self.lane.run(self.probability_blocking, pcm)
 
     def is_complete(self, probability: float) -> bool:
         return probability >= self.config.threshold

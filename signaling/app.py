@@ -24,7 +24,6 @@ from parley.runtime import Services, services
 from parley.settings import Settings
 from pipeline.asr import Transcriber
 from pipeline.dialog_store import DialogStore
-from pipeline.inference import run_inference
 from pipeline.circuit_breaker import CircuitBreaker
 from pipeline.llm_pool import LLMPool
 from pipeline.tts import Synthesizer
@@ -79,13 +78,15 @@ def create_app(settings: Settings) -> FastAPI:
             llm = await stack.enter_async_context(
                 LLMPool(running.settings.llm, settings.llm_pool, CircuitBreaker(settings.llm_breaker))
             )
-            # Loading takes seconds; in the inference pool, so the loop stays free.
-            transcriber = await run_inference(Transcriber, settings.asr)
-            synthesizer = await run_inference(Synthesizer, settings.tts)
+            # Loading takes seconds; in a plain thread, so the loop stays free and no lane refuses it.
+            transcriber = await asyncio.to_thread(Transcriber, settings.asr, settings.inference.asr)
+            synthesizer = await asyncio.to_thread(Synthesizer, settings.tts, settings.inference.tts)
             await synthesizer.prepare(settings.turns.fallback_line, settings.turns.busy_line)
             turn_model = None
             if settings.turns.end_of_turn == "model":
-                turn_model = await run_inference(TurnCompletionModel, settings.turn_model)
+                turn_model = await asyncio.to_thread(
+                    TurnCompletionModel, settings.turn_model, settings.inference.turn_model
+                )
             replica = f"{socket.gethostname()}:{os.getpid()}"
             admission = Admission(redis, replica, settings.admission)
             heartbeat = asyncio.create_task(admission.heartbeat(), name="admission-heartbeat")

@@ -2,18 +2,21 @@
 
 Counters and histograms are updated where things happen (admission, a turn's metrics
 event, a keepalive close, a Redis error); gauges of live state (calls, sessions,
-capacity, the LLM pool, the inference queue, the breaker) are read when Prometheus
+capacity, the LLM pool, the inference lanes, the breaker) are read when Prometheus
 scrapes, from the services of the running app. prometheus-client's default collectors
 add the process's CPU, memory, file descriptors and the Python GC.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
-from pipeline.inference import executor
+from pipeline.inference import REASONS, InferenceLane
 
 # Latency buckets for a voice assistant's stages: 10 ms to 10 s.
 _STAGE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
@@ -41,7 +44,6 @@ PROMPT_TOKENS_READ = Histogram(
 LLM_QUEUE = Gauge("parley_llm_queue_depth", "LLM requests waiting for a slot in the pool")
 LLM_INFLIGHT = Gauge("parley_llm_inflight", "LLM requests at the server")
 LLM_BREAKER_OPEN = Gauge("parley_llm_breaker_open", "1 while the LLM circuit breaker is open (or half open), else 0")
-INFERENCE_QUEUE = Gauge("parley_inference_queue_depth", "ASR/TTS/end-of-turn jobs waiting for an inference thread")
 REDIS_ERRORS = Counter("parley_redis_errors_total", "Redis commands that failed, by where", ["where"])
 TURNS_SHED = Counter(
     "parley_turns_shed_total", "Turns begun without a rung of work to shed load ([shedding]), by rung", ["rung"]
@@ -66,6 +68,40 @@ CALLS_AT_MAX_LENGTH = Counter(
 )
 
 
+class _InferenceLanes(Collector):
+    """Each model's inference lane, read at every scrape: jobs waiting, and jobs refused by reason.
+
+    The lanes count their own refusals (pipeline/ knows nothing of Prometheus); this exports
+    those counts as a counter.
+    """
+
+    def __init__(self) -> None:
+        self._lanes: tuple[InferenceLane, ...] = ()
+
+    def watch(self, lanes: Iterable[InferenceLane]) -> None:
+        self._lanes = tuple(lanes)
+
+    def collect(self) -> Iterator[Metric]:
+        waiting = GaugeMetricFamily(
+            "parley_inference_queue_depth", "Jobs waiting for a thread of their model's inference lane", labels=["model"]
+        )
+        refused = CounterMetricFamily(
+            "parley_inference_refusals",
+            "Jobs an inference lane refused without running them: queue full, or waited past the deadline",
+            labels=["model", "reason"],
+        )
+        for lane in self._lanes:
+            waiting.add_metric([lane.name], lane.waiting)
+            for reason in REASONS:
+                refused.add_metric([lane.name, reason], lane.refusals(reason))
+        yield waiting
+        yield refused
+
+
+INFERENCE_LANES = _InferenceLanes()
+REGISTRY.register(INFERENCE_LANES)
+
+
 def bind(services: Any) -> None:
     """Read the live gauges from `services` (the running app's) at every scrape."""
     admission = services.admission
@@ -77,8 +113,8 @@ def bind(services: Any) -> None:
     LLM_QUEUE.set_function(lambda: services.llm.queue_depth)
     LLM_INFLIGHT.set_function(lambda: services.llm.inflight)
     LLM_BREAKER_OPEN.set_function(lambda: int(services.llm.breaker.state != "closed"))
-    # The pool's own queue: what waits for one of its threads (a private attribute, read only).
-    INFERENCE_QUEUE.set_function(lambda: executor()._work_queue.qsize())
+    models = (services.transcriber, services.synthesizer, services.turn_model)
+    INFERENCE_LANES.watch(model.lane for model in models if model is not None)
 
 
 def turn_measured(stages_ms: dict[str, float], prompt_read: int | None) -> None:

@@ -46,9 +46,11 @@ async def test_metrics_show_sessions_admissions_stage_latency_and_the_process(sh
     assert 0 < got[("parley_stage_seconds_sum", (("stage", "llm_first_token"),))] < 30
     assert got[("parley_llm_prompt_tokens_read_count", ())] == 1
     for name in ("parley_llm_queue_depth", "parley_llm_inflight", "parley_llm_breaker_open",
-                 "parley_inference_queue_depth", "parley_draining", "process_resident_memory_bytes",
-                 "process_open_fds"):
+                 "parley_draining", "process_resident_memory_bytes", "process_open_fds"):
         assert (name, ()) in got, name
+    for model in ("asr", "tts", "turn_model"):
+        assert got[("parley_inference_queue_depth", (("model", model),))] == 0
+        assert got[("parley_inference_refusals_total", (("model", model), ("reason", "full")))] == 0
     assert got[("parley_llm_breaker_open", ())] == 0 and got[("parley_draining", ())] == 0
 
 

@@ -1,0 +1,173 @@
+"""Inference lanes: a bounded queue refused at once, a deadline to start, one model's backlog never another's.
+
+Jobs are held with threading.Event gates, and the tests wait for outcomes (a result, a
+refusal), never for an amount of time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Callable
+
+import numpy as np
+import pytest
+from prometheus_client import REGISTRY
+
+from parley.errors import ConfigError
+from parley.settings import load_settings
+from pipeline.config import TurnConfig, VADConfig
+from pipeline.end_of_turn import EndOfTurn
+from pipeline.errors import ASRBusy, SynthesisError, TranscriptionError, TTSBusy
+from pipeline.inference import InferenceConfig, InferenceLane, LaneConfig
+from signaling import metrics
+
+# Long enough never to expire in a test that is not about the deadline.
+NEVER_MS = 600_000
+# A lane that failed to refuse would make its test wait for the gate for ever: it fails after this instead.
+GUARD_S = 60
+
+
+@contextlib.asynccontextmanager
+async def held(lane: InferenceLane, jobs: int) -> AsyncIterator[list[asyncio.Task]]:
+    """`jobs` jobs in `lane` that each hold a thread until the block ends (the first ones run, the rest wait)."""
+    gate = threading.Event()
+    tasks = [asyncio.create_task(lane.run(gate.wait), name=f"hold-{lane.name}-{i}") for i in range(jobs)]
+    await asyncio.sleep(0)  # each task is admitted (or refused) before its first await
+    try:
+        async with asyncio.timeout(GUARD_S):
+            yield tasks
+    finally:
+        gate.set()
+        # A holder that waited past the lane's deadline was refused; that is not what is tested here.
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def recorder() -> tuple[list[str], Callable[[str], str]]:
+    """A job that records its name when it runs, and the record."""
+    ran: list[str] = []
+
+    def record(name: str) -> str:
+        ran.append(name)
+        return name
+
+    return ran, record
+
+
+async def test_a_full_lane_refuses_at_once_with_its_models_error():
+    lane = InferenceLane("asr", LaneConfig(threads=1, max_waiting=1, max_wait_ms=NEVER_MS), busy=ASRBusy)
+    ran, record = recorder()
+    async with held(lane, 2) as holders:
+        assert lane.waiting == 1
+        # The thread is held and the deadline far off: only a refusal on arrival can answer now.
+        with pytest.raises(ASRBusy, match="asr busy: 1 running and 1 waiting") as refused:
+            await lane.run(record, "one too many")
+        assert isinstance(refused.value, TranscriptionError)  # the turn loop's asr_failed
+        assert not any(task.done() for task in holders)
+    assert ran == [] and lane.waiting == 0
+    assert (lane.refusals("full"), lane.refusals("deadline")) == (1, 0)
+    assert await lane.run(record, "room again") == "room again"
+
+
+async def test_a_job_that_waited_past_its_deadline_is_refused_and_never_runs():
+    lane = InferenceLane("tts", LaneConfig(threads=1, max_waiting=2, max_wait_ms=50), busy=TTSBusy)
+    ran, record = recorder()
+    async with held(lane, 1) as (holder,):
+        with pytest.raises(TTSBusy, match="no thread free within 50 ms") as refused:
+            await lane.run(record, "late")
+        assert isinstance(refused.value, SynthesisError)  # the turn loop's tts_failed
+        assert not holder.done()
+        assert lane.waiting == 0  # the refused job left the queue
+    # One thread runs jobs in order: had the late job stayed queued, it would have run before this one.
+    assert await lane.run(record, "after") == "after"
+    assert ran == ["after"]
+    assert (lane.refusals("full"), lane.refusals("deadline")) == (0, 1)
+
+
+async def test_a_job_cancelled_while_it_waits_never_runs_and_frees_its_place():
+    lane = InferenceLane("asr", LaneConfig(threads=1, max_waiting=1, max_wait_ms=NEVER_MS), busy=ASRBusy)
+    ran, record = recorder()
+    async with held(lane, 1):
+        waiting = asyncio.create_task(lane.run(record, "cancelled"))
+        await asyncio.sleep(0)
+        assert lane.waiting == 1
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert lane.waiting == 0
+        # Its place is free again: one more may wait without being refused.
+        queued = asyncio.create_task(lane.run(record, "queued"))
+        await asyncio.sleep(0)
+        assert lane.refusals("full") == 0
+    assert await queued == "queued"
+    assert ran == ["queued"]
+
+
+async def test_a_backlog_in_the_asr_lane_does_not_hold_up_the_tts_lane():
+    asr = InferenceLane("asr", LaneConfig(threads=1, max_waiting=4, max_wait_ms=NEVER_MS), busy=ASRBusy)
+    tts = InferenceLane("tts", LaneConfig(threads=1, max_waiting=4, max_wait_ms=NEVER_MS), busy=TTSBusy)
+    async with held(asr, 5) as backlog:
+        assert asr.waiting == 4
+        # With one pool for both, this would wait for the gate, which opens only after it.
+        assert await tts.run(lambda: "spoken") == "spoken"
+        assert not any(task.done() for task in backlog)
+
+
+async def test_the_metrics_show_each_lanes_queue_and_its_refusals_by_reason():
+    asr = InferenceLane("asr", LaneConfig(threads=1, max_waiting=1, max_wait_ms=NEVER_MS), busy=ASRBusy)
+    tts = InferenceLane("tts", LaneConfig(threads=1, max_waiting=1, max_wait_ms=NEVER_MS), busy=TTSBusy)
+    metrics.INFERENCE_LANES.watch([asr, tts])
+
+    def sample(name: str, **labels: str) -> float | None:
+        return REGISTRY.get_sample_value(name, labels)
+
+    async with held(asr, 2):
+        with pytest.raises(ASRBusy):
+            await asr.run(lambda: None)
+        assert sample("parley_inference_queue_depth", model="asr") == 1
+        assert sample("parley_inference_queue_depth", model="tts") == 0
+    assert sample("parley_inference_refusals_total", model="asr", reason="full") == 1
+    assert sample("parley_inference_refusals_total", model="asr", reason="deadline") == 0
+    assert sample("parley_inference_refusals_total", model="tts", reason="full") == 0
+    assert sample("parley_inference_queue_depth", model="asr") == 0
+
+
+def test_lanes_are_configured_in_models_toml_and_from_the_environment():
+    assert load_settings(environ={}).inference == InferenceConfig()  # the file and the defaults agree
+    settings = load_settings(environ={"PARLEY_INFERENCE_ASR_MAX_WAITING": "8", "PARLEY_INFERENCE_TTS_THREADS": "2"})
+    assert settings.inference.asr == LaneConfig(threads=1, max_waiting=8, max_wait_ms=2000)
+    assert settings.inference.tts.threads == 2
+    with pytest.raises(ConfigError, match="inference.turn_model_max_wait_ms must be above 0, not 0"):
+        load_settings(environ={"PARLEY_INFERENCE_TURN_MODEL_MAX_WAIT_MS": "0"})
+    with pytest.raises(ConfigError, match="inference.asr_threads must be at least 1"):
+        load_settings(environ={"PARLEY_INFERENCE_ASR_THREADS": "0"})
+
+
+@pytest.mark.slow
+async def test_the_real_asr_refuses_when_its_lane_is_full_while_the_voice_goes_on(transcriber, synthesizer):
+    speech = np.zeros(16000, np.int16)
+    lane = transcriber.lane.config
+    async with held(transcriber.lane, lane.threads + lane.max_waiting) as backlog:
+        with pytest.raises(ASRBusy):
+            await transcriber.transcribe(speech)
+        assert len(await synthesizer.synthesize("The voice is not held up.")) > 0
+        assert not backlog[0].done()  # the ASR's thread is still held
+    async with held(synthesizer.lane, synthesizer.lane.config.threads + synthesizer.lane.config.max_waiting):
+        with pytest.raises(TTSBusy):
+            await synthesizer.synthesize("Refused before a word.")
+    assert (await transcriber.transcribe(speech)).audio_ms == 1000
+
+
+@pytest.mark.slow
+async def test_a_pause_the_end_of_turn_lane_refuses_is_left_to_silence_alone(turn_model):
+    end_of_turn = EndOfTurn(turn_model, vad=VADConfig(), turns=TurnConfig(unjudged_silence_ms=500))
+
+    async def transcript():
+        raise AssertionError("an unjudged pause needs no words")
+
+    lane = turn_model.lane.config
+    async with held(turn_model.lane, lane.threads + lane.max_waiting):
+        judgement = await end_of_turn.judge(b"\0\0" * 16000, transcript)
+    assert (judgement.probability, judgement.end_silence_ms) == (None, 500)
+    assert turn_model.lane.refusals("full") >= 1
