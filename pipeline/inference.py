@@ -66,7 +66,7 @@ class InferenceConfig:
 
     asr_threads: int = 1
     asr_max_waiting: int = 4
-    asr_max_wait_ms: int = 2000
+    asr_max_wait_ms: int = 6000
     tts_threads: int = 1
     tts_max_waiting: int = 4
     tts_max_wait_ms: int = 2000

@@ -46,8 +46,9 @@ class Phase:
     drafting: bool = False
     # Silence heard since the reply was held (only while it is).
     held_silence_ms: float = 0.0
-    # The reply in progress answers a spoken turn (so the caller going on may continue that turn).
-    answers_speech: bool = False
+    # The reply in progress answers a spoken turn that ended in silence, so the caller speaking
+    # again soon continues that turn rather than starting one.
+    continuable: bool = False
 
     def __str__(self) -> str:
         draft = ", drafting" if self.drafting else ""
@@ -86,9 +87,12 @@ class CallerPaused:
 
 @dataclass(frozen=True, slots=True)
 class CallerEnded:
-    """The caller's turn ended. `draft_covers`: the draft in progress answers all of it."""
+    """The caller's turn ended. `draft_covers`: the draft in progress answers all of it. `cut`: it
+    ended without a silence (it ran too long): speech after it is a turn of its own, never the
+    same one continued (which would outgrow the ASR's window)."""
 
     draft_covers: bool = False
+    cut: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +165,7 @@ class TurnPolicy:
                 actions = self._caller_ended(event)
             case ReplyRequested():
                 actions = self._stop_reply(Action.STOP_REPLY)
-                self.phase = replace(self.phase, reply=ReplyPhase.THINKING, answers_speech=False)
+                self.phase = replace(self.phase, reply=ReplyPhase.THINKING, continuable=False)
                 actions.append(Action.START_REPLY)
             case ReplyAudible():
                 self._expect(event, before.reply is ReplyPhase.THINKING)
@@ -205,7 +209,7 @@ class TurnPolicy:
         since = event.since_turn_end_ms
         continues = (
             self.phase.reply is not ReplyPhase.LISTENING
-            and self.phase.answers_speech
+            and self.phase.continuable
             and since is not None
             and since <= self.config.continuation_window_ms
         )
@@ -234,7 +238,7 @@ class TurnPolicy:
         actions += self._stop_reply(Action.STOP_REPLY)
         actions.append(Action.RELEASE_DRAFT if release else Action.START_REPLY)
         self.phase = replace(
-            self.phase, caller=CallerPhase.QUIET, drafting=False, reply=ReplyPhase.THINKING, answers_speech=True
+            self.phase, caller=CallerPhase.QUIET, drafting=False, reply=ReplyPhase.THINKING, continuable=not event.cut
         )
         return actions
 
@@ -247,7 +251,7 @@ class TurnPolicy:
 
     def _leave_reply(self) -> list[Action]:
         held = self.phase.reply is ReplyPhase.HELD
-        self.phase = replace(self.phase, reply=ReplyPhase.LISTENING, held_silence_ms=0.0, answers_speech=False)
+        self.phase = replace(self.phase, reply=ReplyPhase.LISTENING, held_silence_ms=0.0, continuable=False)
         return [Action.RESUME] if held else []
 
     def _expect(self, event: Event, possible: bool) -> None:

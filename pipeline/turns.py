@@ -440,7 +440,9 @@ class TurnLoop:
             self._start_reply(reply, self._respond(reply, partials, speech_bytes))
 
         covers = draft is not None and draft.covers == speech_bytes
-        await self._apply(CallerEnded(draft_covers=covers), start=start, release=release)
+        # No silence ended it: it ran past max_turn_ms (or the stream ended).
+        cut = event.silence_ms == 0
+        await self._apply(CallerEnded(draft_covers=covers, cut=cut), start=start, release=release)
 
     def _end_turn(self) -> None:
         """The caller's turn is over: its partial transcripts stop; what it said goes to its reply."""
@@ -550,6 +552,12 @@ class TurnLoop:
         # Wait for it to end without raising its CancelledError (ours still propagates).
         await asyncio.wait([reply.task])
         played = self._speaker.interrupt() if self._speaker is not None else ""
+        if barge_in and reply.user_audio and not reply.user_text and reply.released.is_set():
+            # Talked over before its words were out (a turn cut for its length, the caller still
+            # talking): what they said stands, transcribed and stored on its own.
+            self._tasks.create_task(
+                self._contained(reply, self._final_transcript(reply, None, 0)), name=f"transcript-{reply.turn_id}"
+            )
         if barge_in and reply.user_text:
             kept = played if reply.speaking else ""
             self._commit_bot(reply, kept, interrupted=True)
@@ -566,6 +574,23 @@ class TurnLoop:
         """
         await self._say(reply, StateChanged("thinking"))
         started = time.monotonic()
+        if not await self._final_transcript(reply, partials, speech_bytes):
+            await self._say(reply, StateChanged("listening"))
+            return
+        await self._answer(reply, {"asr": 1000 * (time.monotonic() - started)})
+
+    async def _contained(self, reply: Reply, work: Awaitable[bool]) -> bool:
+        """`work` in a task of its own that must not end the call: anything unexpected fails the turn."""
+        try:
+            return await work
+        except Exception:  # noqa: BLE001 - the boundary of one turn's transcript
+            log.exception("call %s: the transcript of turn %s failed", self.dialog_id, reply.turn_id)
+            await self._say(reply, TurnError("internal_error", "the server failed on this turn; the call goes on"))
+            return False
+
+    async def _final_transcript(self, reply: Reply, partials: PartialTranscripts | None, speech_bytes: int) -> bool:
+        """The turn's final transcript, said and (once the reply is released) stored as the caller's
+        turn; False when it failed or was no speech at all."""
         try:
             transcript = None
             if partials is not None:
@@ -575,18 +600,15 @@ class TurnLoop:
                 transcript = await self._transcriber.transcribe(reply.user_audio)
         except TranscriptionError as exc:
             await self._say(reply, TurnError("asr_failed", str(exc)))
-            await self._say(reply, StateChanged("listening"))
-            return
-        asr_ms = 1000 * (time.monotonic() - started)
+            return False
         if not transcript.text or transcript.no_speech_prob > self.config.max_no_speech_prob:
             log.info("no turn: %s (no-speech probability %.2f)", self._loggable(transcript.text), transcript.no_speech_prob)
-            await self._say(reply, StateChanged("listening"))
-            return
+            return False
         reply.user_text = transcript.text
         await self._say(reply, TranscriptEvent(reply.turn_id, transcript.text, final=True))
         if reply.released.is_set():
             self._commit_user(reply)  # a draft's waits for its release: the caller may go on
-        await self._answer(reply, {"asr": asr_ms})
+        return True
 
     async def _answer(self, reply: Reply, stages: dict[str, float] | None = None) -> None:
         """Ask the LLM with the dialog so far, stream the reply out, speak it, store both turns."""

@@ -136,7 +136,7 @@ async def test_the_metrics_show_each_lanes_queue_and_its_refusals_by_reason():
 def test_lanes_are_configured_in_models_toml_and_from_the_environment():
     assert load_settings(environ={}).inference == InferenceConfig()  # the file and the defaults agree
     settings = load_settings(environ={"PARLEY_INFERENCE_ASR_MAX_WAITING": "8", "PARLEY_INFERENCE_TTS_THREADS": "2"})
-    assert settings.inference.asr == LaneConfig(threads=1, max_waiting=8, max_wait_ms=2000)
+    assert settings.inference.asr == LaneConfig(threads=1, max_waiting=8, max_wait_ms=6000)
     assert settings.inference.tts.threads == 2
     with pytest.raises(ConfigError, match="inference.turn_model_max_wait_ms must be above 0, not 0"):
         load_settings(environ={"PARLEY_INFERENCE_TURN_MODEL_MAX_WAIT_MS": "0"})

@@ -146,12 +146,6 @@ def monologue(seconds: float) -> tuple[np.ndarray, str]:
     return np.concatenate(pieces), " ".join(texts)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a turn cut at max_turn_ms is continued by the caller's ongoing speech (the continuation window), so"
-    " the merged turn outgrows Whisper's 30 s and most of it is lost: the turn policy should begin a new turn",
-)
 async def test_a_60_second_monologue_is_cut_into_turns_and_answered(odd_server, tmp_path):
     speech, text = monologue(60)
     path = tmp_path / "monologue.wav"

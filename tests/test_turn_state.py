@@ -136,6 +136,15 @@ def test_speaking_again_soon_after_a_spoken_turn_continues_it_and_voids_its_repl
     ]
 
 
+def test_speech_right_after_a_turn_cut_for_its_length_is_a_turn_of_its_own():
+    policy = _policy()
+    policy.on(CallerStarted())
+    policy.on(CallerEnded(cut=True))
+    assert policy.on(CallerStarted(since_turn_end_ms=20)) == [
+        Action.STOP_REPLY, Action.FORGET_JUDGEMENT, Action.BEGIN_TURN,
+    ]
+
+
 def test_a_typed_reply_is_never_continued_by_speech():
     policy = _policy()
     policy.on(ReplyRequested())
