@@ -9,13 +9,14 @@ from dataclasses import dataclass
 class MediaConfig:
     """WebRTC audio settings.
 
-    jitter_buffer_packets: inbound audio packets (20 ms each) aiortc holds before decoding;
-        its default is 4, the least is 1. Each one delays hearing the caller, and so
-        barge-in, by 20 ms.
+    jitter_buffer_packets: the most inbound audio packets (20 ms each) held while an earlier
+        one is missing, before it is given up as lost (media.jitter_buffer); 0 keeps aiortc's
+        own buffer, which holds 4 always and waits 15 for a lost one. Each one held delays
+        hearing the caller, and so barge-in, by 20 ms.
     """
 
     jitter_buffer_packets: int = 1
 
     def __post_init__(self) -> None:
-        if not 1 <= self.jitter_buffer_packets <= 15:
-            raise ValueError(f"jitter_buffer_packets must be 1..15, got {self.jitter_buffer_packets}")
+        if not 0 <= self.jitter_buffer_packets <= 15:
+            raise ValueError(f"jitter_buffer_packets must be 0..15, got {self.jitter_buffer_packets}")

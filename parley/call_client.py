@@ -19,6 +19,10 @@ session with the last event id it saw (the server replays what was missed), make
 a new peer connection and goes on with the next file. The report counts the
 reconnects and, for each, `resume_ms`: from the drop to the bot's audio flowing
 again. A call that cannot be resumed raises CallFailed.
+
+The path can be made worse on purpose: `impairment` drops and delays the RTP
+packets the client sends (parley.impairment), `codecs` narrows the offer (G.711
+only, say), and `microphone` sets the format the files are captured in.
 """
 
 from __future__ import annotations

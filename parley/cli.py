@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     call.add_argument(
         "--jitter-buffer", type=_jitter_packets, default=1, metavar="PACKETS",
-        help="received packets held before decoding (1-15; default 1, like a browser on a clean path; aiortc's: 4)",
+        help="received packets held while an earlier one is missing (0-15; default 1; 0: aiortc's own buffer)",
     )
     call.add_argument("--loss", type=float, default=0.0, help="drop each RTP packet sent with this probability (0-1)")
     call.add_argument("--jitter-ms", type=float, default=0.0, help="delay each RTP packet sent by a random 0..J ms")
@@ -80,6 +80,20 @@ def _parser() -> argparse.ArgumentParser:
     bench_fuzz.add_argument("--seed", type=int, default=1, help="hypothesis's seed: the same examples every run")
     bench_fuzz.add_argument("--sockets", type=int, default=3, help="long-lived sockets the examples share (default 3)")
     bench_fuzz.add_argument("--json", help="also write the figures here")
+    bench_network = bench_kinds.add_parser(
+        "network", help="calls over a lossy, jittery path (WER, voice-to-voice); a silent call behind a NAT"
+    )
+    bench_network.add_argument("mode", choices=["loss", "nat", "all"])
+    bench_network.add_argument("--calls", type=int, default=8, help="loss: calls per variant (default 8)")
+    bench_network.add_argument("--loss", type=float, default=0.05, help="loss: RTP packets dropped (default 0.05)")
+    bench_network.add_argument("--jitter-ms", type=float, default=40.0, help="loss: random delay up to (default 40)")
+    bench_network.add_argument("--seed", type=int, default=1, help="loss: the first call's random seed")
+    bench_network.add_argument(
+        "--jitter-buffer", type=_jitter_packets, metavar="PACKETS",
+        help="loss: the server's [media] jitter_buffer_packets (default: models.toml's; 0: aiortc's own buffer)",
+    )
+    bench_network.add_argument("--idle-s", type=float, default=60.0, help="nat: idle flows dropped after (default 60)")
+    bench_network.add_argument("--minutes", type=float, default=3.0, help="nat: how long the call is silent")
     bench_barge = bench_kinds.add_parser("barge-in", help="how soon the bot falls silent when talked over")
     bench_barge.add_argument("--calls", type=int, default=10)
     bench_asr = bench_kinds.add_parser("asr", help="ASR window sized per utterance against the fixed 30 s")
@@ -180,8 +194,8 @@ async def _ask(settings: Settings, text: str) -> None:
 
 
 def _jitter_packets(value: str) -> int:
-    if not value.isdigit() or not 1 <= int(value) <= 15:
-        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 15, not {value!r}")
+    if not value.isdigit() or not 0 <= int(value) <= 15:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to 15, not {value!r}")
     return int(value)
 
 

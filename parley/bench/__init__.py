@@ -42,6 +42,10 @@ async def run_bench(args: argparse.Namespace) -> None:
         from parley.bench.fuzz import bench_fuzz
 
         await bench_fuzz(args)
+    elif args.bench == "network":
+        from parley.bench.network import bench_network
+
+        await bench_network(args)
     elif args.bench == "turns":
         from parley.bench.turns import bench_turns
 
