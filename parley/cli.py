@@ -100,6 +100,12 @@ def _parser() -> argparse.ArgumentParser:
     bench_asr.add_argument("--repeats", type=int, default=5)
     bench_llm = bench_kinds.add_parser("llm", help="LLM pool throughput: sequential, concurrent, prompts")
     bench_llm.add_argument("--json", help="also write the figures here")
+    bench_quality = bench_kinds.add_parser(
+        "quality", help="answers right (bench/quality/questions.toml) and speed, per LLM and system prompt"
+    )
+    bench_quality.add_argument("--models", help="comma-separated (default all): smollm2-135m, gemma3-270m")
+    bench_quality.add_argument("--prompts", help="comma-separated (default all): default, bench/quality/prompts.toml's")
+    bench_quality.add_argument("--json", help="also write the figures here")
     bench_long = bench_kinds.add_parser(
         "long-call", help="one call of many turns: voice-to-voice, first token and prompt tokens per turn index"
     )

