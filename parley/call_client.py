@@ -101,8 +101,9 @@ def _event_key(event_id: str) -> tuple[int, int]:
 
 
 def _raise_refusal(error: dict[str, Any]) -> None:
-    """A refusal for want of room or rate becomes CallRefused, with when to try again."""
-    if error.get("code") in ("over_capacity", "rate_limited"):
+    """A refusal for want of room or rate, or for this address's calls already in progress,
+    becomes CallRefused, with when to try again (if the server said)."""
+    if error.get("code") in ("over_capacity", "rate_limited", "too_many_calls"):
         retry_after = error.get("retry_after")
         raise CallRefused(
             f"the server refused the call ({error['code']}): {error.get('message')}",
@@ -550,8 +551,8 @@ class CallClient:
                     if self.last_event_id is not None and _event_key(event_id) <= _event_key(self.last_event_id):
                         continue  # seen before the drop: a replay may overlap what arrived
                     self.last_event_id = event_id
-                if message.get("type") == "bye" and message.get("reason") == "resumed_elsewhere":
-                    self._leaving = True  # another client has the session now
+                if message.get("type") == "bye" and message.get("reason") in ("resumed_elsewhere", "max_call_length"):
+                    self._leaving = True  # another client has the session now, or it is over for good
                 async with self._arrived:
                     self.messages.append((time.monotonic(), message))
                     self._arrived.notify_all()
