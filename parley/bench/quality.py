@@ -11,7 +11,9 @@ one question at a time on one slot (its cache holds the system prompt, as a call
 
 Figures per model and prompt: right, right in the first sentence (what the caller hears
 first), mean reply words, first token and first sentence (p50, ms from the request),
-tokens/s while writing, each as a ratio to today's default (models.toml's model and prompt).
+tokens/s while writing, each as a ratio to today's default (models.toml's model and prompt);
+and the first token of the first request, which reads the whole system prompt (a longer
+prompt costs there, once per slot, since later requests find it in the slot's cache).
 """
 
 from __future__ import annotations
@@ -121,7 +123,9 @@ async def ask(client: LLMClient, question: Question, *, slot: int | None = 0) ->
 
 async def run_set(client: LLMClient, questions: list[Question]) -> dict[str, Any]:
     """Every question once, in order; the figures and each item's reply and score."""
-    await ask(client, Question(id="warm-up", kind="warm-up", question="Hello.", check=AnswerCheck(accept=("hello",))))
+    # The first request reads the whole system prompt; every later one finds it in the slot's cache,
+    # as every turn of a call but the first of a fresh server does.
+    warm_up = await ask(client, Question(id="warm-up", kind="warm-up", question="Hello.", check=AnswerCheck(accept=("hello",))))
     items, first_tokens, first_sentences, words = [], [], [], []
     tokens = writing = 0.0
     right = right_first = 0
@@ -154,6 +158,8 @@ async def run_set(client: LLMClient, questions: list[Question]) -> dict[str, Any
         "right_first_sentence_share": round(right_first / len(questions), 3),
         "right_by_kind": {kind: f"{r}/{n}" for kind, (r, n) in by_kind.items()},
         "mean_reply_words": round(sum(words) / len(words), 1),
+        "cold_first_token_ms": None if warm_up.first_token_ms is None else round(warm_up.first_token_ms, 1),
+        "cold_prompt_tokens": warm_up.prompt.tokens if warm_up.prompt else None,
         "first_token_ms_p50": percentile(first_tokens, 50),
         "first_token_ms_p95": percentile(first_tokens, 95),
         "first_sentence_ms_p50": percentile(first_sentences, 50),
@@ -263,14 +269,15 @@ def _table(figures: dict[str, Any]) -> str:
     lines = [
         f"\n## {figures['when']}: {n} questions, load average {' '.join(load['loadavg_before'])} before,"
         f" {' '.join(load['loadavg_after'])} after ({load['machine_cores']} cores)\n",
-        "| model / prompt | right | first | words | first token p50 ms | first sentence p50 ms | tokens/s | right vs default | first sentence vs default |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| model / prompt | right | first | words | first token p50 ms | first sentence p50 ms | tokens/s | cold first token ms (prompt tokens) | right vs default | first sentence vs default |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, r in figures["variants"].items():
         mark = " (chosen)" if name == figures["chosen"] else ""
         lines.append(
             f"| {name}{mark} | {r['right']}/{n} | {r['right_first_sentence']}/{n} | {r['mean_reply_words']} |"
             f" {ms(r['first_token_ms_p50'])} | {ms(r['first_sentence_ms_p50'])} | {r['tokens_per_s']} |"
+            f" {ms(r['cold_first_token_ms'])} ({r['cold_prompt_tokens']}) |"
             f" {r['right_vs_default']}x | {r['first_sentence_vs_default']}x |"
         )
     licences = sorted({f"{r['model']}: {r['licence']}" for r in figures["variants"].values()})
