@@ -339,6 +339,7 @@ class TurnLoop:
     def _begin_turn(self) -> None:
         """A caller turn begins (or a voided one goes on, in `_carry`): its id, its partial transcripts."""
         self._vad.start_speech_ms = self._vad.config.start_speech_ms
+        self._vad.carried_ms = len(self._carry) / 32  # 16 kHz, 16-bit
         # The turn's id is fixed when it starts, so partial and final transcripts share it.
         self._turn_id, self._carry_turn_id = self._carry_turn_id or uuid.uuid4().hex, None
         plan = self._plan = self._planner()

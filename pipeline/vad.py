@@ -91,6 +91,9 @@ class VoiceActivityDetector:
         # The silence that ends the turn in progress; the turn loop sets it per turn.
         self.end_silence_ms = config.end_silence_ms
         self.last_voiced = False  # whether the last frame pushed sounded like speech
+        # Speech of an earlier stretch that the turn in progress continues (the turn loop sets it):
+        # it counts toward max_turn_ms, so a continued turn never outgrows the ASR's window.
+        self.carried_ms = 0.0
 
     @property
     def speaking(self) -> bool:
@@ -142,7 +145,7 @@ class VoiceActivityDetector:
             self._speech_bytes = len(self._utterance)
         else:
             self._silence_ms += frame.duration_ms
-        too_long = end_ms - self._start_ms >= self.config.max_turn_ms
+        too_long = end_ms - self._start_ms + self.carried_ms >= self.config.max_turn_ms
         if self._silence_ms >= self.end_silence_ms or too_long:
             return self._end_turn(self._silence_ms if not too_long else 0.0)
         if not voiced and self._silence_ms == self.config.pause_ms:
@@ -156,6 +159,7 @@ class VoiceActivityDetector:
     def reset(self) -> None:
         """Forget any turn in progress (e.g. after barge-in handling)."""
         self._speaking = False
+        self.carried_ms = 0.0
         self._utterance = bytearray()
         self._window.clear()
         self._pre_roll.clear()

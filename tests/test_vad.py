@@ -5,7 +5,7 @@ from media.audio_file import read_audio
 from media.frames import frames_of
 from pipeline.config import VADConfig
 from pipeline.vad import SpeechPaused, SpeechStarted, TurnEnded, VoiceActivityDetector, spectral_flatness
-from tests.speech import STEREO, STEREO_TEXT, wer
+from tests.speech import JFK, STEREO, STEREO_TEXT, wer
 
 RATE = 16000
 
@@ -138,3 +138,23 @@ def test_the_silence_that_ends_a_turn_can_be_changed_while_it_runs():
         elif isinstance(event, TurnEnded):
             silences.append(event.silence_ms)
     assert silences and all(s == 200 for s in silences)
+
+
+def test_a_continued_turn_counts_the_speech_it_carries_toward_max_turn_ms():
+    # The first stretch of JFK's speech is ~1.9 s long: with 1.5 s carried from the stretch it
+    # continues, a 2 s limit cuts it (no silence ended it) well before its own end.
+    samples = read_audio(JFK, 16000)
+    whole = run(VoiceActivityDetector(VADConfig(max_turn_ms=2000)), samples)
+    vad = VoiceActivityDetector(VADConfig(max_turn_ms=2000))
+    events = []
+    for frame in frames_of(samples.tobytes(), 16000):
+        event = vad.push(frame)
+        if isinstance(event, SpeechStarted) and not events:
+            vad.carried_ms = 1500
+        if event is not None:
+            events.append(event)
+    first = next(e for e in events if isinstance(e, TurnEnded))
+    assert first.silence_ms == 0 and first.end_ms - first.start_ms <= 600
+    uncarried = next(e for e in whole if isinstance(e, TurnEnded))
+    assert uncarried.end_ms - uncarried.start_ms > 1500
+    assert vad.carried_ms == 0  # the next turn carries nothing unless told
