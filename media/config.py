@@ -15,7 +15,7 @@ class MediaConfig:
         hearing the caller, and so barge-in, by 20 ms.
     """
 
-    jitter_buffer_packets: int = 1
+    jitter_buffer_packets: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.jitter_buffer_packets <= 15:

@@ -73,14 +73,16 @@ async def test_a_refused_target_resets_the_client():
 
 
 @pytest.mark.slow
-async def test_a_call_over_a_lossy_jittery_path_is_still_understood_and_answered(server, tmp_path):
+async def test_a_call_over_a_lossy_jittery_path_is_still_understood_and_answered(shared_redis, proxy, tmp_path):
     report_path = tmp_path / "report.json"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "parley.cli", "call", str(JFK), "--server", server, "--out", str(tmp_path),
-        "--json", str(report_path), "--loss", "0.05", "--jitter-ms", "40", "--seed", "1",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    _, stderr = await asyncio.wait_for(process.communicate(), 180)
+    # Parley's own jitter buffer, holding one packet ([media] jitter_buffer_packets).
+    async with own_server(shared_redis.url, proxy.base_url, tmp_path, PARLEY_MEDIA_JITTER_BUFFER_PACKETS="1") as server:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "parley.cli", "call", str(JFK), "--server", server, "--out", str(tmp_path),
+            "--json", str(report_path), "--loss", "0.05", "--jitter-ms", "40", "--seed", "1",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        _, stderr = await asyncio.wait_for(process.communicate(), 180)
     assert process.returncode == 0, stderr.decode()
     report = json.loads(report_path.read_text())
     impaired = report["impairment"]
