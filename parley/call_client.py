@@ -43,6 +43,7 @@ from websockets.asyncio.client import ClientConnection
 
 from media.audio_file import read_audio, read_audio_channels, write_wav
 from media.frames import level_dbfs
+from media.ice import aiortc_configuration
 from media.jitter_buffer import set_audio_jitter_buffer
 from media.resample import Resampler
 from parley.errors import CallFailed, CallRefused
@@ -346,7 +347,9 @@ class CallClient:
         return None
 
     async def _connect_media(self) -> None:
-        pc = self._pc = RTCPeerConnection()
+        # The ICE servers the session gave (TURN credentials of its own) and its transport policy,
+        # as a browser's page uses them: a server set to relay-only makes this end relay-only too.
+        pc = self._pc = RTCPeerConnection(aiortc_configuration(self.session.get("rtc_configuration")))
         pc.addTrack(self._mic)
         if self.codecs:
             self._offer_only(pc, self.codecs)
@@ -372,6 +375,21 @@ class CallClient:
             if pc.connectionState == "failed" or time.monotonic() > deadline:
                 raise CallFailed(f"WebRTC did not connect (state {pc.connectionState})")
             await asyncio.sleep(0.05)
+
+    def candidate_pair(self) -> tuple[str, str] | None:
+        """The types ("host", "srflx", "relay") of this end's and the server's candidates that the
+        audio flows between, or None before ICE has chosen a pair. ("relay", "relay"): both ends
+        reach each other only through the TURN server."""
+        if self._pc is None:
+            return None
+        for transceiver in self._pc.getTransceivers():
+            # aiortc reports no candidate-pair stats; aioice keeps the pair it nominated per
+            # component (audio and RTCP share component 1: aiortc multiplexes RTCP).
+            connection = transceiver.sender.transport.transport.iceGatherer._connection
+            pair = connection._nominated.get(1)
+            if pair is not None:
+                return pair.local_candidate.type, pair.remote_candidate.type
+        return None
 
     @staticmethod
     def _offer_only(pc: RTCPeerConnection, names: tuple[str, ...]) -> None:
@@ -621,6 +639,7 @@ async def run_call(
             if finishing is not None:
                 await finishing
         session = client.session
+        candidate_pair = client.candidate_pair()
         reconnects = client.reconnects
         links = [link.counts for link in client.links]
     impaired = {}
@@ -634,6 +653,8 @@ async def run_call(
         "session_id": session.get("session_id"),
         "dialog_id": session.get("dialog_id"),
         **impaired,
+        # How the audio went: ["relay", "relay"] through the TURN server ([media] ice_servers).
+        "candidate_pair": list(candidate_pair) if candidate_pair else None,
         "reconnects": len(reconnects),
         "resumes": [{"resume_ms": r.resume_ms, "replayed": r.replayed, "attempts": r.attempts} for r in reconnects],
         "turns": [

@@ -2,11 +2,13 @@
 
 Nothing else reads the file. An override is `PARLEY_<SECTION>_<KEY>` for any
 top-level key of a section (`PARLEY_ASR_MODEL=base`); `REDIS_URL` overrides
-`[redis] url`. The value is parsed as the field's type.
+`[redis] url`. The value is parsed as the field's type (a list: its items separated
+by commas or spaces).
 """
 
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,6 +148,9 @@ _SCALARS = {"int": int, "float": float, "bool": bool, "str": str}
 
 
 def _parse(value: str, annotation: Any, key: str) -> Any:
+    # A list of words (URLs, names): separated by commas or spaces, as `allowed_origins` is.
+    if str(annotation) == "tuple[str, ...]":
+        return tuple(part for part in re.split(r"[,\s]+", value) if part)
     # Stage configs use postponed annotations, so a field's type may be the string "int".
     kind = annotation if isinstance(annotation, type) else _SCALARS.get(str(annotation))
     try:

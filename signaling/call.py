@@ -14,6 +14,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
 
 from media.config import MediaConfig
+from media.ice import aiortc_configuration, rtc_configuration
 from media.jitter_buffer import set_audio_jitter_buffer
 from media.tracks import InboundAudio, OutboundAudioTrack
 from pipeline.turns import TurnLoop
@@ -23,13 +24,18 @@ log = logging.getLogger(__name__)
 
 
 class Call:
-    """The media and turns of one session."""
+    """The media and turns of one session.
+
+    ice_user: who the server's own TURN credentials are made for (the session id, as the page's).
+    """
 
     def __init__(
-        self, turns: TurnLoop, config: MediaConfig, *, on_media_failed: Callable[[str], Awaitable[None]]
+        self, turns: TurnLoop, config: MediaConfig, *, ice_user: str,
+        on_media_failed: Callable[[str], Awaitable[None]],
     ) -> None:
         self.turns = turns
         self.config = config
+        self.ice_user = ice_user
         self._on_media_failed = on_media_failed
         self._pc: RTCPeerConnection | None = None
         self._tasks: asyncio.TaskGroup | None = None
@@ -50,7 +56,8 @@ class Call:
         await self._ready.wait()
         if self._pc is not None:
             raise ProtocolError("out_of_order", 'Cannot accept an offer: the call already has a peer connection')
-        pc = self._pc = RTCPeerConnection()
+        # Credentials made now, not at the session's start: they must outlast this peer connection.
+        pc = self._pc = RTCPeerConnection(aiortc_configuration(rtc_configuration(self.config, self.ice_user)))
         outbound = OutboundAudioTrack()
 
         @pc.on("track")

@@ -155,10 +155,15 @@ def parse(raw: str | bytes) -> ClientMessage:
 # -- server messages ---------------------------------------------------------------------
 
 
-def session(session_id: str, dialog_id: str, resume_token: str, *, resumed: bool = False) -> dict[str, Any]:
+def session(
+    session_id: str, dialog_id: str, resume_token: str, *, resumed: bool = False,
+    rtc_configuration: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """rtc_configuration: the ICE servers (TURN credentials made for this session) and transport
+    policy, as a browser's RTCPeerConnection takes them (media.ice)."""
     return {
         "type": "session", "session_id": session_id, "dialog_id": dialog_id, "resume_token": resume_token,
-        "resumed": resumed,
+        "resumed": resumed, "rtc_configuration": rtc_configuration or {"iceServers": [], "iceTransportPolicy": "all"},
     }
 
 

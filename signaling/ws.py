@@ -19,6 +19,7 @@ from fastapi import WebSocket
 from redis.exceptions import RedisError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from media.ice import rtc_configuration
 from pipeline.dialog_store import Turn, reply_turn_id
 from pipeline.errors import DialogStoreUnavailable
 from pipeline.events import TranscriptEvent, TurnEvent, TurnMetrics
@@ -172,8 +173,12 @@ class CallSocket:
             fence=session.fence,
         )
         self._turns = turns
-        call = Call(turns, self.services.settings.media, on_media_failed=self._media_failed)
-        await self.send(protocol.session(session.session_id, session.dialog_id, session.resume_token, resumed=resumed))
+        media = self.services.settings.media
+        call = Call(turns, media, ice_user=session.session_id, on_media_failed=self._media_failed)
+        await self.send(protocol.session(
+            session.session_id, session.dialog_id, session.resume_token, resumed=resumed,
+            rtc_configuration=rtc_configuration(media, session.session_id),
+        ))
         unanswered = None
         if resumed:
             stored = await self._send_history(session.dialog_id)

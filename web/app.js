@@ -37,6 +37,9 @@ const parley = {
   // {session_id, dialog_id, resume_token, resumed, last_event_id}, kept for this tab in
   // sessionStorage: a reload or a dropped socket resumes the session and replays only what was missed.
   session: JSON.parse(sessionStorage.getItem(SESSION_KEY) || "null"),
+  // The session's RTCConfiguration (ICE servers with TURN credentials of its own, transport policy):
+  // not kept with the session, since every `session` message, a resumed one too, brings fresh ones.
+  rtcConfiguration: {},
   reconnectDelay: 500,
   closing: false,
   ended: false, // the session went on in another window, or reached its maximum length: do not come back
@@ -197,6 +200,7 @@ function handle(message) {
       const { session_id, dialog_id, resume_token, resumed } = message;
       parley.session = { session_id, dialog_id, resume_token, resumed, last_event_id: lastSeen };
       saveSession();
+      parley.rtcConfiguration = message.rtc_configuration || {};
       parley.online = true;
       setState("ready");
       if (parley.busy) notify("");
@@ -443,7 +447,7 @@ async function openMicrophone() {
 
 // A new peer connection for the microphone, offered on the current socket.
 async function dial() {
-  const pc = new RTCPeerConnection();
+  const pc = new RTCPeerConnection(parley.rtcConfiguration);
   parley.pc = pc;
   for (const track of parley.mic.getAudioTracks()) pc.addTrack(track, parley.mic);
   pc.ontrack = (event) => {
