@@ -33,7 +33,7 @@ class MediaConfig:
         stay hidden from each other, at the cost of every packet passing through the relay.
     """
 
-    jitter_buffer_packets: int = 0
+    jitter_buffer_packets: int = 1
     ice_servers: tuple[str, ...] = ()
     turn_secret: str = field(default="", repr=False)
     turn_credential_ttl_s: int = 7200

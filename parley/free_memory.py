@@ -22,12 +22,42 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 
+class _MallInfo2(ctypes.Structure):
+    """glibc's `struct mallinfo2`: totals over every arena, in bytes."""
+
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost"
+    )]
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def heap_figures() -> dict[str, float]:
+    """What malloc holds, in MB: `heap_in_use_mb` (allocated and not freed: a leak grows this) and
+    `heap_free_mb` (freed but kept by malloc: fragmentation grows this, and RSS with it). Empty
+    where the C library has no mallinfo2 (glibc before 2.33, musl, macOS)."""
+    libc = _libc()
+    info = getattr(libc, "mallinfo2", None)
+    if info is None:
+        return {}
+    info.restype = _MallInfo2
+    figures = info()
+    return {
+        # Small and large blocks from the heaps, plus blocks with a mapping of their own.
+        "heap_in_use_mb": round((figures.uordblks + figures.hblkhd) / 2**20, 1),
+        "heap_free_mb": round(figures.fordblks / 2**20, 1),
+    }
+
+
 def _malloc_trim() -> Callable[[], object] | None:
     """glibc's malloc_trim(0), or None where the C library has none (musl, macOS)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is None:
         return None
     return lambda: trim(0)
 

@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from fastapi.staticfiles import StaticFiles
 from redis.exceptions import RedisError
 
-from parley.free_memory import trim_periodically
+from parley.free_memory import heap_figures, trim_periodically
 from parley.redis_client import redis_client
 from parley.runtime import Services, services
 from parley.settings import Settings
@@ -186,17 +186,19 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse({"status": "ready", **body})
 
     @app.get("/stats")
-    async def stats() -> dict[str, int]:
-        """Live counters of this process: sessions, voice calls, and asyncio tasks (a leak shows here first)."""
+    async def stats() -> dict[str, float]:
+        """Live counters of this process: sessions, voice calls, asyncio tasks (a leak shows here
+        first) and what malloc holds (in use, and freed but kept)."""
         shared: AppServices | None = getattr(app.state, "services", None)
         if shared is None:
-            return {"active_calls": 0, "sessions": 0, "voice_calls": 0, "tasks": len(asyncio.all_tasks())}
-        return {
-            "active_calls": len(shared.sockets),
-            "sessions": shared.admission.active["sessions"],
-            "voice_calls": shared.admission.active["calls"],
-            "tasks": len(asyncio.all_tasks()),
-        }
+            counts = {"active_calls": 0, "sessions": 0, "voice_calls": 0}
+        else:
+            counts = {
+                "active_calls": len(shared.sockets),
+                "sessions": shared.admission.active["sessions"],
+                "voice_calls": shared.admission.active["calls"],
+            }
+        return {**counts, "tasks": len(asyncio.all_tasks()), **heap_figures()}
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:

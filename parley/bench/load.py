@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
@@ -350,7 +351,8 @@ async def soak(
         samples.append({
             "s": round(time.monotonic() - start), "rss_mb": round(server.memory_info().rss / 2**20, 1),
             "tasks": stats["tasks"], "fds": server.num_fds(), "redis_keys": await redis.dbsize(),
-            "voice_calls": stats["voice_calls"],
+            "voice_calls": stats["voice_calls"], "heap_in_use_mb": stats.get("heap_in_use_mb"),
+            "heap_free_mb": stats.get("heap_free_mb"),
         })
 
     with meter.measure(figures):
@@ -379,22 +381,47 @@ async def soak(
                 await sample(http, redis, start)
         await redis.aclose()
     # The first samples include warming up (allocator arenas, model buffers, caches filling):
-    # growth counts from the first sample after a fifth of the run (at least 30 s).
+    # growth counts from a fifth of the run on (at least 30 s). One sample of RSS says little: a
+    # turn in flight holds tens of MB for a moment (features, tensors, audio), and malloc gives
+    # freed pages back only every `malloc_trim_s`, so two samples a few seconds apart differed by
+    # up to 100 MB in the same process. Growth compares the medians of the first and last thirds
+    # of the warm samples; a leak moves both the median and malloc's bytes in use.
     talking_samples = samples[:-1]
-    warm = next((s for s in talking_samples if s["s"] >= max(30, 12 * minutes)), talking_samples[0])
-    last = talking_samples[-1]
+    warm_samples = [s for s in talking_samples if s["s"] >= max(30, 12 * minutes)] or talking_samples
+    third = max(1, len(warm_samples) // 3)
+    warm = _median_sample(warm_samples[:third])
+    last = _median_sample(warm_samples[-third:])
     figures.update(_turn_figures(records))
     figures.update({
         "rss_mb_warm": warm["rss_mb"], "rss_mb_last": last["rss_mb"],
-        "rss_growth_pct": round(100 * (last["rss_mb"] - warm["rss_mb"]) / warm["rss_mb"], 1),
-        "tasks_warm": warm["tasks"], "tasks_last": last["tasks"],
-        "fds_warm": warm["fds"], "fds_last": last["fds"],
-        "redis_keys_warm": warm["redis_keys"], "redis_keys_last": last["redis_keys"],
+        "rss_growth_pct": _growth_pct(warm["rss_mb"], last["rss_mb"]),
+        # RSS counts malloc's kept free memory too; what is allocated and not freed is the leak test.
+        "heap_in_use_mb_warm": warm["heap_in_use_mb"], "heap_in_use_mb_last": last["heap_in_use_mb"],
+        "heap_in_use_growth_pct": _growth_pct(warm["heap_in_use_mb"], last["heap_in_use_mb"]),
+        "heap_free_mb_warm": warm["heap_free_mb"], "heap_free_mb_last": last["heap_free_mb"],
+        # Counts do not swing like memory: the first warm sample against the last.
+        "tasks_warm": warm_samples[0]["tasks"], "tasks_last": warm_samples[-1]["tasks"],
+        "fds_warm": warm_samples[0]["fds"], "fds_last": warm_samples[-1]["fds"],
+        "redis_keys_warm": warm_samples[0]["redis_keys"], "redis_keys_last": warm_samples[-1]["redis_keys"],
         "before_calls": before,
         "after_calls_ended": samples[-1],
         "samples": samples,
     })
     return figures
+
+
+def _median_sample(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over `samples` (None where the server does not report it)."""
+    def median(key: str) -> Any:
+        values = [s[key] for s in samples if s.get(key) is not None]
+        return statistics.median(values) if values else None
+    return {key: median(key) for key in samples[0]}
+
+
+def _growth_pct(before: float | None, after: float | None) -> float | None:
+    if before is None or after is None:
+        return None
+    return round(100 * (after - before) / before, 1)
 
 
 @contextlib.asynccontextmanager
@@ -463,6 +490,8 @@ async def _run_soak(args: argparse.Namespace, env: dict[str, str], speeches: lis
         f = await soak(url, meter, speeches, env["REDIS_URL"], calls=args.calls, minutes=args.minutes)
     row = (f"| {when} | soak | {f['calls']} calls × {f['minutes']} min: failed {f['failed']},"
            f" RSS {f['rss_mb_warm']}→{f['rss_mb_last']} MB ({f['rss_growth_pct']} %),"
+           f" malloc in use {f['heap_in_use_mb_warm']}→{f['heap_in_use_mb_last']} MB,"
+           f" kept free {f['heap_free_mb_warm']}→{f['heap_free_mb_last']} MB,"
            f" tasks {f['tasks_warm']}→{f['tasks_last']}, fds {f['fds_warm']}→{f['fds_last']},"
            f" Redis keys {f['redis_keys_warm']}→{f['redis_keys_last']} |")
     return f, row
