@@ -348,7 +348,8 @@ def test_gpu_overlay_asks_for_a_gpu():
 def test_small_overlay_serves_the_bundled_gguf():
     """llama-server's --model is the GGUF of [llm_server] at the path the Containerfile links it to."""
     container = one(render("small"), "Deployment", "llm")["spec"]["template"]["spec"]["containers"][0]
-    model = next(a.split("=", 1)[1] for a in container["args"] if a.startswith("--model="))
+    args = container["args"]
+    model = args[args.index("--model") + 1]
     assert model == f"/opt/parley/models/{LLMServerConfig().file}"
     assert "/opt/parley/models/" in (ROOT / "Containerfile").read_text()
 
