@@ -23,13 +23,13 @@ class Services:
 
 @contextlib.asynccontextmanager
 async def services(settings: Settings, *, redis: bool = True, llm: bool = True) -> AsyncIterator[Services]:
-    """Start the embedded Redis and llama-server where no URL is configured; stop them on exit.
+    """Start the embedded Redis and llama-server where none is configured; stop them on exit.
 
     The yielded `settings` carry the URLs actually in use, so callers read them from one place.
     """
     running = Services(settings)
     try:
-        if redis and not settings.redis.url:
+        if redis and not settings.redis.url and not settings.redis.sentinels:
             running.redis = EmbeddedRedis(settings.redis.state_dir)
             url = await running.redis.start()
             running.settings = replace(running.settings, redis=replace(settings.redis, url=url))

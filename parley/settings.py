@@ -60,16 +60,54 @@ class ServerConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RedisConfig:
-    """url: a Redis URL; empty starts a private redis-server keeping its data in state_dir.
+    """url: a Redis URL; empty (and no sentinels) starts a private redis-server keeping its data
+        in state_dir. With `cluster`, the address of any node of the cluster.
 
-    max_connections: the process's pool of connections; a burst past it waits for one.
+    max_connections: the process's pool of connections; a burst past it waits for one (not in a
+        cluster: redis-py's cluster client has no waiting pool, see parley.redis_client).
     pool_timeout_s: the longest a command waits for a connection before it fails.
+    sentinels: Redis Sentinel addresses, "host:port,host:port"; Parley then asks them for the
+        master named `sentinel_master` (and asks again after a failover) and `url` is not used.
+    cluster: `url` is a node of a Redis Cluster.
+    retries: how many times a command whose connection failed (or timed out) is tried again,
+        after exponentially longer waits with jitter (up to 2 s): how a failover is ridden out.
+    replica_wait_ms: with sentinels, how long a dialog turn's write waits for a replica to have it
+        before the turn is written again (pipeline.dialog_store); 0 takes the master's word alone
+        (a failover may then lose the last turns written).
+
+    From the environment: REDIS_URL, REDIS_SENTINELS, REDIS_SENTINEL_MASTER, REDIS_CLUSTER (1 or 0),
+    as well as PARLEY_REDIS_<KEY>.
     """
 
     url: str = ""
     state_dir: str = "~/.local/state/parley/redis"
     max_connections: int = 64
     pool_timeout_s: float = 5.0
+    sentinels: str = ""
+    sentinel_master: str = "parley"
+    cluster: bool = False
+    retries: int = 5
+    replica_wait_ms: int = 500
+
+    def __post_init__(self) -> None:
+        if self.sentinels and self.cluster:
+            raise ValueError("redis: sentinels and cluster are two ways to run Redis; choose one")
+        if self.cluster and not self.url:
+            raise ValueError("redis.cluster needs url: the address of a node of the cluster")
+        if self.retries < 0 or self.replica_wait_ms < 0:
+            raise ValueError("redis.retries and redis.replica_wait_ms must be 0 or more")
+        _ = self.sentinel_addresses  # a malformed address fails here, not at the first connection
+
+    @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """`sentinels` as (host, port) pairs; an IPv6 host in brackets: "[::1]:26379"."""
+        addresses = []
+        for address in filter(None, (part.strip() for part in self.sentinels.split(","))):
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"redis.sentinels: {address!r} is not host:port")
+            addresses.append((host.removeprefix("[").removesuffix("]"), int(port)))
+        return addresses
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -95,6 +133,14 @@ class Settings:
     llm_breaker: BreakerConfig = BreakerConfig()
     llm_server: LLMServerConfig = LLMServerConfig()
 
+
+# Redis's settings by the names deployments already give them, beside PARLEY_REDIS_<KEY>.
+_REDIS_ENVIRONMENT = {
+    "REDIS_URL": "url",
+    "REDIS_SENTINELS": "sentinels",
+    "REDIS_SENTINEL_MASTER": "sentinel_master",
+    "REDIS_CLUSTER": "cluster",
+}
 
 # Settings itself is written without `from __future__ import annotations`, so these are classes.
 _SECTIONS: dict[str, type] = {f.name: f.type for f in dataclasses.fields(Settings)}  # type: ignore[misc]
@@ -122,8 +168,11 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
             key = f"PARLEY_{name}_{field.name}".upper()
             if key in environ:
                 table[field.name] = _parse(environ[key], field.type, key)
-        if name == "redis" and environ.get("REDIS_URL"):
-            table["url"] = environ["REDIS_URL"]
+        if name == "redis":
+            types = {f.name: f.type for f in dataclasses.fields(cls)}
+            for variable, key in _REDIS_ENVIRONMENT.items():
+                if environ.get(variable):
+                    table[key] = _parse(environ[variable], types[key], variable)
         if name == "asr" and "models" in table:
             table["models"] = {
                 model: _build(ModelSource, dict(src, packages=tuple(src.get("packages", ()))), f"asr.models.{model}")

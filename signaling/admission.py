@@ -15,6 +15,10 @@ replica decides alone, by its own capacity.
 
 Keys (one hash slot, `{adm}`): `{adm}:replicas` (zset, heartbeat deadline in ms per
 replica), `{adm}:<kind>` (hash, count per replica), `{adm}:<kind>:cap` (hash, capacity).
+One slot on purpose: the cluster's cap is a sum over every replica's count, checked and
+taken in one script, and in a Redis Cluster a script may touch the keys of one slot only.
+So admission (and signaling.client_cap, whose script reads `{adm}:replicas`) lives on one
+node of a cluster: a few small keys and one short script per new session or call.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from redis.exceptions import RedisError
 
 from parley.free_memory import heap_figures, trim_periodically
-from parley.redis_client import redis_client
+from parley.redis_client import redis_client, sentinel_replicas
 from parley.runtime import Services, services
 from parley.settings import Settings
 from pipeline.asr import Transcriber
@@ -111,7 +111,9 @@ def create_app(settings: Settings) -> FastAPI:
                     detached_ttl_s=settings.signaling.detached_session_ttl_s,
                     max_age_s=settings.signaling.max_call_s,
                 ),
-                dialogs=DialogStore(redis, ttl_s=settings.dialog.ttl_s),
+                dialogs=DialogStore(
+                    redis, ttl_s=settings.dialog.ttl_s, replicas=sentinel_replicas(redis, running.settings.redis)
+                ),
                 limiter=RateLimiter(redis, settings.rate_limit),
                 admission=admission,
                 client_cap=client_cap,

@@ -4,6 +4,7 @@ A resume publishes `<session_id> <epoch>` on `SESSIONS_CHANNEL` (signaling.sessi
 Each replica listens on one subscription and tells the session's socket, if it
 serves it with an older epoch, to end its side. A message missed while Redis was
 away is caught by the fence instead: the next write of the old owner is refused.
+In a Redis Cluster the subscription is on one node: a PUBLISH reaches every node's.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from parley.redis_client import open_pubsub
 from signaling.sessions import SESSIONS_CHANNEL, Session
 
 log = logging.getLogger(__name__)
@@ -43,8 +45,9 @@ class OwnershipWatch:
         """Listen for taken sessions until cancelled, subscribing again after a Redis outage."""
         backoff = 0.25
         while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = None
             try:
+                pubsub = await open_pubsub(self._redis)
                 await pubsub.subscribe(SESSIONS_CHANNEL)
                 self.subscribed.set()
                 backoff = 0.25
@@ -56,7 +59,8 @@ class OwnershipWatch:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             finally:
-                await asyncio.shield(pubsub.aclose())
+                if pubsub is not None:
+                    await asyncio.shield(pubsub.aclose())
 
     def _taken(self, data: bytes) -> None:
         session_id, _, epoch = data.decode().partition(" ")

@@ -2,8 +2,11 @@
 
 The script reads Redis's own clock (`TIME`), never the caller's, so replicas with
 skewed clocks share buckets fairly. A request is admitted only if every bucket it
-touches has a token, and then takes one from each. Buckets live in `rl:{scope}`
-hashes that expire once they would be full again.
+touches has a token, and then takes one from each. Buckets live in `rl:ip:<address>`
+and `rl:global` hashes that expire once they would be full again.
+
+In a Redis Cluster the two buckets hash to different slots, and one script may not touch
+both: there they are taken in two steps (`RateLimiter._take_in_steps` says what that costs).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from parley.redis_client import is_cluster
 from signaling import metrics
 
 log = logging.getLogger(__name__)
@@ -73,6 +77,7 @@ class RateLimiter:
     def __init__(self, redis: aioredis.Redis, config: RateLimitConfig = RateLimitConfig()) -> None:
         self.config = config
         self._take = redis.register_script(_TAKE)
+        self._in_steps = is_cluster(redis)
 
     async def take(self, client_ip: str) -> Decision:
         """One token from the client's bucket and the global one, or a refusal with Retry-After.
@@ -81,9 +86,14 @@ class RateLimiter:
         service from floods, and refusing everyone while Redis is away would be an outage.
         """
         c = self.config
-        keys = [f"rl:ip:{client_ip}", "rl:global"]
+        buckets = [(f"rl:ip:{client_ip}", c.per_ip_rate, c.per_ip_burst), ("rl:global", c.global_rate, c.global_burst)]
         try:
-            admitted, wait = await self._take(keys=keys, args=[c.per_ip_rate, c.per_ip_burst, c.global_rate, c.global_burst])
+            if self._in_steps:
+                admitted, wait = await self._take_in_steps(buckets)
+            else:
+                keys = [key for key, _, _ in buckets]
+                args = [c.per_ip_rate, c.per_ip_burst, c.global_rate, c.global_burst]
+                admitted, wait = await self._take(keys=keys, args=args)
         except (RedisError, OSError) as exc:
             metrics.REDIS_ERRORS.labels("rate_limit").inc()
             log.warning("rate limiter: Redis unavailable (%s); admitting %s", exc, client_ip)
@@ -92,3 +102,21 @@ class RateLimiter:
             return Decision(True, 0.0)
         seconds = float(wait)
         return Decision(False, 3600.0 if seconds < 0 else float(max(1, math.ceil(seconds))))
+
+    async def _take_in_steps(self, buckets: list[tuple[str, float, float]]) -> tuple[int, bytes]:
+        """Each bucket in a script of its own, in order, stopping at the first that refuses.
+
+        For a cluster, where the buckets are in different slots (on different nodes, often).
+        The client's own bucket goes first, so an address its bucket refuses takes nothing from
+        everyone's. Each step is atomic by itself, so neither bucket ever gives more than its rate
+        and burst allow, however requests interleave; what is lost is the all-or-nothing of the
+        two: a request the global bucket refuses has spent a token of the client's bucket. It is
+        not given back (one more round trip, for a client that is refused and waits anyway; the
+        token is back within 1/per_ip_rate seconds).
+        """
+        admitted, wait = 1, b"0"
+        for key, rate, burst in buckets:
+            admitted, wait = await self._take(keys=[key], args=[rate, burst])
+            if not admitted:
+                break
+        return admitted, wait

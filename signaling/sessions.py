@@ -5,6 +5,11 @@ token itself is only ever sent to the client), the replica serving it, when it w
 created, and an `epoch` that counts its owners. Its TTL is long while a client is
 attached and short after it leaves, so an abandoned session expires on its own.
 
+The braces are part of the key: every key of a session carries its id as a hash tag
+(`sess:{id}`, `evt:{id}`, and `dlg:{id}` of its dialog, which is named after the session),
+so in a Redis Cluster they share one hash slot, and the scripts that check the owner's epoch
+and write beside it touch one node, as a cluster requires of a script.
+
 Resuming is one Lua script: check the token (and that the session is younger than its
 maximum length, `[signaling] max_call_s`), bump the epoch, store the next token's
 hash and publish the new epoch on `SESSIONS_CHANNEL`, so two clients racing with one
@@ -32,7 +37,8 @@ from pipeline.dialog_store import Fence
 SESSIONS_CHANNEL = "sess:owners"
 
 # KEYS: the session hash. ARGV: the presented token's hash, the next token's hash, this
-# replica, the attached TTL, the channel, the earliest creation time still resumable (0: any).
+# replica, the attached TTL, the channel, the earliest creation time still resumable (0: any),
+# the session id.
 # Returns {dialog_id, epoch, voice, created_at}; nil for an unknown session or a wrong token,
 # 0 for a session that has reached its maximum length.
 _RESUME = """
@@ -45,7 +51,7 @@ end
 local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 redis.call('HSET', KEYS[1], 'token_sha256', ARGV[2], 'replica', ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('PUBLISH', ARGV[5], string.sub(KEYS[1], 6) .. ' ' .. epoch)
+redis.call('PUBLISH', ARGV[5], ARGV[7] .. ' ' .. epoch)
 return {redis.call('HGET', KEYS[1], 'dialog_id'), epoch, redis.call('HGET', KEYS[1], 'voice') or '0',
         redis.call('HGET', KEYS[1], 'created_at') or '0'}
 """
@@ -92,11 +98,11 @@ def _hash(token: str) -> str:
 
 
 def session_key(session_id: str) -> str:
-    return f"sess:{session_id}"
+    return f"sess:{{{session_id}}}"
 
 
 def event_log_key(session_id: str) -> str:
-    return f"evt:{session_id}"
+    return f"evt:{{{session_id}}}"
 
 
 class SessionStore:
@@ -115,7 +121,9 @@ class SessionStore:
 
     async def create(self) -> Session:
         """A new session with a new dialog, owned by this replica at epoch 1."""
-        session = Session(uuid.uuid4().hex, uuid.uuid4().hex, secrets.token_urlsafe(24), 1, created_at=time.time())
+        session_id = uuid.uuid4().hex
+        # The dialog is named after the session, so its keys share the session's hash slot.
+        session = Session(session_id, session_id, secrets.token_urlsafe(24), 1, created_at=time.time())
         fields = {
             "dialog_id": session.dialog_id,
             "token_sha256": _hash(session.resume_token),
@@ -146,7 +154,7 @@ class SessionStore:
                 keys=[session_key(session_id)],
                 args=[
                     _hash(token), _hash(session.resume_token), self.replica, self.attached_ttl_s, SESSIONS_CHANNEL,
-                    born_after,
+                    born_after, session_id,
                 ],
             )
         except (RedisError, OSError) as exc:

@@ -32,6 +32,7 @@ from parley.services.llm_server import EmbeddedLLMServer
 from parley.services.redis_server import EmbeddedRedis
 from parley.settings import Settings, load_settings
 from signaling.drain import REPLY_GRACE_S
+from signaling.sessions import session_key
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -163,7 +164,7 @@ class Cluster:
         """The replica that owns the session now: the one its hash in Redis names (host:pid)."""
         redis = aioredis.from_url(self.redis_url)
         try:
-            owner = await redis.hget(f"sess:{session_id}", "replica")
+            owner = await redis.hget(session_key(session_id), "replica")
         finally:
             await redis.aclose()
         if owner is None:

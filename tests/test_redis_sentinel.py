@@ -1,0 +1,110 @@
+"""Parley behind Redis Sentinel: real redis-server processes (a master, a replica, three Sentinels)
+and a real `parley serve` given REDIS_SENTINELS. An operator's SENTINEL FAILOVER in the middle of
+a dialog loses no turn and writes none twice: Sentinel promotes the replica at once, but tells the
+old master it is one only about ten seconds later, and until then it takes writes that its
+demotion throws away."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+import websockets
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from parley.redis_client import redis_client, sentinel_replicas
+from parley.settings import RedisConfig
+from pipeline.dialog_store import DialogStore, Turn, dialog_key, reply_turn_id
+from tests.conftest import own_server
+from tests.fake_openai import CountingServer
+from tests.messages import messages_until
+from tests.redis_nodes import MASTER_NAME, sentinel_topology, until
+
+pytestmark = pytest.mark.slow
+
+
+class QuickLLM(CountingServer):
+    """Five tokens a reply, 20 ms apart: a dialog of many turns in seconds."""
+
+    def __init__(self) -> None:
+        super().__init__(tokens=5, token_delay_s=0.02)
+        self.app.router.routes.append(Route("/v1/models", self._models, methods=["GET"]))
+
+    async def _models(self, request) -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [{"id": "quick", "object": "model"}]})
+
+
+def is_reply_done(message: dict) -> bool:
+    return message["type"] == "reply" and bool(message.get("done"))
+
+
+async def test_a_sentinel_failover_in_the_middle_of_a_dialog_loses_no_turn_and_writes_none_twice(tmp_path):
+    said: list[str] = []
+    async with sentinel_topology(replicas=1, sentinels=3) as redis_ha, QuickLLM().running() as llm:
+        config = RedisConfig(sentinels=redis_ha.sentinel_addresses, sentinel_master=MASTER_NAME)
+        env = {"REDIS_SENTINELS": config.sentinels, "REDIS_SENTINEL_MASTER": MASTER_NAME}
+        reader = redis_client(config)
+        async with own_server("", llm.base_url, tmp_path, **env) as url:
+            first_master = await redis_ha.master_address()
+            async with websockets.connect(url.replace("http", "ws") + "/ws") as ws:
+                session = json.loads(await ws.recv())
+
+                async def turn() -> None:
+                    said.append(f"This is turn number {len(said) + 1}.")
+                    await ws.send(json.dumps({"type": "text", "text": said[-1]}))
+                    await messages_until(ws, is_reply_done)
+
+                for _ in range(4):
+                    await turn()
+                await redis_ha.failover()
+                # Turns while the replica is promoted, then in the seconds the old master, not yet
+                # told, still takes writes (the call's connections are still open to it).
+                while await redis_ha.master_address() == first_master:
+                    await turn()
+                for _ in range(4):
+                    await turn()
+
+                # The call goes on meanwhile; its turns reach the new master, each once.
+                deadline = time.monotonic() + 60
+                while len(stored := await DialogStore(reader).turns(session["dialog_id"])) < 2 * len(said):
+                    if time.monotonic() > deadline:
+                        break
+                    await asyncio.sleep(0.2)
+            new_master = await redis_ha.master_address()
+            zset_size = await reader.zcard(dialog_key(session["dialog_id"]))
+            ids_size = await reader.hlen(dialog_key(session["dialog_id"]) + ":ids")
+        await reader.aclose()
+    log = (tmp_path / "server.log").read_text()
+
+    assert new_master != first_master
+    assert [t.text for t in stored if t.role == "user"] == said
+    in_pairs = []  # each caller turn, then the reply to it
+    for user in (t for t in stored if t.role == "user"):
+        in_pairs += [("user", user.turn_id), ("assistant", reply_turn_id(user.turn_id))]
+    assert [(t.role, t.turn_id) for t in stored] == in_pairs
+    assert [t.seq for t in stored] == list(range(1, 2 * len(said) + 1))
+    assert zset_size == ids_size == 2 * len(said)  # nothing voided, nothing twice
+    # The old master took some of them after the promotion: written again, on the new one.
+    assert "reached no replica" in log
+    assert "Traceback" not in log
+
+
+async def test_with_no_live_replica_a_lone_master_write_counts_at_once(tmp_path):
+    async with sentinel_topology(replicas=1, sentinels=1) as redis_ha:
+        client = redis_client(RedisConfig(sentinels=redis_ha.sentinel_addresses, sentinel_master=MASTER_NAME))
+        replicas = sentinel_replicas(client, RedisConfig(replica_wait_ms=200))
+        store = DialogStore(client, replicas=replicas)
+        assert (await store.put("d1", Turn(role="user", text="with a replica")))[1]
+        assert await replicas.live() == 1
+        await redis_ha.replicas[0].stop()
+
+        async def replica_down() -> bool:
+            return await replicas.live() == 0
+
+        await until(replica_down, 30)
+        stored, inserted = await store.put("d1", Turn(role="user", text="alone"))
+        await client.aclose()
+    assert inserted and stored.seq == 2
