@@ -133,8 +133,10 @@ class SessionStore:
         }
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
-                await pipe.hset(session_key(session.session_id), mapping=fields)
-                await pipe.expire(session_key(session.session_id), self.attached_ttl_s)
+                # Queued, not awaited: awaiting a cluster pipeline starts it afresh, dropping
+                # what was queued (redis-py's ClusterPipeline.__await__).
+                pipe.hset(session_key(session.session_id), mapping=fields)
+                pipe.expire(session_key(session.session_id), self.attached_ttl_s)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             raise SessionError("unavailable", f"cannot create a session: {redis_problem(exc)}") from exc

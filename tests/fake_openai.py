@@ -80,3 +80,15 @@ class CountingServer:
     async def running(self) -> AsyncIterator[CountingServer]:
         async with serving(self.app, self.port, "fake-openai"):
             yield self
+
+
+class ServingLLM(CountingServer):
+    """A CountingServer a whole `parley serve` can use: it answers readiness's GET /v1/models too
+    (five tokens 20 ms apart by default: a dialog of many turns in seconds)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.app.router.routes.append(Route("/v1/models", self._models, methods=["GET"]))
+
+    async def _models(self, request: Request) -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [{"id": "counting", "object": "model"}]})

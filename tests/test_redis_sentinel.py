@@ -12,29 +12,16 @@ import time
 
 import pytest
 import websockets
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from parley.redis_client import redis_client, sentinel_replicas
 from parley.settings import RedisConfig
 from pipeline.dialog_store import DialogStore, Turn, dialog_key, reply_turn_id
 from tests.conftest import own_server
-from tests.fake_openai import CountingServer
+from tests.fake_openai import ServingLLM
 from tests.messages import messages_until
 from tests.redis_nodes import MASTER_NAME, sentinel_topology, until
 
 pytestmark = pytest.mark.slow
-
-
-class QuickLLM(CountingServer):
-    """Five tokens a reply, 20 ms apart: a dialog of many turns in seconds."""
-
-    def __init__(self) -> None:
-        super().__init__(tokens=5, token_delay_s=0.02)
-        self.app.router.routes.append(Route("/v1/models", self._models, methods=["GET"]))
-
-    async def _models(self, request) -> JSONResponse:
-        return JSONResponse({"object": "list", "data": [{"id": "quick", "object": "model"}]})
 
 
 def is_reply_done(message: dict) -> bool:
@@ -43,7 +30,7 @@ def is_reply_done(message: dict) -> bool:
 
 async def test_a_sentinel_failover_in_the_middle_of_a_dialog_loses_no_turn_and_writes_none_twice(tmp_path):
     said: list[str] = []
-    async with sentinel_topology(replicas=1, sentinels=3) as redis_ha, QuickLLM().running() as llm:
+    async with sentinel_topology(replicas=1, sentinels=3) as redis_ha, ServingLLM().running() as llm:
         config = RedisConfig(sentinels=redis_ha.sentinel_addresses, sentinel_master=MASTER_NAME)
         env = {"REDIS_SENTINELS": config.sentinels, "REDIS_SENTINEL_MASTER": MASTER_NAME}
         reader = redis_client(config)
