@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import shutil
+import signal
 import socket
 import tempfile
 from collections.abc import AsyncIterator
@@ -48,6 +50,10 @@ class Node:
 
     async def stop(self) -> None:
         await self.child.stop()
+
+    def kill(self) -> None:
+        """SIGKILL: gone at once, as in a crash (and not restarted)."""
+        os.kill(self.child.pid, signal.SIGKILL)
 
     async def _answers(self) -> bool:
         async with self.client() as client:
