@@ -59,3 +59,26 @@ def test_an_unconfigured_asr_model_is_a_clear_error():
     settings = load_settings(environ={"PARLEY_ASR_MODEL": "large-v9"})
     with pytest.raises(ValueError, match="'large-v9' is not configured"):
         settings.asr.source()
+
+
+def test_redis_sentinel_and_cluster_come_from_the_environment_by_their_usual_names():
+    sentinel = load_settings(
+        environ={"REDIS_SENTINELS": "10.0.0.1:26379, [::1]:26380", "REDIS_SENTINEL_MASTER": "mymaster"}
+    )
+    assert sentinel.redis.sentinel_addresses == [("10.0.0.1", 26379), ("::1", 26380)]
+    assert sentinel.redis.sentinel_master == "mymaster"
+    assert load_settings(environ={}).redis.sentinel_master == "parley"
+    cluster = load_settings(environ={"REDIS_CLUSTER": "1", "REDIS_URL": "redis://10.0.0.2:6379"})
+    assert cluster.redis.cluster and cluster.redis.url == "redis://10.0.0.2:6379"
+    assert load_settings(environ={"PARLEY_REDIS_REPLICA_WAIT_MS": "250"}).redis.replica_wait_ms == 250
+
+
+def test_redis_settings_that_cannot_work_together_are_refused():
+    with pytest.raises(ConfigError, match="choose one"):
+        load_settings(environ={"REDIS_SENTINELS": "10.0.0.1:26379", "REDIS_CLUSTER": "1", "REDIS_URL": "redis://x:1"})
+    with pytest.raises(ConfigError, match="cluster needs url"):
+        load_settings(environ={"REDIS_CLUSTER": "yes"})
+    with pytest.raises(ConfigError, match="'10.0.0.1' is not host:port"):
+        load_settings(environ={"REDIS_SENTINELS": "10.0.0.1"})
+    with pytest.raises(ConfigError, match="REDIS_CLUSTER='maybe' is not a valid bool"):
+        load_settings(environ={"REDIS_CLUSTER": "maybe"})
