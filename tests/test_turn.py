@@ -4,26 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import secrets
 import socket
 import time
 
+import numpy as np
 import pytest
 from aioice import stun
 from aioice.turn import create_turn_endpoint
 from aiortc import RTCIceTransportPolicy
 
-from media.audio_file import read_audio
+from media.audio_file import read_audio, write_wav
 from media.config import MediaConfig
 from media.frames import level_dbfs
 from media.ice import aiortc_configuration, rtc_configuration, turn_credential
 from parley.call_client import CallClient
 from parley.errors import ConfigError
-from parley.services.coturn import TurnServer, TurnServerConfig
+from parley.services.coturn import Relay, TurnServer, TurnServerConfig
 from parley.settings import load_settings
 from signaling import protocol
 from tests.conftest import own_server
 from tests.speech import JFK, JFK_TEXT, wer
+from tests.test_browser import MIN_WORDS, SETTLED_TURN, fake_microphone, launch, ready_page
 
 SESSION_ID = "5b7e4c1d9a2f4e3b8c6d0a1f2e3d4c5b"
 
@@ -171,6 +174,26 @@ async def _allocate(server: TurnServer, username: str, password: str) -> tuple[s
         transport.close()
 
 
+def _relay_only(server: TurnServer) -> dict[str, str]:
+    """A Parley server's settings for calls through `server` alone."""
+    return {
+        "PARLEY_MEDIA_ICE_SERVERS": server.url,
+        "PARLEY_MEDIA_TURN_SECRET": server.config.secret,
+        "PARLEY_MEDIA_ICE_TRANSPORT_POLICY": "relay",
+    }
+
+
+async def _closed_relays(server: TurnServer, session_id: str, *, count: int) -> list[Relay]:
+    """The relays made for `session_id`'s credentials, once `count` of them have closed."""
+    async with asyncio.timeout(15):
+        while True:
+            relays = [r for r in server.relays() if r.username.endswith(f":{session_id}")]
+            if sum(r.closed for r in relays) >= count:
+                return relays
+            # coturn writes its log on its own schedule; nothing to wait on but the file.
+            await asyncio.sleep(0.1)
+
+
 @pytest.mark.slow
 async def test_coturn_relays_for_a_session_credential_and_refuses_a_wrong_or_expired_one(turn_server):
     expiry = int(time.time()) + 600
@@ -191,12 +214,7 @@ async def test_coturn_relays_for_a_session_credential_and_refuses_a_wrong_or_exp
 
 @pytest.mark.slow
 async def test_a_call_through_turn_alone_is_heard_and_answered(turn_server, shared_redis, proxy, transcriber, tmp_path):
-    settings = {
-        "PARLEY_MEDIA_ICE_SERVERS": turn_server.url,
-        "PARLEY_MEDIA_TURN_SECRET": turn_server.config.secret,
-        "PARLEY_MEDIA_ICE_TRANSPORT_POLICY": "relay",
-    }
-    async with own_server(shared_redis.url, proxy.base_url, tmp_path, **settings) as server:
+    async with own_server(shared_redis.url, proxy.base_url, tmp_path, **_relay_only(turn_server)) as server:
         async with CallClient(server) as client:
             # The session told the client to relay too, with credentials for this session.
             given = client.session["rtc_configuration"]
@@ -207,14 +225,21 @@ async def test_a_call_through_turn_alone_is_heard_and_answered(turn_server, shar
             report, _ = await client.talk(str(JFK), out_dir=tmp_path, index=1)
             pair = client.candidate_pair()
             session_id = client.session["session_id"]
+            answer = next(m["sdp"] for _, m in client.messages if m["type"] == "answer")
     log = (tmp_path / "server.log").read_text()
     assert turn_server.config.secret not in log
 
-    # Both ends took relayed candidates only, and the audio went between the two relays.
+    # The server offered its relayed candidates only, and the client's pair joins its own relay to one.
+    offered = re.findall(r"^a=candidate:.* typ (\w+)", answer, re.MULTILINE)
+    assert offered and set(offered) == {"relay"}, offered
     assert pair == ("relay", "relay")
-    # One relay for each end, allocated by coturn to this session's credentials.
-    allocated = [user for user in turn_server.allocations() if user.endswith(f":{session_id}")]
-    assert len(allocated) == 2, turn_server.allocations()
+    # coturn allocated one relay for each end to this session's credentials, and relayed the call's
+    # audio between them, each way at least the file's 20 ms packets. (Its last counts come as the
+    # relays close, after the hang-up.)
+    relays = await _closed_relays(turn_server, session_id, count=2)
+    assert len(relays) == 2, relays
+    file_packets = read_audio(JFK, 16000).size // 320
+    assert all(r.to_peers >= file_packets and r.from_peers >= file_packets for r in relays), (file_packets, relays)
 
     # The call itself: the caller heard and understood, the reply spoken back through the relay.
     assert wer(JFK_TEXT, report.transcript) <= 0.10, report.transcript
@@ -223,3 +248,46 @@ async def test_a_call_through_turn_alone_is_heard_and_answered(turn_server, shar
     assert max(level_dbfs(reply[i : i + 320]) for i in range(0, reply.size - 320, 320)) > -30
     heard = (await transcriber.transcribe(reply)).text
     assert wer(report.reply_text, heard) <= 0.20, (report.reply_text, heard)
+
+
+# What the page's peer connection was given, and the types of the candidates its audio flows between.
+PAGE_ICE = """async () => {
+  const pc = window.parley.pc;
+  const stats = await pc.getStats();
+  let pair = null;
+  stats.forEach((s) => { if (s.type === "transport" && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId); });
+  return {
+    policy: pc.getConfiguration().iceTransportPolicy,
+    pair: pair && [stats.get(pair.localCandidateId).candidateType, stats.get(pair.remoteCandidateId).candidateType],
+  };
+}"""
+
+
+@pytest.mark.slow
+async def test_the_page_calls_through_turn_alone(turn_server, shared_redis, proxy, tmp_path):
+    from playwright.async_api import async_playwright
+
+    microphone = tmp_path / "jfk-then-silence.wav"
+    speech = read_audio(JFK, 48000)
+    write_wav(microphone, np.concatenate([np.zeros(48000, np.int16), speech, np.zeros(48000 * 8, np.int16)]), 48000)
+    async with own_server(shared_redis.url, proxy.base_url, tmp_path, **_relay_only(turn_server)) as server, async_playwright() as playwright:
+        browser = await launch(playwright, *fake_microphone(microphone, loop=False))
+        try:
+            page, problems = await ready_page(browser, server)
+            session_id = await page.evaluate("window.parley.session.session_id")
+            await page.get_by_test_id("call").click()
+            await page.wait_for_function(SETTLED_TURN, arg={"minWords": MIN_WORDS}, timeout=120_000)
+            ice = await page.evaluate(PAGE_ICE)
+            texts = [t.strip() for t in await page.get_by_test_id("transcript").all_text_contents()]
+            assert await page.evaluate("window.parley.maxRemoteDb") > -45  # the reply was heard
+            await page.get_by_test_id("call").click()  # hang up
+            await page.get_by_test_id("call").filter(has_text="Call").wait_for()
+            assert problems == []
+        finally:
+            await browser.close()
+    # The page gave its peer connection the session's configuration, and chromium took its TURN
+    # relay to the server's: both ends relayed, by coturn, for this session's credentials.
+    assert ice == {"policy": "relay", "pair": ["relay", "relay"]}
+    assert wer(JFK_TEXT, texts[0]) <= 0.15, texts
+    relays = await _closed_relays(turn_server, session_id, count=2)
+    assert len(relays) == 2 and all(r.to_peers and r.from_peers for r in relays), relays

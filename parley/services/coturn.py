@@ -19,8 +19,25 @@ from aioice import stun
 from parley.errors import ServiceError
 from parley.services.child import ChildProcess
 
-# What coturn logs (verbose) for a new allocation: `session 001: new, realm=<parley>, username=<1764:abc>, lifetime=600`.
-_ALLOCATED = re.compile(r"session \d+: new, realm=<[^>]*>, username=<(?P<user>[^>]*)>")
+# What coturn logs (verbose) of an allocation, by its session number: made for a username, the
+# packets relayed between it and its peers since the last report (now and then, and at its end),
+# and its end.
+_ALLOCATED = re.compile(r"session (?P<id>\d+): new, realm=<[^>]*>, username=<(?P<user>[^>]*)>")
+_PEER_USAGE = re.compile(r"session (?P<id>\d+): peer usage: realm=<[^>]*>, username=<[^>]*>, rp=(?P<rp>\d+), rb=\d+, sp=(?P<sp>\d+)")
+_CLOSED = re.compile(r"session (?P<id>\d+): closed ")
+
+
+@dataclass(slots=True)
+class Relay:
+    """One relay (allocation) as coturn's log tells it.
+
+    from_peers, to_peers: packets it received from its peers and sent to them (so far).
+    """
+
+    username: str
+    from_peers: int = 0
+    to_peers: int = 0
+    closed: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -77,7 +94,8 @@ def render(config: TurnServerConfig, *, log_path: Path, pid_path: Path, db_path:
 
 
 class TurnServer:
-    """A supervised coturn for `config`; `allocations()` reads from its log who was given a relay."""
+    """A supervised coturn for `config`; `relays()` reads from its log who was given a relay and
+    how much it relayed."""
 
     def __init__(self, config: TurnServerConfig, *, state_dir: Path) -> None:
         self.config = config
@@ -116,13 +134,22 @@ class TurnServer:
             await self._child.stop()
             self._child = None
 
-    def allocations(self) -> list[str]:
-        """The usernames of the relays coturn has allocated, in order, as its log says."""
+    def relays(self) -> list[Relay]:
+        """The relays coturn has allocated, in order, as its log says so far."""
         try:
-            text = self.log_path.read_text(errors="replace")
+            lines = self.log_path.read_text(errors="replace").splitlines()
         except FileNotFoundError:
             return []
-        return [match["user"] for match in _ALLOCATED.finditer(text)]
+        relays: dict[str, Relay] = {}
+        for line in lines:
+            if match := _ALLOCATED.search(line):
+                relays[match["id"]] = Relay(match["user"])
+            elif (match := _PEER_USAGE.search(line)) and match["id"] in relays:
+                relays[match["id"]].from_peers += int(match["rp"])
+                relays[match["id"]].to_peers += int(match["sp"])
+            elif (match := _CLOSED.search(line)) and match["id"] in relays:
+                relays[match["id"]].closed = True
+        return list(relays.values())
 
     async def _answering(self) -> bool:
         """A STUN binding request over UDP is answered (no credentials needed for that)."""
