@@ -101,3 +101,15 @@ async def test_with_no_live_replica_a_lone_master_write_counts_at_once(tmp_path)
         stored, inserted = await store.put("d1", Turn(role="user", text="alone"))
         await client.aclose()
     assert inserted and stored.seq == 2
+
+
+async def test_behind_sentinel_a_burst_past_the_pool_waits_for_a_connection_as_with_one_redis():
+    async with sentinel_topology(replicas=1, sentinels=1) as redis_ha:
+        config = RedisConfig(
+            sentinels=redis_ha.sentinel_addresses, sentinel_master=MASTER_NAME, max_connections=2, pool_timeout_s=10
+        )
+        client = redis_client(config)
+        # 50 at once on 2 connections: on redis-py's own Sentinel pool 48 fail (MaxConnectionsError).
+        counts = await asyncio.gather(*(client.incr("burst") for _ in range(50)))
+        await client.aclose()
+    assert sorted(counts) == list(range(1, 51))
