@@ -4,8 +4,8 @@ TURN credentials follow the TURN REST API scheme (draft-uberti-behave-turn-rest-
 coturn checks with `use-auth-secret` and `static-auth-secret`: the username is
 "<expiry, unix time>:<session id>" and the password base64(HMAC-SHA1(secret, username)).
 coturn computes the same from the shared secret, so nothing passes between Parley and the
-TURN server, a session's credentials stop working at their expiry, and the secret itself
-never leaves the server.
+TURN server, a session's credentials get no relay after their expiry, and the secret itself
+is never sent to a client.
 
 The page gets the configuration as WebRTC's RTCConfiguration dictionary (`iceServers`,
 `iceTransportPolicy`) in the `session` message; aiortc, on the server and in `parley call`,
