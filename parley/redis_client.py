@@ -7,7 +7,8 @@ and makes a burst queue for one, up to `pool_timeout_s`; only then does a caller
 and that error says the pool was busy, not that Redis is down.
 
 Sentinel (`[redis] sentinels`): redis-py's `Sentinel.master_for`, on the same waiting pool. A
-connection asks the Sentinels for the master as it opens. After a failover the old master's
+connection asks the Sentinels for the master as it opens (`url`, if set, gives the master's
+user, password, database and TLS; its host is the Sentinels' to name). After a failover the old master's
 connections break (it died, or Sentinel kills its clients as it makes it a replica) or answer
 READONLY, which redis-py turns into a ConnectionError that drops the connection; the retry
 opens a new one, to the new master.
@@ -23,10 +24,11 @@ exponentially longer with jitter between tries (redis-py's `Retry`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
+from redis.asyncio.connection import parse_url
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
@@ -69,6 +71,7 @@ def redis_client(config: RedisConfig) -> Client:
             max_connections=config.max_connections,
             timeout=config.pool_timeout_s,
             retry=retry,
+            **_credentials(config.url),
         )
     if config.cluster:
         return _Cluster.from_url(config.url, retry=retry)
@@ -76,6 +79,17 @@ def redis_client(config: RedisConfig) -> Client:
         config.url, max_connections=config.max_connections, timeout=config.pool_timeout_s, retry=retry
     )
     return aioredis.Redis.from_pool(pool)  # the client owns the pool: closing it closes both
+
+
+def _credentials(url: str) -> dict[str, Any]:
+    """User, password, database and TLS of a Redis URL, without its address."""
+    if not url:
+        return {}
+    parsed = parse_url(url)
+    kwargs = {key: parsed[key] for key in ("username", "password", "db") if key in parsed}
+    if parsed.get("connection_class") is aioredis.SSLConnection:
+        kwargs["ssl"] = True  # SentinelConnectionPool's own switch to its TLS connections
+    return kwargs
 
 
 def redis_problem(exc: BaseException) -> str:

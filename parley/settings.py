@@ -67,7 +67,8 @@ class RedisConfig:
         cluster: redis-py's cluster client has no waiting pool, see parley.redis_client).
     pool_timeout_s: the longest a command waits for a connection before it fails.
     sentinels: Redis Sentinel addresses, "host:port,host:port"; Parley then asks them for the
-        master named `sentinel_master` (and asks again after a failover) and `url` is not used.
+        master named `sentinel_master` (and asks again after a failover), and takes only the
+        user, password, database and TLS (rediss://) from `url`, if set.
     cluster: `url` is a node of a Redis Cluster.
     retries: how many times a command whose connection failed (or timed out) is tried again,
         after exponentially longer waits with jitter (up to 2 s): how a failover is ridden out.

@@ -13,6 +13,7 @@ import time
 
 import pytest
 import websockets
+from redis.asyncio.connection import SSLConnection
 
 from parley.redis_client import redis_client, sentinel_replicas
 from parley.settings import RedisConfig
@@ -113,3 +114,11 @@ async def test_behind_sentinel_a_burst_past_the_pool_waits_for_a_connection_as_w
         counts = await asyncio.gather(*(client.incr("burst") for _ in range(50)))
         await client.aclose()
     assert sorted(counts) == list(range(1, 51))
+
+
+def test_behind_sentinel_the_url_gives_the_masters_user_password_database_and_tls_not_its_address():
+    client = redis_client(RedisConfig(sentinels="127.0.0.1:26379", url="rediss://parley:secret@ignored:6380/3"))
+    kwargs = client.connection_pool.connection_kwargs
+    assert (kwargs["username"], kwargs["password"], kwargs["db"]) == ("parley", "secret", 3)
+    assert issubclass(client.connection_pool.connection_class, SSLConnection)
+    assert "host" not in kwargs and "port" not in kwargs
