@@ -19,6 +19,9 @@ class MediaConfig:
         one is missing, before it is given up as lost (media.jitter_buffer); 0 keeps aiortc's
         own buffer, which holds 4 always and waits 15 for a lost one. Each one held delays
         hearing the caller, and so barge-in, by 20 ms.
+    voice_encoder: who encodes the bot's voice when the call sends Opus: "parley" (the track,
+        mono, with silence encoded once: media.voice_encoder) or "aiortc" (every 20 ms frame,
+        silence too, in a thread), for comparison. Other codecs (PCMU, PCMA) are aiortc's.
     ice_servers: STUN and TURN URLs ("stun:host:3478", "turn:host:3478?transport=udp") that
         both ends of a call use to find a path for the audio (media.ice); empty: host
         candidates only, which is enough when the caller can reach the server's address.
@@ -34,6 +37,7 @@ class MediaConfig:
     """
 
     jitter_buffer_packets: int = 1
+    voice_encoder: str = "parley"
     ice_servers: tuple[str, ...] = ()
     turn_secret: str = field(default="", repr=False)
     turn_credential_ttl_s: int = 7200
@@ -42,6 +46,8 @@ class MediaConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.jitter_buffer_packets <= 15:
             raise ValueError(f"jitter_buffer_packets must be 0..15, got {self.jitter_buffer_packets}")
+        if self.voice_encoder not in ("parley", "aiortc"):
+            raise ValueError(f'voice_encoder must be "parley" or "aiortc", got {self.voice_encoder!r}')
         # models.toml gives a list; the config holds a tuple, like every other frozen value.
         object.__setattr__(self, "ice_servers", tuple(self.ice_servers))
         for url in self.ice_servers:

@@ -3,7 +3,9 @@
 Inbound audio is converted once (PyAV) to 16 kHz mono 16-bit and cut into 20 ms
 frames, in a bounded queue that drops the oldest frame rather than fall behind.
 Outbound audio follows aiortc's own tracks: `recv()` hands out 20 ms frames paced
-by their pts, silence when there is nothing to say.
+by their pts, silence when there is nothing to say. Once the call is known to send
+Opus, they go out as Opus packets the track makes itself, silence encoded once
+(media.voice_encoder): a quiet bot then costs next to nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media.frames import AudioFrame, FrameSlicer
 from media.resample import Resampler, resample_pcm
+from media.voice_encoder import OpusVoice
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +125,17 @@ class OutboundAudioTrack(MediaStreamTrack):
         self._pacer = FramePacer()
         self._held = False
         self._segment_played = asyncio.Event()
+        self._opus: OpusVoice | None = None
+
+    def send_opus(self) -> None:
+        """Hand out Opus packets from now on instead of frames for aiortc to encode: call it once the
+        answer has chosen Opus for this track (its first codec), before media flows."""
+        self._opus = OpusVoice()
+
+    @property
+    def frames_encoded(self) -> int | None:
+        """Frames this track encoded itself (None: aiortc encodes them all)."""
+        return None if self._opus is None else self._opus.encoded
 
     @property
     def speaking(self) -> bool:
@@ -175,11 +189,14 @@ class OutboundAudioTrack(MediaStreamTrack):
         self._played.clear()
         return text
 
-    async def recv(self) -> av.AudioFrame:
+    async def recv(self) -> av.AudioFrame | av.Packet:
         if self.readyState != "live":
             raise MediaStreamError
         pts = await self._pacer.next_pts()
-        samples = np.frombuffer(self._next_chunk(), dtype=np.int16).reshape(1, -1)
+        chunk = self._next_chunk()
+        if self._opus is not None:
+            return self._opus.packet(chunk or None, pts)
+        samples = np.frombuffer(chunk or bytes(OUT_FRAME_SAMPLES * 2), dtype=np.int16).reshape(1, -1)
         frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
         frame.pts = pts
         frame.sample_rate = OUT_RATE
@@ -187,6 +204,7 @@ class OutboundAudioTrack(MediaStreamTrack):
         return frame
 
     def _next_chunk(self) -> bytes:
+        """The next 20 ms of queued speech, padded with silence at its end; empty when nothing was queued."""
         need = OUT_FRAME_SAMPLES * 2
         out = bytearray()
         while self._segments and len(out) < need and not self._held:
@@ -203,4 +221,4 @@ class OutboundAudioTrack(MediaStreamTrack):
             self._space.set()
         if not self._segments:
             self._idle.set()
-        return bytes(out) + bytes(need - len(out))
+        return bytes(out) + bytes(need - len(out)) if out else b""

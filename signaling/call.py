@@ -17,6 +17,7 @@ from media.config import MediaConfig
 from media.ice import aiortc_configuration, rtc_configuration
 from media.jitter_buffer import set_audio_jitter_buffer
 from media.tracks import InboundAudio, OutboundAudioTrack
+from media.voice_encoder import sends_opus
 from pipeline.turns import TurnLoop
 from signaling.protocol import IceCandidate, ProtocolError
 
@@ -77,8 +78,11 @@ class Call:
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             set_audio_jitter_buffer(pc, self.config.jitter_buffer_packets)
-            pc.addTrack(outbound)
+            sender = pc.addTrack(outbound)
             await pc.setLocalDescription(await pc.createAnswer())
+            mid = next(t.mid for t in pc.getTransceivers() if t.sender is sender)
+            if self.config.voice_encoder == "parley" and sends_opus(pc.localDescription.sdp, mid):
+                outbound.send_opus()
         except Exception as exc:  # noqa: BLE001 - aiortc checks SDP with asserts and raises any type
             await self.close()
             raise ProtocolError("invalid_offer", f"Cannot accept the offer: {exc or type(exc).__name__}") from exc
