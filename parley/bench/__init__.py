@@ -42,6 +42,10 @@ async def run_bench(args: argparse.Namespace) -> None:
         from parley.bench.fuzz import bench_fuzz
 
         await bench_fuzz(args)
+    elif args.bench == "media":
+        from parley.bench.media import bench_media
+
+        await bench_media(args)
     elif args.bench == "network":
         from parley.bench.network import bench_network
 
