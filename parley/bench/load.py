@@ -65,6 +65,8 @@ RAMP_VARIANTS: dict[str, dict[str, str]] = {
     "no_partials": _rungs(ALWAYS, NEVER, NEVER),
     "ladder": _rungs(ALWAYS, NEVER, ALWAYS),
     "no_drafts": _rungs(ALWAYS, ALWAYS, NEVER),
+    # The ladder with aiortc encoding the bot's voice, every frame and silence too (the old way).
+    "ladder_aiortc_voice": {**_rungs(ALWAYS, NEVER, ALWAYS), "PARLEY_MEDIA_VOICE_ENCODER": "aiortc"},
 }
 
 
