@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import ctypes.util
 import logging
 from collections.abc import Callable
@@ -30,6 +31,7 @@ class _MallInfo2(ctypes.Structure):
     )]
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
     try:
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

@@ -427,7 +427,7 @@ def _growth_pct(before: float | None, after: float | None) -> float | None:
 
 
 @contextlib.asynccontextmanager
-async def _server(env: dict[str, str]) -> AsyncIterator[tuple[str, CpuMeter]]:
+async def bench_server(env: dict[str, str]) -> AsyncIterator[tuple[str, CpuMeter]]:
     async with server_child(env) as (url, process):
         yield url, CpuMeter(process.pid)
 
@@ -456,7 +456,7 @@ async def _run_ramp(args: argparse.Namespace, env: dict[str, str], speeches: lis
     for name in args.variants.split(","):
         # The cap is lifted: the ramp measures what the machine carries, not what it is told to take.
         lifted = {"PARLEY_ADMISSION_MAX_CALLS": str(max(steps) + 1), **RAMP_VARIANTS[name]}
-        async with _server({**env, **lifted}) as (url, meter):
+        async with bench_server({**env, **lifted}) as (url, meter):
             print(f"ramp variant {name}")
             variants[name] = await ramp(url, meter, speeches, steps, args.sentences)
     # What a replica takes on is measured with every rung shed, as they are at its top.
@@ -473,7 +473,7 @@ async def _run_spike(args: argparse.Namespace, env: dict[str, str], speeches: li
     from parley.bench.load_plots import plot_spike
 
     max_calls = {"PARLEY_ADMISSION_MAX_CALLS": str(args.max_calls)} if args.max_calls else {}
-    async with _server({**env, **max_calls}) as (url, meter):
+    async with bench_server({**env, **max_calls}) as (url, meter):
         f = await spike(url, meter, speeches, base_rate=args.base_rate, before_s=args.before_s,
                         spike_s=args.spike_s, after_s=args.after_s, settle_s=args.settle_s)
         f["text"] = await text_spike(url, base=args.text_base, surge=args.text_base * SPIKE_FACTOR,
@@ -488,7 +488,7 @@ async def _run_spike(args: argparse.Namespace, env: dict[str, str], speeches: li
 
 
 async def _run_soak(args: argparse.Namespace, env: dict[str, str], speeches: list[EncodedSpeech], when: str):
-    async with _server(env) as (url, meter):
+    async with bench_server(env) as (url, meter):
         f = await soak(url, meter, speeches, env["REDIS_URL"], calls=args.calls, minutes=args.minutes)
     row = (f"| {when} | soak | {f['calls']} calls × {f['minutes']} min: failed {f['failed']},"
            f" RSS {f['rss_mb_warm']}→{f['rss_mb_last']} MB ({f['rss_growth_pct']} %),"

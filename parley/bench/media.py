@@ -4,8 +4,8 @@ Most of a call's life is quiet: the caller listens or thinks, the bot waits. Eve
 20 ms, both ways, aiortc still carries a packet: the caller's is decoded, resampled
 and put to the VAD; the bot's is made from silence. This benchmark connects K calls
 whose microphone sends Opus silence (the load harness's caller, which encodes
-nothing), lets them settle, and reads the server process's CPU time over a window,
-against the same server with no call. Variants run one after another, each on a
+nothing), lets them settle, and reads the server's CPU time over a window, against the
+same server with no call. Variants run one after another, each on a
 server of its own, in one run: who encodes the bot's voice ([media] voice_encoder).
 Tried and dropped: sending one quiet packet every 400 ms, as Opus's DTX does, instead of
 every 20 ms (0.0464 of a core a call against 0.0476: sending is cheap; what is left is
@@ -18,14 +18,12 @@ import argparse
 import asyncio
 import contextlib
 import os
-import tempfile
 import time
 from typing import Any
 
 import httpx
-import psutil
 
-from parley.bench.load import CallerAddresses, _server
+from parley.bench.load import CallerAddresses, CpuMeter, bench_server
 from parley.bench.load_call import LoadCall
 from parley.bench.results import BENCH_ENV, write_results
 from parley.services.redis_server import private_redis
@@ -38,21 +36,12 @@ GOAL_CORES_PER_CALL = 0.02
 
 HEADER = (
     "# Media benchmark: what a connected, silent call costs the server\n\n"
-    "`parley bench media`: K calls connected, nobody speaking; the server process's CPU over a window,"
+    "`parley bench media`: K calls connected, nobody speaking; the server's CPU over a window,"
     " less the same server with no call, per call. Variants: who encodes the bot's voice"
     " ([media] voice_encoder). Goal: at most 0.02 of a core a call.\n\n"
     "| when | calls | window s | variant | server idle cores | with calls | cores a call | vs aiortc_encodes |\n"
     "| --- | --- | --- | --- | --- | --- | --- | --- |\n"
 )
-
-
-async def _cores(process: psutil.Process, seconds: float) -> float:
-    """Mean cores the process (its own threads, not its children) used over the next `seconds`."""
-    before, started = process.cpu_times(), time.monotonic()
-    await asyncio.sleep(seconds)
-    after = process.cpu_times()
-    busy = (after.user + after.system) - (before.user + before.system)
-    return busy / (time.monotonic() - started)
 
 
 async def _calls_up(url: str, calls: int, deadline_s: float = 30.0) -> None:
@@ -65,18 +54,25 @@ async def _calls_up(url: str, calls: int, deadline_s: float = 30.0) -> None:
             await asyncio.sleep(0.2)
 
 
-async def idle_cost(url: str, pid: int, calls: int, window_s: float, settle_s: float) -> dict[str, Any]:
+async def _cores(meter: CpuMeter, seconds: float) -> float:
+    """Mean cores the server's process tree used over the next `seconds`."""
+    figures: dict[str, Any] = {}
+    with meter.measure(figures):
+        await asyncio.sleep(seconds)
+    return figures["server_cores"]
+
+
+async def idle_cost(url: str, meter: CpuMeter, calls: int, window_s: float, settle_s: float) -> dict[str, Any]:
     """The server's cores with no call, then with `calls` silent calls connected, and per call."""
-    process = psutil.Process(pid)
     await asyncio.sleep(settle_s)  # the server's start-up work (models warming) out of the way
-    idle = await _cores(process, window_s)
+    idle = await _cores(meter, window_s)
     addresses = CallerAddresses()
     async with contextlib.AsyncExitStack() as stack:
         for _ in range(calls):
             await stack.enter_async_context(LoadCall(url, local_address=addresses.take(), reply_timeout_s=20.0))
         await _calls_up(url, calls)
         await asyncio.sleep(settle_s)  # ICE and DTLS done, the first packets' one-off work past
-        loaded = await _cores(process, window_s)
+        loaded = await _cores(meter, window_s)
     return {
         "server_idle_cores": round(idle, 4),
         "server_cores_with_calls": round(loaded, 4),
@@ -88,14 +84,13 @@ async def bench_media(args: argparse.Namespace) -> None:
     names = args.variants.split(",") if args.variants else list(VARIANTS)
     results: dict[str, dict[str, Any]] = {}
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    with tempfile.TemporaryDirectory(prefix="parley-media-"):
-        async with private_redis() as redis:
-            for name in names:
-                env = {**BENCH_ENV, "REDIS_URL": redis.url, "PARLEY_ADMISSION_MAX_CALLS": str(args.calls + 1),
-                       "PARLEY_ADMISSION_MAX_CALLS_PER_IP": str(args.calls + 1), **VARIANTS[name]}
-                async with _server(env) as (url, meter):
-                    print(f"media: {name}, {args.calls} silent calls")
-                    results[name] = await idle_cost(url, meter.server.pid, args.calls, args.window_s, args.settle_s)
+    async with private_redis() as redis:
+        for name in names:
+            env = {**BENCH_ENV, "REDIS_URL": redis.url, "PARLEY_ADMISSION_MAX_CALLS": str(args.calls + 1),
+                   "PARLEY_ADMISSION_MAX_CALLS_PER_IP": str(args.calls + 1), **VARIANTS[name]}
+            async with bench_server(env) as (url, meter):
+                print(f"media: {name}, {args.calls} silent calls")
+                results[name] = await idle_cost(url, meter, args.calls, args.window_s, args.settle_s)
     base = results.get("aiortc_encodes", {}).get("cores_per_call")
     for figures in results.values():
         figures["ratio_to_aiortc_encodes"] = round(figures["cores_per_call"] / base, 2) if base else None
