@@ -124,6 +124,9 @@ def _parser() -> argparse.ArgumentParser:
         "--sentences", type=int, default=12, choices=range(1, 13), metavar="1-12",
         help="telephone sentences to say, whole and with each pause (default all 12)",
     )
+    bench_turns.add_argument(
+        "--variants", help="comma-separated (default all): silence_500ms, model, model_transcribe_at_pause"
+    )
 
     bench_load = bench_kinds.add_parser(
         "load", help="many calls at once over real WebRTC: ramp (capacity), spike (27x arrivals), soak (leaks)"

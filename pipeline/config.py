@@ -18,6 +18,8 @@ class VADConfig:
         ends a turn it judges complete (the turn loop sets a turn's own figure on the detector).
     pause_ms: unvoiced audio after which the turn may be ending (SpeechPaused): what was said
         is transcribed then, during the rest of the end-of-turn silence.
+    transcribe_ms: unvoiced audio after which what was said is transcribed (SpeechLull), ahead
+        of the pause that needs the words; pause_ms: at the pause.
     pre_roll_ms: audio kept from before the start, so the first syllable is not clipped.
     min_level_dbfs: frames quieter than this are unvoiced whatever webrtcvad says.
     max_spectral_flatness: frames with a flatter spectrum (noise) are unvoiced.
@@ -30,6 +32,7 @@ class VADConfig:
     start_window_ms: int = 300
     end_silence_ms: int = 200
     pause_ms: int = 100
+    transcribe_ms: int = 40
     pre_roll_ms: int = 300
     min_level_dbfs: float = -50.0
     max_spectral_flatness: float = 0.45
@@ -42,6 +45,8 @@ class VADConfig:
             raise ValueError(f"vad.frame_ms must be 10, 20 or 30, not {self.frame_ms}")
         if not 0 < self.pause_ms < self.end_silence_ms or self.pause_ms % self.frame_ms:
             raise ValueError("vad.pause_ms must be a whole number of frames, shorter than end_silence_ms")
+        if not 0 < self.transcribe_ms <= self.pause_ms or self.transcribe_ms % self.frame_ms:
+            raise ValueError("vad.transcribe_ms must be a whole number of frames, at most pause_ms")
         if self.start_speech_ms > self.start_window_ms:
             raise ValueError("vad.start_speech_ms cannot exceed vad.start_window_ms")
 
@@ -194,6 +199,8 @@ class TurnConfig:
     speculative: draft the reply when the user pauses (`vad.pause_ms`), unheard, and release it
         if the turn ends with nothing more said: the reply gets ahead by the rest of the
         end-of-turn silence, at the cost of LLM work thrown away when the user goes on.
+    prime_llm: while the caller talks, each partial transcript has the LLM server read the prompt
+        so far into the dialog's cache (llama-server slots), so the reply reads only the last words.
     fallback_line: said when the LLM cannot answer (it is failing, or its breaker is open).
     busy_line: said when every LLM slot stayed taken past the queue deadline.
     log_transcripts: put what callers said in the log (for debugging); otherwise the log says
@@ -212,6 +219,7 @@ class TurnConfig:
     history_window: str = "stable"
     first_clause_words: int = 4
     speculative: bool = True
+    prime_llm: bool = True
     fallback_line: str = "Sorry, I can't answer that right now. Please try again in a moment."
     busy_line: str = "I'm a little busy right now. Please say that again in a moment."
     log_transcripts: bool = False

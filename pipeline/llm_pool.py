@@ -14,7 +14,8 @@ connection error, never once a token has arrived.
 
 With `[llm] server_slots` (llama-server), each dialog's requests go to the slot
 that served it before (pipeline.llm_slots), so the server's prompt cache holds
-the dialog so far. A caller that gives up (barge-in, a dropped draft) cancels its
+the dialog so far. `prime` has the server read a prompt's beginning into that cache
+ahead of time (the caller's words while they still talk), when the pool is idle. A caller that gives up (barge-in, a dropped draft) cancels its
 request at once: the connection closes and the server stops working for nobody.
 """
 
@@ -93,6 +94,7 @@ class LLMPool:
         self._pending: asyncio.Queue[_Request] = asyncio.Queue(maxsize=1024)
         self._slots = asyncio.Semaphore(pool.max_inflight)
         self._server_slots = SlotMap(config.server_slots) if config.server_slots > 0 else None
+        self._priming: dict[str, asyncio.Task[None]] = {}  # by dialog: at most one prime each
         self.inflight = 0
         self._waiting = 0  # taken from the queue, waiting for a slot
         self._tasks: asyncio.TaskGroup | None = None
@@ -174,6 +176,46 @@ class LLMPool:
             else:
                 self.breaker.record(failed=outcome)
 
+    async def prime(self, messages: Sequence[Message], *, dialog_id: str) -> bool:
+        """Have the server read `messages` into the dialog's slot cache now, so that a request
+        beginning the same way soon after reads only what follows. False when it is not done:
+        no slots to keep a cache in, the pool or that slot busy, the breaker not closed, or a
+        prime of this dialog still under way. Best effort: a failed prime costs its request
+        only what it would have read anyway, and nothing waits for one except the dialog's
+        next request, which goes to the same slot once it is over.
+        """
+        if (
+            self._tasks is None
+            or self._server_slots is None
+            or dialog_id in self._priming
+            or self._slots.locked()
+            or not self._pending.empty()
+            or self.breaker.state != "closed"
+        ):
+            return False
+        # A free permit is taken without suspending: nothing can come between the check and this.
+        await self._slots.acquire()
+        slot = self._server_slots.take(dialog_id)
+        if slot is None:
+            self._slots.release()
+            return False
+        self.inflight += 1
+        task = self._tasks.create_task(self._send_prime(list(messages), slot, dialog_id), name="llm-pool-prime")
+        self._priming[dialog_id] = task
+        return True
+
+    async def _send_prime(self, messages: list[Message], slot: int, dialog_id: str) -> None:
+        try:
+            async for _ in self.client.stream_chat(messages, slot=slot, max_tokens=1):
+                pass
+        except LLMError as exc:
+            log.debug("prime of dialog %s failed: %s", dialog_id, exc)
+        finally:
+            assert self._server_slots is not None
+            self._server_slots.give_back(slot)
+            self._release()
+            del self._priming[dialog_id]
+
     async def _run(self) -> None:
         async with asyncio.TaskGroup() as tasks:
             self._tasks = tasks
@@ -230,6 +272,10 @@ class LLMPool:
             self._slots.release()
 
     async def _send_chat(self, request: _Request) -> None:
+        if (priming := self._priming.get(request.dialog_id or "")) is not None:
+            # The prime holds the dialog's slot and is reading the beginning of this prompt:
+            # after it, this request reads only the rest there.
+            await asyncio.wait([priming])
         slot = self._server_slots.take(request.dialog_id) if self._server_slots is not None else None
         try:
             for attempt in range(self.pool.retries + 1):

@@ -1,7 +1,7 @@
 """Partial transcripts of the utterance while the user talks, and the final one ahead of time.
 
 The growing utterance is transcribed every `interval_s`, and at once when the
-user pauses (`now()`): the pause's transcription does not wait for a periodic one
+user pauses or falls quiet (`now()`): the pause's transcription does not wait for a periodic one
 under way, since the end of the turn, and the reply, wait for it. At the end of
 the turn, a transcript that already covers every voiced frame *is* the final transcript: the ASR ran during the end-of-turn
 silence instead of after it. `covering()` returns it, waiting for one under way;
@@ -54,8 +54,14 @@ class PartialTranscripts:
         self._changed = asyncio.Condition()
         self._stopped = False
 
-    def now(self) -> None:
-        """Transcribe what was said so far without waiting for the next interval (the user paused)."""
+    def now(self, *, unless_covered: int | None = None) -> None:
+        """Transcribe what was said so far without waiting for the next interval (the user paused).
+
+        unless_covered: not if a transcription of at least that much of the utterance is done,
+        under way or about to start (one asked for at a lull before this pause).
+        """
+        if unless_covered is not None and (self._wake.is_set() or self._covers(unless_covered)):
+            return
         self._wake.set()
 
     async def run(self, on_partial: Callable[[Transcript], Awaitable[None]]) -> None:

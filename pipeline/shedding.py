@@ -22,7 +22,7 @@ class SheddingConfig:
     """The ladder (`[shedding]` in models.toml). A mark above 1 never applies: admission keeps
     the load at or below 1.
 
-    partials_off_at: from this load on, no periodic partial transcripts.
+    partials_off_at: from this load on, no periodic partial transcripts, nor any begun at a lull.
     drafts_off_at: from this load on, no speculative draft at the pause.
     short_replies_at: from this load on, replies are capped at `short_reply_tokens`.
     """

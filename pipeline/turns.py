@@ -15,6 +15,8 @@ TaskGroup, so it can be cancelled at any point:
 When the user pauses (`pause_ms`), the pause is judged (pipeline.end_of_turn):
 the end-of-turn model and the words said so far decide how much silence ends this
 turn, short if the caller sounds finished, long if they stopped mid-sentence.
+The words are transcribed from a shorter lull on (`transcribe_ms`), so they are
+ready sooner.
 
 Replies are drafted speculatively: at the pause, well before the end-of-turn
 silence is over, a draft reply starts on what was said so far: transcript, LLM
@@ -77,7 +79,7 @@ from pipeline.turn_state import (
     ReplyRequested,
     TurnPolicy,
 )
-from pipeline.vad import SpeechPaused, SpeechStarted, TurnEnded, VoiceActivityDetector
+from pipeline.vad import SpeechLull, SpeechPaused, SpeechStarted, TurnEnded, VoiceActivityDetector
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,8 @@ class ChatModel(Protocol):
         on_usage: UsageSink | None = None,
         max_tokens: int | None = None,
     ) -> AsyncIterator[str]: ...
+
+    async def prime(self, messages: Sequence[Message], *, dialog_id: str) -> bool: ...
 
 
 class Speaker(Protocol):
@@ -284,10 +288,16 @@ class TurnLoop:
             await self._apply(Heard(self._vad.last_voiced, frame.duration_ms))
             if isinstance(event, SpeechStarted):
                 await self._apply(CallerStarted(self._since_turn_end_ms()))
+            elif isinstance(event, SpeechLull):
+                # The pause judges the turn on its words: transcribing them begins now, a little sooner.
+                # A lull talked through costs a transcription, so a turn shedding partials skips it.
+                assert self._partials is not None  # a lull is always within a turn
+                if self._plan.partials:
+                    self._partials.now()
             elif isinstance(event, SpeechPaused):
                 assert self._partials is not None  # a pause is always within a turn
-                self._partials.now()
                 self._pause_covers = len(self._carry) + event.speech_bytes
+                self._partials.now(unless_covered=self._pause_covers)
                 await self._apply(CallerPaused(may_draft=self._plan.drafts and self._speaker is not None))
             elif isinstance(event, TurnEnded):
                 await self._on_turn_ended(event)
@@ -351,11 +361,20 @@ class TurnLoop:
             spawn=lambda work, name: self._tasks.create_task(work, name=f"{name}-{self.dialog_id}"),
             interval_s=self._transcriber.config.partial_interval_ms / 1000 if plan.partials else None,
         )
-        turn_id = self._turn_id
         self._partials_task = self._tasks.create_task(
-            self._partials.run(lambda t: self._emit(TranscriptEvent(turn_id, t.text, final=False))),
-            name=f"partials-{self.dialog_id}",
+            self._partials.run(functools.partial(self._on_partial, self._turn_id)), name=f"partials-{self.dialog_id}"
         )
+
+    async def _on_partial(self, turn_id: str, transcript: Transcript) -> None:
+        """A partial transcript: shown to the caller, and read by the LLM server ahead of the reply."""
+        await self._emit(TranscriptEvent(turn_id, transcript.text, final=False))
+        if self.config.prime_llm and self._draft is None and self._reply is None:
+            # The reply's prompt will begin with the dialog and these words: read now, while the
+            # caller talks, the end of the turn leaves only the last words to read.
+            messages = self._llm.with_system_prompt(
+                [*(await self._history(before=turn_id)), {"role": "user", "content": transcript.text}]
+            )
+            await self._llm.prime(messages, dialog_id=self.dialog_id)
 
     async def _judge(self, audio: bytes, transcript: Callable[[], Awaitable[Transcript | None]]) -> None:
         """Decide, at a pause, how much silence ends this turn (pipeline.end_of_turn)."""
@@ -373,11 +392,12 @@ class TurnLoop:
         else:
             verdict = "finished" if judgement.end_silence_ms < self.config.incomplete_silence_ms else "unfinished"
         log.info(
-            "turn %s: pause judged %s after %d ms of silence (model %s, words %s: %s): ends after %d ms of silence",
+            "turn %s: pause judged %s after %d ms of silence (model %s in %s ms, words %s: %s): ends after %d ms of silence",
             self._turn_id,
             verdict,
             self._vad.silence_ms,
             "failed" if judgement.probability is None else f"{judgement.probability:.2f}",
+            "-" if judgement.model_ms is None else f"{judgement.model_ms:.0f}",
             {None: "not read", True: "unfinished", False: "may end"}[judgement.unfinished_text],
             self._loggable(judgement.words or ""),
             judgement.end_silence_ms,

@@ -63,7 +63,20 @@ class SpeechPaused:
     speech_bytes: int = 0
 
 
-VADEvent = SpeechStarted | SpeechPaused | TurnEnded
+@dataclass(frozen=True, slots=True)
+class SpeechLull:
+    """The user has been quiet for `transcribe_ms` within a turn, short of a pause.
+
+    What was said so far is transcribed now rather than at the pause, which needs it to
+    judge the turn: a lull the user talks through leaves only a partial transcript.
+    speech_bytes: as SpeechPaused's.
+    """
+
+    at_ms: float
+    speech_bytes: int = 0
+
+
+VADEvent = SpeechStarted | SpeechLull | SpeechPaused | TurnEnded
 
 
 def spectral_flatness(samples: np.ndarray) -> float:
@@ -150,6 +163,8 @@ class VoiceActivityDetector:
             return self._end_turn(self._silence_ms if not too_long else 0.0)
         if not voiced and self._silence_ms == self.config.pause_ms:
             return SpeechPaused(end_ms, self._speech_bytes)
+        if not voiced and self._silence_ms == self.config.transcribe_ms:
+            return SpeechLull(end_ms, self._speech_bytes)
         return None
 
     def flush(self) -> TurnEnded | None:

@@ -1,4 +1,5 @@
 import asyncio
+import dataclasses
 
 import httpx
 import pytest
@@ -152,3 +153,67 @@ async def test_a_caller_that_gives_up_frees_the_server_before_the_first_token():
                     await asyncio.sleep(0.01)
             server.first_token_delay_s = 0
             assert await collect(pool, 1) == "w0 "
+
+
+async def test_a_prime_reads_into_the_dialogs_slot_and_its_next_request_waits_for_it_there():
+    async with CountingServer(tokens=1, first_token_delay_s=0.3).running() as server:
+        async with LLMPool(LLMConfig(base_url=server.base_url, server_slots=2)) as pool:
+            assert await pool.prime(ask(0), dialog_id="a")
+            assert not await pool.prime(ask(0), dialog_id="a")  # one at a time per dialog
+            reply = await collect_dialog(pool, 0, "a")  # sent while the prime still runs
+            assert reply == "w0 "
+            assert await pool.prime(ask(1), dialog_id="b")
+            async with asyncio.timeout(5):
+                while pool.inflight:
+                    await asyncio.sleep(0.01)
+    prime, asked, other = server.requests
+    assert prime["max_tokens"] == 1 and asked["max_tokens"] > 1
+    assert prime["id_slot"] == asked["id_slot"] != other["id_slot"]
+    assert server.max_active == 1  # the request waited for the prime instead of racing it to another slot
+
+
+async def test_no_prime_while_the_pool_is_busy_or_without_server_slots():
+    async with CountingServer(tokens=1, first_token_delay_s=0.3).running() as server:
+        async with LLMPool(LLMConfig(base_url=server.base_url, server_slots=2), PoolConfig(max_inflight=1)) as pool:
+            asking = asyncio.create_task(collect_dialog(pool, 0, "a"))
+            async with asyncio.timeout(5):
+                while not pool.inflight:
+                    await asyncio.sleep(0.01)
+            assert not await pool.prime(ask(1), dialog_id="b")  # a caller's reply comes first
+            await asking
+        async with LLMPool(LLMConfig(base_url=server.base_url)) as pool:
+            assert not await pool.prime(ask(1), dialog_id="b")  # no slot would keep what it read
+    assert len(server.requests) == 1
+
+
+@pytest.mark.slow
+async def test_after_a_prime_of_the_words_so_far_the_reply_reads_only_the_rest(llm_config):
+    # The real llama-server: a dialog's prompt read up to the caller's partial transcript while
+    # they talk; the reply's prompt then reads only what came after.
+    config = dataclasses.replace(llm_config, server_slots=llm_config.server_slots if llm_config.server_slots > 0 else 4)
+    history = [
+        {"role": "user", "content": "Hello, I need some help with my travel plans for next week."},
+        {"role": "assistant", "content": "Of course. Where are you travelling to?"},
+    ]
+    said = "I am flying to Boston on Tuesday and I need a hotel near the airport for two nights"
+    partial = " ".join(said.split()[:-4])
+    read: dict[str, PromptUsage] = {}
+    async with LLMPool(config) as pool:
+        for dialog, primed in (("cold", False), ("primed", True)):
+            messages = pool.with_system_prompt([*history, {"role": "user", "content": "Hi."}])
+            await collect_usage(pool, messages, dialog, read, "warm-" + dialog)  # the dialog so far, cached
+            turn = [*history, {"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."}]
+            if primed:
+                assert await pool.prime(pool.with_system_prompt([*turn, {"role": "user", "content": partial}]), dialog_id=dialog)
+            await collect_usage(pool, pool.with_system_prompt([*turn, {"role": "user", "content": said}]), dialog, read, dialog)
+    assert read["primed"].read + 12 <= read["cold"].read, read
+    assert read["primed"].cached > read["cold"].cached
+
+
+async def collect_dialog(pool: LLMPool, n: int, dialog: str) -> str:
+    return "".join([d async for d in pool.stream_chat(ask(n), dialog_id=dialog)])
+
+
+async def collect_usage(pool: LLMPool, messages, dialog: str, read: dict, key: str) -> None:
+    async for _ in pool.stream_chat(messages, dialog_id=dialog, on_usage=lambda u: read.__setitem__(key, u), max_tokens=4):
+        pass

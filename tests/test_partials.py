@@ -68,3 +68,31 @@ async def test_upto_waits_for_the_pause_transcript_to_begin_and_gives_up_when_pa
     await asyncio.sleep(0.05)
     runner.cancel()
     assert await asyncio.wait_for(late, 5) is None
+
+
+async def test_the_transcript_begun_at_a_lull_serves_the_pause_and_more_speech_needs_another(transcriber):
+    samples = read_audio(JFK).tobytes()
+    speech, silence = samples[: 16000 * 2 * 3], bytes(16000 * 2 // 25)  # 3 s said, then 40 ms of silence
+    said = [speech + silence]
+    started = []
+
+    class Counting:
+        async def transcribe(self, audio):
+            started.append(len(audio))
+            return await transcriber.transcribe(audio)
+
+    partials = PartialTranscripts(Counting(), lambda: said[0], spawn=spawn, interval_s=3600)
+    runner = asyncio.create_task(partials.run(lambda t: asyncio.sleep(0)))
+    partials.now()  # the lull
+    await asyncio.sleep(0.02)  # a frame later
+    said[0] += silence  # the silence goes on to the pause
+    partials.now(unless_covered=len(speech))  # the pause: the lull's transcript covers every word
+    final = await asyncio.wait_for(partials.upto(len(speech)), 60)
+    assert started == [len(speech) + len(silence)]
+    assert final is not None and wer(" ".join(final.text.split()[:6]), " ".join(JFK_TEXT.split()[:6])) <= 0.2
+    said[0] = samples  # the caller went on: the next pause needs the words after the lull
+    partials.now(unless_covered=len(samples))
+    later = await asyncio.wait_for(partials.upto(len(samples)), 60)
+    runner.cancel()
+    assert started == [len(speech) + len(silence), len(samples)]
+    assert later is not None and wer(JFK_TEXT, later.text) <= 0.10

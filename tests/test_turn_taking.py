@@ -44,6 +44,9 @@ class _LLM:
     def with_system_prompt(self, messages):
         return list(messages)
 
+    async def prime(self, messages, *, dialog_id):
+        return False
+
     async def stream_chat(self, messages, *, dialog_id=None, on_usage=None, max_tokens=None) -> AsyncIterator[str]:
         said = messages[-1]["content"]
         answer = "One. Two. Three. Four. Five. Six." if said.startswith("typed") else "Spoken answer."

@@ -4,7 +4,7 @@ import pytest
 from media.audio_file import read_audio
 from media.frames import frames_of
 from pipeline.config import VADConfig
-from pipeline.vad import SpeechPaused, SpeechStarted, TurnEnded, VoiceActivityDetector, spectral_flatness
+from pipeline.vad import SpeechLull, SpeechPaused, SpeechStarted, TurnEnded, VoiceActivityDetector, spectral_flatness
 from tests.speech import JFK, STEREO, STEREO_TEXT, wer
 
 RATE = 16000
@@ -33,7 +33,7 @@ def two_utterances() -> tuple[np.ndarray, int]:
 
 def test_speech_pause_speech_gives_two_turns_where_the_speech_is():
     samples, boundary = two_utterances()
-    events = [e for e in run(VoiceActivityDetector(SILENCE_ONLY), samples) if not isinstance(e, SpeechPaused)]
+    events = [e for e in run(VoiceActivityDetector(SILENCE_ONLY), samples) if not isinstance(e, SpeechPaused | SpeechLull)]
     assert [type(e) for e in events] == [SpeechStarted, TurnEnded, SpeechStarted, TurnEnded]
     first, second = events[1], events[3]
     boundary_ms = 1000 * boundary / RATE
@@ -92,7 +92,7 @@ async def test_events_streams_frames_to_events():
         for frame in frames_of(samples.tobytes(), RATE):
             yield frame
 
-    events = [e async for e in VoiceActivityDetector(SILENCE_ONLY).events(frames()) if not isinstance(e, SpeechPaused)]
+    events = [e async for e in VoiceActivityDetector(SILENCE_ONLY).events(frames()) if not isinstance(e, SpeechPaused | SpeechLull)]
     assert [type(e) for e in events] == [SpeechStarted, TurnEnded, SpeechStarted, TurnEnded]
 
 
@@ -105,11 +105,27 @@ def test_a_pause_is_announced_before_the_turn_ends_and_speech_bytes_stop_at_the_
         assert isinstance(pause, SpeechPaused)
         assert pause.at_ms == events[i].end_ms + 100
         assert pause.speech_bytes == events[i].speech_bytes  # what a reply drafted at the pause covers
+        lull = events[i - 2]  # the words are transcribed from here on
+        assert isinstance(lull, SpeechLull)
+        assert lull.at_ms == events[i].end_ms + 40 and lull.speech_bytes == pause.speech_bytes
         turn = events[i]
         speech_ms = 1000 * turn.speech_bytes / 2 / RATE
         assert len(turn.audio) - turn.speech_bytes == 2 * RATE * 500 // 1000  # the end-of-turn silence
         assert turn.silence_ms == 500
         assert speech_ms >= turn.end_ms - turn.start_ms
+
+
+def test_a_lull_as_long_as_the_pause_is_the_pause():
+    samples, _ = two_utterances()
+    events = run(VoiceActivityDetector(VADConfig(pause_ms=100, transcribe_ms=100, end_silence_ms=500)), samples)
+    with_lulls = run(VoiceActivityDetector(VADConfig(pause_ms=100, transcribe_ms=40, end_silence_ms=500)), samples)
+    assert not any(isinstance(e, SpeechLull) for e in events)
+    assert sum(isinstance(e, SpeechLull) for e in with_lulls) >= sum(isinstance(e, SpeechPaused) for e in events) >= 2
+    assert [e for e in with_lulls if not isinstance(e, SpeechLull)] == events
+    with pytest.raises(ValueError, match="transcribe_ms"):
+        VADConfig(pause_ms=100, transcribe_ms=120)
+    with pytest.raises(ValueError, match="transcribe_ms"):
+        VADConfig(transcribe_ms=30)
 
 
 def test_the_silence_that_ends_a_turn_can_be_changed_while_it_runs():
