@@ -5,12 +5,12 @@ hard-coded in its `pad_or_trim`); CTranslate2's encoder accepts less. On these
 machines a window of max(10 s, audio + 2 s, rounded up to 5 s) transcribes
 an utterance about 3x faster (a 5 s clip: 170 ms instead of 490 ms) with the
 same words, while a window as short as the audio makes the decoder loop. So the
-window is sized per utterance by `window_seconds`, through `_sized_window`.
+window is sized per utterance (`ASRConfig.window_s`, bench/results/asr.md), through
+`_install_window_sizing`.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 from dataclasses import dataclass
 
@@ -40,11 +40,6 @@ class Transcript:
     avg_logprob: float
     audio_ms: float
     language: str
-
-
-def window_seconds(audio_s: float) -> int:
-    """The encoder window for audio of this length: max(10, audio + 2, rounded up to 5), at most 30."""
-    return int(min(30, max(10, math.ceil((audio_s + 2) / 5) * 5)))
 
 
 _window = threading.local()
@@ -109,7 +104,7 @@ class Transcriber:
         audio_s = samples.size / SAMPLE_RATE
         try:
             # 100 feature frames a second; 30 s is faster-whisper's own window.
-            _window.frames = (window_seconds(audio_s) if self.config.sized_window else 30) * 100
+            _window.frames = self.config.window_s(audio_s) * 100
             segments, info = self._model.transcribe(
                 samples,
                 language=self.config.language or None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 
@@ -78,8 +79,10 @@ class ASRConfig:
     language: "" lets a multilingual model detect it.
     no_speech_threshold: segments whose no-speech probability is above this are dropped.
     partial_interval_ms: how often a growing utterance is transcribed for partial transcripts.
-    sized_window: pad each utterance to max(10 s, audio + 2 s) rather than Whisper's fixed 30 s
-        (about 3x faster, the same words); off only to compare.
+    sized_window: pad each utterance to a window sized by the three below rather than Whisper's
+        fixed 30 s (about 3x faster, the same words); off only to compare.
+    window_min_s, window_pad_s, window_step_s: the window is the audio plus window_pad_s, rounded
+        up to a multiple of window_step_s, at least window_min_s (and at most 30 s).
     """
 
     model: str = "tiny.en"
@@ -91,6 +94,16 @@ class ASRConfig:
     no_speech_threshold: float = 0.6
     partial_interval_ms: int = 400
     sized_window: bool = True
+    window_min_s: int = 10
+    window_pad_s: int = 2
+    window_step_s: int = 5
+
+    def window_s(self, audio_s: float) -> int:
+        """The encoder window for audio this long, in seconds (30: Whisper's own)."""
+        if not self.sized_window:
+            return 30
+        step = self.window_step_s
+        return int(min(30, max(self.window_min_s, math.ceil((audio_s + self.window_pad_s) / step) * step)))
 
     def source(self) -> ModelSource:
         """The configured model's source; a clear error when it is not in `models`."""

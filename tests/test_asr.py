@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from media.audio_file import read_audio
-from pipeline.asr import Transcriber, window_seconds
+from pipeline.asr import Transcriber
 from tests.speech import JFK, JFK_TEXT, STEREO, STEREO_TEXT, wer
 
 pytestmark = pytest.mark.slow
@@ -27,12 +27,14 @@ async def test_silence_gives_no_text_or_a_high_no_speech_probability(transcriber
     assert transcript.text == "" or transcript.no_speech_prob > 0.5
 
 
-def test_window_is_at_least_10s_and_2s_past_the_audio():
-    assert window_seconds(1.0) == 10
-    assert window_seconds(8.5) == 15
-    assert window_seconds(11.0) == 15
-    assert window_seconds(13.5) == 20
-    assert window_seconds(40.0) == 30
+def test_the_window_is_the_audio_padded_rounded_up_and_within_bounds():
+    from pipeline.config import ASRConfig
+
+    wide = ASRConfig(window_min_s=10, window_pad_s=2, window_step_s=5)
+    assert [wide.window_s(a) for a in (1.0, 8.5, 11.0, 13.5, 40.0)] == [10, 15, 15, 20, 30]
+    tight = ASRConfig(window_min_s=5, window_pad_s=1, window_step_s=1)
+    assert [tight.window_s(a) for a in (1.0, 3.2, 4.0, 8.5, 40.0)] == [5, 5, 5, 10, 30]
+    assert ASRConfig(sized_window=False).window_s(1.0) == 30
 
 
 async def test_the_multilingual_base_model_assembles_and_transcribes(settings):

@@ -1,62 +1,114 @@
-"""`parley bench asr`: the ASR window sized per utterance against faster-whisper's fixed 30 s."""
+"""`parley bench asr`: the ASR encoder window, Whisper's fixed 30 s against windows sized per utterance."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from typing import Any
 
 import numpy as np
 
 from media.audio_file import read_audio
+from media.resample import resample_pcm
+from parley.bench.network import SPEAKER_TEXT, word_errors
 from parley.bench.results import SPEECH, percentile, write_results
+
+# Each variant: the [asr] window settings it changes.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "window_30s": {"sized_window": False},
+    # max(10 s, audio + 2 s), rounded up to 5 s.
+    "window_10s": {"sized_window": True, "window_min_s": 10, "window_pad_s": 2, "window_step_s": 5},
+    # max(5 s, audio + 1 s), rounded up to 1 s.
+    "window_5s": {"sized_window": True, "window_min_s": 5, "window_pad_s": 1, "window_step_s": 1},
+}
+# Telephone sentences (piper, the default voice) nobody else's test uses.
+SENTENCES = (
+    "Please enter your conference number followed by the pound key.",
+    "I would like to book a table for two at seven tonight.",
+    "Can you tell me when the pharmacy closes on Sunday?",
+    "My flight to Boston was cancelled and I need a new one.",
+    "What is the weather going to be like in London tomorrow?",
+    "I want to check the balance of my savings account.",
+    "Could you remind me to call my mother at six?",
+    "How long does it take to drive from here to the airport?",
+)
+
+
+def _clips() -> list[tuple[np.ndarray, str]]:
+    """(16 kHz int16 audio, what is said) for the real speakers and the telephone sentences,
+    whole and cut at 60 % as a partial transcript sees them ("" for a cut: no reference)."""
+    from parley.paused_speech import PausedSpeech
+    from parley.settings import load_settings
+
+    clips = [(read_audio(SPEECH, 16000, channel=c), SPEAKER_TEXT[c]) for c in (0, 1)]
+    clips.append((np.concatenate([clips[0][0], clips[1][0]]), f"{SPEAKER_TEXT[0]} {SPEAKER_TEXT[1]}"))
+    speech = PausedSpeech(load_settings().tts)
+    for text in SENTENCES:
+        (voiced,) = speech.pieces(text)
+        samples = np.frombuffer(resample_pcm(voiced.tobytes(), speech.sample_rate, 16000), np.int16)
+        clips.append((samples, text))
+        clips.append((samples[: samples.size * 6 // 10], ""))
+    return clips
 
 
 async def bench_asr(args: argparse.Namespace) -> None:
-    """The ASR window sized per utterance against faster-whisper's fixed 30 s, on the same clips."""
-    import dataclasses
-
+    """Each window variant on the same clips: ms per clip, word error rate, and whether any loops."""
     from parley.settings import load_settings
     from pipeline.asr import Transcriber
 
     config = load_settings().asr
-    clips = [read_audio(SPEECH, 16000, channel=c) for c in (0, 1)]
-    clips.append(np.concatenate(clips))  # a longer utterance: both sentences
-    variants = {"window_30s": False, "window_sized": True}
+    clips = _clips()
     figures_by_variant: dict[str, dict[str, Any]] = {}
     texts: dict[str, list[str]] = {}
-    for name, sized in variants.items():
-        transcriber = Transcriber(dataclasses.replace(config, sized_window=sized))
-        await transcriber.transcribe(clips[0])  # warm-up
+    for name, change in VARIANTS.items():
+        transcriber = Transcriber(dataclasses.replace(config, **change))
+        await transcriber.transcribe(clips[0][0])  # warm-up
         times: list[float] = []
         texts[name] = []
         for repeat in range(args.repeats):
-            for clip in clips:
+            for clip, _ in clips:
                 started = time.monotonic()
                 text = (await transcriber.transcribe(clip)).text
                 times.append(1000 * (time.monotonic() - started))
                 if repeat == 0:
                     texts[name].append(text)
-        figures_by_variant[name] = {"ms_per_clip_p50": percentile(times, 50), "ms_per_clip_mean": round(float(np.mean(times)), 1)}
-    ratio = round(figures_by_variant["window_30s"]["ms_per_clip_p50"] / figures_by_variant["window_sized"]["ms_per_clip_p50"], 2)
-    figures = {
+        errors = [word_errors(ref, hyp) for (_, ref), hyp in zip(clips, texts[name], strict=True) if ref]
+        words = [len(t.split()) for t in texts[name]]
+        figures_by_variant[name] = {
+            "ms_per_clip_p50": percentile(times, 50),
+            "ms_per_clip_mean": round(float(np.mean(times)), 1),
+            "wer": round(sum(e for e, _ in errors) / sum(n for _, n in errors), 3),
+            # A decoder that loops writes far more words than the clip can hold (~3 words a second).
+            "looped": sum(w > 4 * clip.size / 16000 + 4 for w, (clip, _) in zip(words, clips, strict=True)),
+        }
+    base = figures_by_variant["window_30s"]
+    for name, figures in figures_by_variant.items():
+        figures["speedup_vs_30s"] = round(base["ms_per_clip_p50"] / figures["ms_per_clip_p50"], 2)
+        figures["same_text_as_30s"] = sum(a == b for a, b in zip(texts[name], texts["window_30s"], strict=True))
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    document = {
         "benchmark": "asr",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "when": when,
         "model": config.model,
-        "clips_s": [round(c.size / 16000, 2) for c in clips],
+        "clips": len(clips),
+        "clips_s": [round(c.size / 16000, 2) for c, _ in clips],
         "repeats": args.repeats,
         "variants": figures_by_variant,
-        "speedup_sized_vs_30s": ratio,
-        "same_text": texts["window_30s"] == texts["window_sized"],
         "texts": texts,
     }
-    row = (
-        f"| {figures['when']} | {figures_by_variant['window_30s']['ms_per_clip_p50']} | "
-        f"{figures_by_variant['window_sized']['ms_per_clip_p50']} | {ratio}x | {figures['same_text']} |"
-    )
+    rows = [
+        f"| {when} | {name} | {f['ms_per_clip_p50']} | {f['speedup_vs_30s']}x | {f['wer']} |"
+        f" {f['same_text_as_30s']}/{len(clips)} | {f['looped']} |"
+        for name, f in figures_by_variant.items()
+    ]
     header = (
-        "# ASR window benchmark\n\n`parley bench asr`: Whisper tiny.en int8, greedy, the same clips (2.5–7.5 s) with"
-        " faster-whisper's fixed 30 s window and with the window sized per utterance.\n\n"
-        "| when | 30 s window, ms/clip p50 | sized window, ms/clip p50 | speed-up | same text |\n| --- | --- | --- | --- | --- |\n"
+        "# ASR window benchmark\n\n`parley bench asr`: Whisper tiny.en int8, greedy, on the same clips: the two"
+        " speakers of bench/audio and both together, eight telephone sentences (piper) whole and cut at 60 % as a"
+        " partial transcript sees them; faster-whisper's fixed 30 s window against windows sized per utterance."
+        " WER over the clips with a reference (the cut ones have none); looped: clips transcribed with far more"
+        " words than they can hold.\n\n"
+        "| when | variant | ms/clip p50 | speed-up vs 30 s | WER | same text as 30 s | looped |\n"
+        "| --- | --- | --- | --- | --- | --- | --- |\n"
     )
-    write_results("asr", figures, row, header)
+    write_results("asr", document, "\n".join(rows), header)
