@@ -125,7 +125,8 @@ def _parser() -> argparse.ArgumentParser:
         help="telephone sentences to say, whole and with each pause (default all 12)",
     )
     bench_turns.add_argument(
-        "--variants", help="comma-separated (default all): silence_500ms, model, model_transcribe_at_pause"
+        "--variants",
+        help="comma-separated (default all): silence_500ms, model, model_transcribe_at_pause, model_pause_60ms",
     )
 
     bench_load = bench_kinds.add_parser(

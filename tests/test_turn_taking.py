@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from media.audio_file import read_audio
 from media.frames import AudioFrame, frames_of
 from media.tracks import OutboundAudioTrack
@@ -44,10 +46,15 @@ class _LLM:
     def with_system_prompt(self, messages):
         return list(messages)
 
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, list]] = []  # ("prime" or "chat", messages), in order
+
     async def prime(self, messages, *, dialog_id):
-        return False
+        self.asked.append(("prime", list(messages)))
+        return True
 
     async def stream_chat(self, messages, *, dialog_id=None, on_usage=None, max_tokens=None) -> AsyncIterator[str]:
+        self.asked.append(("chat", list(messages)))
         said = messages[-1]["content"]
         answer = "One. Two. Three. Four. Five. Six." if said.startswith("typed") else "Spoken answer."
         for word in answer.split(" "):
@@ -90,15 +97,15 @@ def _speech_frames() -> list[AudioFrame]:
 
 
 @contextlib.asynccontextmanager
-async def _call(events: list):
+async def _call(events: list, *, config: TurnConfig = TurnConfig(end_of_turn="silence"), llm: _LLM | None = None):
     """A running turn loop; frames put in the queue reach it in real time, silence in between."""
 
     async def emit(event) -> None:
         events.append(event)
 
     loop = TurnLoop(
-        dialog_id="d", store=_Store(), llm=_LLM(), transcriber=_Transcriber(), synthesizer=_Synthesizer(),
-        emit=emit, config=TurnConfig(end_of_turn="silence"),
+        dialog_id="d", store=_Store(), llm=llm or _LLM(), transcriber=_Transcriber(), synthesizer=_Synthesizer(),
+        emit=emit, config=config,
     )
     said: asyncio.Queue[AudioFrame] = asyncio.Queue()
 
@@ -181,3 +188,23 @@ async def test_barge_in_stops_the_only_reply_and_the_next_turn_is_answered():
     barged, answered = _done(events)
     assert barged.interrupted and not answered.interrupted
     assert answered.text == "Spoken answer."
+
+
+@pytest.mark.parametrize("prime", [True, False])
+async def test_partial_transcripts_prime_the_llm_with_the_words_so_far_only_when_asked(prime):
+    events: list = []
+    llm = _LLM()
+    config = TurnConfig(end_of_turn="silence", prime_llm=prime)
+    async with _call(events, config=config, llm=llm) as (said, _):
+        for frame in _speech_frames()[:150]:  # 3 s of speech: partials every 300 ms
+            said.put_nowait(frame)
+        await _until(lambda: _done(events))
+    kinds = [kind for kind, _ in llm.asked]
+    if not prime:
+        assert kinds == ["chat"]
+        return
+    assert kinds[0] == "prime" and "chat" in kinds
+    primed = llm.asked[0][1]
+    assert primed[-1] == {"role": "user", "content": "and so my fellow americans"}
+    chat = llm.asked[kinds.index("chat")][1]
+    assert chat[:-1] == primed[:-1]  # the same prompt up to the caller's words

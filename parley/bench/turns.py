@@ -56,6 +56,8 @@ VARIANTS: dict[str, dict[str, str]] = {
     "model": {"PARLEY_TURNS_END_OF_TURN": "model"},
     # The model, with the words transcribed only at the pause instead of from the lull before it.
     "model_transcribe_at_pause": {"PARLEY_TURNS_END_OF_TURN": "model", "PARLEY_VAD_TRANSCRIBE_MS": "100"},
+    # The model asked after 60 ms of silence instead of 100 (more pauses judged, and drafted, in vain).
+    "model_pause_60ms": {"PARLEY_TURNS_END_OF_TURN": "model", "PARLEY_VAD_PAUSE_MS": "60"},
 }
 
 
