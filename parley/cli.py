@@ -126,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench_turns.add_argument(
         "--variants",
-        help="comma-separated (default all): silence_500ms, model, model_transcribe_at_pause, model_pause_60ms",
+        help="comma-separated (default all): silence_500ms, model, model_transcribe_at_pause, model_pause_100ms",
     )
 
     bench_load = bench_kinds.add_parser(

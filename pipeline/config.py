@@ -32,7 +32,7 @@ class VADConfig:
     start_speech_ms: int = 200
     start_window_ms: int = 300
     end_silence_ms: int = 200
-    pause_ms: int = 100
+    pause_ms: int = 60
     transcribe_ms: int = 40
     pre_roll_ms: int = 300
     min_level_dbfs: float = -50.0

@@ -55,9 +55,9 @@ VARIANTS: dict[str, dict[str, str]] = {
     "silence_500ms": {"PARLEY_TURNS_END_OF_TURN": "silence", "PARLEY_TURNS_UNJUDGED_SILENCE_MS": "500"},
     "model": {"PARLEY_TURNS_END_OF_TURN": "model"},
     # The model, with the words transcribed only at the pause instead of from the lull before it.
-    "model_transcribe_at_pause": {"PARLEY_TURNS_END_OF_TURN": "model", "PARLEY_VAD_TRANSCRIBE_MS": "100"},
-    # The model asked after 60 ms of silence instead of 100 (more pauses judged, and drafted, in vain).
-    "model_pause_60ms": {"PARLEY_TURNS_END_OF_TURN": "model", "PARLEY_VAD_PAUSE_MS": "60"},
+    "model_transcribe_at_pause": {"PARLEY_TURNS_END_OF_TURN": "model", "PARLEY_VAD_TRANSCRIBE_MS": "60"},
+    # The model asked after 100 ms of silence instead of 60 (the pause before 2026-11-28).
+    "model_pause_100ms": {"PARLEY_TURNS_END_OF_TURN": "model", "PARLEY_VAD_PAUSE_MS": "100"},
 }
 
 
