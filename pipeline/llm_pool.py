@@ -15,8 +15,9 @@ connection error, never once a token has arrived.
 With `[llm] server_slots` (llama-server), each dialog's requests go to the slot
 that served it before (pipeline.llm_slots), so the server's prompt cache holds
 the dialog so far. `prime` has the server read a prompt's beginning into that cache
-ahead of time (the caller's words while they still talk), when the pool is idle. A caller that gives up (barge-in, a dropped draft) cancels its
-request at once: the connection closes and the server stops working for nobody.
+ahead of time (the caller's words while they still talk), when the pool is idle. A
+caller that gives up (barge-in, a dropped draft) cancels its request at once: the
+connection closes and the server stops working for nobody.
 """
 
 from __future__ import annotations

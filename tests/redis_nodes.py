@@ -12,7 +12,7 @@ import shutil
 import signal
 import socket
 import tempfile
-from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager as AsyncContextManager
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -136,15 +136,20 @@ class SentinelTopology:
 
 
 @contextlib.asynccontextmanager
-async def sentinel_topology(*, replicas: int = 1, sentinels: int = 3) -> AsyncIterator[SentinelTopology]:
-    folder = Path(tempfile.mkdtemp(prefix="parley-sentinel-", dir="/tmp"))
-    topology = SentinelTopology(folder, replicas=replicas, sentinels=sentinels)
+async def _running(make, prefix: str):
+    """A topology `make(folder)` started in a fresh folder under /tmp, stopped and removed after."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    topology = make(folder)
     try:
         await topology.start()
         yield topology
     finally:
         await topology.stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def sentinel_topology(*, replicas: int = 1, sentinels: int = 3) -> AsyncContextManager[SentinelTopology]:
+    return _running(lambda folder: SentinelTopology(folder, replicas=replicas, sentinels=sentinels), "parley-sentinel-")
 
 
 def free_cluster_port() -> int:
@@ -206,13 +211,5 @@ class ClusterTopology:
         return True
 
 
-@contextlib.asynccontextmanager
-async def cluster_topology(*, masters: int = 3) -> AsyncIterator[ClusterTopology]:
-    folder = Path(tempfile.mkdtemp(prefix="parley-rcluster-", dir="/tmp"))
-    cluster = ClusterTopology(folder, masters=masters)
-    try:
-        await cluster.start()
-        yield cluster
-    finally:
-        await cluster.stop()
-        shutil.rmtree(folder, ignore_errors=True)
+def cluster_topology(*, masters: int = 3) -> AsyncContextManager[ClusterTopology]:
+    return _running(lambda folder: ClusterTopology(folder, masters=masters), "parley-rcluster-")

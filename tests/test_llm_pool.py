@@ -16,8 +16,8 @@ def ask(n: int):
     return [{"role": "user", "content": f"question {n}"}]
 
 
-async def collect(pool: LLMPool, n: int) -> str:
-    return "".join([d async for d in pool.stream_chat(ask(n))])
+async def collect(pool: LLMPool, n: int, dialog: str | None = None) -> str:
+    return "".join([d async for d in pool.stream_chat(ask(n), dialog_id=dialog)])
 
 
 @pytest.mark.parametrize("mode", ["concurrent", "prompts"])
@@ -160,7 +160,7 @@ async def test_a_prime_reads_into_the_dialogs_slot_and_its_next_request_waits_fo
         async with LLMPool(LLMConfig(base_url=server.base_url, server_slots=2)) as pool:
             assert await pool.prime(ask(0), dialog_id="a")
             assert not await pool.prime(ask(0), dialog_id="a")  # one at a time per dialog
-            reply = await collect_dialog(pool, 0, "a")  # sent while the prime still runs
+            reply = await collect(pool, 0, "a")  # sent while the prime still runs
             assert reply == "w0 "
             assert await pool.prime(ask(1), dialog_id="b")
             async with asyncio.timeout(5):
@@ -175,7 +175,7 @@ async def test_a_prime_reads_into_the_dialogs_slot_and_its_next_request_waits_fo
 async def test_no_prime_while_the_pool_is_busy_or_without_server_slots():
     async with CountingServer(tokens=1, first_token_delay_s=0.3).running() as server:
         async with LLMPool(LLMConfig(base_url=server.base_url, server_slots=2), PoolConfig(max_inflight=1)) as pool:
-            asking = asyncio.create_task(collect_dialog(pool, 0, "a"))
+            asking = asyncio.create_task(collect(pool, 0, "a"))
             async with asyncio.timeout(5):
                 while not pool.inflight:
                     await asyncio.sleep(0.01)
@@ -208,10 +208,6 @@ async def test_after_a_prime_of_the_words_so_far_the_reply_reads_only_the_rest(l
             await collect_usage(pool, pool.with_system_prompt([*turn, {"role": "user", "content": said}]), dialog, read, dialog)
     assert read["primed"].read + 12 <= read["cold"].read, read
     assert read["primed"].cached > read["cold"].cached
-
-
-async def collect_dialog(pool: LLMPool, n: int, dialog: str) -> str:
-    return "".join([d async for d in pool.stream_chat(ask(n), dialog_id=dialog)])
 
 
 async def collect_usage(pool: LLMPool, messages, dialog: str, read: dict, key: str) -> None:
