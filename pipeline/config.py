@@ -129,6 +129,8 @@ class TTSConfig:
         (None: the voice's own). 0 makes the same text the same audio every time.
     memory_arena: onnxruntime's memory arena for synthesis. It keeps what it took, and grows by
         doubling, so the first long sentence of a server's life raises its memory for good.
+    lead_in_ms: the silence kept before each sentence's first sound; the voice's own (30-40 ms of
+        near-digital silence) is cut to it. -1: keep the voice's own.
     """
 
     voice: str = "en_US-joe-medium"
@@ -140,6 +142,7 @@ class TTSConfig:
     noise_scale: float | None = None
     noise_w_scale: float | None = None
     memory_arena: bool = False
+    lead_in_ms: int = 5
 
     def without_noise(self) -> TTSConfig:
         """This voice with no sampling noise: the same text is the same audio (test and bench callers)."""
@@ -259,6 +262,8 @@ class TurnModelConfig:
     threshold: a turn whose audio scores at least this is complete (pipecat uses 0.5).
     threads: onnxruntime threads for one decision (one: ~50 ms, and the other core stays free).
     max_audio_s: the model reads at most the last 8 s of a turn.
+    after_words: the model hears a pause once its words are transcribed, not while they are: on two
+        cores the two slowed each other, and the reply's draft waits for the words.
     """
 
     wheel: str = "pipecat-ai==1.14.0"
@@ -268,6 +273,7 @@ class TurnModelConfig:
     threshold: float = 0.5
     threads: int = 1
     max_audio_s: float = 8.0
+    after_words: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:

@@ -15,6 +15,7 @@ to silence alone (`turns.unjudged_silence_ms`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -87,17 +88,29 @@ class EndOfTurn:
     async def judge(self, audio: bytes, transcript: Callable[[], Awaitable[Transcript | None]]) -> Judgement:
         """Judge a pause: `audio` is the turn up to now; `transcript()` gives the one made at the pause."""
         assert self.model is not None, "a pause is judged only with the model"
+        # The words first (after_words): the draft needs them at once, and the model, run beside
+        # the transcription, slowed it down on two cores; it costs the decision nothing, which
+        # reads the words of a turn that sounds complete anyway.
+        heard = asyncio.ensure_future(transcript())
+        if self.model.config.after_words:
+            await asyncio.wait([heard])
         started = time.monotonic()
         try:
             probability = await self.model.complete_probability(audio)
         except TurnModelError as exc:
             log.warning("%s; the turn ends on silence alone", exc)
+            _forget(heard)
             return Judgement(None, None, self.turns.unjudged_silence_ms)
+        except BaseException:
+            _forget(heard)
+            raise
         model_ms = 1000 * (time.monotonic() - started)
         unfinished, words = None, None
-        if self.model.is_complete(probability):
+        if not self.model.is_complete(probability):
+            _forget(heard)
+        else:
             # Only a turn that sounds complete needs its words read: the others wait anyway.
-            said = await transcript()
+            said = await heard
             words = "" if said is None else said.text
             if said is not None:
                 unfinished = ends_unfinished(said.text, said.language)
@@ -105,3 +118,11 @@ class EndOfTurn:
             probability, unfinished, threshold=self.model.config.threshold, vad=self.vad, turns=self.turns
         )
         return Judgement(probability, unfinished, silence, model_ms, words)
+
+
+def _forget(heard: asyncio.Future) -> None:
+    """The words are not needed after all: stop waiting for them, and let a failure go unsaid
+    (the turn waits for more silence anyway)."""
+    if heard.done() and not heard.cancelled():
+        heard.exception()
+    heard.cancel()

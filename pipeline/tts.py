@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from pipeline.config import TTSConfig
 from pipeline.errors import SynthesisError, TTSBusy
 from pipeline.inference import InferenceConfig, InferenceLane, LaneConfig
@@ -78,7 +80,7 @@ class Synthesizer:
             chunk = await self.lane.run(self._next_chunk, sentences)
             if chunk is None:
                 return
-            yield chunk
+            yield chunk if self.config.lead_in_ms < 0 else trim_lead_in(chunk, self.sample_rate, self.config.lead_in_ms)
 
     async def synthesize(self, text: str) -> bytes:
         """All of `text` as one PCM buffer."""
@@ -91,3 +93,27 @@ class Synthesizer:
         except (RuntimeError, ValueError) as exc:
             raise SynthesisError(f"synthesis failed: {exc}") from exc
         return None if chunk is None else chunk.audio_int16_bytes
+
+
+# A 5 ms window whose level is under this holds no sound anyone hears: piper starts each sentence
+# with 30-40 ms of it (about -90 dBFS) before a consonant's onset rises through -60.
+_SILENT_DBFS = -60.0
+_WINDOW_MS = 5
+
+
+def trim_lead_in(pcm: bytes, sample_rate: int, keep_ms: int) -> bytes:
+    """16-bit PCM with its leading silence cut to `keep_ms`: the caller hears the first sound that
+    much sooner (dead air before the reply's first word is pure latency). Silence throughout is
+    returned as it is."""
+    samples = np.frombuffer(pcm, np.int16)
+    window = sample_rate * _WINDOW_MS // 1000
+    count = len(samples) // window
+    if count == 0:
+        return pcm
+    windows = samples[: count * window].astype(np.float32).reshape(count, window) / 32768.0
+    level = 10 * np.log10(np.mean(windows**2, axis=1) + 1e-12)
+    sounding = np.flatnonzero(level > _SILENT_DBFS)
+    if len(sounding) == 0:
+        return pcm
+    start = max(0, int(sounding[0]) * window - sample_rate * keep_ms // 1000)
+    return samples[start:].tobytes()

@@ -36,13 +36,15 @@ def test_a_failed_model_leaves_the_turn_to_silence_alone():
 class SetModel:
     """Answers what the test set, or raises; counts its calls."""
 
-    def __init__(self, probability: float | None) -> None:
+    def __init__(self, probability: float | None, *, after_words: bool = True, log: list[str] | None = None) -> None:
         self.probability = probability
-        self.config = TurnModelConfig()
+        self.config = TurnModelConfig(after_words=after_words)
         self.heard: list[bytes] = []
+        self.log = [] if log is None else log
 
     async def complete_probability(self, pcm: bytes) -> float:
         self.heard.append(pcm)
+        self.log.append("model")
         if self.probability is None:
             raise TurnModelError("end-of-turn model failed: test")
         return self.probability
@@ -70,8 +72,35 @@ async def test_the_judgement_reads_the_words_only_when_the_turn_sounds_finished(
     async def transcript_never_needed():
         await never.wait()
 
-    unsure = await EndOfTurn(SetModel(0.1), vad=VAD, turns=TURNS).judge(b"\0\0", transcript_never_needed)
+    # The model heard beside the transcription: an unfinished-sounding turn never waits for its words.
+    beside = SetModel(0.1, after_words=False)
+    unsure = await EndOfTurn(beside, vad=VAD, turns=TURNS).judge(b"\0\0", transcript_never_needed)
     assert (unsure.end_silence_ms, unsure.unfinished_text) == (2000, None)
+
+
+async def test_after_words_the_model_hears_the_pause_once_its_words_are_transcribed():
+    log: list[str] = []
+    words_done = asyncio.Event()
+
+    async def transcript():
+        await asyncio.sleep(0.05)  # the transcription under way
+        log.append("words")
+        words_done.set()
+        return Transcript("I would like", no_speech_prob=0.01, avg_logprob=-0.2, audio_ms=1000, language="en")
+
+    unsure = await EndOfTurn(SetModel(0.2, log=log), vad=VAD, turns=TURNS).judge(b"\0\0", transcript)
+    assert log == ["words", "model"]
+    assert (unsure.end_silence_ms, unsure.words) == (2000, None)  # made, but an unfinished sound needs no reading
+
+    log.clear()
+    finished = await EndOfTurn(SetModel(0.9, log=log), vad=VAD, turns=TURNS).judge(b"\0\0", said("The pound key."))
+    assert log == ["model"] and (finished.end_silence_ms, finished.words) == (200, "The pound key.")
+
+    async def failing_transcript():
+        raise RuntimeError("the transcription failed")
+
+    with pytest.raises(RuntimeError, match="transcription failed"):
+        await EndOfTurn(SetModel(0.9), vad=VAD, turns=TURNS).judge(b"\0\0", failing_transcript)
 
 
 async def test_a_failing_model_or_transcript_still_gives_a_judgement():

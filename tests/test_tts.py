@@ -47,3 +47,17 @@ async def test_the_voice_runs_with_our_threads_and_they_do_not_spin(settings, tr
     write_wav(path, await synthesizer.synthesize(SENTENCES[1]), synthesizer.sample_rate)
     heard = (await transcriber.transcribe(read_audio(path, SAMPLE_RATE))).text
     assert wer(SENTENCES[1], heard) <= 0.10, heard
+
+
+async def test_each_sentence_starts_with_its_first_sound_not_the_voice_s_silence(settings, synthesizer):
+    # The fixture keeps the configured lead-in (5 ms); the same voice without the cut shows what was cut.
+    assert synthesizer.config.lead_in_ms == 5
+    uncut = Synthesizer(dataclasses.replace(synthesizer.config, lead_in_ms=-1))
+    for sentence in SENTENCES:
+        cut, whole = await synthesizer.synthesize(sentence), await uncut.synthesize(sentence)
+        removed_ms = 1000 * (len(whole) - len(cut)) / 2 / synthesizer.sample_rate
+        assert 15 <= removed_ms <= 80, (sentence, removed_ms)
+        assert whole.endswith(cut)  # only silence went: not one sample of the voice changed
+        assert level_dbfs(whole[: len(whole) - len(cut)]) < -60
+        five_ms = synthesizer.sample_rate // 200 * 2
+        assert level_dbfs(cut[:five_ms]) < -60 < level_dbfs(cut[five_ms : 4 * five_ms])
