@@ -21,7 +21,6 @@ never runs.
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,14 +41,11 @@ class LaneConfig:
     threads: jobs that run at once.
     max_waiting: jobs that may wait for a thread; one more is refused at once.
     max_wait_ms: the longest a job waits to start; then it is refused instead of run late.
-    nice: added to the niceness of the lane's threads (Linux counts it per thread): a lane whose
-        answers are not the next thing the caller waits for gives way to those that are.
     """
 
     threads: int = 1
     max_waiting: int = 4
     max_wait_ms: int = 2000
-    nice: int = 0
 
     def __post_init__(self) -> None:
         if self.threads < 1:
@@ -58,8 +54,6 @@ class LaneConfig:
             raise ValueError(f"max_waiting must be 0 or more, not {self.max_waiting}")
         if self.max_wait_ms <= 0:
             raise ValueError(f"max_wait_ms must be above 0, not {self.max_wait_ms}")
-        if not 0 <= self.nice <= 19:
-            raise ValueError(f"nice must be 0 to 19, not {self.nice}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,7 +73,6 @@ class InferenceConfig:
     turn_model_threads: int = 1
     turn_model_max_waiting: int = 2
     turn_model_max_wait_ms: int = 500
-    turn_model_nice: int = 10
 
     def __post_init__(self) -> None:
         for model in ("asr", "tts", "turn_model"):
@@ -102,7 +95,6 @@ class InferenceConfig:
             threads=self.turn_model_threads,
             max_waiting=self.turn_model_max_waiting,
             max_wait_ms=self.turn_model_max_wait_ms,
-            nice=self.turn_model_nice,
         )
 
 
@@ -113,10 +105,7 @@ class InferenceLane:
         self.name = name
         self.config = config
         self._busy = busy
-        self._executor = ThreadPoolExecutor(
-            max_workers=config.threads, thread_name_prefix=f"inference-{name}", initializer=_lower_priority,
-            initargs=(config.nice,),
-        )
+        self._executor = ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix=f"inference-{name}")
         # Taken by the loop (admitting, refusing) and by the lane's threads (starting, ending).
         self._lock = threading.Lock()
         self._admitted = 0  # jobs waiting or running
@@ -177,11 +166,3 @@ class InferenceLane:
         if job.cancelled():
             with self._lock:
                 self._admitted -= 1
-
-
-def _lower_priority(nice: int) -> None:
-    """Raise the calling thread's niceness by `nice` (a lane thread's first act). Linux applies
-    setpriority to the one thread whose id it is given; threads it starts later inherit it."""
-    if nice:
-        thread = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + nice))

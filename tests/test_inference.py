@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import threading
 from collections.abc import AsyncIterator, Callable
 
@@ -143,21 +142,6 @@ def test_lanes_are_configured_in_models_toml_and_from_the_environment():
         load_settings(environ={"PARLEY_INFERENCE_TURN_MODEL_MAX_WAIT_MS": "0"})
     with pytest.raises(ConfigError, match="inference.asr_threads must be at least 1"):
         load_settings(environ={"PARLEY_INFERENCE_ASR_THREADS": "0"})
-    assert settings.inference.turn_model.nice == 10 and settings.inference.asr.nice == 0
-
-
-async def test_a_lane_s_threads_run_at_its_niceness_and_the_loop_s_is_untouched():
-    def niceness() -> int:
-        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-
-    before = niceness()
-    polite = InferenceLane("polite", LaneConfig(nice=7), busy=ASRBusy)
-    plain = InferenceLane("plain", LaneConfig(), busy=ASRBusy)
-    assert await polite.run(niceness) == min(19, before + 7)
-    assert await plain.run(niceness) == before
-    assert niceness() == before
-    with pytest.raises(ValueError, match="nice must be 0 to 19"):
-        LaneConfig(nice=-1)
 
 
 @pytest.mark.slow
