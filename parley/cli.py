@@ -65,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     bench_call.add_argument("--server", help="an already running server (default: start one)")
     bench_call.add_argument(
         "--compare", action="append", metavar="KEY=VALUE",
-        help="also run the calls against a server with this environment setting, e.g. PARLEY_LLM_SERVER_THREADS=2",
+        help="also run the calls against a server with this environment setting, e.g. PARLEY_LLM_SERVER_THREADS=2"
+        " (several: separated by spaces, in one argument)",
     )
     bench_failover = bench_kinds.add_parser(
         "failover", help="calls through a 3-replica cluster, each call's replica killed at a random moment"

@@ -37,8 +37,8 @@ async def bench_call(args: argparse.Namespace) -> None:
     env = {**BENCH_ENV, "PARLEY_LLM_MAX_TOKENS": "40"}
     variants: dict[str, dict[str, str]] = {"default": {}}
     for change in args.compare or []:
-        key, _, value = change.partition("=")
-        variants[change] = {key: value}
+        # "KEY=VALUE", or several separated by spaces: "PARLEY_LLM_SERVER_THREADS=2 PARLEY_LLM_SERVER_POLL=0".
+        variants[change] = {key: value for key, _, value in (part.partition("=") for part in change.split())}
     turns: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory(prefix="parley-bench-") as tmp:
         files = speaker_files(Path(tmp))

