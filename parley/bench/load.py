@@ -491,11 +491,12 @@ async def _run_soak(args: argparse.Namespace, env: dict[str, str], speeches: lis
     async with bench_server(env) as (url, meter):
         f = await soak(url, meter, speeches, env["REDIS_URL"], calls=args.calls, minutes=args.minutes)
     row = (f"| {when} | soak | {f['calls']} calls × {f['minutes']} min: failed {f['failed']},"
-           f" RSS {f['rss_mb_warm']}→{f['rss_mb_last']} MB ({f['rss_growth_pct']} %),"
-           f" malloc in use {f['heap_in_use_mb_warm']}→{f['heap_in_use_mb_last']} MB,"
-           f" kept free {f['heap_free_mb_warm']}→{f['heap_free_mb_last']} MB,"
+           f" RSS {f['rss_mb_warm']:.1f}→{f['rss_mb_last']:.1f} MB ({f['rss_growth_pct']} %),"
+           f" malloc in use {f['heap_in_use_mb_warm']:.1f}→{f['heap_in_use_mb_last']:.1f} MB,"
+           f" kept free {f['heap_free_mb_warm']:.1f}→{f['heap_free_mb_last']:.1f} MB,"
            f" tasks {f['tasks_warm']}→{f['tasks_last']}, fds {f['fds_warm']}→{f['fds_last']},"
-           f" Redis keys {f['redis_keys_warm']}→{f['redis_keys_last']} |")
+           f" Redis keys {f['redis_keys_warm']}→{f['redis_keys_last']}; {f['turns']} turns, voice-to-voice p50"
+           f" {ms(f['p50_ms'])} / p95 {ms(f['p95_ms'])} / max {ms(f['max_ms'])} ms, server {f['server_cores']} cores |")
     return f, row
 
 
