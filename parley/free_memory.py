@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import functools
 import ctypes.util
+import functools
 import logging
 from collections.abc import Callable
 

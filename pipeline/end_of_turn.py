@@ -92,28 +92,25 @@ class EndOfTurn:
         # the transcription, slowed it down on two cores; it costs the decision nothing, which
         # reads the words of a turn that sounds complete anyway.
         heard = asyncio.ensure_future(transcript())
-        if self.model.config.after_words:
-            await asyncio.wait([heard])
-        started = time.monotonic()
         try:
-            probability = await self.model.complete_probability(audio)
-        except TurnModelError as exc:
-            log.warning("%s; the turn ends on silence alone", exc)
-            _forget(heard)
-            return Judgement(None, None, self.turns.unjudged_silence_ms)
-        except BaseException:
-            _forget(heard)
-            raise
-        model_ms = 1000 * (time.monotonic() - started)
-        unfinished, words = None, None
-        if not self.model.is_complete(probability):
-            _forget(heard)
-        else:
-            # Only a turn that sounds complete needs its words read: the others wait anyway.
-            said = await heard
-            words = "" if said is None else said.text
-            if said is not None:
-                unfinished = ends_unfinished(said.text, said.language)
+            if self.model.config.after_words:
+                await asyncio.wait([heard])
+            started = time.monotonic()
+            try:
+                probability = await self.model.complete_probability(audio)
+            except TurnModelError as exc:
+                log.warning("%s; the turn ends on silence alone", exc)
+                return Judgement(None, None, self.turns.unjudged_silence_ms)
+            model_ms = 1000 * (time.monotonic() - started)
+            unfinished, words = None, None
+            if self.model.is_complete(probability):
+                # Only a turn that sounds complete needs its words read: the others wait anyway.
+                said = await heard
+                words = "" if said is None else said.text
+                if said is not None:
+                    unfinished = ends_unfinished(said.text, said.language)
+        finally:
+            _forget(heard)  # whatever ended the judgement (cancelled too), nothing waits on for the words
         silence = silence_to_end(
             probability, unfinished, threshold=self.model.config.threshold, vad=self.vad, turns=self.turns
         )
@@ -121,8 +118,8 @@ class EndOfTurn:
 
 
 def _forget(heard: asyncio.Future) -> None:
-    """The words are not needed after all: stop waiting for them, and let a failure go unsaid
-    (the turn waits for more silence anyway)."""
+    """Stop waiting for the words if they are still to come, and let a failure nobody read go
+    unsaid (a turn whose words were not needed waits for more silence anyway)."""
     if heard.done() and not heard.cancelled():
         heard.exception()
     heard.cancel()

@@ -12,8 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
+from media.frames import level_dbfs
 from pipeline.config import TTSConfig
 from pipeline.errors import SynthesisError, TTSBusy
 from pipeline.inference import InferenceConfig, InferenceLane, LaneConfig
@@ -104,16 +103,9 @@ _WINDOW_MS = 5
 def trim_lead_in(pcm: bytes, sample_rate: int, keep_ms: int) -> bytes:
     """16-bit PCM with its leading silence cut to `keep_ms`: the caller hears the first sound that
     much sooner (dead air before the reply's first word is pure latency). Silence throughout is
-    returned as it is."""
-    samples = np.frombuffer(pcm, np.int16)
-    window = sample_rate * _WINDOW_MS // 1000
-    count = len(samples) // window
-    if count == 0:
-        return pcm
-    windows = samples[: count * window].astype(np.float32).reshape(count, window) / 32768.0
-    level = 10 * np.log10(np.mean(windows**2, axis=1) + 1e-12)
-    sounding = np.flatnonzero(level > _SILENT_DBFS)
-    if len(sounding) == 0:
-        return pcm
-    start = max(0, int(sounding[0]) * window - sample_rate * keep_ms // 1000)
-    return samples[start:].tobytes()
+    returned as it is. Only the windows up to the first sound are read."""
+    window = sample_rate * _WINDOW_MS // 1000 * 2  # bytes
+    for start in range(0, len(pcm) - window + 1, window):
+        if level_dbfs(pcm[start : start + window]) > _SILENT_DBFS:
+            return pcm[max(0, start - sample_rate * keep_ms // 1000 * 2) :]
+    return pcm

@@ -136,3 +136,22 @@ async def test_only_a_judgement_by_the_audio_alone_is_worth_asking_again():
 
     unread = await EndOfTurn(SetModel(0.9), vad=VAD, turns=TURNS).judge(b"\0\0", no_transcript)
     assert not unread.by_audio_alone  # it sounded finished: there is nothing to ask again
+
+
+async def test_a_judgement_cancelled_while_it_waits_for_the_words_stops_waiting_for_them():
+    waiting, gone = asyncio.Event(), asyncio.Event()
+
+    async def transcript():
+        waiting.set()
+        try:
+            await asyncio.Event().wait()  # the words never come
+        finally:
+            gone.set()
+
+    judging = asyncio.create_task(EndOfTurn(SetModel(0.9), vad=VAD, turns=TURNS).judge(b"\0\0", transcript))
+    await waiting.wait()
+    judging.cancel()  # the caller went on
+    with pytest.raises(asyncio.CancelledError):
+        await judging
+    async with asyncio.timeout(10):  # a wait left behind would never end: fail instead of hanging
+        await gone.wait()  # the wait for the words was cancelled with the judgement
