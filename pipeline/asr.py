@@ -86,14 +86,17 @@ class Transcriber:
         _install_window_sizing()
         path = model_dir(config.model, config.source())
         try:
+            # CTranslate2 runs one transcription per worker at a time, whatever the number of
+            # Python threads calling it: the lane's threads need as many workers to run at once.
             self._model = WhisperModel(
-                str(path), device="cpu", compute_type=config.compute_type, cpu_threads=config.cpu_threads
+                str(path), device="cpu", compute_type=config.compute_type, cpu_threads=config.cpu_threads,
+                num_workers=lane.threads,
             )
         except (RuntimeError, ValueError, OSError) as exc:
             raise TranscriptionError(f"cannot load ASR model {config.model!r} from {path}: {exc}") from exc
-        # As many transcriptions run at once as the lane has threads: one by default, since two
-        # would only share the same cores (faster-whisper's model may be called from several
-        # threads). A cancelled partial's job runs on to its end; the next waits for its thread.
+        # As many transcriptions run at once as the lane has threads (and the model workers):
+        # one by default, since two would only share the same cores. A cancelled partial's job
+        # runs on to its end; the next waits for its thread.
         self.lane = InferenceLane("asr", lane, busy=ASRBusy)
 
     async def transcribe(self, audio: bytes | np.ndarray) -> Transcript:
