@@ -44,3 +44,17 @@ async def test_the_multilingual_base_model_assembles_and_transcribes(settings):
     transcript = await base.transcribe(read_audio(JFK))
     assert transcript.language == "en"
     assert wer(JFK_TEXT, transcript.text) <= 0.10, transcript.text
+
+
+async def test_a_lane_of_two_threads_has_two_model_workers_and_both_transcripts_are_right(settings):
+    """CTranslate2 runs one transcription per worker at a time: two lane threads need two workers."""
+    import asyncio
+    import dataclasses
+
+    from pipeline.inference import LaneConfig
+
+    two = Transcriber(dataclasses.replace(settings.asr, cpu_threads=1), LaneConfig(threads=2, max_waiting=2))
+    assert two._model.model.num_workers == 2
+    transcripts = await asyncio.gather(*(two.transcribe(read_audio(STEREO, channel=c)) for c in (0, 1)))
+    for channel, transcript in enumerate(transcripts):
+        assert wer(STEREO_TEXT[channel], transcript.text) <= 0.10, transcript.text
