@@ -99,9 +99,10 @@ class Transcriber:
         # runs on to its end; the next waits for its thread.
         self.lane = InferenceLane("asr", lane, busy=ASRBusy)
 
-    async def transcribe(self, audio: bytes | np.ndarray) -> Transcript:
-        """Transcribe 16 kHz mono 16-bit PCM."""
-        return await self.lane.run(self._transcribe_blocking, to_float32(audio))
+    async def transcribe(self, audio: bytes | np.ndarray, *, best_effort: bool = False) -> Transcript:
+        """Transcribe 16 kHz mono 16-bit PCM. `best_effort`: only if an ASR thread is free now
+        (ASRBusy otherwise): a transcription nothing waits for must not delay one that is waited for."""
+        return await self.lane.run(self._transcribe_blocking, to_float32(audio), best_effort=best_effort)
 
     def _transcribe_blocking(self, samples: np.ndarray) -> Transcript:
         audio_s = samples.size / SAMPLE_RATE

@@ -123,13 +123,17 @@ class InferenceLane:
         with self._lock:
             return self._refusals[reason]
 
-    async def run(self, fn: Callable[..., T], *args: object) -> T:
+    async def run(self, fn: Callable[..., T], *args: object, best_effort: bool = False) -> T:
         """Run `fn(*args)` in one of the lane's threads and return its result.
 
         Raises the lane's `busy` error, without running `fn`, when the lane is full or no
-        thread took the job within `max_wait_ms`.
+        thread took the job within `max_wait_ms`. A `best_effort` job (worth doing only if it
+        delays nothing: a periodic partial transcript) runs only on a thread free now, and is
+        turned away otherwise, which is not counted as a refusal.
         """
         with self._lock:
+            if best_effort and self._admitted >= self.config.threads:
+                raise self._busy(f"{self.name} busy: no thread free for best-effort work")
             if self._admitted >= self.config.threads + self.config.max_waiting:
                 self._refusals["full"] += 1
                 raise self._busy(

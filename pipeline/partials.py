@@ -16,7 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from pipeline.asr import SAMPLE_RATE, Transcriber, Transcript
-from pipeline.errors import TranscriptionError
+from pipeline.errors import ASRBusy, TranscriptionError
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +51,22 @@ class PartialTranscripts:
         self._latest: tuple[int, Transcript | None] | None = None
         # Transcriptions under way, by how much of the utterance each covers.
         self._running: dict[int, asyncio.Task[Transcript | None]] = {}
+        self._best_effort: set[int] = set()  # of those, the periodic ones
+        self._done = 0  # bytes of the utterance the last transcription begun covers
         self._changed = asyncio.Condition()
         self._stopped = False
 
-    def now(self, *, unless_covered: int | None = None) -> None:
+    def now(self, *, unless_covered: int | None = None, unless_running: bool = False) -> None:
         """Transcribe what was said so far without waiting for the next interval (the user paused).
 
         unless_covered: not if a transcription of at least that much of the utterance is done,
         under way or about to start (one asked for at a lull before this pause).
+        unless_running: not if any of this turn's transcriptions is under way (a lull's head start
+        is worth less than the ASR time it would queue behind that one, in a long turn seconds).
         """
-        if unless_covered is not None and (self._wake.is_set() or self._covers(unless_covered)):
+        if unless_covered is not None and (self._wake.is_set() or self._covers(unless_covered, surely=True)):
+            return
+        if unless_running and self._running:
             return
         self._wake.set()
 
@@ -72,7 +78,6 @@ class PartialTranscripts:
             await self._notify()
 
     async def _run(self, on_partial: Callable[[Transcript], Awaitable[None]]) -> None:
-        done = 0
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._interval_s):
@@ -82,12 +87,16 @@ class PartialTranscripts:
             if self._running and not poked:
                 continue  # periodic partials go one at a time
             audio = self._utterance()
-            grown = len(audio) - done
+            grown = len(audio) - self._done
             if grown <= 0 or (grown < self._min_new and not poked):
                 continue
-            done = len(audio)
-            task = self._spawn(self._transcribe(audio), "partial-transcript")
+            self._done = len(audio)
+            # A periodic partial only shows the words so far: it runs on an idle ASR thread or not
+            # at all, never queued ahead of a transcription a turn waits for.
+            task = self._spawn(self._transcribe(audio, best_effort=not poked), "partial-transcript")
             self._running[len(audio)] = task
+            if not poked:
+                self._best_effort.add(len(audio))
             await self._notify()
             self._spawn(self._publish(len(audio), task, on_partial), "partial-publish")
 
@@ -97,6 +106,13 @@ class PartialTranscripts:
         """Keep a finished transcription as the latest (unless a longer one is), and show it while the turn runs."""
         transcript = await asyncio.shield(task)
         self._running.pop(covers, None)
+        if covers in self._best_effort:
+            self._best_effort.discard(covers)
+            if transcript is None:
+                # Turned away: as if never begun, so the next one asked for covers its audio again.
+                self._done = min(self._done, self._latest[0] if self._latest else 0)
+                await self._notify()
+                return
         newest = self._latest is None or covers > self._latest[0]
         if newest:
             self._latest = (covers, transcript)
@@ -104,11 +120,15 @@ class PartialTranscripts:
         if newest and not self._stopped and transcript is not None and transcript.text:
             await on_partial(transcript)
 
-    async def _transcribe(self, audio: bytes) -> Transcript | None:
+    async def _transcribe(self, audio: bytes, *, best_effort: bool) -> Transcript | None:
         # A partial is a best effort: a failure here is not the turn's failure. The final
         # transcript is then made afresh, and that one reports its error.
         try:
-            return await self._transcriber.transcribe(audio)
+            return await self._transcriber.transcribe(audio, best_effort=best_effort)
+        except ASRBusy as exc:
+            # The ASR is busy: a periodic one is simply skipped (the next interval tries again).
+            (log.debug if best_effort else log.warning)("partial transcript not made: %s", exc)
+            return None
         except TranscriptionError as exc:
             log.warning("partial transcript failed: %s", exc)
             return None
@@ -122,13 +142,26 @@ class PartialTranscripts:
 
         None when none will come: the transcription failed, or the turn's partials stopped.
         """
-        async with self._changed:
-            await self._changed.wait_for(lambda: self._stopped or self._covers(audio_bytes))
-        return await self.covering(audio_bytes)
+        def ready() -> bool:
+            # A transcription done but not yet published counts once published (it may be one the
+            # ASR turned away): waiting on it again would spin.
+            return self._stopped or (self._latest is not None and self._latest[0] >= audio_bytes) or any(
+                covers >= audio_bytes and not task.done() for covers, task in self._running.items()
+            )
 
-    def _covers(self, audio_bytes: int) -> bool:
+        while True:
+            async with self._changed:
+                await self._changed.wait_for(ready)
+            transcript = await self.covering(audio_bytes)
+            if transcript is not None or self._stopped or self._latest is not None and self._latest[0] >= audio_bytes:
+                return transcript
+            # Only a periodic one covered it, and the ASR turned it away: wait for the one asked for.
+
+    def _covers(self, audio_bytes: int, *, surely: bool = False) -> bool:
+        """Whether a transcript of that much is done or under way; `surely`: not counting a
+        periodic one, which the ASR may turn away."""
         return (self._latest is not None and self._latest[0] >= audio_bytes) or any(
-            covers >= audio_bytes for covers in self._running
+            covers >= audio_bytes for covers in self._running if not (surely and covers in self._best_effort)
         )
 
     async def covering(self, audio_bytes: int) -> Transcript | None:

@@ -163,6 +163,10 @@ class Reply:
     plan: TurnPlan = FULL
     # Part of the reply was stored as heard while it played (so a void reply must be unstored).
     heard_stored: bool = False
+    # The final transcription of the turn, a task of its own; `keep_transcript`: it outlives
+    # the reply (talked over before its words were out, they still stand).
+    transcript: asyncio.Task[bool] | None = None
+    keep_transcript: bool = False
 
 
 class TurnLoop:
@@ -204,6 +208,10 @@ class TurnLoop:
         self._tasks: asyncio.TaskGroup | None = None
         self._reply: Reply | None = None
         self._draft: Reply | None = None
+        # A reply stopped before a word of it was heard, by a caller who began a turn: if that
+        # turn comes to nothing (a cough, a fragment after a turn cut for its length), the
+        # stopped reply's turn is answered after all; a turn with words answers both.
+        self._owed: Reply | None = None
         self._partials: PartialTranscripts | None = None
         self._partials_task: asyncio.Task[None] | None = None
         # Speech of a turn being continued, and its id: the merged turn keeps the id, so a
@@ -293,7 +301,7 @@ class TurnLoop:
                 # A lull talked through costs a transcription, so a turn shedding partials skips it.
                 assert self._partials is not None  # a lull is always within a turn
                 if self._plan.partials:
-                    self._partials.now()
+                    self._partials.now(unless_running=True)
             elif isinstance(event, SpeechPaused):
                 assert self._partials is not None  # a pause is always within a turn
                 self._pause_covers = len(self._carry) + event.speech_bytes
@@ -569,14 +577,20 @@ class TurnLoop:
             self._carry, self._carry_turn_id = reply.user_audio, reply.turn_id
         if reply.task.done():
             return
+        # Talked over before its words were out (a turn cut for its length, the caller still
+        # talking): what they said stands, transcribed and stored on its own.
+        reply.keep_transcript = bool(
+            barge_in and reply.user_audio and not reply.user_text and reply.released.is_set()
+        )
         reply.task.cancel()
         # Wait for it to end without raising its CancelledError (ours still propagates).
         await asyncio.wait([reply.task])
         played = self._speaker.interrupt() if self._speaker is not None else ""
-        if barge_in and reply.user_audio and not reply.user_text and reply.released.is_set():
-            # Talked over before its words were out (a turn cut for its length, the caller still
-            # talking): what they said stands, transcribed and stored on its own.
-            self._tasks.create_task(
+        if barge_in and not reply.speaking and (reply.user_text or reply.keep_transcript):
+            self._owed = reply
+        if reply.keep_transcript and reply.transcript is None:
+            # Stopped before its transcription began.
+            reply.transcript = self._tasks.create_task(
                 self._contained(reply, self._final_transcript(reply, None, 0)), name=f"transcript-{reply.turn_id}"
             )
         if barge_in and reply.user_text:
@@ -595,10 +609,40 @@ class TurnLoop:
         """
         await self._say(reply, StateChanged("thinking"))
         started = time.monotonic()
-        if not await self._final_transcript(reply, partials, speech_bytes):
-            await self._say(reply, StateChanged("listening"))
+        # Its own task: a reply talked over while it transcribes (a turn cut for its length,
+        # the caller still talking) leaves the transcription to finish rather than begin again.
+        transcript = reply.transcript = self._tasks.create_task(
+            self._contained(reply, self._final_transcript(reply, partials, speech_bytes)),
+            name=f"transcript-{reply.turn_id}",
+        )
+        try:
+            transcribed = await asyncio.shield(transcript)
+        except asyncio.CancelledError:
+            if not reply.keep_transcript:
+                transcript.cancel()
+            raise
+        if not transcribed:
+            if not await self._answer_owed(reply):
+                await self._say(reply, StateChanged("listening"))
             return
         await self._answer(reply, {"asr": 1000 * (time.monotonic() - started)})
+
+    async def _answer_owed(self, reply: Reply) -> bool:
+        """This turn was no speech: answer, in its place, the turn whose reply it stopped (False: none)."""
+        if self._owed is None:
+            return False
+        await reply.released.wait()  # a draft's turn may yet go on, with words
+        owed, self._owed = self._owed, None
+        if owed is None:
+            return False
+        if owed.transcript is not None and not owed.user_text:
+            await asyncio.shield(owed.transcript)  # the kept transcription of a turn cut for its length
+        if not owed.user_text:
+            return False
+        log.info("turn %s was no speech: turn %s, whose reply it stopped, is answered", reply.turn_id, owed.turn_id)
+        reply.turn_id, reply.user_text = owed.turn_id, owed.user_text
+        await self._answer(reply)
+        return True
 
     async def _contained(self, reply: Reply, work: Awaitable[bool]) -> bool:
         """`work` in a task of its own that must not end the call: anything unexpected fails the turn."""
@@ -633,6 +677,7 @@ class TurnLoop:
 
     async def _answer(self, reply: Reply, stages: dict[str, float] | None = None) -> None:
         """Ask the LLM with the dialog so far, stream the reply out, speak it, store both turns."""
+        self._owed = None  # the dialog so far holds the turn a stopped reply answered
         stages = dict(stages or {})
         await self._say(reply, StateChanged("thinking"))
         messages = self._llm.with_system_prompt(

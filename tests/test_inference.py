@@ -171,3 +171,16 @@ async def test_a_pause_the_end_of_turn_lane_refuses_is_left_to_silence_alone(tur
         judgement = await end_of_turn.judge(b"\0\0" * 16000, transcript)
     assert (judgement.probability, judgement.end_silence_ms) == (None, 500)
     assert turn_model.lane.refusals("full") >= 1
+
+
+async def test_best_effort_work_runs_only_on_a_free_thread_and_is_not_a_refusal():
+    lane = InferenceLane("asr", LaneConfig(threads=1, max_waiting=4, max_wait_ms=NEVER_MS), busy=ASRBusy)
+    ran, record = recorder()
+    async with held(lane, 1):
+        # The one thread is busy and the queue has room: a job that is waited for would queue.
+        with pytest.raises(ASRBusy, match="no thread free for best-effort work"):
+            await lane.run(record, "periodic partial", best_effort=True)
+        assert lane.waiting == 0  # it took no place in the queue
+    assert ran == []
+    assert (lane.refusals("full"), lane.refusals("deadline")) == (0, 0)
+    assert await lane.run(record, "idle now", best_effort=True) == "idle now"

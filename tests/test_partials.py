@@ -3,6 +3,7 @@ import asyncio
 import pytest
 
 from media.audio_file import read_audio
+from pipeline.errors import ASRBusy
 from pipeline.partials import PartialTranscripts
 from tests.speech import JFK, JFK_TEXT, wer
 
@@ -77,7 +78,7 @@ async def test_the_transcript_begun_at_a_lull_serves_the_pause_and_more_speech_n
     started = []
 
     class Counting:
-        async def transcribe(self, audio):
+        async def transcribe(self, audio, *, best_effort=False):
             started.append(len(audio))
             return await transcriber.transcribe(audio)
 
@@ -96,3 +97,30 @@ async def test_the_transcript_begun_at_a_lull_serves_the_pause_and_more_speech_n
     runner.cancel()
     assert started == [len(speech) + len(silence), len(samples)]
     assert later is not None and wer(JFK_TEXT, later.text) <= 0.10
+
+
+async def test_periodic_partials_the_asr_turns_away_do_not_hold_up_the_pauses_transcript(transcriber):
+    # The ASR is busy with other calls' final transcripts: every periodic partial is turned away
+    # (best effort), and the one the pause asks for is made and serves the turn.
+    samples = read_audio(JFK).tobytes()
+    asked = []
+
+    class BusyForBestEffort:
+        async def transcribe(self, audio, *, best_effort=False):
+            asked.append(best_effort)
+            if best_effort:
+                raise ASRBusy("asr busy: no thread free for best-effort work")
+            return await transcriber.transcribe(audio)
+
+    partials = PartialTranscripts(BusyForBestEffort(), lambda: samples, spawn=spawn, interval_s=0.01)
+    runner = asyncio.create_task(partials.run(lambda t: asyncio.sleep(0)))
+    waiting = asyncio.create_task(partials.upto(len(samples)))
+    async with asyncio.timeout(60):
+        while True not in asked:  # a periodic one was tried and turned away
+            await asyncio.sleep(0.01)
+    assert not waiting.done()  # a turned-away partial is not a transcript, nor the lack of one
+    partials.now(unless_covered=len(samples))  # the pause
+    final = await asyncio.wait_for(waiting, 60)
+    runner.cancel()
+    assert final is not None and wer(JFK_TEXT, final.text) <= 0.10
+    assert asked.count(False) == 1

@@ -19,9 +19,9 @@ from media.audio_file import read_audio
 from media.frames import AudioFrame, frames_of
 from media.tracks import OutboundAudioTrack
 from pipeline.asr import Transcript
-from pipeline.config import TurnConfig
+from pipeline.config import TurnConfig, VADConfig
 from pipeline.dialog_store import DialogStore, Turn
-from pipeline.events import ReplyDelta, ReplyDone
+from pipeline.events import ReplyDelta, ReplyDone, TranscriptEvent
 from pipeline.turns import TurnLoop
 
 SPEECH = Path(__file__).resolve().parents[2] / "shared" / "audio" / "jfk.flac"
@@ -36,8 +36,27 @@ class _ASRConfig:
 class _Transcriber:
     config = _ASRConfig()
 
-    async def transcribe(self, audio: bytes) -> Transcript:
+    async def transcribe(self, audio: bytes, *, best_effort: bool = False) -> Transcript:
         return Transcript("and so my fellow americans", 0.0, -0.1, len(audio) / 32, "en")
+
+
+class _SlowTranscriber(_Transcriber):
+    """Takes a while, and runs on when its caller is cancelled, as a transcription in a thread does."""
+
+    def __init__(self) -> None:
+        self.heard: list[bytes] = []
+        self._running: set[asyncio.Task[Transcript]] = set()
+
+    async def transcribe(self, audio: bytes, *, best_effort: bool = False) -> Transcript:
+        self.heard.append(bytes(audio))
+        work = asyncio.ensure_future(self._slowly(audio))
+        self._running.add(work)
+        work.add_done_callback(self._running.discard)
+        return await asyncio.shield(work)
+
+    async def _slowly(self, audio: bytes) -> Transcript:
+        await asyncio.sleep(0.4)
+        return await super().transcribe(audio)
 
 
 class _LLM:
@@ -97,15 +116,23 @@ def _speech_frames() -> list[AudioFrame]:
 
 
 @contextlib.asynccontextmanager
-async def _call(events: list, *, config: TurnConfig = TurnConfig(end_of_turn="silence"), llm: _LLM | None = None):
+async def _call(
+    events: list,
+    *,
+    config: TurnConfig = TurnConfig(end_of_turn="silence"),
+    llm: _LLM | None = None,
+    transcriber: _Transcriber | None = None,
+    vad_config: VADConfig = VADConfig(),
+    store: _Store | None = None,
+):
     """A running turn loop; frames put in the queue reach it in real time, silence in between."""
 
     async def emit(event) -> None:
         events.append(event)
 
     loop = TurnLoop(
-        dialog_id="d", store=_Store(), llm=llm or _LLM(), transcriber=_Transcriber(), synthesizer=_Synthesizer(),
-        emit=emit, config=config,
+        dialog_id="d", store=store or _Store(), llm=llm or _LLM(), transcriber=transcriber or _Transcriber(),
+        synthesizer=_Synthesizer(), emit=emit, config=config, vad_config=vad_config,
     )
     said: asyncio.Queue[AudioFrame] = asyncio.Queue()
 
@@ -208,3 +235,67 @@ async def test_partial_transcripts_prime_the_llm_with_the_words_so_far_only_when
     assert primed[-1] == {"role": "user", "content": "and so my fellow americans"}
     chat = llm.asked[kinds.index("chat")][1]
     assert chat[:-1] == primed[:-1]  # the same prompt up to the caller's words
+
+
+async def test_a_turn_cut_for_its_length_while_the_caller_talks_on_is_transcribed_once_and_kept():
+    # The caller talks past max_turn_ms: each stretch is ended there, its reply talked over at
+    # once; its transcription, already under way, finishes and stands as the caller's turn
+    # rather than being begun again (a 25 s one costs the ASR seconds), and the last is answered.
+    events: list = []
+    transcriber, store = _SlowTranscriber(), _Store()
+    vad = VADConfig(max_turn_ms=1000, end_silence_ms=1500)
+    config = TurnConfig(end_of_turn="silence", speculative=False)
+    async with _call(events, config=config, transcriber=transcriber, vad_config=vad, store=store) as (said, _):
+        for frame in _speech_frames()[16:260]:  # ~5 s of JFK, none of his pauses 1.5 s long
+            said.put_nowait(frame)
+        await _until(lambda: _done(events))
+    finals = [e for e in events if isinstance(e, TranscriptEvent) and e.final]
+    assert len(finals) >= 2, finals  # cut at least once
+    # No audio transcribed twice (the lengths of what was, in order).
+    assert len(set(transcriber.heard)) == len(transcriber.heard), [len(a) for a in transcriber.heard]
+    stored = [t.turn_id for t in await store.turns("d") if t.role == "user"]
+    assert sorted(stored) == sorted({f.turn_id for f in finals})
+    (answered,) = _done(events)
+    assert not answered.interrupted and answered.turn_id == finals[-1].turn_id
+
+
+class _ShortIsNoise(_Transcriber):
+    """Hears words only in audio over a second long: a short burst is a cough."""
+
+    async def transcribe(self, audio: bytes, *, best_effort: bool = False) -> Transcript:
+        if len(audio) <= 32000:
+            return Transcript("", 0.9, -1.0, len(audio) / 32, "en")
+        return await super().transcribe(audio)
+
+
+class _SlowFirstAnswer(_LLM):
+    """Thinks for seconds before its first answer, at once after."""
+
+    async def stream_chat(self, messages, *, dialog_id=None, on_usage=None, max_tokens=None) -> AsyncIterator[str]:
+        if not self.asked:
+            self.asked.append(("chat", list(messages)))
+            await asyncio.sleep(5)
+        async for word in super().stream_chat(messages, dialog_id=dialog_id, on_usage=on_usage, max_tokens=max_tokens):
+            yield word
+
+
+async def test_a_cough_that_stops_a_reply_before_it_is_heard_does_not_swallow_it():
+    # The caller's turn ends; while the reply is still being thought (nothing heard yet), past the
+    # window in which more speech would continue the turn, they cough. The cough stops the reply
+    # as a new turn would, and is no speech: the turn it stopped is answered after all.
+    events: list = []
+    llm = _SlowFirstAnswer()
+    async with _call(events, llm=llm, transcriber=_ShortIsNoise(), config=TurnConfig(end_of_turn="silence")) as (
+        said, _,
+    ):
+        for frame in _speech_frames()[16:112]:
+            said.put_nowait(frame)
+        await _until(lambda: llm.asked)  # the turn ended; its reply thinks
+        await asyncio.sleep(2.0)  # past [turns] continuation_window_ms (1.5 s)
+        for frame in _speech_frames()[40:52]:  # 240 ms voiced: a turn begins, and is no speech
+            said.put_nowait(frame)
+        await _until(lambda: any(not d.interrupted for d in _done(events)), timeout=15)
+    (spoken,) = {e.turn_id for e in events if isinstance(e, TranscriptEvent) and e.final}
+    stopped, answered = _done(events)
+    assert stopped.interrupted and stopped.turn_id == spoken and stopped.text == ""
+    assert answered.turn_id == spoken and answered.text == "Spoken answer."
