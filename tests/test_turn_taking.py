@@ -272,7 +272,7 @@ class _SlowFirstAnswer(_LLM):
     """Thinks for seconds before its first answer, at once after."""
 
     async def stream_chat(self, messages, *, dialog_id=None, on_usage=None, max_tokens=None) -> AsyncIterator[str]:
-        if not self.asked:
+        if not any(kind == "chat" for kind, _ in self.asked):
             self.asked.append(("chat", list(messages)))
             await asyncio.sleep(5)
         async for word in super().stream_chat(messages, dialog_id=dialog_id, on_usage=on_usage, max_tokens=max_tokens):
@@ -285,17 +285,21 @@ async def test_a_cough_that_stops_a_reply_before_it_is_heard_does_not_swallow_it
     # as a new turn would, and is no speech: the turn it stopped is answered after all.
     events: list = []
     llm = _SlowFirstAnswer()
-    async with _call(events, llm=llm, transcriber=_ShortIsNoise(), config=TurnConfig(end_of_turn="silence")) as (
-        said, _,
-    ):
+    config = TurnConfig(end_of_turn="silence", speculative=False)  # no draft asks the LLM at a pause
+    async with _call(events, llm=llm, transcriber=_ShortIsNoise(), config=config) as (said, _):
         for frame in _speech_frames()[16:112]:
             said.put_nowait(frame)
-        await _until(lambda: llm.asked)  # the turn ended; its reply thinks
+        # The turn ended (its final transcript is out); its reply thinks.
+        await _until(
+            lambda: any(kind == "chat" for kind, _ in llm.asked)
+            and any(isinstance(e, TranscriptEvent) and e.final for e in events)
+        )
         await asyncio.sleep(2.0)  # past [turns] continuation_window_ms (1.5 s)
         for frame in _speech_frames()[40:52]:  # 240 ms voiced: a turn begins, and is no speech
             said.put_nowait(frame)
         await _until(lambda: any(not d.interrupted for d in _done(events)), timeout=15)
     (spoken,) = {e.turn_id for e in events if isinstance(e, TranscriptEvent) and e.final}
+    assert len(_done(events)) == 2, [e for e in events if type(e).__name__ != "ReplyDelta"]
     stopped, answered = _done(events)
     assert stopped.interrupted and stopped.turn_id == spoken and stopped.text == ""
     assert answered.turn_id == spoken and answered.text == "Spoken answer."
