@@ -109,7 +109,7 @@ class PartialTranscripts:
         if covers in self._best_effort:
             self._best_effort.discard(covers)
             if transcript is None:
-                # Turned away: as if never begun, so the next one asked for covers its audio again.
+                # Turned away (or failed): as if never begun, so the next one asked for covers its audio again.
                 self._done = min(self._done, self._latest[0] if self._latest else 0)
                 await self._notify()
                 return
@@ -142,26 +142,25 @@ class PartialTranscripts:
 
         None when none will come: the transcription failed, or the turn's partials stopped.
         """
-        def ready() -> bool:
-            # A transcription done but not yet published counts once published (it may be one the
-            # ASR turned away): waiting on it again would spin.
-            return self._stopped or (self._latest is not None and self._latest[0] >= audio_bytes) or any(
-                covers >= audio_bytes and not task.done() for covers, task in self._running.items()
-            )
-
         while True:
             async with self._changed:
-                await self._changed.wait_for(ready)
+                await self._changed.wait_for(lambda: self._stopped or self._covers(audio_bytes, unfinished=True))
             transcript = await self.covering(audio_bytes)
-            if transcript is not None or self._stopped or self._latest is not None and self._latest[0] >= audio_bytes:
+            if transcript is not None or self._stopped or self._covers(audio_bytes, done=True):
                 return transcript
             # Only a periodic one covered it, and the ASR turned it away: wait for the one asked for.
 
-    def _covers(self, audio_bytes: int, *, surely: bool = False) -> bool:
-        """Whether a transcript of that much is done or under way; `surely`: not counting a
-        periodic one, which the ASR may turn away."""
-        return (self._latest is not None and self._latest[0] >= audio_bytes) or any(
-            covers >= audio_bytes for covers in self._running if not (surely and covers in self._best_effort)
+    def _covers(self, audio_bytes: int, *, surely: bool = False, unfinished: bool = False, done: bool = False) -> bool:
+        """Whether a transcript of that much is done or under way. Of those under way, `surely`
+        does not count a periodic one (the ASR may turn it away); `unfinished`, one finished but
+        not yet published (waiting on it again would spin); `done`, any."""
+        if self._latest is not None and self._latest[0] >= audio_bytes:
+            return True
+        return not done and any(
+            covers >= audio_bytes
+            and not (surely and covers in self._best_effort)
+            and not (unfinished and task.done())
+            for covers, task in self._running.items()
         )
 
     async def covering(self, audio_bytes: int) -> Transcript | None:
