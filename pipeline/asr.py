@@ -18,7 +18,7 @@ import numpy as np
 
 from pipeline.config import ASRConfig
 from pipeline.errors import ASRBusy, TranscriptionError
-from pipeline.inference import InferenceConfig, InferenceLane, LaneConfig
+from pipeline.inference import InferenceConfig, InferenceLane, LaneConfig, Priority
 from pipeline.model_files import model_dir
 
 SAMPLE_RATE = 16000
@@ -99,10 +99,10 @@ class Transcriber:
         # runs on to its end; the next waits for its thread.
         self.lane = InferenceLane("asr", lane, busy=ASRBusy)
 
-    async def transcribe(self, audio: bytes | np.ndarray, *, best_effort: bool = False) -> Transcript:
-        """Transcribe 16 kHz mono 16-bit PCM. `best_effort`: only if an ASR thread is free now
-        (ASRBusy otherwise): a transcription nothing waits for must not delay one that is waited for."""
-        return await self.lane.run(self._transcribe_blocking, to_float32(audio), best_effort=best_effort)
+    async def transcribe(self, audio: bytes | np.ndarray, *, priority: Priority = Priority.WAITED_FOR) -> Transcript:
+        """Transcribe 16 kHz mono 16-bit PCM. `priority`: how soon it is wanted (a turn's final
+        transcript before one made ahead at a pause; a periodic partial only on an idle thread)."""
+        return await self.lane.run(self._transcribe_blocking, to_float32(audio), priority=priority)
 
     def _transcribe_blocking(self, samples: np.ndarray) -> Transcript:
         audio_s = samples.size / SAMPLE_RATE

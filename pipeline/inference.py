@@ -3,14 +3,19 @@
 The event loop only moves bytes and decisions; the ASR, the TTS and the end-of-turn
 model each run in a lane of their own, so a backlog of transcriptions never holds up
 a synthesis or an end-of-turn decision. A lane runs `threads` jobs at once and lets
-`max_waiting` more wait. When it is behind, it refuses work rather than fall further
-behind:
+`max_waiting` more wait. Waiting jobs start by `Priority`, then in the order they came:
+a transcript a turn waits for starts before one made ahead of need. When the lane is
+behind, it refuses work rather than fall further behind:
 
 - a job that finds `threads + max_waiting` jobs already in the lane is refused at once
-  (reason "full");
+  (reason "full"), unless a less urgent job waits: that one is refused in its place
+  (reason "displaced"), so work a caller waits for is never turned away for work that
+  was only done ahead;
 - a job that has waited `max_wait_ms` without starting is refused then (reason
   "deadline"): its answer would come too late to be of use, and running it would
-  delay every job behind it.
+  delay every job behind it;
+- an `IDLE` job runs only on a thread free now, and is turned away otherwise (not
+  counted as a refusal: nothing waits for it).
 
 A refusal raises the model's own error (`busy`: ASRBusy, TTSBusy, TurnModelBusy), which
 the turn loop reports for that turn alone. A job that has started runs to its end even
@@ -21,17 +26,40 @@ never runs.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TypeVar
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, TypeVar
 
 from pipeline.errors import PipelineError
 
 T = TypeVar("T")
 
-REASONS = ("full", "deadline")
+REASONS = ("full", "displaced", "deadline")
+
+
+class Priority(IntEnum):
+    """How soon a job's answer is wanted; a lower value starts first and is refused last."""
+
+    WAITED_FOR = 0  # a turn waits for it (its final transcript, a sentence to speak, a decision)
+    AHEAD = 1  # done ahead of need, in case a turn ends here (the transcript made at a pause)
+    IDLE = 2  # worth doing only on a thread free now (a periodic partial transcript): never queued
+
+
+@dataclass(order=True)
+class _Job:
+    """A job admitted to a lane; jobs order by priority, then arrival."""
+
+    priority: Priority
+    seq: int
+    future: Future = field(compare=False)
+    fn: Callable[..., Any] = field(compare=False)
+    args: tuple[object, ...] = field(compare=False)
+    started: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,9 +133,14 @@ class InferenceLane:
         self.name = name
         self.config = config
         self._busy = busy
+        # Each admitted job hands the executor one `_run_next`, which runs the most urgent job
+        # waiting when a thread takes it (not necessarily the one that submitted it).
         self._executor = ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix=f"inference-{name}")
-        # Taken by the loop (admitting, refusing) and by the lane's threads (starting, ending).
-        self._lock = threading.Lock()
+        # Taken by the loop (admitting, refusing) and by the lane's threads (starting, ending);
+        # re-entrant because refusing a displaced job runs its done callback, which counts it out.
+        self._lock = threading.RLock()
+        self._queue: list[_Job] = []  # a heap of the jobs admitted and not started (some since cancelled)
+        self._seq = itertools.count()
         self._admitted = 0  # jobs waiting or running
         self._running = 0
         self._refusals = dict.fromkeys(REASONS, 0)
@@ -119,54 +152,83 @@ class InferenceLane:
             return self._admitted - self._running
 
     def refusals(self, reason: str) -> int:
-        """Jobs refused so far for `reason` ("full" or "deadline")."""
+        """Jobs refused so far for `reason` ("full", "displaced" or "deadline")."""
         with self._lock:
             return self._refusals[reason]
 
-    async def run(self, fn: Callable[..., T], *args: object, best_effort: bool = False) -> T:
+    async def run(self, fn: Callable[..., T], *args: object, priority: Priority = Priority.WAITED_FOR) -> T:
         """Run `fn(*args)` in one of the lane's threads and return its result.
 
-        Raises the lane's `busy` error, without running `fn`, when the lane is full or no
-        thread took the job within `max_wait_ms`. A `best_effort` job (worth doing only if it
-        delays nothing: a periodic partial transcript) runs only on a thread free now, and is
-        turned away otherwise, which is not counted as a refusal.
+        Raises the lane's `busy` error, without running `fn`, when the lane is full of jobs as
+        urgent as this one, when a more urgent job took its place, or when no thread took it
+        within `max_wait_ms`. An `IDLE` job runs only on a thread free now.
         """
+        future: Future = Future()
         with self._lock:
-            if best_effort and self._admitted >= self.config.threads:
+            if priority is Priority.IDLE and self._admitted >= self.config.threads:
                 raise self._busy(f"{self.name} busy: no thread free for best-effort work")
-            if self._admitted >= self.config.threads + self.config.max_waiting:
+            if self._admitted >= self.config.threads + self.config.max_waiting and not self._displace(priority):
                 self._refusals["full"] += 1
                 raise self._busy(
                     f"{self.name} busy: {self.config.threads} running and {self.config.max_waiting} waiting"
                 )
             self._admitted += 1
-        job = self._executor.submit(self._start, fn, args)
-        job.add_done_callback(self._forget_if_unstarted)
-        result = asyncio.wrap_future(job)
+            job = _Job(priority, next(self._seq), future, fn, args)
+            heapq.heappush(self._queue, job)
+        future.add_done_callback(lambda _: self._forget_if_unstarted(job))
+        self._executor.submit(self._run_next)
+        result = asyncio.wrap_future(future)
         try:
             await asyncio.wait([result], timeout=self.config.max_wait_ms / 1000)
         except asyncio.CancelledError:
             result.cancel()  # one still waiting never runs; one running runs on, its result unread
             raise
         # Cancelling succeeds only for a job no thread has taken: past its deadline, it is refused.
-        if not result.done() and job.cancel():
+        if not result.done() and future.cancel():
             with self._lock:
                 self._refusals["deadline"] += 1
             raise self._busy(f"{self.name} busy: no thread free within {self.config.max_wait_ms} ms")
         return await result
 
-    def _start(self, fn: Callable[..., T], args: tuple[object, ...]) -> T:
-        with self._lock:
-            self._running += 1
+    def _displace(self, priority: Priority) -> bool:
+        """Refuse the least urgent waiting job, the latest of those, if it is less urgent than
+        `priority` (the lock is held); whether one was."""
+        waiting = [job for job in self._queue if not job.future.done() and job.priority > priority]
+        if not waiting:
+            return False
+        victim = max(waiting, key=lambda job: (job.priority, job.seq))
         try:
-            return fn(*args)
+            victim.future.set_exception(
+                self._busy(f"{self.name} busy: a more urgent job took this one's place in the queue")
+            )
+        except InvalidStateError:  # cancelled by its caller just now: its place is free anyway
+            return True
+        self._refusals["displaced"] += 1
+        return True
+
+    def _run_next(self) -> None:
+        """In a lane thread: run the most urgent job still waiting (none left: another thread took it)."""
+        with self._lock:
+            while self._queue:
+                job = heapq.heappop(self._queue)
+                # False for a job cancelled while it waited; a displaced one is done already.
+                if not job.future.done() and job.future.set_running_or_notify_cancel():
+                    job.started = True
+                    self._running += 1
+                    break
+            else:
+                return
+        try:
+            job.future.set_result(job.fn(*job.args))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, as an executor would
+            job.future.set_exception(exc)
         finally:
             with self._lock:
                 self._running -= 1
                 self._admitted -= 1
 
-    def _forget_if_unstarted(self, job: Future) -> None:
-        # A job cancelled before a thread took it never reaches `_start`, which would count it out.
-        if job.cancelled():
-            with self._lock:
+    def _forget_if_unstarted(self, job: _Job) -> None:
+        # A job cancelled or displaced before a thread took it never runs, which would count it out.
+        with self._lock:
+            if not job.started:
                 self._admitted -= 1

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 
 from pipeline.asr import SAMPLE_RATE, Transcriber, Transcript
 from pipeline.errors import ASRBusy, TranscriptionError
+from pipeline.inference import Priority
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +93,10 @@ class PartialTranscripts:
                 continue
             self._done = len(audio)
             # A periodic partial only shows the words so far: it runs on an idle ASR thread or not
-            # at all, never queued ahead of a transcription a turn waits for.
-            task = self._spawn(self._transcribe(audio, best_effort=not poked), "partial-transcript")
+            # at all. One asked for at a pause is made ahead of the turn's end: it queues, but behind
+            # (and, when the lane is full, in place of nothing but) transcripts turns wait for.
+            priority = Priority.AHEAD if poked else Priority.IDLE
+            task = self._spawn(self._transcribe(audio, priority=priority), "partial-transcript")
             self._running[len(audio)] = task
             if not poked:
                 self._best_effort.add(len(audio))
@@ -120,14 +123,14 @@ class PartialTranscripts:
         if newest and not self._stopped and transcript is not None and transcript.text:
             await on_partial(transcript)
 
-    async def _transcribe(self, audio: bytes, *, best_effort: bool) -> Transcript | None:
+    async def _transcribe(self, audio: bytes, *, priority: Priority) -> Transcript | None:
         # A partial is a best effort: a failure here is not the turn's failure. The final
         # transcript is then made afresh, and that one reports its error.
         try:
-            return await self._transcriber.transcribe(audio, best_effort=best_effort)
+            return await self._transcriber.transcribe(audio, priority=priority)
         except ASRBusy as exc:
             # The ASR is busy: a periodic one is simply skipped (the next interval tries again).
-            (log.debug if best_effort else log.warning)("partial transcript not made: %s", exc)
+            (log.debug if priority is Priority.IDLE else log.warning)("partial transcript not made: %s", exc)
             return None
         except TranscriptionError as exc:
             log.warning("partial transcript failed: %s", exc)

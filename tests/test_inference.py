@@ -20,7 +20,7 @@ from parley.settings import load_settings
 from pipeline.config import TurnConfig, VADConfig
 from pipeline.end_of_turn import EndOfTurn
 from pipeline.errors import ASRBusy, SynthesisError, TranscriptionError, TTSBusy
-from pipeline.inference import InferenceConfig, InferenceLane, LaneConfig
+from pipeline.inference import InferenceConfig, InferenceLane, LaneConfig, Priority
 from signaling import metrics
 
 # Long enough never to expire in a test that is not about the deadline.
@@ -179,8 +179,50 @@ async def test_best_effort_work_runs_only_on_a_free_thread_and_is_not_a_refusal(
     async with held(lane, 1):
         # The one thread is busy and the queue has room: a job that is waited for would queue.
         with pytest.raises(ASRBusy, match="no thread free for best-effort work"):
-            await lane.run(record, "periodic partial", best_effort=True)
+            await lane.run(record, "periodic partial", priority=Priority.IDLE)
         assert lane.waiting == 0  # it took no place in the queue
     assert ran == []
-    assert (lane.refusals("full"), lane.refusals("deadline")) == (0, 0)
-    assert await lane.run(record, "idle now", best_effort=True) == "idle now"
+    assert (lane.refusals("full"), lane.refusals("displaced"), lane.refusals("deadline")) == (0, 0, 0)
+    assert await lane.run(record, "idle now", priority=Priority.IDLE) == "idle now"
+
+
+async def test_waiting_jobs_start_most_urgent_first_then_in_the_order_they_came():
+    lane = InferenceLane("asr", LaneConfig(threads=1, max_waiting=4, max_wait_ms=NEVER_MS), busy=ASRBusy)
+    ran, record = recorder()
+    async with held(lane, 1):
+        queued = [
+            asyncio.create_task(lane.run(record, "pause of turn 1", priority=Priority.AHEAD)),
+            asyncio.create_task(lane.run(record, "pause of turn 2", priority=Priority.AHEAD)),
+            asyncio.create_task(lane.run(record, "final of turn 1")),
+            asyncio.create_task(lane.run(record, "final of turn 2")),
+        ]
+        await asyncio.sleep(0)
+        assert lane.waiting == 4
+    await asyncio.gather(*queued)
+    assert ran == ["final of turn 1", "final of turn 2", "pause of turn 1", "pause of turn 2"]
+
+
+async def test_a_full_lane_turns_away_work_done_ahead_for_work_a_turn_waits_for():
+    lane = InferenceLane("asr", LaneConfig(threads=1, max_waiting=2, max_wait_ms=NEVER_MS), busy=ASRBusy)
+    ran, record = recorder()
+    async with held(lane, 1):
+        older = asyncio.create_task(lane.run(record, "older pause", priority=Priority.AHEAD))
+        newer = asyncio.create_task(lane.run(record, "newer pause", priority=Priority.AHEAD))
+        await asyncio.sleep(0)
+        # Full of work done ahead: another such job is refused, as before.
+        with pytest.raises(ASRBusy, match="1 running and 2 waiting"):
+            await lane.run(record, "a third pause", priority=Priority.AHEAD)
+        # A final transcript takes the place of the latest job done ahead, which is refused.
+        final = asyncio.create_task(lane.run(record, "final"))
+        with pytest.raises(ASRBusy, match="a more urgent job took this one's place"):
+            await newer
+        assert lane.waiting == 2 and not older.done()
+        second_final = asyncio.create_task(lane.run(record, "second final"))
+        with pytest.raises(ASRBusy, match="a more urgent job took this one's place"):
+            await older
+        # Full of jobs as urgent as itself, a final transcript is refused like any job.
+        with pytest.raises(ASRBusy, match="1 running and 2 waiting"):
+            await lane.run(record, "third final")
+    assert await final == "final" and await second_final == "second final"
+    assert ran == ["final", "second final"]
+    assert (lane.refusals("full"), lane.refusals("displaced"), lane.refusals("deadline")) == (2, 2, 0)

@@ -4,6 +4,7 @@ import pytest
 
 from media.audio_file import read_audio
 from pipeline.errors import ASRBusy
+from pipeline.inference import Priority
 from pipeline.partials import PartialTranscripts
 from tests.speech import JFK, JFK_TEXT, wer
 
@@ -78,7 +79,7 @@ async def test_the_transcript_begun_at_a_lull_serves_the_pause_and_more_speech_n
     started = []
 
     class Counting:
-        async def transcribe(self, audio, *, best_effort=False):
+        async def transcribe(self, audio, *, priority=Priority.WAITED_FOR):
             started.append(len(audio))
             return await transcriber.transcribe(audio)
 
@@ -101,14 +102,14 @@ async def test_the_transcript_begun_at_a_lull_serves_the_pause_and_more_speech_n
 
 async def test_periodic_partials_the_asr_turns_away_do_not_hold_up_the_pauses_transcript(transcriber):
     # The ASR is busy with other calls' final transcripts: every periodic partial is turned away
-    # (best effort), and the one the pause asks for is made and serves the turn.
+    # (idle-only), and the one the pause asks for, made ahead of the turn's end, serves the turn.
     samples = read_audio(JFK).tobytes()
     asked = []
 
     class BusyForBestEffort:
-        async def transcribe(self, audio, *, best_effort=False):
-            asked.append(best_effort)
-            if best_effort:
+        async def transcribe(self, audio, *, priority=Priority.WAITED_FOR):
+            asked.append(priority)
+            if priority is Priority.IDLE:
                 raise ASRBusy("asr busy: no thread free for best-effort work")
             return await transcriber.transcribe(audio)
 
@@ -116,11 +117,11 @@ async def test_periodic_partials_the_asr_turns_away_do_not_hold_up_the_pauses_tr
     runner = asyncio.create_task(partials.run(lambda t: asyncio.sleep(0)))
     waiting = asyncio.create_task(partials.upto(len(samples)))
     async with asyncio.timeout(60):
-        while True not in asked:  # a periodic one was tried and turned away
+        while Priority.IDLE not in asked:  # a periodic one was tried and turned away
             await asyncio.sleep(0.01)
     assert not waiting.done()  # a turned-away partial is not a transcript, nor the lack of one
     partials.now(unless_covered=len(samples))  # the pause
     final = await asyncio.wait_for(waiting, 60)
     runner.cancel()
     assert final is not None and wer(JFK_TEXT, final.text) <= 0.10
-    assert asked.count(False) == 1
+    assert asked.count(Priority.AHEAD) == 1 and Priority.WAITED_FOR not in asked

@@ -22,6 +22,7 @@ from pipeline.asr import Transcript
 from pipeline.config import TurnConfig, VADConfig
 from pipeline.dialog_store import DialogStore, Turn
 from pipeline.events import ReplyDelta, ReplyDone, TranscriptEvent
+from pipeline.inference import Priority
 from pipeline.turns import TurnLoop
 
 SPEECH = Path(__file__).resolve().parents[2] / "shared" / "audio" / "jfk.flac"
@@ -36,7 +37,7 @@ class _ASRConfig:
 class _Transcriber:
     config = _ASRConfig()
 
-    async def transcribe(self, audio: bytes, *, best_effort: bool = False) -> Transcript:
+    async def transcribe(self, audio: bytes, *, priority: Priority = Priority.WAITED_FOR) -> Transcript:
         return Transcript("and so my fellow americans", 0.0, -0.1, len(audio) / 32, "en")
 
 
@@ -47,7 +48,7 @@ class _SlowTranscriber(_Transcriber):
         self.heard: list[bytes] = []
         self._running: set[asyncio.Task[Transcript]] = set()
 
-    async def transcribe(self, audio: bytes, *, best_effort: bool = False) -> Transcript:
+    async def transcribe(self, audio: bytes, *, priority: Priority = Priority.WAITED_FOR) -> Transcript:
         self.heard.append(bytes(audio))
         work = asyncio.ensure_future(self._slowly(audio))
         self._running.add(work)
@@ -262,7 +263,7 @@ async def test_a_turn_cut_for_its_length_while_the_caller_talks_on_is_transcribe
 class _ShortIsNoise(_Transcriber):
     """Hears words only in audio over a second long: a short burst is a cough."""
 
-    async def transcribe(self, audio: bytes, *, best_effort: bool = False) -> Transcript:
+    async def transcribe(self, audio: bytes, *, priority: Priority = Priority.WAITED_FOR) -> Transcript:
         if len(audio) <= 32000:
             return Transcript("", 0.9, -1.0, len(audio) / 32, "en")
         return await super().transcribe(audio)
