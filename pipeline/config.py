@@ -235,7 +235,7 @@ class TurnConfig:
     history_window: str = "stable"
     first_clause_words: int = 4
     speculative: bool = True
-    prime_llm: bool = False
+    prime_llm: bool = True
     fallback_line: str = "Sorry, I can't answer that right now. Please try again in a moment."
     busy_line: str = "I'm a little busy right now. Please say that again in a moment."
     log_transcripts: bool = False

@@ -27,7 +27,7 @@ class SheddingConfig:
     short_replies_at: from this load on, replies are capped at `short_reply_tokens`.
     """
 
-    partials_off_at: float = 0.5
+    partials_off_at: float = 0.75
     short_replies_at: float = 0.75
     short_reply_tokens: int = 40
     drafts_off_at: float = 2.0

@@ -9,10 +9,9 @@ marks = st.floats(min_value=0.0, max_value=2.0)
 loads = st.floats(min_value=0.0, max_value=1.0)
 
 
-def test_the_default_ladder_sheds_partials_then_reply_length_and_keeps_drafts():
+def test_the_default_ladder_sheds_partials_with_reply_length_and_keeps_drafts():
     ladder = SheddingConfig()
-    assert plan_for(0.0, ladder) == FULL and plan_for(0.49, ladder) == FULL
-    assert plan_for(0.5, ladder) == TurnPlan(partials=False)
+    assert plan_for(0.0, ladder) == FULL and plan_for(0.5, ladder) == FULL and plan_for(0.74, ladder) == FULL
     assert plan_for(0.75, ladder) == TurnPlan(partials=False, max_tokens=40)
     assert plan_for(1.0, ladder).shed == ("partials", "long_replies")
 

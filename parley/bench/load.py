@@ -340,17 +340,22 @@ async def text_spike(url: str, *, base: int, surge: int, window_s: float, hold_s
 
 async def soak(
     url: str, meter: CpuMeter, speeches: list[EncodedSpeech], redis_url: str, *, calls: int, minutes: float,
-    sample_s: float = 10.0,
+    sample_s: float = 10.0, warmup_s: float | None = None,
 ) -> dict:
-    """`calls` calls talking for `minutes`; the server's RSS, tasks, descriptors and Redis keys sampled
-    before the calls, every `sample_s` while they talk, and once they have ended."""
+    """`calls` calls talking for `warmup_s` and then `minutes`; the server's RSS, tasks, descriptors
+    and Redis keys sampled before the calls, every `sample_s` while they talk, and once they have
+    ended. Growth counts from `warmup_s` on (default: a fifth of `minutes`, at least 30 s, within them)."""
     from redis.asyncio import Redis
 
     addresses = CallerAddresses()
     server = meter.server
-    stop = time.monotonic() + 60 * minutes
+    if warmup_s is None:
+        warmup_s, measured_s = max(30.0, 12.0 * minutes), 60.0 * minutes - max(30.0, 12.0 * minutes)
+    else:
+        measured_s = 60.0 * minutes
+    stop = time.monotonic() + warmup_s + measured_s
     samples: list[dict[str, Any]] = []
-    figures: dict[str, Any] = {"calls": calls, "minutes": minutes}
+    figures: dict[str, Any] = {"calls": calls, "minutes": minutes, "warmup_s": warmup_s}
 
     async def sample(http: httpx.AsyncClient, redis: Redis, start: float) -> None:
         stats = (await http.get(f"{url}/stats")).json()
@@ -386,14 +391,14 @@ async def soak(
             else:
                 await sample(http, redis, start)
         await redis.aclose()
-    # The first samples include warming up (allocator arenas, model buffers, caches filling):
-    # growth counts from a fifth of the run on (at least 30 s). One sample of RSS says little: a
-    # turn in flight holds tens of MB for a moment (features, tensors, audio), and malloc gives
+    # The first samples include warming up (allocator arenas, model buffers, caches filling; the
+    # 30-minute soak's RSS rose for the first minute, then held): growth counts from `warmup_s` on.
+    # One sample of RSS says little: a turn in flight holds tens of MB for a moment (features, tensors, audio), and malloc gives
     # freed pages back only every `malloc_trim_s`, so two samples a few seconds apart differed by
     # up to 100 MB in the same process. Growth compares the medians of the first and last thirds
     # of the warm samples; a leak moves both the median and malloc's bytes in use.
     talking_samples = samples[:-1]
-    warm_samples = [s for s in talking_samples if s["s"] >= max(30, 12 * minutes)] or talking_samples
+    warm_samples = [s for s in talking_samples if s["s"] >= warmup_s] or talking_samples
     third = max(1, len(warm_samples) // 3)
     warm = _median_sample(warm_samples[:third])
     last = _median_sample(warm_samples[-third:])
