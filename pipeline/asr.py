@@ -18,7 +18,7 @@ import numpy as np
 
 from pipeline.config import ASRConfig
 from pipeline.errors import ASRBusy, TranscriptionError
-from pipeline.inference import InferenceConfig, InferenceLane, LaneConfig, Priority
+from pipeline.inference import InferenceConfig, InferenceLane, LaneConfig, Priority, Urgency
 from pipeline.model_files import model_dir
 
 SAMPLE_RATE = 16000
@@ -99,9 +99,12 @@ class Transcriber:
         # runs on to its end; the next waits for its thread.
         self.lane = InferenceLane("asr", lane, busy=ASRBusy)
 
-    async def transcribe(self, audio: bytes | np.ndarray, *, priority: Priority = Priority.WAITED_FOR) -> Transcript:
+    async def transcribe(
+        self, audio: bytes | np.ndarray, *, priority: Priority | Urgency = Priority.WAITED_FOR
+    ) -> Transcript:
         """Transcribe 16 kHz mono 16-bit PCM. `priority`: how soon it is wanted (a turn's final
-        transcript before one made ahead at a pause; a periodic partial only on an idle thread)."""
+        transcript before one made ahead at a pause, which may be hurried once the turn has ended;
+        a periodic partial only on an idle thread)."""
         return await self.lane.run(self._transcribe_blocking, to_float32(audio), priority=priority)
 
     def _transcribe_blocking(self, samples: np.ndarray) -> Transcript:

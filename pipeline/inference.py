@@ -26,12 +26,11 @@ never runs.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, TypeVar
 
@@ -50,16 +49,33 @@ class Priority(IntEnum):
     IDLE = 2  # worth doing only on a thread free now (a periodic partial transcript): never queued
 
 
-@dataclass(order=True)
-class _Job:
-    """A job admitted to a lane; jobs order by priority, then arrival."""
+@dataclass(slots=True)
+class Urgency:
+    """A job's priority, which its owner may raise while the job waits: a transcript made ahead at
+    a pause becomes one a turn waits for once the turn has ended there (`hurry`)."""
 
     priority: Priority
+
+    def hurry(self) -> None:
+        """From now on the job is waited for (it starts before work done ahead, and is not displaced)."""
+        self.priority = Priority.WAITED_FOR
+
+
+@dataclass(slots=True)
+class _Job:
+    """A job admitted to a lane and not yet finished."""
+
+    urgency: Urgency
     seq: int
-    future: Future = field(compare=False)
-    fn: Callable[..., Any] = field(compare=False)
-    args: tuple[object, ...] = field(compare=False)
-    started: bool = field(default=False, compare=False)
+    future: Future
+    fn: Callable[..., Any]
+    args: tuple[object, ...]
+    started: bool = False
+
+    @property
+    def order(self) -> tuple[int, int]:
+        """Most urgent first, then first come (read when a thread frees: the urgency may have risen)."""
+        return self.urgency.priority, self.seq
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -139,7 +155,7 @@ class InferenceLane:
         # Taken by the loop (admitting, refusing) and by the lane's threads (starting, ending);
         # re-entrant because refusing a displaced job runs its done callback, which counts it out.
         self._lock = threading.RLock()
-        self._queue: list[_Job] = []  # a heap of the jobs admitted and not started (some since cancelled)
+        self._queue: list[_Job] = []  # the jobs admitted and not started (some since cancelled), a few
         self._seq = itertools.count()
         self._admitted = 0  # jobs waiting or running
         self._running = 0
@@ -156,13 +172,18 @@ class InferenceLane:
         with self._lock:
             return self._refusals[reason]
 
-    async def run(self, fn: Callable[..., T], *args: object, priority: Priority = Priority.WAITED_FOR) -> T:
+    async def run(
+        self, fn: Callable[..., T], *args: object, priority: Priority | Urgency = Priority.WAITED_FOR
+    ) -> T:
         """Run `fn(*args)` in one of the lane's threads and return its result.
 
         Raises the lane's `busy` error, without running `fn`, when the lane is full of jobs as
         urgent as this one, when a more urgent job took its place, or when no thread took it
-        within `max_wait_ms`. An `IDLE` job runs only on a thread free now.
+        within `max_wait_ms`. An `IDLE` job runs only on a thread free now. An `Urgency` lets the
+        caller raise the job's priority while it waits.
         """
+        urgency = priority if isinstance(priority, Urgency) else Urgency(priority)
+        priority = urgency.priority
         future: Future = Future()
         with self._lock:
             if priority is Priority.IDLE and self._admitted >= self.config.threads:
@@ -173,8 +194,8 @@ class InferenceLane:
                     f"{self.name} busy: {self.config.threads} running and {self.config.max_waiting} waiting"
                 )
             self._admitted += 1
-            job = _Job(priority, next(self._seq), future, fn, args)
-            heapq.heappush(self._queue, job)
+            job = _Job(urgency, next(self._seq), future, fn, args)
+            self._queue.append(job)
         future.add_done_callback(lambda _: self._forget_if_unstarted(job))
         self._executor.submit(self._run_next)
         result = asyncio.wrap_future(future)
@@ -193,10 +214,10 @@ class InferenceLane:
     def _displace(self, priority: Priority) -> bool:
         """Refuse the least urgent waiting job, the latest of those, if it is less urgent than
         `priority` (the lock is held); whether one was."""
-        waiting = [job for job in self._queue if not job.future.done() and job.priority > priority]
+        waiting = [job for job in self._queue if not job.future.done() and job.urgency.priority > priority]
         if not waiting:
             return False
-        victim = max(waiting, key=lambda job: (job.priority, job.seq))
+        victim = max(waiting, key=lambda job: job.order)
         try:
             victim.future.set_exception(
                 self._busy(f"{self.name} busy: a more urgent job took this one's place in the queue")
@@ -210,7 +231,8 @@ class InferenceLane:
         """In a lane thread: run the most urgent job still waiting (none left: another thread took it)."""
         with self._lock:
             while self._queue:
-                job = heapq.heappop(self._queue)
+                job = min(self._queue, key=lambda job: job.order)
+                self._queue.remove(job)
                 # False for a job cancelled while it waited; a displaced one is done already.
                 if not job.future.done() and job.future.set_running_or_notify_cancel():
                     job.started = True

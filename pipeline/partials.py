@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 
 from pipeline.asr import SAMPLE_RATE, Transcriber, Transcript
 from pipeline.errors import ASRBusy, TranscriptionError
-from pipeline.inference import Priority
+from pipeline.inference import Priority, Urgency
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ class PartialTranscripts:
         # Transcriptions under way, by how much of the utterance each covers.
         self._running: dict[int, asyncio.Task[Transcript | None]] = {}
         self._best_effort: set[int] = set()  # of those, the periodic ones
+        self._ahead: dict[int, Urgency] = {}  # of those, the ones asked for, which `hurry` moves ahead
         self._done = 0  # bytes of the utterance the last transcription begun covers
         self._changed = asyncio.Condition()
         self._stopped = False
@@ -95,10 +96,12 @@ class PartialTranscripts:
             # A periodic partial only shows the words so far: it runs on an idle ASR thread or not
             # at all. One asked for at a pause is made ahead of the turn's end: it queues, but behind
             # (and, when the lane is full, in place of nothing but) transcripts turns wait for.
-            priority = Priority.AHEAD if poked else Priority.IDLE
-            task = self._spawn(self._transcribe(audio, priority=priority), "partial-transcript")
+            urgency = Urgency(Priority.AHEAD if poked else Priority.IDLE)
+            task = self._spawn(self._transcribe(audio, priority=urgency), "partial-transcript")
             self._running[len(audio)] = task
-            if not poked:
+            if poked:
+                self._ahead[len(audio)] = urgency
+            else:
                 self._best_effort.add(len(audio))
             await self._notify()
             self._spawn(self._publish(len(audio), task, on_partial), "partial-publish")
@@ -109,6 +112,7 @@ class PartialTranscripts:
         """Keep a finished transcription as the latest (unless a longer one is), and show it while the turn runs."""
         transcript = await asyncio.shield(task)
         self._running.pop(covers, None)
+        self._ahead.pop(covers, None)
         if covers in self._best_effort:
             self._best_effort.discard(covers)
             if transcript is None:
@@ -123,14 +127,20 @@ class PartialTranscripts:
         if newest and not self._stopped and transcript is not None and transcript.text:
             await on_partial(transcript)
 
-    async def _transcribe(self, audio: bytes, *, priority: Priority) -> Transcript | None:
+    def hurry(self) -> None:
+        """The turn has ended: its reply now waits for the transcriptions asked for at its pauses,
+        so each still waiting in the ASR's queue goes before work done ahead for other turns."""
+        for urgency in self._ahead.values():
+            urgency.hurry()
+
+    async def _transcribe(self, audio: bytes, *, priority: Urgency) -> Transcript | None:
         # A partial is a best effort: a failure here is not the turn's failure. The final
         # transcript is then made afresh, and that one reports its error.
         try:
             return await self._transcriber.transcribe(audio, priority=priority)
         except ASRBusy as exc:
             # The ASR is busy: a periodic one is simply skipped (the next interval tries again).
-            (log.debug if priority is Priority.IDLE else log.warning)("partial transcript not made: %s", exc)
+            (log.debug if priority.priority is Priority.IDLE else log.warning)("partial transcript not made: %s", exc)
             return None
         except TranscriptionError as exc:
             log.warning("partial transcript failed: %s", exc)

@@ -475,6 +475,8 @@ class TurnLoop:
 
     def _end_turn(self) -> None:
         """The caller's turn is over: its partial transcripts stop; what it said goes to its reply."""
+        if self._partials is not None:
+            self._partials.hurry()  # the reply waits for them now
         if self._partials_task is not None:
             self._partials_task.cancel()
             self._partials_task = None

@@ -17,10 +17,12 @@ from prometheus_client import REGISTRY
 
 from parley.errors import ConfigError
 from parley.settings import load_settings
+from pipeline.asr import Transcript
 from pipeline.config import TurnConfig, VADConfig
 from pipeline.end_of_turn import EndOfTurn
 from pipeline.errors import ASRBusy, SynthesisError, TranscriptionError, TTSBusy
-from pipeline.inference import InferenceConfig, InferenceLane, LaneConfig, Priority
+from pipeline.inference import InferenceConfig, InferenceLane, LaneConfig, Priority, Urgency
+from pipeline.partials import PartialTranscripts
 from signaling import metrics
 
 # Long enough never to expire in a test that is not about the deadline.
@@ -226,3 +228,48 @@ async def test_a_full_lane_turns_away_work_done_ahead_for_work_a_turn_waits_for(
     assert await final == "final" and await second_final == "second final"
     assert ran == ["final", "second final"]
     assert (lane.refusals("full"), lane.refusals("displaced"), lane.refusals("deadline")) == (2, 2, 0)
+
+
+async def test_a_job_hurried_while_it_waits_starts_before_work_done_ahead_and_is_not_displaced():
+    lane = InferenceLane("asr", LaneConfig(threads=1, max_waiting=3, max_wait_ms=NEVER_MS), busy=ASRBusy)
+    ran, record = recorder()
+    async with held(lane, 1):
+        first_pause = asyncio.create_task(lane.run(record, "another turn's pause", priority=Priority.AHEAD))
+        urgency = Urgency(Priority.AHEAD)
+        ended = asyncio.create_task(lane.run(record, "the ended turn's pause", priority=urgency))
+        final = asyncio.create_task(lane.run(record, "a later final"))
+        await asyncio.sleep(0)
+        urgency.hurry()  # its turn ended: the reply waits for it now
+        # The lane is full; a final displaces the pause still done ahead, not the hurried one.
+        last_final = asyncio.create_task(lane.run(record, "the last final"))
+        with pytest.raises(ASRBusy, match="took this one's place"):
+            await first_pause
+    await asyncio.gather(ended, final, last_final)
+    assert ran == ["the ended turn's pause", "a later final", "the last final"]
+
+
+async def test_when_the_turn_ends_the_transcript_asked_for_at_its_pause_goes_before_other_turns_pauses():
+    lane = InferenceLane("asr", LaneConfig(threads=1, max_waiting=4, max_wait_ms=NEVER_MS), busy=ASRBusy)
+    ran, record = recorder()
+
+    class Transcriber:  # the audio is its own transcript; the lane records which ran when
+        async def transcribe(self, audio, *, priority=Priority.WAITED_FOR):
+            text = await lane.run(record, audio.decode(), priority=priority)
+            return Transcript(text, 0.0, -0.1, len(audio) / 32, "en")
+
+    said = b"this turn"
+    partials = PartialTranscripts(Transcriber(), lambda: said, spawn=lambda work, name: asyncio.create_task(work, name=name),
+                                  interval_s=None)
+    runner = asyncio.create_task(partials.run(lambda t: asyncio.sleep(0)))
+    async with held(lane, 1):
+        other = asyncio.create_task(lane.run(record, "another turn's pause", priority=Priority.AHEAD))
+        partials.now(unless_covered=len(said))  # this turn's pause
+        waiting = asyncio.create_task(partials.upto(len(said)))
+        async with asyncio.timeout(GUARD_S):
+            while lane.waiting < 2:  # both pauses' transcriptions are queued, the other first
+                await asyncio.sleep(0)
+        partials.hurry()  # this turn ended
+    assert (await waiting).text == "this turn"
+    await other
+    runner.cancel()
+    assert ran == ["this turn", "another turn's pause"]

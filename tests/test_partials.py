@@ -108,8 +108,8 @@ async def test_periodic_partials_the_asr_turns_away_do_not_hold_up_the_pauses_tr
 
     class BusyForBestEffort:
         async def transcribe(self, audio, *, priority=Priority.WAITED_FOR):
-            asked.append(priority)
-            if priority is Priority.IDLE:
+            asked.append(getattr(priority, "priority", priority))  # an Urgency, or a Priority
+            if asked[-1] is Priority.IDLE:
                 raise ASRBusy("asr busy: no thread free for best-effort work")
             return await transcriber.transcribe(audio)
 
