@@ -219,7 +219,9 @@ async def test_barge_in_stops_the_only_reply_and_the_next_turn_is_answered():
 
 
 @pytest.mark.parametrize("prime", [True, False])
-async def test_partial_transcripts_prime_the_llm_with_the_words_so_far_only_when_asked(prime):
+async def test_the_llm_reads_the_dialog_as_the_turn_begins_and_the_words_so_far_at_each_partial_only_when_asked(
+    prime,
+):
     events: list = []
     llm = _LLM()
     config = TurnConfig(end_of_turn="silence", prime_llm=prime)
@@ -232,10 +234,11 @@ async def test_partial_transcripts_prime_the_llm_with_the_words_so_far_only_when
         assert kinds == ["chat"]
         return
     assert kinds[0] == "prime" and "chat" in kinds
-    primed = llm.asked[0][1]
-    assert primed[-1] == {"role": "user", "content": "and so my fellow americans"}
+    primes = [messages for kind, messages in llm.asked if kind == "prime"]
+    assert primes[0][-1] == {"role": "user", "content": ""}  # as the turn began, before any word
+    assert primes[-1][-1] == {"role": "user", "content": "and so my fellow americans"}
     chat = llm.asked[kinds.index("chat")][1]
-    assert chat[:-1] == primed[:-1]  # the same prompt up to the caller's words
+    assert chat[:-1] == primes[0][:-1] == primes[-1][:-1]  # the same prompt up to the caller's words
 
 
 async def test_a_turn_cut_for_its_length_while_the_caller_talks_on_is_transcribed_once_and_kept():
