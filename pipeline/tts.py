@@ -103,9 +103,12 @@ _WINDOW_MS = 5
 def trim_lead_in(pcm: bytes, sample_rate: int, keep_ms: int) -> bytes:
     """16-bit PCM with its leading silence cut to `keep_ms`: the caller hears the first sound that
     much sooner (dead air before the reply's first word is pure latency). Silence throughout is
-    returned as it is. Only the windows up to the first sound are read."""
+    returned as it is. Only the windows up to the first sound are read (the last may be shorter:
+    a sound that ends the audio is still found)."""
     window = sample_rate * _WINDOW_MS // 1000 * 2  # bytes
-    for start in range(0, len(pcm) - window + 1, window):
+    if len(pcm) < window:
+        return pcm
+    for start in range(0, len(pcm) - 1, window):
         if level_dbfs(pcm[start : start + window]) > _SILENT_DBFS:
             return pcm[max(0, start - sample_rate * keep_ms // 1000 * 2) :]
     return pcm

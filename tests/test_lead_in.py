@@ -12,7 +12,8 @@ RATE = 22050
 def _pcm(silence_ms: int, sound_ms: int) -> bytes:
     silence = np.zeros(RATE * silence_ms // 1000, np.int16)
     t = np.arange(RATE * sound_ms // 1000) / RATE
-    sound = (8000 * np.sin(2 * np.pi * 220 * t)).astype(np.int16)
+    # A cosine, so that the sound's first sample is not silent (a sine's is 0: cutting it is right).
+    sound = (8000 * np.cos(2 * np.pi * 220 * t)).astype(np.int16)
     return np.concatenate([silence, sound]).tobytes()
 
 
