@@ -183,12 +183,12 @@ class InferenceLane:
         caller raise the job's priority while it waits.
         """
         urgency = priority if isinstance(priority, Urgency) else Urgency(priority)
-        priority = urgency.priority
         future: Future = Future()
         with self._lock:
-            if priority is Priority.IDLE and self._admitted >= self.config.threads:
+            if urgency.priority is Priority.IDLE and self._admitted >= self.config.threads:
                 raise self._busy(f"{self.name} busy: no thread free for best-effort work")
-            if self._admitted >= self.config.threads + self.config.max_waiting and not self._displace(priority):
+            full = self._admitted >= self.config.threads + self.config.max_waiting
+            if full and not self._displace(urgency.priority):
                 self._refusals["full"] += 1
                 raise self._busy(
                     f"{self.name} busy: {self.config.threads} running and {self.config.max_waiting} waiting"

@@ -52,8 +52,8 @@ class PartialTranscripts:
         self._latest: tuple[int, Transcript | None] | None = None
         # Transcriptions under way, by how much of the utterance each covers.
         self._running: dict[int, asyncio.Task[Transcript | None]] = {}
-        self._best_effort: set[int] = set()  # of those, the periodic ones
-        self._ahead: dict[int, Urgency] = {}  # of those, the ones asked for, which `hurry` moves ahead
+        # Their urgency in the ASR's lane: IDLE for a periodic one, AHEAD for one asked for (until hurried).
+        self._urgency: dict[int, Urgency] = {}
         self._done = 0  # bytes of the utterance the last transcription begun covers
         self._changed = asyncio.Condition()
         self._stopped = False
@@ -97,12 +97,9 @@ class PartialTranscripts:
             # at all. One asked for at a pause is made ahead of the turn's end: it queues, but behind
             # (and, when the lane is full, in place of nothing but) transcripts turns wait for.
             urgency = Urgency(Priority.AHEAD if poked else Priority.IDLE)
-            task = self._spawn(self._transcribe(audio, priority=urgency), "partial-transcript")
+            task = self._spawn(self._transcribe(audio, urgency=urgency), "partial-transcript")
             self._running[len(audio)] = task
-            if poked:
-                self._ahead[len(audio)] = urgency
-            else:
-                self._best_effort.add(len(audio))
+            self._urgency[len(audio)] = urgency
             await self._notify()
             self._spawn(self._publish(len(audio), task, on_partial), "partial-publish")
 
@@ -112,14 +109,13 @@ class PartialTranscripts:
         """Keep a finished transcription as the latest (unless a longer one is), and show it while the turn runs."""
         transcript = await asyncio.shield(task)
         self._running.pop(covers, None)
-        self._ahead.pop(covers, None)
-        if covers in self._best_effort:
-            self._best_effort.discard(covers)
-            if transcript is None:
-                # Turned away (or failed): as if never begun, so the next one asked for covers its audio again.
-                self._done = min(self._done, self._latest[0] if self._latest else 0)
-                await self._notify()
-                return
+        urgency = self._urgency.pop(covers, None)
+        if transcript is None and urgency is not None and urgency.priority is Priority.IDLE:
+            # A periodic one turned away (or failed): as if never begun, so the next one asked for
+            # covers its audio again.
+            self._done = min(self._done, self._latest[0] if self._latest else 0)
+            await self._notify()
+            return
         newest = self._latest is None or covers > self._latest[0]
         if newest:
             self._latest = (covers, transcript)
@@ -130,17 +126,22 @@ class PartialTranscripts:
     def hurry(self) -> None:
         """The turn has ended: its reply now waits for the transcriptions asked for at its pauses,
         so each still waiting in the ASR's queue goes before work done ahead for other turns."""
-        for urgency in self._ahead.values():
-            urgency.hurry()
+        for urgency in self._urgency.values():
+            if urgency.priority is Priority.AHEAD:
+                urgency.hurry()
 
-    async def _transcribe(self, audio: bytes, *, priority: Urgency) -> Transcript | None:
+    def _periodic(self, covers: int) -> bool:
+        """Whether the transcription under way of `covers` bytes is a periodic one."""
+        return self._urgency[covers].priority is Priority.IDLE
+
+    async def _transcribe(self, audio: bytes, *, urgency: Urgency) -> Transcript | None:
         # A partial is a best effort: a failure here is not the turn's failure. The final
         # transcript is then made afresh, and that one reports its error.
         try:
-            return await self._transcriber.transcribe(audio, priority=priority)
+            return await self._transcriber.transcribe(audio, priority=urgency)
         except ASRBusy as exc:
             # The ASR is busy: a periodic one is simply skipped (the next interval tries again).
-            (log.debug if priority.priority is Priority.IDLE else log.warning)("partial transcript not made: %s", exc)
+            (log.debug if urgency.priority is Priority.IDLE else log.warning)("partial transcript not made: %s", exc)
             return None
         except TranscriptionError as exc:
             log.warning("partial transcript failed: %s", exc)
@@ -171,7 +172,7 @@ class PartialTranscripts:
             return True
         return not done and any(
             covers >= audio_bytes
-            and not (surely and covers in self._best_effort)
+            and not (surely and self._periodic(covers))
             and not (unfinished and task.done())
             for covers, task in self._running.items()
         )

@@ -374,18 +374,23 @@ class TurnLoop:
         )
         # The dialog so far is read at once, before a word is transcribed: a turn that sheds its
         # partial transcripts still leaves the reply only the caller's words to read.
-        self._tasks.create_task(self._prime(self._turn_id, ""), name=f"prime-{self.dialog_id}")
+        if self._may_prime():
+            self._tasks.create_task(self._prime(self._turn_id, ""), name=f"prime-{self.dialog_id}")
 
     async def _on_partial(self, turn_id: str, transcript: Transcript) -> None:
         """A partial transcript: shown to the caller, and read by the LLM server ahead of the reply."""
         await self._emit(TranscriptEvent(turn_id, transcript.text, final=False))
         await self._prime(turn_id, transcript.text)
 
+    def _may_prime(self) -> bool:
+        """Priming is asked for (`prime_llm`) and no reply or draft is under way to need the LLM."""
+        return self.config.prime_llm and self._draft is None and self._reply is None
+
     async def _prime(self, turn_id: str, words: str) -> None:
         """Have the LLM server read the reply's prompt as far as it is known (the dialog, and the
         caller's `words` so far) while the caller talks, so the end of the turn leaves only the
-        last words to read. Only with `prime_llm`, and only while no reply or draft is under way."""
-        if self.config.prime_llm and self._draft is None and self._reply is None:
+        last words to read."""
+        if self._may_prime():
             messages = self._llm.with_system_prompt(
                 [*(await self._history(before=turn_id)), {"role": "user", "content": words}]
             )

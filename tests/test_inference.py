@@ -258,8 +258,10 @@ async def test_when_the_turn_ends_the_transcript_asked_for_at_its_pause_goes_bef
             return Transcript(text, 0.0, -0.1, len(audio) / 32, "en")
 
     said = b"this turn"
-    partials = PartialTranscripts(Transcriber(), lambda: said, spawn=lambda work, name: asyncio.create_task(work, name=name),
-                                  interval_s=None)
+    def spawn(work, name):
+        return asyncio.create_task(work, name=name)
+
+    partials = PartialTranscripts(Transcriber(), lambda: said, spawn=spawn, interval_s=None)
     runner = asyncio.create_task(partials.run(lambda t: asyncio.sleep(0)))
     async with held(lane, 1):
         other = asyncio.create_task(lane.run(record, "another turn's pause", priority=Priority.AHEAD))

@@ -350,10 +350,10 @@ async def soak(
     addresses = CallerAddresses()
     server = meter.server
     if warmup_s is None:
-        warmup_s, measured_s = max(30.0, 12.0 * minutes), 60.0 * minutes - max(30.0, 12.0 * minutes)
+        warmup_s = max(30.0, 12.0 * minutes)
+        stop = time.monotonic() + 60 * minutes
     else:
-        measured_s = 60.0 * minutes
-    stop = time.monotonic() + warmup_s + measured_s
+        stop = time.monotonic() + warmup_s + 60 * minutes
     samples: list[dict[str, Any]] = []
     figures: dict[str, Any] = {"calls": calls, "minutes": minutes, "warmup_s": warmup_s}
 
@@ -393,10 +393,11 @@ async def soak(
         await redis.aclose()
     # The first samples include warming up (allocator arenas, model buffers, caches filling; the
     # 30-minute soak's RSS rose for the first minute, then held): growth counts from `warmup_s` on.
-    # One sample of RSS says little: a turn in flight holds tens of MB for a moment (features, tensors, audio), and malloc gives
-    # freed pages back only every `malloc_trim_s`, so two samples a few seconds apart differed by
-    # up to 100 MB in the same process. Growth compares the medians of the first and last thirds
-    # of the warm samples; a leak moves both the median and malloc's bytes in use.
+    # One sample of RSS says little: a turn in flight holds tens of MB for a moment (features,
+    # tensors, audio), and malloc gives freed pages back only every `malloc_trim_s`, so two samples
+    # a few seconds apart differed by up to 100 MB in the same process. Growth compares the medians
+    # of the first and last thirds of the warm samples; a leak moves both the median and malloc's
+    # bytes in use.
     talking_samples = samples[:-1]
     warm_samples = [s for s in talking_samples if s["s"] >= warmup_s] or talking_samples
     third = max(1, len(warm_samples) // 3)
