@@ -22,6 +22,8 @@ class MediaConfig:
     voice_encoder: who encodes the bot's voice when the call sends Opus: "parley" (the track,
         mono, with silence encoded once: media.voice_encoder) or "aiortc" (every 20 ms frame,
         silence too, in a thread), for comparison. Other codecs (PCMU, PCMA) are aiortc's.
+    decoder: where the caller's packets are decoded: "loop" (on the event loop as each arrives,
+        media.loop_decoder) or "thread" (aiortc's decoder thread per call, two hops a packet).
     ice_servers: STUN and TURN URLs ("stun:host:3478", "turn:host:3478?transport=udp") that
         both ends of a call use to find a path for the audio (media.ice); empty: host
         candidates only, which is enough when the caller can reach the server's address.
@@ -38,6 +40,7 @@ class MediaConfig:
 
     jitter_buffer_packets: int = 1
     voice_encoder: str = "parley"
+    decoder: str = "loop"
     ice_servers: tuple[str, ...] = ()
     turn_secret: str = field(default="", repr=False)
     turn_credential_ttl_s: int = 7200
@@ -48,6 +51,8 @@ class MediaConfig:
             raise ValueError(f"jitter_buffer_packets must be 0..15, got {self.jitter_buffer_packets}")
         if self.voice_encoder not in ("parley", "aiortc"):
             raise ValueError(f'voice_encoder must be "parley" or "aiortc", got {self.voice_encoder!r}')
+        if self.decoder not in ("loop", "thread"):
+            raise ValueError(f'decoder must be "loop" or "thread", got {self.decoder!r}')
         # models.toml gives a list; the config holds a tuple, like every other frozen value.
         object.__setattr__(self, "ice_servers", tuple(self.ice_servers))
         for url in self.ice_servers:

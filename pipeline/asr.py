@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.config import ASRConfig
-from pipeline.errors import ASRBusy, TranscriptionError
+from pipeline.errors import ASRBusy, TranscriptionError, TranscriptionGivenUp
 from pipeline.inference import InferenceConfig, InferenceLane, LaneConfig, Priority, Urgency
 from pipeline.model_files import model_dir
 
@@ -65,6 +65,26 @@ def _install_window_sizing() -> None:
     fw_transcribe.pad_or_trim = pad_or_trim
 
 
+def _stoppable(encode):
+    """faster-whisper's encoder step, checking before and after it whether the transcription under
+    way in this thread is still wanted: the encoder is about half a transcription's time, and the
+    decoding after it cannot be stopped (one CTranslate2 call)."""
+
+    def checked(features):
+        _raise_if_given_up()
+        encoded = encode(features)
+        _raise_if_given_up()
+        return encoded
+
+    return checked
+
+
+def _raise_if_given_up() -> None:
+    urgency = getattr(_window, "urgency", None)
+    if urgency is not None and not urgency.wanted:
+        raise TranscriptionGivenUp("transcription given up while under way")
+
+
 def to_float32(audio: bytes | np.ndarray) -> np.ndarray:
     """16-bit PCM (bytes or int16 array) as float32 in [-1, 1], which faster-whisper takes."""
     samples = np.frombuffer(audio, dtype=np.int16) if isinstance(audio, bytes) else audio
@@ -94,6 +114,8 @@ class Transcriber:
             )
         except (RuntimeError, ValueError, OSError) as exc:
             raise TranscriptionError(f"cannot load ASR model {config.model!r} from {path}: {exc}") from exc
+        # So that a transcription given up (`Urgency.give_up`) stops at the encoder.
+        self._model.encode = _stoppable(self._model.encode)
         # As many transcriptions run at once as the lane has threads (and the model workers):
         # one by default, since two would only share the same cores. A cancelled partial's job
         # runs on to its end; the next waits for its thread.
@@ -104,11 +126,14 @@ class Transcriber:
     ) -> Transcript:
         """Transcribe 16 kHz mono 16-bit PCM. `priority`: how soon it is wanted (a turn's final
         transcript before one made ahead at a pause, which may be hurried once the turn has ended;
-        a periodic partial only on an idle thread)."""
-        return await self.lane.run(self._transcribe_blocking, to_float32(audio), priority=priority)
+        a periodic partial only on an idle thread). An `Urgency` given up while the transcription
+        runs stops it at the encoder with TranscriptionGivenUp."""
+        urgency = priority if isinstance(priority, Urgency) else Urgency(priority)
+        return await self.lane.run(self._transcribe_blocking, to_float32(audio), urgency, priority=urgency)
 
-    def _transcribe_blocking(self, samples: np.ndarray) -> Transcript:
+    def _transcribe_blocking(self, samples: np.ndarray, urgency: Urgency) -> Transcript:
         audio_s = samples.size / SAMPLE_RATE
+        _window.urgency = urgency
         try:
             # 100 feature frames a second; 30 s is faster-whisper's own window.
             _window.frames = self.config.window_s(audio_s) * 100
@@ -127,6 +152,8 @@ class Transcriber:
             segments = list(segments)
         except (RuntimeError, ValueError) as exc:
             raise TranscriptionError(f"transcription failed: {exc}") from exc
+        finally:
+            _window.urgency = None
         return Transcript(
             text=" ".join(s.text.strip() for s in segments).strip(),
             no_speech_prob=max((s.no_speech_prob for s in segments), default=1.0),

@@ -21,6 +21,11 @@ class ASRBusy(TranscriptionError):
     """The ASR's inference lane refused a transcription: its queue was full, or no thread took it in time."""
 
 
+class TranscriptionGivenUp(ASRBusy):
+    """A transcription under way stopped because its owner gave it up (a periodic partial giving way
+    to the transcript a pause asked for)."""
+
+
 class TTSBusy(SynthesisError):
     """The TTS's inference lane refused a synthesis: its queue was full, or no thread took it in time."""
 

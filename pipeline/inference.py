@@ -55,10 +55,17 @@ class Urgency:
     a pause becomes one a turn waits for once the turn has ended there (`hurry`)."""
 
     priority: Priority
+    # False once the owner no longer wants the answer (`give_up`); read by the job's thread.
+    wanted: bool = True
 
     def hurry(self) -> None:
         """From now on the job is waited for (it starts before work done ahead, and is not displaced)."""
         self.priority = Priority.WAITED_FOR
+
+    def give_up(self) -> None:
+        """The answer is no longer wanted: a job under way stops at its model's next checkpoint, if
+        the model has one (the ASR: before and after encoding), raising the model's busy error."""
+        self.wanted = False
 
 
 @dataclass(slots=True)
@@ -241,13 +248,17 @@ class InferenceLane:
             else:
                 return
         try:
-            job.future.set_result(job.fn(*job.args))
+            result, failure = job.fn(*job.args), None
         except BaseException as exc:  # noqa: BLE001 - handed to the caller, as an executor would
-            job.future.set_exception(exc)
-        finally:
-            with self._lock:
-                self._running -= 1
-                self._admitted -= 1
+            result, failure = None, exc
+        # Counted out before the caller hears: a job it submits next finds this thread free.
+        with self._lock:
+            self._running -= 1
+            self._admitted -= 1
+        if failure is None:
+            job.future.set_result(result)
+        else:
+            job.future.set_exception(failure)
 
     def _forget_if_unstarted(self, job: _Job) -> None:
         # A job cancelled or displaced before a thread took it never runs, which would count it out.

@@ -28,6 +28,7 @@ class PartialTranscripts:
     """One turn's partial transcripts. Run `run()` as a task; cancel it when the turn ends.
 
     `interval_s` None: no periodic partials (a turn shedding load), only those `now()` asks for.
+    `give_way`: a periodic partial under way stops when `now()` asks for one.
 
     Each transcription is its own task (made by `spawn`, so the call's TaskGroup owns it):
     cancelling `run()` at the end of the turn leaves a transcription under way to finish,
@@ -42,11 +43,13 @@ class PartialTranscripts:
         spawn: Spawn,
         interval_s: float | None,
         min_new_ms: int = 200,
+        give_way: bool = True,
     ) -> None:
         self._transcriber = transcriber
         self._utterance = utterance
         self._spawn = spawn
         self._interval_s = interval_s
+        self._give_way = give_way
         self._min_new = SAMPLE_RATE * 2 * min_new_ms // 1000
         self._wake = asyncio.Event()
         self._latest: tuple[int, Transcript | None] | None = None
@@ -63,13 +66,25 @@ class PartialTranscripts:
 
         unless_covered: not if a transcription of at least that much of the utterance is done,
         under way or about to start (one asked for at a lull before this pause).
-        unless_running: not if any of this turn's transcriptions is under way (a lull's head start
-        is worth less than the ASR time it would queue behind that one, in a long turn seconds).
+        unless_running: not if one of this turn's transcriptions asked for is under way (a lull's
+        head start is worth less than the ASR time it would queue behind that one, in a long turn
+        seconds); nor, unless periodic ones give way, if a periodic one is.
+
+        With `give_way`, a periodic transcription under way is given up (it stops at the encoder:
+        pipeline.asr), so the one asked for here does not wait for it to end: a periodic partial
+        was under way at about half the pauses, and the end of the turn waited for it.
         """
         if unless_covered is not None and (self._wake.is_set() or self._covers(unless_covered, surely=True)):
             return
-        if unless_running and self._running:
+        if unless_running and any(not (self._give_way and self._periodic(c)) for c in self._running):
             return
+        if self._give_way:
+            for covers in self._running:
+                if self._periodic(covers):
+                    self._urgency[covers].give_up()
+                    # As if never begun, so the one asked for covers its audio even if nothing
+                    # was said since it began.
+                    self._done = min(self._done, self._latest[0] if self._latest else 0)
         self._wake.set()
 
     async def run(self, on_partial: Callable[[Transcript], Awaitable[None]]) -> None:
@@ -112,8 +127,10 @@ class PartialTranscripts:
         urgency = self._urgency.pop(covers, None)
         if transcript is None and urgency is not None and urgency.priority is Priority.IDLE:
             # A periodic one turned away (or failed): as if never begun, so the next one asked for
-            # covers its audio again.
-            self._done = min(self._done, self._latest[0] if self._latest else 0)
+            # covers its audio again. (One given up was counted out then: one asked for since
+            # already covers it.)
+            if urgency.wanted:
+                self._done = min(self._done, self._latest[0] if self._latest else 0)
             await self._notify()
             return
         newest = self._latest is None or covers > self._latest[0]

@@ -368,6 +368,7 @@ class TurnLoop:
             lambda: self._carry + self._vad.utterance(),
             spawn=lambda work, name: self._tasks.create_task(work, name=f"{name}-{self.dialog_id}"),
             interval_s=self._transcriber.config.partial_interval_ms / 1000 if plan.partials else None,
+            give_way=self._transcriber.config.partials_give_way,
         )
         self._partials_task = self._tasks.create_task(
             self._partials.run(functools.partial(self._on_partial, self._turn_id)), name=f"partials-{self.dialog_id}"

@@ -16,6 +16,7 @@ from aiortc.sdp import candidate_from_sdp
 from media.config import MediaConfig
 from media.ice import aiortc_configuration, rtc_configuration
 from media.jitter_buffer import set_audio_jitter_buffer
+from media.loop_decoder import decode_on_loop
 from media.tracks import InboundAudio, OutboundAudioTrack
 from media.voice_encoder import sends_opus
 from pipeline.turns import TurnLoop
@@ -78,6 +79,8 @@ class Call:
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             set_audio_jitter_buffer(pc, self.config.jitter_buffer_packets)
+            if self.config.decoder == "loop":
+                decode_on_loop(pc)
             sender = pc.addTrack(outbound)
             await pc.setLocalDescription(await pc.createAnswer())
             mid = next(t.mid for t in pc.getTransceivers() if t.sender is sender)

@@ -3,6 +3,8 @@ import pytest
 
 from media.audio_file import read_audio
 from pipeline.asr import Transcriber
+from pipeline.errors import TranscriptionGivenUp
+from pipeline.inference import Priority, Urgency
 from tests.speech import JFK, JFK_TEXT, STEREO, STEREO_TEXT, wer
 
 pytestmark = pytest.mark.slow
@@ -58,3 +60,13 @@ async def test_a_lane_of_two_threads_has_two_model_workers_and_both_transcripts_
     transcripts = await asyncio.gather(*(two.transcribe(read_audio(STEREO, channel=c)) for c in (0, 1)))
     for channel, transcript in enumerate(transcripts):
         assert wer(STEREO_TEXT[channel], transcript.text) <= 0.10, transcript.text
+
+
+async def test_a_transcription_given_up_stops_at_the_encoder_and_the_thread_serves_the_next(transcriber):
+    audio = read_audio(JFK)
+    given_up = Urgency(Priority.IDLE)
+    given_up.give_up()
+    with pytest.raises(TranscriptionGivenUp):
+        await transcriber.transcribe(audio, priority=given_up)
+    transcript = await transcriber.transcribe(audio, priority=Urgency(Priority.IDLE))
+    assert wer(JFK_TEXT, transcript.text) <= 0.10

@@ -1,9 +1,10 @@
 import asyncio
+import threading
 
 import pytest
 
 from media.audio_file import read_audio
-from pipeline.errors import ASRBusy
+from pipeline.errors import ASRBusy, TranscriptionGivenUp
 from pipeline.inference import Priority
 from pipeline.partials import PartialTranscripts
 from tests.speech import JFK, JFK_TEXT, wer
@@ -125,3 +126,55 @@ async def test_periodic_partials_the_asr_turns_away_do_not_hold_up_the_pauses_tr
     runner.cancel()
     assert final is not None and wer(JFK_TEXT, final.text) <= 0.10
     assert asked.count(Priority.AHEAD) == 1 and Priority.WAITED_FOR not in asked
+
+
+@pytest.mark.parametrize("give_way", [True, False])
+async def test_a_periodic_partial_under_way_gives_way_to_the_one_a_pause_asks_for(transcriber, give_way, monkeypatch):
+    import faster_whisper.transcribe as fw_transcribe
+
+    samples = read_audio(JFK).tobytes()
+    said = [samples[: 16000 * 2 * 3]]  # 3 s so far
+    # The periodic partial is held in its thread just before Whisper's encoder until the pause has come.
+    began, release = threading.Event(), threading.Event()
+    pad_or_trim = fw_transcribe.pad_or_trim
+
+    def held(*args, **kwargs):
+        if not began.is_set():
+            began.set()
+            release.wait(30)
+        return pad_or_trim(*args, **kwargs)
+
+    monkeypatch.setattr(fw_transcribe, "pad_or_trim", held)
+    ended: list[str] = []
+    shown: list[float] = []
+
+    class Noting:
+        async def transcribe(self, audio, *, priority=Priority.WAITED_FOR):
+            kind = "periodic" if priority.priority is Priority.IDLE else "pause"
+            try:
+                transcript = await transcriber.transcribe(audio, priority=priority)
+            except TranscriptionGivenUp:
+                ended.append(f"{kind} given up")
+                raise
+            ended.append(kind)
+            return transcript
+
+    async def on_partial(transcript):
+        shown.append(transcript.audio_ms)
+
+    partials = PartialTranscripts(Noting(), lambda: said[0], spawn=spawn, interval_s=0.01, give_way=give_way)
+    runner = asyncio.create_task(partials.run(on_partial))
+    async with asyncio.timeout(10):
+        while not began.is_set():
+            await asyncio.sleep(0.01)
+    said[0] = samples  # the caller said the rest, then paused
+    partials.now(unless_covered=len(samples))
+    release.set()
+    final = await asyncio.wait_for(partials.upto(len(samples)), 60)
+    runner.cancel()
+    assert final is not None and wer(JFK_TEXT, final.text) <= 0.10
+    if give_way:
+        assert ended == ["periodic given up", "pause"]
+        assert 3000.0 not in shown  # the periodic one's words never came
+    else:
+        assert ended == ["periodic", "pause"]

@@ -29,8 +29,9 @@ from parley.bench.results import BENCH_ENV, write_results
 from parley.services.redis_server import private_redis
 
 VARIANTS: dict[str, dict[str, str]] = {
-    "aiortc_encodes": {"PARLEY_MEDIA_VOICE_ENCODER": "aiortc"},
-    "parley_encodes": {"PARLEY_MEDIA_VOICE_ENCODER": "parley"},
+    "aiortc_encodes": {"PARLEY_MEDIA_VOICE_ENCODER": "aiortc", "PARLEY_MEDIA_DECODER": "thread"},
+    "parley_encodes": {"PARLEY_MEDIA_VOICE_ENCODER": "parley", "PARLEY_MEDIA_DECODER": "thread"},
+    "loop_decodes": {"PARLEY_MEDIA_VOICE_ENCODER": "parley", "PARLEY_MEDIA_DECODER": "loop"},
 }
 GOAL_CORES_PER_CALL = 0.02
 
