@@ -68,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
         help="also run the calls against a server with this environment setting, e.g. PARLEY_LLM_SERVER_THREADS=2"
         " (several: separated by spaces, in one argument)",
     )
+    bench_call.add_argument(
+        "--server-logs", metavar="DIR", help="write each variant's server log here (variant-N.log, N as given)"
+    )
     bench_failover = bench_kinds.add_parser(
         "failover", help="calls through a 3-replica cluster, each call's replica killed at a random moment"
     )

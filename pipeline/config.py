@@ -81,6 +81,9 @@ class ASRConfig:
     partial_interval_ms: how often a growing utterance is transcribed for partial transcripts.
     partials_give_way: a periodic partial under way stops (at the encoder) when a pause asks for
         its transcript, instead of making it wait for its end.
+    partial_max_ms: a periodic partial that took longer than this ends the turn's periodic
+        partials (and the priming that follows each): the machine is too slow or busy for them
+        (0: no limit).
     sized_window: pad each utterance to a window sized by the three below rather than Whisper's
         fixed 30 s (about 3x faster, the same words); off only to compare.
     window_min_s, window_pad_s, window_step_s: the window is the audio plus window_pad_s, rounded
@@ -96,6 +99,7 @@ class ASRConfig:
     no_speech_threshold: float = 0.6
     partial_interval_ms: int = 400
     partials_give_way: bool = True
+    partial_max_ms: int = 250
     sized_window: bool = True
     window_min_s: int = 10
     window_pad_s: int = 2

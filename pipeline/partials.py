@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from pipeline.asr import SAMPLE_RATE, Transcriber, Transcript
@@ -29,6 +30,7 @@ class PartialTranscripts:
 
     `interval_s` None: no periodic partials (a turn shedding load), only those `now()` asks for.
     `give_way`: a periodic partial under way stops when `now()` asks for one.
+    `max_periodic_ms`: a periodic partial that took longer ends the turn's periodic partials (0: never).
 
     Each transcription is its own task (made by `spawn`, so the call's TaskGroup owns it):
     cancelling `run()` at the end of the turn leaves a transcription under way to finish,
@@ -44,12 +46,15 @@ class PartialTranscripts:
         interval_s: float | None,
         min_new_ms: int = 200,
         give_way: bool = True,
+        max_periodic_ms: int = 0,
     ) -> None:
         self._transcriber = transcriber
         self._utterance = utterance
         self._spawn = spawn
         self._interval_s = interval_s
         self._give_way = give_way
+        self._max_periodic_s = max_periodic_ms / 1000 if max_periodic_ms > 0 else None
+        self._began: dict[int, float] = {}  # when each transcription under way began (time.monotonic())
         self._min_new = SAMPLE_RATE * 2 * min_new_ms // 1000
         self._wake = asyncio.Event()
         self._latest: tuple[int, Transcript | None] | None = None
@@ -60,6 +65,11 @@ class PartialTranscripts:
         self._done = 0  # bytes of the utterance the last transcription begun covers
         self._changed = asyncio.Condition()
         self._stopped = False
+
+    @property
+    def periodic(self) -> bool:
+        """Whether periodic partials are made (False: shed, or stopped as too slow for this turn)."""
+        return self._interval_s is not None
 
     def now(self, *, unless_covered: int | None = None, unless_running: bool = False) -> None:
         """Transcribe what was said so far without waiting for the next interval (the user paused).
@@ -101,8 +111,8 @@ class PartialTranscripts:
                     await self._wake.wait()
             poked = self._wake.is_set()
             self._wake.clear()
-            if self._running and not poked:
-                continue  # periodic partials go one at a time
+            if not poked and (self._running or self._interval_s is None):
+                continue  # periodic partials go one at a time, and not at all once stopped
             audio = self._utterance()
             grown = len(audio) - self._done
             if grown <= 0 or (grown < self._min_new and not poked):
@@ -115,6 +125,7 @@ class PartialTranscripts:
             task = self._spawn(self._transcribe(audio, urgency=urgency), "partial-transcript")
             self._running[len(audio)] = task
             self._urgency[len(audio)] = urgency
+            self._began[len(audio)] = time.monotonic()
             await self._notify()
             self._spawn(self._publish(len(audio), task, on_partial), "partial-publish")
 
@@ -125,6 +136,19 @@ class PartialTranscripts:
         transcript = await asyncio.shield(task)
         self._running.pop(covers, None)
         urgency = self._urgency.pop(covers, None)
+        took_s = time.monotonic() - self._began.pop(covers)
+        if (
+            transcript is not None
+            and urgency is not None
+            and urgency.priority is Priority.IDLE
+            and self._max_periodic_s is not None
+            and took_s > self._max_periodic_s
+            and self._interval_s is not None
+        ):
+            # The machine is too slow (or too busy) for them: each would hold the CPU that the
+            # pause's transcript and the end-of-turn decision need. Pauses still ask for theirs.
+            log.info("periodic partials stop for this turn: one took %d ms", 1000 * took_s)
+            self._interval_s = None
         if transcript is None and urgency is not None and urgency.priority is Priority.IDLE:
             # A periodic one turned away (or failed): as if never begun, so the next one asked for
             # covers its audio again. (One given up was counted out then: one asked for since

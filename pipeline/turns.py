@@ -298,9 +298,10 @@ class TurnLoop:
                 await self._apply(CallerStarted(self._since_turn_end_ms()))
             elif isinstance(event, SpeechLull):
                 # The pause judges the turn on its words: transcribing them begins now, a little sooner.
-                # A lull talked through costs a transcription, so a turn shedding partials skips it.
+                # A lull talked through costs a transcription, so a turn without periodic partials
+                # (shed, or stopped as too slow) skips it.
                 assert self._partials is not None  # a lull is always within a turn
-                if self._plan.partials:
+                if self._partials.periodic:
                     self._partials.now(unless_running=True)
             elif isinstance(event, SpeechPaused):
                 assert self._partials is not None  # a pause is always within a turn
@@ -369,6 +370,7 @@ class TurnLoop:
             spawn=lambda work, name: self._tasks.create_task(work, name=f"{name}-{self.dialog_id}"),
             interval_s=self._transcriber.config.partial_interval_ms / 1000 if plan.partials else None,
             give_way=self._transcriber.config.partials_give_way,
+            max_periodic_ms=self._transcriber.config.partial_max_ms,
         )
         self._partials_task = self._tasks.create_task(
             self._partials.run(functools.partial(self._on_partial, self._turn_id)), name=f"partials-{self.dialog_id}"

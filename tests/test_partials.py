@@ -4,6 +4,7 @@ import threading
 import pytest
 
 from media.audio_file import read_audio
+from pipeline.asr import Transcript
 from pipeline.errors import ASRBusy, TranscriptionGivenUp
 from pipeline.inference import Priority
 from pipeline.partials import PartialTranscripts
@@ -178,3 +179,46 @@ async def test_a_periodic_partial_under_way_gives_way_to_the_one_a_pause_asks_fo
         assert 3000.0 not in shown  # the periodic one's words never came
     else:
         assert ended == ["periodic", "pause"]
+
+
+class Timed:
+    """A stand-in ASR whose periodic transcriptions take `periodic_s`; it notes every one asked for."""
+
+    def __init__(self, periodic_s: float) -> None:
+        self.periodic_s = periodic_s
+        self.asked: list[tuple[Priority, int]] = []
+
+    async def transcribe(self, audio, *, priority=Priority.WAITED_FOR):
+        self.asked.append((priority.priority, len(audio)))
+        if priority.priority is Priority.IDLE:
+            await asyncio.sleep(self.periodic_s)
+        return Transcript(text="words", no_speech_prob=0.0, avg_logprob=0.0, audio_ms=len(audio) / 32, language="en")
+
+
+@pytest.mark.parametrize("max_periodic_ms, more_periodic", [(20, False), (500, True)])
+async def test_a_periodic_partial_slower_than_allowed_ends_the_turns_periodic_partials(max_periodic_ms, more_periodic):
+    asr = Timed(periodic_s=0.06)
+    said = [bytes(16000)]  # 0.5 s, growing 0.2 s each time it is read
+
+    def utterance() -> bytes:
+        said[0] += bytes(6400)
+        return said[0]
+
+    partials = PartialTranscripts(asr, utterance, spawn=spawn, interval_s=0.01, max_periodic_ms=max_periodic_ms)
+    runner = asyncio.create_task(partials.run(lambda t: asyncio.sleep(0)))
+
+    def periodic() -> list[int]:
+        return [n for p, n in asr.asked if p is Priority.IDLE]
+
+    if more_periodic:
+        async with asyncio.timeout(10):
+            while len(periodic()) < 3:
+                await asyncio.sleep(0.01)
+    else:
+        await asyncio.sleep(0.5)  # time for about six at 60 ms each, had they gone on
+        assert len(periodic()) == 1, periodic()
+    assert partials.periodic is more_periodic  # the turn loop then skips the transcripts at lulls too
+    partials.now()  # a pause still gets its transcript
+    assert await asyncio.wait_for(partials.upto(len(said[0])), 5) is not None
+    runner.cancel()
+    assert asr.asked[-1][0] is Priority.AHEAD

@@ -43,11 +43,16 @@ async def bench_call(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="parley-bench-") as tmp:
         files = speaker_files(Path(tmp))
         async with contextlib.AsyncExitStack() as stack:
+            if args.server_logs:
+                Path(args.server_logs).mkdir(parents=True, exist_ok=True)
             urls = {
                 name: args.server if args.server and not change else await stack.enter_async_context(
-                    server_process({**env, **change})
+                    server_process(
+                        {**env, **change},
+                        log_path=str(Path(args.server_logs) / f"variant-{n}.log") if args.server_logs else None,
+                    )
                 )
-                for name, change in variants.items()
+                for n, (name, change) in enumerate(variants.items())
             }
             for i in range(args.calls):
                 for name, url in urls.items():
