@@ -58,6 +58,8 @@ VARIANTS: dict[str, dict[str, str]] = {
     "model_transcribe_at_pause": {"PARLEY_TURNS_END_OF_TURN": "model", "PARLEY_VAD_TRANSCRIBE_MS": "60"},
     # The model asked after 100 ms of silence instead of 60 (the pause before 2026-11-28).
     "model_pause_100ms": {"PARLEY_TURNS_END_OF_TURN": "model", "PARLEY_VAD_PAUSE_MS": "100"},
+    # A pause the model alone called unfinished heard again after 400 ms of silence instead of 800.
+    "model_recheck_400ms": {"PARLEY_TURNS_END_OF_TURN": "model", "PARLEY_TURNS_RECHECK_SILENCE_MS": "400"},
 }
 
 
