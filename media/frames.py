@@ -42,7 +42,7 @@ def level_dbfs(pcm: bytes | np.ndarray) -> float:
         return float("-inf")
     # One dot product rather than square, mean and sqrt: this runs on every 20 ms frame of every
     # call, where numpy's per-call overhead, not the arithmetic, is the cost.
-    x = samples.astype(np.float64)
+    x = samples.astype(np.float64).ravel()  # any shape: a PyAV frame's array is (channels, samples)
     mean_square = float(x @ x) / x.size
     return 10.0 * math.log10(mean_square / 32768.0**2) if mean_square > 0 else float("-inf")
 

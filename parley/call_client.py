@@ -270,7 +270,12 @@ class CallClient:
         tasks = [*self._tasks, *([self._reader] if self._reader else [])]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        # The recorder ends quietly with the track; anything else it raised means the bot's voice
+        # went unheard, and the call's figures (replies missing) would blame the server.
+        for task, result in zip(tasks, results):
+            if task in self._tasks and isinstance(result, Exception):
+                raise CallFailed(f"the recorder of the bot's voice failed: {result!r}") from result
 
     async def _open(self, url: str) -> None:
         source = {"local_addr": (self.local_address, 0)} if self.local_address else {}

@@ -28,3 +28,5 @@ def test_level_dbfs():
     full = np.full(320, 32767, dtype=np.int16)
     assert abs(level_dbfs(full.tobytes())) < 0.01
     assert abs(level_dbfs((full // 10).tobytes()) + 20) < 0.1
+    # An array of any shape, as PyAV gives a frame: (channels, samples), here interleaved stereo.
+    assert abs(level_dbfs((full // 10).reshape(1, -1)) + 20) < 0.1
