@@ -32,6 +32,8 @@ FRAME_BYTES = 640  # 20 ms at 16 kHz
 @dataclass(frozen=True)
 class _ASRConfig:
     partial_interval_ms: int = 300
+    partials_give_way: bool = True
+    partial_max_ms: int = 0  # the slow stand-in takes 400 ms: its periodic partials go on regardless
 
 
 class _Transcriber:
