@@ -19,7 +19,6 @@ caller's microphone is one voice; aiortc decodes stereo): the resampler to
 from __future__ import annotations
 
 import asyncio
-import fractions
 import logging
 import queue
 
@@ -27,6 +26,7 @@ import av
 from aiortc import RTCPeerConnection, RTCRtpReceiver
 from aiortc.codecs import get_decoder
 from aiortc.codecs.base import Decoder
+from aiortc.codecs.opus import OpusDecoder
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
@@ -36,22 +36,14 @@ log = logging.getLogger(__name__)
 # that renames them fails at the first call rather than leaving the thread silently in place.
 _QUEUE = "_RTCRtpReceiver__decoder_queue"
 _THREAD = "_RTCRtpReceiver__decoder_thread"
-_OPUS_RATE = 48000  # libopus through FFmpeg decodes at 48 kHz whatever is asked
-_OPUS_TIME_BASE = fractions.Fraction(1, _OPUS_RATE)
 
 
-class _MonoOpusDecoder(Decoder):
+class _MonoOpusDecoder(OpusDecoder):
+    """aiortc's Opus decoder, asked for one channel instead of two."""
+
     def __init__(self) -> None:
-        self.codec = av.CodecContext.create("libopus", "r")
-        self.codec.format = "s16"
+        super().__init__()
         self.codec.layout = "mono"
-        self.codec.sample_rate = _OPUS_RATE
-
-    def decode(self, encoded_frame: JitterFrame) -> list[av.AudioFrame]:
-        packet = av.Packet(encoded_frame.data)
-        packet.pts = encoded_frame.timestamp
-        packet.time_base = _OPUS_TIME_BASE
-        return self.codec.decode(packet)
 
 
 def _decoder_for(codec: RTCRtpCodecParameters) -> Decoder:

@@ -94,7 +94,7 @@ class PartialTranscripts:
                     self._urgency[covers].give_up()
                     # As if never begun, so the one asked for covers its audio even if nothing
                     # was said since it began.
-                    self._done = min(self._done, self._latest[0] if self._latest else 0)
+                    self._forget_begun()
         self._wake.set()
 
     async def run(self, on_partial: Callable[[Transcript], Awaitable[None]]) -> None:
@@ -154,7 +154,7 @@ class PartialTranscripts:
             # covers its audio again. (One given up was counted out then: one asked for since
             # already covers it.)
             if urgency.wanted:
-                self._done = min(self._done, self._latest[0] if self._latest else 0)
+                self._forget_begun()
             await self._notify()
             return
         newest = self._latest is None or covers > self._latest[0]
@@ -163,6 +163,10 @@ class PartialTranscripts:
         await self._notify()
         if newest and not self._stopped and transcript is not None and transcript.text:
             await on_partial(transcript)
+
+    def _forget_begun(self) -> None:
+        """Count what transcriptions begun since the latest transcript covered as not yet covered."""
+        self._done = min(self._done, self._latest[0] if self._latest else 0)
 
     def hurry(self) -> None:
         """The turn has ended: its reply now waits for the transcriptions asked for at its pauses,
