@@ -59,7 +59,13 @@ async def server_child(
     )
     url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     try:
-        await wait_ready(url, process, verify=ssl.create_default_context(cafile=tls[0]) if tls else True)
+        try:
+            await wait_ready(url, process, verify=ssl.create_default_context(cafile=tls[0]) if tls else True)
+        except ParleyError as error:
+            if not log_path:
+                raise
+            log.flush()
+            raise ParleyError(f"{error}; the end of its log ({log_path}):\n{_tail(log_path)}") from None
         yield url, process
     finally:
         if process.returncode is None:
@@ -71,6 +77,11 @@ async def server_child(
                 await process.wait()
         if log_path:
             log.close()
+
+
+def _tail(path: str, lines: int = 30) -> str:
+    with open(path, "rb") as file:
+        return b"".join(file.readlines()[-lines:]).decode(errors="replace")
 
 
 async def wait_ready(

@@ -196,6 +196,9 @@ class TurnConfig:
     continuation_window_ms: if the user speaks again this soon after their turn ended, while
         the reply is still being prepared or has just begun, the reply is dropped and both
         stretches of speech make one turn (people pause mid-sentence).
+    continuation_heard_ms: ... unless the reply had been audible this long when the user began:
+        they heard the bot and spoke over it, a barge-in (what they heard stands). About a
+        round trip and a reaction: speech begun sooner cannot be an answer to the reply.
     barge_in_speech_ms: voiced audio that interrupts the bot while it speaks (shorter than
         vad.start_speech_ms, so the bot stops quickly).
     hold_resume_ms: while the bot talks, a voiced frame pauses it at once; after this much
@@ -231,6 +234,7 @@ class TurnConfig:
     """
 
     continuation_window_ms: int = 1500
+    continuation_heard_ms: int = 400
     barge_in_speech_ms: int = 120
     hold_resume_ms: int = 200
     end_of_turn: str = "model"

@@ -49,6 +49,9 @@ class Phase:
     # The reply in progress answers a spoken turn that ended in silence, so the caller speaking
     # again soon continues that turn rather than starting one.
     continuable: bool = False
+    # How long the reply has been heard: frames of the caller's that arrived while it spoke
+    # (not held). Speech begun after the caller had heard this much answers the reply.
+    heard_ms: float = 0.0
 
     def __str__(self) -> str:
         draft = ", drafting" if self.drafting else ""
@@ -135,10 +138,13 @@ class Action(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class PolicyConfig:
     """continuation_window_ms: the caller speaking again this soon after their turn ended continues
-    it (the reply is voided); hold_resume_ms: silence after which a held reply goes on;
+    it (the reply is voided), unless the caller had already heard `continuation_heard_ms` of the
+    reply when they began: then they speak over it (a barge-in); hold_resume_ms: silence after
+    which a held reply goes on;
     judges: pauses are judged by the end-of-turn model; drafts: replies are drafted in pauses."""
 
     continuation_window_ms: float = 1500.0
+    continuation_heard_ms: float = 400.0
     hold_resume_ms: float = 200.0
     judges: bool = True
     drafts: bool = True
@@ -169,7 +175,7 @@ class TurnPolicy:
                 actions.append(Action.START_REPLY)
             case ReplyAudible():
                 self._expect(event, before.reply is ReplyPhase.THINKING)
-                self.phase = replace(self.phase, reply=ReplyPhase.SPEAKING)
+                self.phase = replace(self.phase, reply=ReplyPhase.SPEAKING, heard_ms=0.0)
                 actions = []
             case ReplyFinished():
                 self._expect(event, before.reply is not ReplyPhase.LISTENING)
@@ -189,6 +195,8 @@ class TurnPolicy:
                 actions.append(Action.DROP_DRAFT)
             actions.append(Action.FORGET_JUDGEMENT)
             phase = replace(phase, caller=CallerPhase.SPEAKING, drafting=False)
+        if phase.reply is ReplyPhase.SPEAKING and not event.voiced:
+            phase = replace(phase, heard_ms=phase.heard_ms + event.ms)
         if phase.reply is ReplyPhase.SPEAKING and event.voiced:
             # Fall quiet on the first voiced frame: a barge-in takes longer to be sure of, and a
             # cough or an "mm-hm" costs only a short pause.
@@ -212,6 +220,7 @@ class TurnPolicy:
             and self.phase.continuable
             and since is not None
             and since <= self.config.continuation_window_ms
+            and self.phase.heard_ms < self.config.continuation_heard_ms
         )
         actions = self._stop_reply(Action.VOID_REPLY if continues else Action.STOP_REPLY)
         actions += [Action.FORGET_JUDGEMENT, Action.CONTINUE_TURN if continues else Action.BEGIN_TURN]
@@ -251,7 +260,9 @@ class TurnPolicy:
 
     def _leave_reply(self) -> list[Action]:
         held = self.phase.reply is ReplyPhase.HELD
-        self.phase = replace(self.phase, reply=ReplyPhase.LISTENING, held_silence_ms=0.0, continuable=False)
+        self.phase = replace(
+            self.phase, reply=ReplyPhase.LISTENING, held_silence_ms=0.0, continuable=False, heard_ms=0.0
+        )
         return [Action.RESUME] if held else []
 
     def _expect(self, event: Event, possible: bool) -> None:

@@ -7,8 +7,9 @@ one sentence at a time, through TTS to the speaker → both turns stored.
 Each user turn gets a `Reply` whose work runs in one task of the loop's
 TaskGroup, so it can be cancelled at any point:
 - continuation: the user speaks again within `continuation_window_ms` of the end
-  of their turn; the reply is dropped unsaid and both stretches of speech are
-  transcribed as one turn (people pause mid-sentence);
+  of their turn, before they can have heard the reply (`continuation_heard_ms`);
+  the reply is dropped unsaid and both stretches of speech are transcribed as one
+  turn (people pause mid-sentence);
 - barge-in: the user speaks while the bot talks; the bot stops at once and what
   is stored as its turn is the text actually played.
 
@@ -224,7 +225,8 @@ class TurnLoop:
         self._running = asyncio.Event()
         self._state = ""
         self._policy = TurnPolicy(PolicyConfig(
-            continuation_window_ms=config.continuation_window_ms, hold_resume_ms=config.hold_resume_ms,
+            continuation_window_ms=config.continuation_window_ms,
+            continuation_heard_ms=config.continuation_heard_ms, hold_resume_ms=config.hold_resume_ms,
             judges=self._end_of_turn.judges, drafts=config.speculative,
         ))
         # One event and its actions at a time: a typed message and the end of a spoken turn

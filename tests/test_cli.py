@@ -114,3 +114,15 @@ def test_call_refuses_a_jitter_buffer_aiortc_cannot_have():
     assert result.returncode == 2
     assert "--jitter-buffer: must be a whole number from 0 to 15, not '16'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_a_server_that_cannot_start_says_why_in_the_error(tmp_path: Path):
+    # Benchmarks and tests run `parley serve` as a child: when it exits while starting, the error
+    # carries the end of its log, so a failure seen only in CI can be read there.
+    from parley.errors import ParleyError
+    from parley.server_process import server_process
+
+    log = tmp_path / "server.log"
+    with pytest.raises(ParleyError, match=r"(?s)exited with code \d+ while starting.*end_of_turn must be"):
+        async with server_process({"PARLEY_TURNS_END_OF_TURN": "bogus"}, log_path=str(log)):
+            pass

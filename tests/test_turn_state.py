@@ -136,6 +136,48 @@ def test_speaking_again_soon_after_a_spoken_turn_continues_it_and_voids_its_repl
     ]
 
 
+def test_speech_begun_after_the_caller_heard_the_reply_is_a_barge_in_even_soon_after_the_turn():
+    # Within the continuation window, but 400 ms of the reply had been heard when the caller began:
+    # they answer or interrupt the bot, so what they heard stands and a new turn begins.
+    policy = _policy(continuation_heard_ms=400)
+    _spoken_turn(policy)
+    policy.on(ReplyAudible())
+    for _ in range(20):
+        policy.on(HUSH)
+    assert policy.on(VOICE) == [Action.HOLD]
+    assert policy.on(CallerStarted(since_turn_end_ms=900)) == [
+        Action.STOP_REPLY, Action.RESUME, Action.FORGET_JUDGEMENT, Action.BEGIN_TURN,
+    ]
+
+
+def test_speech_begun_before_the_caller_could_have_heard_the_reply_continues_their_turn():
+    # The reply had been audible 380 ms (held at the caller's first voiced frame, which is not
+    # counted): too soon to be an answer to it, so the caller is going on with their turn.
+    policy = _policy(continuation_heard_ms=400)
+    _spoken_turn(policy)
+    policy.on(ReplyAudible())
+    for _ in range(19):
+        policy.on(HUSH)
+    for _ in range(6):
+        policy.on(VOICE)
+    assert policy.on(CallerStarted(since_turn_end_ms=900)) == [
+        Action.VOID_REPLY, Action.RESUME, Action.FORGET_JUDGEMENT, Action.CONTINUE_TURN,
+    ]
+
+
+def test_a_new_reply_is_heard_from_nothing():
+    policy = _policy(continuation_heard_ms=400)
+    _spoken_turn(policy)
+    policy.on(ReplyAudible())
+    for _ in range(30):
+        policy.on(HUSH)
+    policy.on(ReplyFinished())
+    _spoken_turn(policy)
+    policy.on(ReplyAudible())
+    assert policy.phase.heard_ms == 0
+    assert policy.on(CallerStarted(since_turn_end_ms=300))[0] is Action.VOID_REPLY
+
+
 def test_speech_right_after_a_turn_cut_for_its_length_is_a_turn_of_its_own():
     policy = _policy()
     policy.on(CallerStarted())
