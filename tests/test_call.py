@@ -114,7 +114,7 @@ async def test_the_second_turn_is_prompted_with_the_first(server, proxy, shared_
 async def test_barge_in_stops_the_bot_and_keeps_what_was_played(server, shared_redis, speakers, tmp_path):
     report = await run_call(server, speakers, out_dir=tmp_path, barge_in_after_s=0.8)
     first, second = report["turns"]
-    assert first["interrupted"]
+    assert first["interrupted"], first
     assert first["barge_in_stop_ms"] is not None
     assert len(first["reply_text"]) < len(first["reply_generated"].strip())
     # The recording of the first reply falls silent once the bot has stopped.
