@@ -147,6 +147,7 @@ class Transcriber:
                 # sentence ("... speaking." dropping "Goodbye."); with them it does not.
                 without_timestamps=False,
                 vad_filter=False,
+                max_new_tokens=self.config.max_new_tokens(audio_s),
             )
             # The segments are a lazy generator: the decoding happens here, in this thread.
             segments = list(segments)

@@ -68,6 +68,9 @@ class ModelSource:
     sha256: str = ""
 
 
+_WHISPER_MAX_NEW_TOKENS = 440
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ASRConfig:
     """Speech recognition with faster-whisper.
@@ -88,6 +91,10 @@ class ASRConfig:
         fixed 30 s (about 3x faster, the same words); off only to compare.
     window_min_s, window_pad_s, window_step_s: the window is the audio plus window_pad_s, rounded
         up to a multiple of window_step_s, at least window_min_s (and at most 30 s).
+    max_tokens_min, max_tokens_per_s: the most tokens one transcription may decode, for audio
+        this long (max_tokens_min + max_tokens_per_s a second). Speech is at most about 7 tokens a
+        second; Whisper stuck repeating itself on a clip cut mid-word decodes up to 448 tokens, at
+        each of its six fallback temperatures: 20 s and more of one thread on a busy machine.
     """
 
     model: str = "tiny.en"
@@ -104,6 +111,13 @@ class ASRConfig:
     window_min_s: int = 10
     window_pad_s: int = 2
     window_step_s: int = 5
+    max_tokens_min: int = 24
+    max_tokens_per_s: float = 10.0
+
+    def max_new_tokens(self, audio_s: float) -> int:
+        """The most tokens a transcription of `audio_s` seconds may decode (Whisper's own limit is
+        448 with the prompt, which takes a few)."""
+        return int(min(_WHISPER_MAX_NEW_TOKENS, self.max_tokens_min + self.max_tokens_per_s * audio_s))
 
     def window_s(self, audio_s: float) -> int:
         """The encoder window for audio this long, in seconds (30: Whisper's own)."""

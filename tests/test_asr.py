@@ -39,6 +39,25 @@ def test_the_window_is_the_audio_padded_rounded_up_and_within_bounds():
     assert ASRConfig(sized_window=False).window_s(1.0) == 30
 
 
+def test_the_tokens_a_transcription_may_decode_grow_with_the_audio_up_to_whispers_limit():
+    from pipeline.config import ASRConfig
+
+    config = ASRConfig(max_tokens_min=24, max_tokens_per_s=10)
+    assert [config.max_new_tokens(a) for a in (0.0, 3.4, 11.0, 25.0, 60.0)] == [24, 58, 134, 274, 440]
+
+
+async def test_a_transcription_decodes_no_more_tokens_than_its_audio_allows(settings):
+    # JFK's 11 s with room for about 8 tokens: the transcript stops after a few words. Without the
+    # bound, Whisper stuck repeating itself on a clip cut mid-word decodes up to 448 tokens, at each
+    # of its fallback temperatures, and holds the thread every other transcription waits for.
+    import dataclasses
+
+    bounded = Transcriber(dataclasses.replace(settings.asr, max_tokens_min=8, max_tokens_per_s=0))
+    short = await bounded.transcribe(read_audio(JFK))
+    assert 1 <= len(short.text.split()) <= 6, short.text
+    assert JFK_TEXT.lower().replace(",", "").startswith(short.text.lower().strip(" .,").replace(",", "")), short.text
+
+
 async def test_the_multilingual_base_model_assembles_and_transcribes(settings):
     import dataclasses
 
