@@ -1,4 +1,5 @@
-"""`parley bench asr`: the ASR encoder window, Whisper's fixed 30 s against windows sized per utterance."""
+"""`parley bench asr`: the ASR encoder window, Whisper's fixed 30 s against windows sized per utterance,
+and the bound on the tokens a transcription may decode."""
 
 from __future__ import annotations
 
@@ -21,7 +22,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "window_10s": {"sized_window": True, "window_min_s": 10, "window_pad_s": 2, "window_step_s": 5},
     # max(5 s, audio + 1 s), rounded up to 1 s.
     "window_5s": {"sized_window": True, "window_min_s": 5, "window_pad_s": 1, "window_step_s": 1},
+    # The default window, decoding up to Whisper's own limit (448 tokens) whatever the audio's length.
+    "window_10s_unbounded": {"sized_window": True, "window_min_s": 10, "window_pad_s": 2, "window_step_s": 5,
+                             "max_tokens_min": 440, "max_tokens_per_s": 0},
 }
+# Where clips are cut, as partial transcripts see them: mid-word cuts are where Whisper repeats itself.
+CUTS = (0.3, 0.45, 0.6, 0.75, 0.9)
 # Telephone sentences (piper, the default voice) nobody else's test uses.
 SENTENCES = (
     "Please enter your conference number followed by the pound key.",
@@ -37,7 +43,7 @@ SENTENCES = (
 
 def _clips() -> list[tuple[np.ndarray, str]]:
     """(16 kHz int16 audio, what is said) for the real speakers and the telephone sentences,
-    whole and cut at 60 % as a partial transcript sees them ("" for a cut: no reference)."""
+    whole and cut at each of CUTS as partial transcripts see them ("" for a cut: no reference)."""
     from parley.paused_speech import PausedSpeech
     from parley.settings import load_settings
 
@@ -48,7 +54,8 @@ def _clips() -> list[tuple[np.ndarray, str]]:
         (voiced,) = speech.pieces(text)
         samples = np.frombuffer(resample_pcm(voiced.tobytes(), speech.sample_rate, 16000), np.int16)
         clips.append((samples, text))
-        clips.append((samples[: samples.size * 6 // 10], ""))
+    for whole, _ in list(clips):
+        clips += [(whole[: int(whole.size * cut)], "") for cut in CUTS]
     return clips
 
 
@@ -78,6 +85,7 @@ async def bench_asr(args: argparse.Namespace) -> None:
         figures_by_variant[name] = {
             "ms_per_clip_p50": percentile(times, 50),
             "ms_per_clip_mean": round(float(np.mean(times)), 1),
+            "ms_per_clip_max": round(max(times), 1),
             "wer": round(sum(e for e, _ in errors) / sum(n for _, n in errors), 3),
             # A decoder that loops writes far more words than the clip can hold (~3 words a second).
             "looped": sum(w > 4 * clip.size / 16000 + 4 for w, (clip, _) in zip(words, clips, strict=True)),
@@ -98,17 +106,19 @@ async def bench_asr(args: argparse.Namespace) -> None:
         "texts": texts,
     }
     rows = [
-        f"| {when} | {name} | {f['ms_per_clip_p50']} | {f['speedup_vs_30s']}x | {f['wer']} |"
+        f"| {when} | {name} | {f['ms_per_clip_p50']} | {f['ms_per_clip_mean']} | {f['ms_per_clip_max']} |"
+        f" {f['speedup_vs_30s']}x | {f['wer']} |"
         f" {f['same_text_as_30s']}/{len(clips)} | {f['looped']} |"
         for name, f in figures_by_variant.items()
     ]
     header = (
         "# ASR window benchmark\n\n`parley bench asr`: Whisper tiny.en int8, greedy, on the same clips: the two"
-        " speakers of bench/audio and both together, eight telephone sentences (piper) whole and cut at 60 % as a"
-        " partial transcript sees them; faster-whisper's fixed 30 s window against windows sized per utterance."
+        " speakers of bench/audio and both together, eight telephone sentences (piper), each whole and cut at 30, 45,"
+        " 60, 75 and 90 % as partial transcripts see them; faster-whisper's fixed 30 s window against windows sized"
+        " per utterance, and the default window without the bound on tokens decoded ([asr] max_tokens_*)."
         " WER over the clips with a reference (the cut ones have none); looped: clips transcribed with far more"
         " words than they can hold.\n\n"
-        "| when | variant | ms/clip p50 | speed-up vs 30 s | WER | same text as 30 s | looped |\n"
-        "| --- | --- | --- | --- | --- | --- | --- |\n"
+        "| when | variant | ms/clip p50 | mean | max | speed-up vs 30 s (p50) | WER | same text as 30 s | looped |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
     )
     write_results("asr", document, "\n".join(rows), header)
