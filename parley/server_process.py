@@ -64,7 +64,6 @@ async def server_child(
         except ParleyError as error:
             if not log_path:
                 raise
-            log.flush()
             raise ParleyError(f"{error}; the end of its log ({log_path}):\n{_tail(log_path)}") from None
         yield url, process
     finally:

@@ -175,7 +175,7 @@ class TurnPolicy:
                 actions.append(Action.START_REPLY)
             case ReplyAudible():
                 self._expect(event, before.reply is ReplyPhase.THINKING)
-                self.phase = replace(self.phase, reply=ReplyPhase.SPEAKING, heard_ms=0.0)
+                self.phase = replace(self.phase, reply=ReplyPhase.SPEAKING)
                 actions = []
             case ReplyFinished():
                 self._expect(event, before.reply is not ReplyPhase.LISTENING)
@@ -195,13 +195,14 @@ class TurnPolicy:
                 actions.append(Action.DROP_DRAFT)
             actions.append(Action.FORGET_JUDGEMENT)
             phase = replace(phase, caller=CallerPhase.SPEAKING, drafting=False)
-        if phase.reply is ReplyPhase.SPEAKING and not event.voiced:
-            phase = replace(phase, heard_ms=phase.heard_ms + event.ms)
-        if phase.reply is ReplyPhase.SPEAKING and event.voiced:
-            # Fall quiet on the first voiced frame: a barge-in takes longer to be sure of, and a
-            # cough or an "mm-hm" costs only a short pause.
-            actions.append(Action.HOLD)
-            phase = replace(phase, reply=ReplyPhase.HELD, held_silence_ms=0.0)
+        if phase.reply is ReplyPhase.SPEAKING:
+            if event.voiced:
+                # Fall quiet on the first voiced frame: a barge-in takes longer to be sure of, and a
+                # cough or an "mm-hm" costs only a short pause.
+                actions.append(Action.HOLD)
+                phase = replace(phase, reply=ReplyPhase.HELD, held_silence_ms=0.0)
+            else:
+                phase = replace(phase, heard_ms=phase.heard_ms + event.ms)
         elif phase.reply is ReplyPhase.HELD:
             silence = 0.0 if event.voiced else phase.held_silence_ms + event.ms
             if silence >= self.config.hold_resume_ms:

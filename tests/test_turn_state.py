@@ -136,14 +136,20 @@ def test_speaking_again_soon_after_a_spoken_turn_continues_it_and_voids_its_repl
     ]
 
 
-def test_speech_begun_after_the_caller_heard_the_reply_is_a_barge_in_even_soon_after_the_turn():
-    # Within the continuation window, but 400 ms of the reply had been heard when the caller began:
-    # they answer or interrupt the bot, so what they heard stands and a new turn begins.
+def _heard_reply(quiet_frames: int) -> TurnPolicy:
+    """A spoken turn answered, its reply heard over `quiet_frames` of the caller's silence (20 ms each)."""
     policy = _policy(continuation_heard_ms=400)
     _spoken_turn(policy)
     policy.on(ReplyAudible())
-    for _ in range(20):
+    for _ in range(quiet_frames):
         policy.on(HUSH)
+    return policy
+
+
+def test_speech_begun_after_the_caller_heard_the_reply_is_a_barge_in_even_soon_after_the_turn():
+    # Within the continuation window, but 400 ms of the reply had been heard when the caller began:
+    # they answer or interrupt the bot, so what they heard stands and a new turn begins.
+    policy = _heard_reply(20)
     assert policy.on(VOICE) == [Action.HOLD]
     assert policy.on(CallerStarted(since_turn_end_ms=900)) == [
         Action.STOP_REPLY, Action.RESUME, Action.FORGET_JUDGEMENT, Action.BEGIN_TURN,
@@ -153,11 +159,7 @@ def test_speech_begun_after_the_caller_heard_the_reply_is_a_barge_in_even_soon_a
 def test_speech_begun_before_the_caller_could_have_heard_the_reply_continues_their_turn():
     # The reply had been audible 380 ms (held at the caller's first voiced frame, which is not
     # counted): too soon to be an answer to it, so the caller is going on with their turn.
-    policy = _policy(continuation_heard_ms=400)
-    _spoken_turn(policy)
-    policy.on(ReplyAudible())
-    for _ in range(19):
-        policy.on(HUSH)
+    policy = _heard_reply(19)
     for _ in range(6):
         policy.on(VOICE)
     assert policy.on(CallerStarted(since_turn_end_ms=900)) == [
@@ -166,11 +168,7 @@ def test_speech_begun_before_the_caller_could_have_heard_the_reply_continues_the
 
 
 def test_a_new_reply_is_heard_from_nothing():
-    policy = _policy(continuation_heard_ms=400)
-    _spoken_turn(policy)
-    policy.on(ReplyAudible())
-    for _ in range(30):
-        policy.on(HUSH)
+    policy = _heard_reply(30)
     policy.on(ReplyFinished())
     _spoken_turn(policy)
     policy.on(ReplyAudible())

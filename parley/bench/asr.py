@@ -16,15 +16,15 @@ from parley.bench.network import SPEAKER_TEXT, word_errors
 from parley.bench.results import SPEECH, percentile, write_results
 
 # Each variant: the [asr] window settings it changes.
+# max(10 s, audio + 2 s), rounded up to 5 s: the default.
+_WINDOW_10S: dict[str, Any] = {"sized_window": True, "window_min_s": 10, "window_pad_s": 2, "window_step_s": 5}
 VARIANTS: dict[str, dict[str, Any]] = {
     "window_30s": {"sized_window": False},
-    # max(10 s, audio + 2 s), rounded up to 5 s.
-    "window_10s": {"sized_window": True, "window_min_s": 10, "window_pad_s": 2, "window_step_s": 5},
+    "window_10s": _WINDOW_10S,
     # max(5 s, audio + 1 s), rounded up to 1 s.
     "window_5s": {"sized_window": True, "window_min_s": 5, "window_pad_s": 1, "window_step_s": 1},
     # The default window, decoding up to Whisper's own limit (448 tokens) whatever the audio's length.
-    "window_10s_unbounded": {"sized_window": True, "window_min_s": 10, "window_pad_s": 2, "window_step_s": 5,
-                             "max_tokens_min": 440, "max_tokens_per_s": 0},
+    "window_10s_unbounded": {**_WINDOW_10S, "max_tokens_min": 440, "max_tokens_per_s": 0},
 }
 # Where clips are cut, as partial transcripts see them: mid-word cuts are where Whisper repeats itself.
 CUTS = (0.3, 0.45, 0.6, 0.75, 0.9)
