@@ -24,6 +24,9 @@ class MediaConfig:
         silence too, in a thread), for comparison. Other codecs (PCMU, PCMA) are aiortc's.
     decoder: where the caller's packets are decoded: "loop" (on the event loop as each arrives,
         media.loop_decoder) or "thread" (aiortc's decoder thread per call, two hops a packet).
+    caller_dtx: ask the caller's Opus encoder for DTX (`usedtx=1` in the answer): in silence it
+        sends a tiny packet every 400 ms instead of 50 a second, and the server fills the gaps
+        with silence (media.caller_dtx). Needs decoder "loop", which sees each packet's size.
     ice_servers: STUN and TURN URLs ("stun:host:3478", "turn:host:3478?transport=udp") that
         both ends of a call use to find a path for the audio (media.ice); empty: host
         candidates only, which is enough when the caller can reach the server's address.
@@ -41,6 +44,7 @@ class MediaConfig:
     jitter_buffer_packets: int = 1
     voice_encoder: str = "parley"
     decoder: str = "loop"
+    caller_dtx: bool = True
     ice_servers: tuple[str, ...] = ()
     turn_secret: str = field(default="", repr=False)
     turn_credential_ttl_s: int = 7200
@@ -53,6 +57,8 @@ class MediaConfig:
             raise ValueError(f'voice_encoder must be "parley" or "aiortc", got {self.voice_encoder!r}')
         if self.decoder not in ("loop", "thread"):
             raise ValueError(f'decoder must be "loop" or "thread", got {self.decoder!r}')
+        if self.caller_dtx and self.decoder != "loop":
+            raise ValueError('caller_dtx needs decoder "loop" (the decoder that sees when a packet is DTX)')
         # models.toml gives a list; the config holds a tuple, like every other frozen value.
         object.__setattr__(self, "ice_servers", tuple(self.ice_servers))
         for url in self.ice_servers:

@@ -28,7 +28,10 @@ from aiortc.codecs import get_decoder
 from aiortc.codecs.base import Decoder
 from aiortc.codecs.opus import OpusDecoder
 from aiortc.jitterbuffer import JitterFrame
+from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+from media.caller_dtx import DTX_MAX_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +69,16 @@ class LoopDecoder:
         # aiortc's idle thread waits here; the receiver's stop puts None, which ends it.
         self._stop: queue.SimpleQueue[None] = queue.SimpleQueue()
         self.failed = 0
+        # Whether the last packet was a DTX packet: the caller's encoder hears silence and sends
+        # next to nothing until it hears more (media.caller_dtx fills the gap).
+        self.in_dtx = False
 
     def put(self, item: tuple[RTCRtpCodecParameters, JitterFrame] | None) -> None:
         if item is None:
             self._stop.put(None)
             return
         codec, encoded_frame = item
+        self.in_dtx = len(encoded_frame.data) <= DTX_MAX_BYTES
         if not encoded_frame.data:
             # An empty payload (a sender with nothing to say): FFmpeg would read it as the end of
             # the stream and decode nothing after it.
@@ -93,20 +100,24 @@ class LoopDecoder:
         return self._stop.get()
 
 
-def decode_on_loop(pc: RTCPeerConnection) -> None:
-    """Decode every audio receiver's packets on the event loop (see the module's docstring).
+def decode_on_loop(pc: RTCPeerConnection) -> dict[MediaStreamTrack, LoopDecoder]:
+    """Decode every audio receiver's packets on the event loop (see the module's docstring);
+    returns each remote audio track's decoder.
 
     Call it after `setRemoteDescription` (the receivers exist) and before the connection is
     up (aiortc starts each receiver's decoder thread with the queue it holds then).
     """
-    for transceiver in pc.getTransceivers():
-        if transceiver.kind == "audio":
-            _replace(transceiver.receiver)
+    return {
+        transceiver.receiver.track: _replace(transceiver.receiver)
+        for transceiver in pc.getTransceivers() if transceiver.kind == "audio"
+    }
 
 
-def _replace(receiver: RTCRtpReceiver) -> None:
+def _replace(receiver: RTCRtpReceiver) -> LoopDecoder:
     if not isinstance(getattr(receiver, _QUEUE, None), queue.Queue) or not hasattr(receiver, _THREAD):
         raise RuntimeError("this aiortc keeps no decoder queue where Parley expects it")
     if getattr(receiver, _THREAD) is not None:
         raise RuntimeError("the receiver's decoder thread has started: too late to decode on the loop")
-    setattr(receiver, _QUEUE, LoopDecoder(receiver.track._queue))
+    decoder = LoopDecoder(receiver.track._queue)
+    setattr(receiver, _QUEUE, decoder)
+    return decoder

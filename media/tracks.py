@@ -22,7 +22,9 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from media.caller_dtx import SilenceFill
 from media.frames import AudioFrame, FrameSlicer
+from media.loop_decoder import LoopDecoder
 from media.resample import Resampler, resample_pcm
 from media.voice_encoder import OpusVoice
 
@@ -38,26 +40,60 @@ class InboundAudio:
 
     The queue holds `max_frames` (1 s by default); when the consumer falls behind,
     the oldest frames are dropped, so the VAD always works on current audio.
+    With `dtx` (the track's LoopDecoder), the gaps of a caller in DTX are filled with
+    silence, a tick of `fill_tick_s` at a time (media.caller_dtx).
     """
 
-    def __init__(self, track: MediaStreamTrack, *, sample_rate: int = 16000, max_frames: int = 50) -> None:
+    def __init__(
+        self, track: MediaStreamTrack, *, sample_rate: int = 16000, max_frames: int = 50,
+        dtx: LoopDecoder | None = None, fill_tick_s: float = 0.1,
+    ) -> None:
         self._track = track
         self._resampler = Resampler(sample_rate)
         self._slicer = FrameSlicer(sample_rate, 20)
         self._queue: asyncio.Queue[AudioFrame | None] = asyncio.Queue(maxsize=max_frames)
+        self._dtx = dtx
+        self._fill = SilenceFill()
+        self._fill_tick_s = fill_tick_s
+        self._silence = bytes(self._slicer.frame_bytes)
         self.dropped = 0
+        self.filled = 0  # frames of silence that stood for packets not sent (DTX)
 
     async def pump(self) -> None:
         """Read the track until it ends; run this as a task of the call."""
         try:
+            async with asyncio.TaskGroup() as tasks:
+                filler = tasks.create_task(self._fill_gaps(self._dtx), name="dtx-fill") if self._dtx else None
+                await self._read()
+                if filler is not None:
+                    filler.cancel()
+        finally:
+            self._put(None)
+
+    async def _read(self) -> None:
+        after_dtx = False
+        try:
             while True:
                 frame = await self._track.recv()
+                if self._dtx is not None:
+                    self._put_silence(self._fill.before_frame(time.monotonic(), after_dtx=after_dtx))
+                    after_dtx = self._dtx.in_dtx
                 for out in self._slicer.push(self._resampler.convert(frame)):
                     self._put(out)
         except MediaStreamError:
             pass  # the remote track ended: the call is over
-        finally:
-            self._put(None)
+
+    async def _fill_gaps(self, dtx: LoopDecoder) -> None:
+        """While the caller is in DTX, silence for the time no packet came, every tick."""
+        while True:
+            await asyncio.sleep(self._fill_tick_s)
+            self._put_silence(self._fill.due(time.monotonic(), in_dtx=dtx.in_dtx))
+
+    def _put_silence(self, frames: int) -> None:
+        self.filled += frames
+        for _ in range(frames):
+            for out in self._slicer.push(self._silence):
+                self._put(out)
 
     def _put(self, frame: AudioFrame | None) -> None:
         if self._queue.full():

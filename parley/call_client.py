@@ -235,6 +235,9 @@ class CallClient:
         """The microphone track: audio files played as PCM, encoded by aiortc."""
         return Microphone(self.microphone)
 
+    def _answered(self, sdp: str) -> None:
+        """The server's answer has been applied (what it asks of this end's sender is in `sdp`)."""
+
     def _make_recorder(self):
         """What keeps the bot's voice as it arrives."""
         return _Recorder()
@@ -375,6 +378,7 @@ class CallClient:
         if answer is None or answer["type"] == "error":
             raise CallFailed(f"the server did not answer the offer: {answer and answer.get('message')}")
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        self._answered(answer["sdp"])
         deadline = time.monotonic() + 15
         while pc.connectionState != "connected":
             if pc.connectionState == "failed" or time.monotonic() > deadline:

@@ -11,8 +11,10 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
+from media.caller_dtx import ask_for_dtx
 from media.config import MediaConfig
 from media.ice import aiortc_configuration, rtc_configuration
 from media.jitter_buffer import set_audio_jitter_buffer
@@ -61,14 +63,12 @@ class Call:
         # Credentials made now, not at the session's start: they must outlast this peer connection.
         pc = self._pc = RTCPeerConnection(aiortc_configuration(rtc_configuration(self.config, self.ice_user)))
         outbound = OutboundAudioTrack()
+        tracks: list[MediaStreamTrack] = []
 
         @pc.on("track")
-        def on_track(track) -> None:
-            if track.kind != "audio" or self._tasks is None:
-                return
-            inbound = InboundAudio(track)
-            self._tasks.create_task(inbound.pump(), name=f"inbound-{self.turns.dialog_id}")
-            self.turns.attach_audio(inbound, outbound)
+        def on_track(track: MediaStreamTrack) -> None:
+            if track.kind == "audio" and self._tasks is not None:
+                tracks.append(track)
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
@@ -79,8 +79,7 @@ class Call:
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             set_audio_jitter_buffer(pc, self.config.jitter_buffer_packets)
-            if self.config.decoder == "loop":
-                decode_on_loop(pc)
+            decoders = decode_on_loop(pc) if self.config.decoder == "loop" else {}
             sender = pc.addTrack(outbound)
             await pc.setLocalDescription(await pc.createAnswer())
             mid = next(t.mid for t in pc.getTransceivers() if t.sender is sender)
@@ -89,7 +88,13 @@ class Call:
         except Exception as exc:  # noqa: BLE001 - aiortc checks SDP with asserts and raises any type
             await self.close()
             raise ProtocolError("invalid_offer", f"Cannot accept the offer: {exc or type(exc).__name__}") from exc
-        return pc.localDescription.sdp
+        # The caller's audio is read once its decoder is in place: no packet flows before the answer.
+        for track in tracks:
+            inbound = InboundAudio(track, dtx=decoders.get(track) if self.config.caller_dtx else None)
+            self._tasks.create_task(inbound.pump(), name=f"inbound-{self.turns.dialog_id}")
+            self.turns.attach_audio(inbound, outbound)
+        answer = pc.localDescription.sdp
+        return ask_for_dtx(answer) if self.config.caller_dtx else answer
 
     async def add_ice_candidate(self, message: IceCandidate) -> None:
         """A trickled candidate from the client (aiortc's own candidates come inside the answer)."""

@@ -22,11 +22,16 @@ from aiortc.codecs.opus import OpusEncoder
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media.audio_file import read_audio
+from media.caller_dtx import asks_for_dtx
 from media.frames import level_dbfs
 from media.tracks import FramePacer
 from parley.call_client import RATE, TAIL_S, VOICE_DBFS, CallClient, last_voiced_offset_s
 
 FRAME = RATE // 50
+# libopus in DTX: ordinary frames for 200 ms of silence, then one frame of its TOC byte alone
+# every 400 ms (NB_SPEECH_FRAMES_BEFORE_DTX, MAX_CONSECUTIVE_DTX).
+DTX_HANGOVER_FRAMES = 10
+DTX_EVERY_FRAMES = 20
 _TIME_BASE = fractions.Fraction(1, RATE)
 
 
@@ -62,7 +67,12 @@ def _silence_payload() -> bytes:
 
 
 class EncodedMicrophone(MediaStreamTrack):
-    """Sends queued Opus payloads every 20 ms, and silence between them, without encoding anything."""
+    """Sends queued Opus payloads every 20 ms, and silence between them, without encoding anything.
+
+    With `dtx` (set when the answer asks for it, as a browser's encoder does), silence goes as
+    libopus sends it in DTX: DTX_HANGOVER_FRAMES ordinary packets after speech, then a TOC byte
+    alone every DTX_EVERY_FRAMES frames and nothing between.
+    """
 
     kind = "audio"
 
@@ -73,6 +83,8 @@ class EncodedMicrophone(MediaStreamTrack):
         self._sent = asyncio.Event()
         self._sent.set()
         self._pacer = FramePacer(RATE)
+        self.dtx = False
+        self._quiet_frames = 0  # frames of silence since the last speech
 
     async def say(self, speech: EncodedSpeech) -> float:
         """Queue the sentence and wait until its last packet has gone; returns that moment."""
@@ -84,12 +96,25 @@ class EncodedMicrophone(MediaStreamTrack):
     async def recv(self) -> av.Packet:
         if self.readyState != "live":
             raise MediaStreamError
-        pts = await self._pacer.next_pts()
-        packet = av.Packet(self._queue.popleft() if self._queue else self._silence)
+        while True:
+            pts = await self._pacer.next_pts()
+            if (payload := self._next_payload()) is not None:
+                break  # else a frame DTX leaves unsent
+        packet = av.Packet(payload)
         packet.pts, packet.time_base = pts, _TIME_BASE
         if not self._queue:
             self._sent.set()
         return packet
+
+    def _next_payload(self) -> bytes | None:
+        if self._queue:
+            self._quiet_frames = 0
+            return self._queue.popleft()
+        self._quiet_frames += 1
+        dtx_frames = self._quiet_frames - DTX_HANGOVER_FRAMES
+        if not self.dtx or dtx_frames <= 0:
+            return self._silence
+        return self._silence[:1] if dtx_frames % DTX_EVERY_FRAMES == 1 else None
 
 
 class VoiceArrivals:
@@ -130,6 +155,9 @@ class LoadCall(CallClient):
 
     def _make_recorder(self) -> VoiceArrivals:
         return VoiceArrivals()
+
+    def _answered(self, sdp: str) -> None:
+        self._mic.dtx = asks_for_dtx(sdp)
 
     async def say(self, speech: EncodedSpeech) -> TurnOutcome:
         """Say the sentence, wait until its reply is done (or the reply timeout passes without one)."""

@@ -9,7 +9,8 @@ same server with no call. Variants run one after another, each on a
 server of its own, in one run: who encodes the bot's voice ([media] voice_encoder).
 Tried and dropped: sending one quiet packet every 400 ms, as Opus's DTX does, instead of
 every 20 ms (0.0464 of a core a call against 0.0476: sending is cheap; what is left is
-receiving the caller's packets).
+receiving the caller's packets). Hence variant caller_dtx: the caller's encoder in DTX
+([media] caller_dtx), the gaps filled on the server.
 """
 
 from __future__ import annotations
@@ -28,10 +29,13 @@ from parley.bench.load_call import LoadCall
 from parley.bench.results import BENCH_ENV, write_results
 from parley.services.redis_server import private_redis
 
+_NO_DTX = {"PARLEY_MEDIA_CALLER_DTX": "false"}
 VARIANTS: dict[str, dict[str, str]] = {
-    "aiortc_encodes": {"PARLEY_MEDIA_VOICE_ENCODER": "aiortc", "PARLEY_MEDIA_DECODER": "thread"},
-    "parley_encodes": {"PARLEY_MEDIA_VOICE_ENCODER": "parley", "PARLEY_MEDIA_DECODER": "thread"},
-    "loop_decodes": {"PARLEY_MEDIA_VOICE_ENCODER": "parley", "PARLEY_MEDIA_DECODER": "loop"},
+    "aiortc_encodes": {"PARLEY_MEDIA_VOICE_ENCODER": "aiortc", "PARLEY_MEDIA_DECODER": "thread", **_NO_DTX},
+    "parley_encodes": {"PARLEY_MEDIA_VOICE_ENCODER": "parley", "PARLEY_MEDIA_DECODER": "thread", **_NO_DTX},
+    "loop_decodes": {"PARLEY_MEDIA_VOICE_ENCODER": "parley", "PARLEY_MEDIA_DECODER": "loop", **_NO_DTX},
+    # The default: the caller's encoder in DTX while silent (the load caller does as libopus does).
+    "caller_dtx": {"PARLEY_MEDIA_VOICE_ENCODER": "parley", "PARLEY_MEDIA_DECODER": "loop"},
 }
 GOAL_CORES_PER_CALL = 0.02
 
