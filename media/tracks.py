@@ -15,7 +15,7 @@ import fractions
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import av
@@ -41,12 +41,13 @@ class InboundAudio:
     The queue holds `max_frames` (1 s by default); when the consumer falls behind,
     the oldest frames are dropped, so the VAD always works on current audio.
     With `dtx` (the track's LoopDecoder), the gaps of a caller in DTX are filled with
-    silence, a tick of `fill_tick_s` at a time (media.caller_dtx).
+    silence, a tick of `fill_tick_s` at a time (media.caller_dtx); `on_filled` hears the
+    seconds of each fill.
     """
 
     def __init__(
         self, track: MediaStreamTrack, *, sample_rate: int = 16000, max_frames: int = 50,
-        dtx: LoopDecoder | None = None, fill_tick_s: float = 0.1,
+        dtx: LoopDecoder | None = None, fill_tick_s: float = 0.1, on_filled: Callable[[float], None] | None = None,
     ) -> None:
         self._track = track
         self._resampler = Resampler(sample_rate)
@@ -56,6 +57,7 @@ class InboundAudio:
         self._fill = SilenceFill()
         self._fill_tick_s = fill_tick_s
         self._silence = bytes(self._slicer.frame_bytes)
+        self._on_filled = on_filled
         self.dropped = 0
         self.filled = 0  # frames of silence that stood for packets not sent (DTX)
 
@@ -90,7 +92,11 @@ class InboundAudio:
             self._put_silence(self._fill.due(time.monotonic(), in_dtx=dtx.in_dtx))
 
     def _put_silence(self, frames: int) -> None:
+        if not frames:
+            return
         self.filled += frames
+        if self._on_filled is not None:
+            self._on_filled(frames * self._fill.frame_s)
         for _ in range(frames):
             for out in self._slicer.push(self._silence):
                 self._put(out)

@@ -22,6 +22,7 @@ from media.loop_decoder import decode_on_loop
 from media.tracks import InboundAudio, OutboundAudioTrack
 from media.voice_encoder import sends_opus
 from pipeline.turns import TurnLoop
+from signaling import metrics
 from signaling.protocol import IceCandidate, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,10 @@ class Call:
             raise ProtocolError("invalid_offer", f"Cannot accept the offer: {exc or type(exc).__name__}") from exc
         # The caller's audio is read once its decoder is in place: no packet flows before the answer.
         for track in tracks:
-            inbound = InboundAudio(track, dtx=decoders.get(track) if self.config.caller_dtx else None)
+            inbound = InboundAudio(
+                track, dtx=decoders.get(track) if self.config.caller_dtx else None,
+                on_filled=metrics.CALLER_SILENCE_FILLED.inc,
+            )
             self._tasks.create_task(inbound.pump(), name=f"inbound-{self.turns.dialog_id}")
             self.turns.attach_audio(inbound, outbound)
         answer = pc.localDescription.sdp

@@ -66,6 +66,10 @@ CLIENT_CAP_REFUSALS = Counter(
 CALLS_AT_MAX_LENGTH = Counter(
     "parley_calls_at_max_length_total", "Sessions the server ended at [signaling] max_call_s (bye max_call_length)"
 )
+CALLER_SILENCE_FILLED = Counter(
+    "parley_caller_silence_filled_seconds_total",
+    "Caller silence the server filled in for the packets a caller in DTX did not send ([media] caller_dtx)",
+)
 
 
 class _InferenceLanes(Collector):

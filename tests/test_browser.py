@@ -12,6 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -20,6 +21,7 @@ from parley.server_process import server_process
 from pipeline.dialog_store import reply_turn_id
 from tests.conftest import server_env, stored_turns
 from tests.speech import JFK, JFK_TEXT, wer
+from tests.test_metrics import samples
 
 pytestmark = pytest.mark.slow
 
@@ -120,6 +122,18 @@ async def ready_page(browser, url: str, **page_options):
     return page, problems
 
 
+async def silence_filled_s(url: str, timeout_s: float = 30.0) -> float:
+    """The server's parley_caller_silence_filled_seconds_total, as soon as it is above 0 (0 if it
+    stays there for `timeout_s`)."""
+    async with httpx.AsyncClient() as http:
+        for _ in range(int(timeout_s / 0.5)):
+            got = samples((await http.get(f"{url}/metrics")).text)
+            if (filled := got.get(("parley_caller_silence_filled_seconds_total", ()), 0.0)) > 0:
+                return filled
+            await asyncio.sleep(0.5)
+    return 0.0
+
+
 async def test_a_call_in_the_browser(playwright, server, microphone_wav):
     browser = await launch(playwright, *fake_microphone(microphone_wav, loop=False))
     try:
@@ -139,6 +153,9 @@ async def test_a_call_in_the_browser(playwright, server, microphone_wav):
         latency = await reply.get_by_test_id("latency").text_content()
         assert "voice to voice" in latency and "server:" in latency, latency
         assert "turn ended after" in latency and "talked over 0 ms" in latency, latency
+        # The answer asked chromium's Opus encoder for DTX: in the silence after JFK it went quiet,
+        # and the server filled the gaps with silence (the turn above ended in that silence).
+        assert await silence_filled_s(server) > 0
         ARTIFACTS.mkdir(exist_ok=True)
         await page.screenshot(path=str(ARTIFACTS / "browser-call.png"), full_page=True)
         await page.get_by_test_id("call").click()  # hang up
