@@ -236,6 +236,10 @@ class TurnConfig:
         whenever over budget (pipeline.history_window).
     first_clause_words: the reply's first piece of speech may end at a comma once it has this
         many words (0: whole sentences only), so the bot starts talking sooner.
+    synthesis_slack_s: a reply's next piece of speech, when the audio already queued before it
+        will play for longer than this, is synthesised ahead of need (Priority.AHEAD): a reply
+        another caller waits for in silence goes first. It is hurried once that slack is down to
+        this. 0: every piece is waited for alike.
     speculative: draft the reply when the user pauses (`vad.pause_ms`), unheard, and release it
         if the turn ends with nothing more said: the reply gets ahead by the rest of the
         end-of-turn silence, at the cost of LLM work thrown away when the user goes on.
@@ -259,6 +263,7 @@ class TurnConfig:
     history_budget_tokens: int = 600
     history_window: str = "stable"
     first_clause_words: int = 4
+    synthesis_slack_s: float = 0.6
     speculative: bool = True
     prime_llm: bool = True
     fallback_line: str = "Sorry, I can't answer that right now. Please try again in a moment."
@@ -272,6 +277,8 @@ class TurnConfig:
             raise ValueError("turns.incomplete_silence_ms and turns.unjudged_silence_ms must be positive")
         if self.history_window not in ("stable", "sliding"):
             raise ValueError(f'turns.history_window must be "stable" or "sliding", not {self.history_window!r}')
+        if self.synthesis_slack_s < 0:
+            raise ValueError("turns.synthesis_slack_s must be 0 or more")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

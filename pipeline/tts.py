@@ -8,14 +8,14 @@ first sentence plays while the next is computed.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from media.frames import level_dbfs
 from pipeline.config import TTSConfig
 from pipeline.errors import SynthesisError, TTSBusy
-from pipeline.inference import InferenceConfig, InferenceLane, LaneConfig
+from pipeline.inference import InferenceConfig, InferenceLane, LaneConfig, Priority, Urgency
 from pipeline.model_files import package_dir
 
 if TYPE_CHECKING:
@@ -65,18 +65,33 @@ class Synthesizer:
         for phrase in phrases:
             self._phrases[phrase] = b"".join([chunk async for chunk in self._synthesize(phrase)])
 
-    async def stream(self, text: str) -> AsyncIterator[bytes]:
-        """Yield the PCM of each sentence of `text` as soon as it is synthesised."""
+    async def stream(
+        self, text: str, *, urgency: Callable[[], Priority | Urgency] | None = None
+    ) -> AsyncIterator[bytes]:
+        """Yield the PCM of each sentence of `text` as soon as it is synthesised.
+
+        `urgency` gives each sentence's priority in the lane as its synthesis is asked for (None:
+        waited for). One asked ahead of need that the lane turns away (displaced by work someone
+        waits for, or past the lane's deadline) is asked again as waited for: it is never lost.
+        """
         if (prepared := self._phrases.get(text)) is not None:
             yield prepared
             return
-        async for chunk in self._synthesize(text):
+        async for chunk in self._synthesize(text, urgency):
             yield chunk
 
-    async def _synthesize(self, text: str) -> AsyncIterator[bytes]:
+    async def _synthesize(
+        self, text: str, urgency: Callable[[], Priority | Urgency] | None = None
+    ) -> AsyncIterator[bytes]:
         sentences = self._voice.synthesize(text, syn_config=self._syn_config)
         while True:
-            chunk = await self.lane.run(self._next_chunk, sentences)
+            priority = urgency() if urgency is not None else Priority.WAITED_FOR
+            try:
+                chunk = await self.lane.run(self._next_chunk, sentences, priority=priority)
+            except TTSBusy:
+                if (priority.priority if isinstance(priority, Urgency) else priority) is Priority.WAITED_FOR:
+                    raise
+                chunk = await self.lane.run(self._next_chunk, sentences)  # it never ran: ask again
             if chunk is None:
                 return
             yield chunk if self.config.lead_in_ms < 0 else trim_lead_in(chunk, self.sample_rate, self.config.lead_in_ms)

@@ -63,6 +63,7 @@ from pipeline.events import (
 )
 from pipeline.llm_client import Message, PromptUsage, UsageSink
 from pipeline.partials import PartialTranscripts
+from pipeline.playout import Playout
 from pipeline.sentences import SentenceSplitter
 from pipeline.shedding import FULL, Planner, TurnPlan
 from pipeline.tts import Synthesizer
@@ -794,16 +795,31 @@ class TurnLoop:
         self, reply: Reply, sentences: asyncio.Queue[str | None], stages: dict[str, float]
     ) -> None:
         assert self._speaker is not None
+        playout = Playout(self.config.synthesis_slack_s)
+        try:
+            await self._speak_each(reply, sentences, stages, playout)
+        finally:
+            playout.close()
+        await self._speaker.drained()
+        # Barge-in works faster while the bot talks; back to normal once it is quiet.
+        self._vad.start_speech_ms = self._vad.config.start_speech_ms
+
+    async def _speak_each(
+        self, reply: Reply, sentences: asyncio.Queue[str | None], stages: dict[str, float], playout: Playout
+    ) -> None:
+        """Synthesise and play each sentence as it comes, until the reply's end (None)."""
+        assert self._speaker is not None
         while (sentence := await sentences.get()) is not None:
             started = time.monotonic()
             try:
-                async for pcm in self._synthesizer.stream(sentence):
+                async for pcm in self._synthesizer.stream(sentence, urgency=playout.urgency):
                     if not reply.speaking:
                         stages["tts_first_audio"] = 1000 * (time.monotonic() - started)
                         await reply.released.wait()  # a draft's first audio waits, ready, for the end of turn
                         reply.speaking = True
                         self._reply_event(reply, ReplyAudible())
                         now = time.monotonic()
+                        playout.audible(now)
                         stages["end_of_turn_to_first_audio"] = 1000 * (now - reply.ended_at_mono)
                         if reply.drafted_at_mono is not None:
                             stages["draft_lead"] = 1000 * (reply.ended_at_mono - reply.drafted_at_mono)
@@ -816,12 +832,10 @@ class TurnLoop:
                         reply.reported = TurnMetrics(reply.turn_id, dict(stages), reply.prompt)
                         await self._emit(reply.reported)
                     await self._speaker.play(pcm, self._synthesizer.sample_rate, sentence)
+                    playout.queued(len(pcm) / 2 / self._synthesizer.sample_rate)
                     sentence = ""  # a sentence piper splits further is credited to its first piece
             except SynthesisError as exc:
                 await self._say(reply, TurnError("tts_failed", str(exc)))
-        await self._speaker.drained()
-        # Barge-in works faster while the bot talks; back to normal once it is quiet.
-        self._vad.start_speech_ms = self._vad.config.start_speech_ms
 
     async def _say(self, reply: Reply, event: TurnEvent) -> None:
         """Send one of a reply's events, or hold it while the reply is an unreleased draft."""

@@ -1,10 +1,14 @@
+import asyncio
 import dataclasses
+import threading
 
 import pytest
 
 from media.audio_file import read_audio, write_wav
 from media.frames import level_dbfs
 from pipeline.asr import SAMPLE_RATE
+from pipeline.errors import TTSBusy
+from pipeline.inference import InferenceLane, LaneConfig, Priority, Urgency
 from pipeline.tts import Synthesizer
 from tests.speech import wer
 
@@ -61,3 +65,34 @@ async def test_each_sentence_starts_with_its_first_sound_not_the_voice_s_silence
         assert level_dbfs(whole[: len(whole) - len(cut)]) < -60
         five_ms = synthesizer.sample_rate // 200 * 2
         assert level_dbfs(cut[:five_ms]) < -60 < level_dbfs(cut[five_ms : 4 * five_ms])
+
+
+async def test_a_sentence_asked_ahead_of_need_that_waits_past_the_deadline_is_asked_again(synthesizer):
+    """The lane turns away a job still waiting at its deadline; one asked ahead of need is asked
+    again as waited for (it never ran), so the reply loses no sentence."""
+    lane = InferenceLane("tts", LaneConfig(threads=1, max_waiting=2, max_wait_ms=200), busy=TTSBusy)
+    own_lane, synthesizer.lane = synthesizer.lane, lane
+    try:
+        free = threading.Event()
+        blocker = asyncio.create_task(lane.run(free.wait))  # the lane's thread is taken until `free`
+        ahead = asyncio.create_task(_chunks(synthesizer.stream(SENTENCES[0], urgency=lambda: Urgency(Priority.AHEAD))))
+        async with asyncio.timeout(10):
+            while lane.refusals("deadline") < 1:  # turned away once ...
+                await asyncio.sleep(0.02)
+        free.set()
+        chunks = await ahead
+        await blocker
+        assert len(chunks) == 1 and level_dbfs(chunks[0]) > -35  # ... and still spoken
+        # Waited for, the same wait is a failure: that reply's sentence is reported lost.
+        free.clear()
+        blocker = asyncio.create_task(lane.run(free.wait))
+        with pytest.raises(TTSBusy):
+            await _chunks(synthesizer.stream(SENTENCES[0]))
+        free.set()
+        await blocker
+    finally:
+        synthesizer.lane = own_lane
+
+
+async def _chunks(stream) -> list[bytes]:
+    return [chunk async for chunk in stream]

@@ -87,7 +87,7 @@ class _LLM:
 class _Synthesizer:
     sample_rate = 16000
 
-    async def stream(self, text: str) -> AsyncIterator[bytes]:
+    async def stream(self, text: str, *, urgency=None) -> AsyncIterator[bytes]:
         await asyncio.sleep(0.1)  # synthesis takes a while: the caller's frames go on meanwhile
         yield bytes(16000)  # half a second of silence a sentence
 

@@ -71,6 +71,9 @@ RAMP_VARIANTS: dict[str, dict[str, str]] = {
     # measured (2026-11-28: 4 calls p95 992 against 1046 ms, 6 calls 3749 against 3489), so not the default.
     "ladder_asr_lanes": {**_rungs(ALWAYS, NEVER, ALWAYS), "PARLEY_INFERENCE_ASR_THREADS": "2",
                          "PARLEY_ASR_CPU_THREADS": "1"},
+    # The ladder with every piece of speech synthesised in the order asked, none ahead of need
+    # ([turns] synthesis_slack_s = 0): a reply's later sentences before another's first.
+    "ladder_no_slack": {**_rungs(ALWAYS, NEVER, ALWAYS), "PARLEY_TURNS_SYNTHESIS_SLACK_S": "0"},
 }
 
 
