@@ -296,9 +296,6 @@ class TurnModelConfig:
     max_audio_s: the model reads at most the last 8 s of a turn.
     after_words: the model hears a pause once its words are transcribed, not while they are: on two
         cores the two slowed each other, and the reply's draft waits for the words.
-    before_queued_words: ... except when the pause's transcription would wait for the ASR lane
-        (other calls' transcriptions under way): the model then runs at once, in the time the
-        words wait for a thread, instead of after them.
     """
 
     wheel: str = "pipecat-ai==1.14.0"
@@ -309,7 +306,6 @@ class TurnModelConfig:
     threads: int = 1
     max_audio_s: float = 8.0
     after_words: bool = True
-    before_queued_words: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:

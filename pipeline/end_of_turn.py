@@ -85,20 +85,15 @@ class EndOfTurn:
         """The silence that ends a turn whose pause has not been judged (yet)."""
         return self.turns.incomplete_silence_ms if self.judges else self.turns.unjudged_silence_ms
 
-    async def judge(
-        self, audio: bytes, transcript: Callable[[], Awaitable[Transcript | None]], *, words_queued: bool = False
-    ) -> Judgement:
-        """Judge a pause: `audio` is the turn up to now; `transcript()` gives the one made at the pause.
-        `words_queued`: that transcription waits for the ASR lane (other calls' work is under way)."""
+    async def judge(self, audio: bytes, transcript: Callable[[], Awaitable[Transcript | None]]) -> Judgement:
+        """Judge a pause: `audio` is the turn up to now; `transcript()` gives the one made at the pause."""
         assert self.model is not None, "a pause is judged only with the model"
         # The words first (after_words): the draft needs them at once, and the model, run beside
         # the transcription, slowed it down on two cores; it costs the decision nothing, which
-        # reads the words of a turn that sounds complete anyway. Words that must first wait for
-        # the lane (before_queued_words) leave the model that wait to run in.
+        # reads the words of a turn that sounds complete anyway.
         heard = asyncio.ensure_future(transcript())
-        config = self.model.config
         try:
-            if config.after_words and not (words_queued and config.before_queued_words):
+            if self.model.config.after_words:
                 await asyncio.wait([heard])
             started = time.monotonic()
             try:

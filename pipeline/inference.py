@@ -174,12 +174,6 @@ class InferenceLane:
         with self._lock:
             return self._admitted - self._running
 
-    @property
-    def busy(self) -> bool:
-        """Whether a job asked for now would wait: every thread has a job."""
-        with self._lock:
-            return self._admitted >= self.config.threads
-
     def refusals(self, reason: str) -> int:
         """Jobs refused so far for `reason` ("full", "displaced" or "deadline")."""
         with self._lock:

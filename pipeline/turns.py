@@ -328,8 +328,7 @@ class TurnLoop:
         assert self._partials is not None
         audio = self._carry + self._vad.utterance()
         upto = functools.partial(self._partials.upto, self._pause_covers)
-        queued = self._transcriber.lane.busy
-        self._judging = self._tasks.create_task(self._judge(audio, upto, queued), name=f"judge-{self._turn_id}")
+        self._judging = self._tasks.create_task(self._judge(audio, upto), name=f"judge-{self._turn_id}")
 
     def _should_recheck(self) -> bool:
         """A pause the model alone called unfinished is judged once more as its silence grows."""
@@ -403,12 +402,10 @@ class TurnLoop:
             )
             await self._llm.prime(messages, dialog_id=self.dialog_id)
 
-    async def _judge(
-        self, audio: bytes, transcript: Callable[[], Awaitable[Transcript | None]], words_queued: bool = False
-    ) -> None:
+    async def _judge(self, audio: bytes, transcript: Callable[[], Awaitable[Transcript | None]]) -> None:
         """Decide, at a pause, how much silence ends this turn (pipeline.end_of_turn)."""
         try:
-            judgement = await self._end_of_turn.judge(audio, transcript, words_queued=words_queued)
+            judgement = await self._end_of_turn.judge(audio, transcript)
         except Exception:
             # A judgement is never worth the call: the turn falls back on silence alone.
             log.exception("turn %s: the pause could not be judged", self._turn_id)

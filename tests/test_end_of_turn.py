@@ -155,24 +155,3 @@ async def test_a_judgement_cancelled_while_it_waits_for_the_words_stops_waiting_
         await judging
     async with asyncio.timeout(10):  # a wait left behind would never end: fail instead of hanging
         await gone.wait()  # the wait for the words was cancelled with the judgement
-
-
-async def test_words_that_must_wait_for_the_asr_lane_leave_the_model_that_wait_to_run_in():
-    log: list[str] = []
-    never = asyncio.Event()
-
-    async def queued_transcript():
-        await never.wait()  # behind other calls' transcriptions, for as long as the test lasts
-
-    # An unfinished-sounding pause is judged at once, without its words: nothing waits for the lane.
-    unsure = await EndOfTurn(SetModel(0.2, log=log), vad=VAD, turns=TURNS).judge(
-        b"\0\0", queued_transcript, words_queued=True
-    )
-    assert log == ["model"] and (unsure.end_silence_ms, unsure.words) == (2000, None)
-    # Turned off, the model waits for the words first, as when the lane is free.
-    config_off = SetModel(0.2, log=log)
-    config_off.config = TurnModelConfig(before_queued_words=False)
-    with pytest.raises(TimeoutError):
-        async with asyncio.timeout(0.3):
-            await EndOfTurn(config_off, vad=VAD, turns=TURNS).judge(b"\0\0", queued_transcript, words_queued=True)
-    assert log == ["model"]  # the model never ran: it waited for words that did not come

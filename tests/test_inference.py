@@ -72,16 +72,6 @@ async def test_a_full_lane_refuses_at_once_with_its_models_error():
     assert await lane.run(record, "room again") == "room again"
 
 
-async def test_a_lane_is_busy_while_every_thread_has_a_job():
-    lane = InferenceLane("asr", LaneConfig(threads=2, max_waiting=1, max_wait_ms=NEVER_MS), busy=ASRBusy)
-    assert not lane.busy
-    async with held(lane, 1):
-        assert not lane.busy  # one thread still free: a job asked now starts at once
-    async with held(lane, 2):
-        assert lane.busy
-    assert not lane.busy
-
-
 async def test_a_job_that_waited_past_its_deadline_is_refused_and_never_runs():
     lane = InferenceLane("tts", LaneConfig(threads=1, max_waiting=2, max_wait_ms=50), busy=TTSBusy)
     ran, record = recorder()

@@ -36,13 +36,8 @@ class _ASRConfig:
     partial_max_ms: int = 0  # the slow stand-in takes 400 ms: its periodic partials go on regardless
 
 
-class _IdleLane:
-    busy = False  # the pause's words never wait for a thread
-
-
 class _Transcriber:
     config = _ASRConfig()
-    lane = _IdleLane()
 
     async def transcribe(self, audio: bytes, *, priority: Priority = Priority.WAITED_FOR) -> Transcript:
         return Transcript("and so my fellow americans", 0.0, -0.1, len(audio) / 32, "en")

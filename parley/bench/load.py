@@ -74,9 +74,6 @@ RAMP_VARIANTS: dict[str, dict[str, str]] = {
     # The ladder with every piece of speech synthesised in the order asked, none ahead of need
     # ([turns] synthesis_slack_s = 0): a reply's later sentences before another's first.
     "ladder_no_slack": {**_rungs(ALWAYS, NEVER, ALWAYS), "PARLEY_TURNS_SYNTHESIS_SLACK_S": "0"},
-    # The ladder with the end-of-turn model always after the pause's words, even when those wait
-    # behind other calls' transcriptions ([turn_model] before_queued_words = false).
-    "ladder_model_after_words": {**_rungs(ALWAYS, NEVER, ALWAYS), "PARLEY_TURN_MODEL_BEFORE_QUEUED_WORDS": "false"},
 }
 
 
