@@ -13,8 +13,9 @@ from media.config import MediaConfig
 from media.frames import level_dbfs
 from media.loop_decoder import decode_on_loop
 from media.tracks import InboundAudio
-from parley.bench.load_call import DTX_EVERY_FRAMES, EncodedMicrophone, EncodedSpeech, _opus_payloads
+from parley.bench.load_call import DTX_EVERY_FRAMES, EncodedMicrophone, EncodedSpeech, _opus_payloads, _silence_payload
 from parley.microphone import Microphone
+from tests.test_loop_decoder import collect, hang_up
 from tests.test_tracks import tone
 
 
@@ -95,12 +96,7 @@ async def test_a_caller_in_dtx_sends_few_packets_and_the_server_hears_whole_sile
 
         decoder.put = counted_put
         inbound = InboundAudio(track, dtx=decoder)
-
-        async def read() -> None:
-            async for frame in inbound:
-                frames.append(frame.pcm)
-
-        tasks += [asyncio.create_task(inbound.pump()), asyncio.create_task(read())]
+        tasks += [asyncio.create_task(inbound.pump()), asyncio.create_task(collect(inbound, frames))]
         await server.setLocalDescription(await server.createAnswer())
         answer = ask_for_dtx(server.localDescription.sdp)
         await caller.setRemoteDescription(RTCSessionDescription(answer, "answer"))
@@ -114,11 +110,9 @@ async def test_a_caller_in_dtx_sends_few_packets_and_the_server_hears_whole_sile
             while len(frames) < spoke + 100:  # two seconds of silence heard after the tone
                 await asyncio.sleep(0.05)
     finally:
-        await caller.close()
-        await server.close()
-        async with asyncio.timeout(10):
-            await asyncio.gather(*tasks)
-    quiet = [size for size in packets[packets_from:] if size <= 3]  # the tone's last packets still came
+        await hang_up(caller, server, tasks)
+    # Silence and DTX packets only: the tone's last packets still came after `say` returned.
+    quiet = [size for size in packets[packets_from:] if size <= len(_silence_payload())]
     # Two seconds of silence came as the hangover's ordinary packets and a few DTX packets, and the
     # server's stream still covered the time that passed: the clock filled the rest.
     assert len(quiet) <= 10 + 2 * 50 // DTX_EVERY_FRAMES + 1, quiet

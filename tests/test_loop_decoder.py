@@ -24,6 +24,21 @@ def dominant_hz(samples: np.ndarray, rate: int) -> float:
     return float(np.fft.rfftfreq(samples.size, 1 / rate)[spectrum.argmax()])
 
 
+async def collect(inbound: InboundAudio, pcm: list[bytes]) -> None:
+    """Keep the PCM of each frame the call's inbound pump makes, until the track ends."""
+    async for frame in inbound:
+        pcm.append(frame.pcm)
+
+
+async def hang_up(caller: RTCPeerConnection, server: RTCPeerConnection, tasks: list[asyncio.Task]) -> None:
+    """Close both peers and wait for the tasks reading the call's audio."""
+    await caller.close()
+    await server.close()
+    async with asyncio.timeout(10):
+        # The receiver's stop ends the track, and with it the pump: nothing hangs.
+        await asyncio.gather(*tasks)
+
+
 async def received_tone(codec: str, *, on_loop: bool) -> tuple[list[str], np.ndarray]:
     """A 300 Hz tone sent from one aiortc peer to another over loopback: the layouts of the
     frames the receiving track gave, and the audio as the call's inbound pump made it (16 kHz)."""
@@ -43,12 +58,7 @@ async def received_tone(codec: str, *, on_loop: bool) -> tuple[list[str], np.nda
 
         track.recv = noted_recv
         inbound = InboundAudio(track)
-
-        async def read() -> None:
-            async for frame in inbound:
-                pcm.append(frame.pcm)
-
-        tasks.extend([asyncio.create_task(inbound.pump()), asyncio.create_task(read())])
+        tasks.extend([asyncio.create_task(inbound.pump()), asyncio.create_task(collect(inbound, pcm))])
 
     mic = Microphone()
     try:
@@ -67,11 +77,7 @@ async def received_tone(codec: str, *, on_loop: bool) -> tuple[list[str], np.nda
             while sum(len(p) for p in pcm) < 16000 * 2:  # a second of audio at 16 kHz
                 await asyncio.sleep(0.05)
     finally:
-        await caller.close()
-        await server.close()
-        async with asyncio.timeout(10):
-            # The receiver's stop ends the track, and with it the pump: nothing hangs.
-            await asyncio.gather(*tasks)
+        await hang_up(caller, server, tasks)
     return layouts, np.frombuffer(b"".join(pcm), dtype=np.int16).astype(np.float64)
 
 
