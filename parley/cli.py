@@ -145,6 +145,9 @@ def _parser() -> argparse.ArgumentParser:
         help="ramp: rungs of the shedding ladder applied (comma-separated from full, no_partials, ladder,"
         " no_drafts); the capacity reported is ladder's",
     )
+    bench_load.add_argument(
+        "--server-logs", metavar="DIR", help="ramp: write each variant's server log here (ramp-VARIANT.log)"
+    )
     bench_load.add_argument("--max-calls", type=int, help="spike: the server's max_calls (default: models.toml)")
     bench_load.add_argument("--base-rate", type=float, default=0.05, help="spike: calls arriving a second before and after")
     bench_load.add_argument("--before-s", type=float, default=40.0, help="spike: seconds at the base rate before it")

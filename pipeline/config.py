@@ -84,6 +84,8 @@ class ASRConfig:
     partial_interval_ms: how often a growing utterance is transcribed for partial transcripts.
     partials_give_way: a periodic partial under way stops (at the encoder) when a pause asks for
         its transcript, instead of making it wait for its end.
+    pauses_give_way: without periodic partials (shed, or too slow), a pause's transcription is
+        given up when the caller goes on (pipeline.partials `talked_through`); off only to compare.
     partial_max_ms: a periodic partial that took longer than this ends the turn's periodic
         partials (and the priming that follows each): the machine is too slow or busy for them
         (0: no limit).
@@ -106,6 +108,7 @@ class ASRConfig:
     no_speech_threshold: float = 0.6
     partial_interval_ms: int = 400
     partials_give_way: bool = True
+    pauses_give_way: bool = True
     partial_max_ms: int = 250
     sized_window: bool = True
     window_min_s: int = 10

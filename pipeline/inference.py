@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -167,6 +168,10 @@ class InferenceLane:
         self._admitted = 0  # jobs waiting or running
         self._running = 0
         self._refusals = dict.fromkeys(REASONS, 0)
+        # Jobs run to the end (or to their failure), and the thread time they took, by priority:
+        # how much of the lane each kind of work holds (a periodic partial against a turn's transcript).
+        self._ran = dict.fromkeys(Priority, 0)
+        self._busy_s = dict.fromkeys(Priority, 0.0)
 
     @property
     def waiting(self) -> int:
@@ -178,6 +183,16 @@ class InferenceLane:
         """Jobs refused so far for `reason` ("full", "displaced" or "deadline")."""
         with self._lock:
             return self._refusals[reason]
+
+    def ran(self, priority: Priority) -> int:
+        """Jobs of that priority (as they started) run so far, failed ones included."""
+        with self._lock:
+            return self._ran[priority]
+
+    def busy_seconds(self, priority: Priority) -> float:
+        """Thread time jobs of that priority (as they started) have taken so far."""
+        with self._lock:
+            return self._busy_s[priority]
 
     async def run(
         self, fn: Callable[..., T], *args: object, priority: Priority | Urgency = Priority.WAITED_FOR
@@ -247,6 +262,7 @@ class InferenceLane:
                     break
             else:
                 return
+        priority, began = job.urgency.priority, time.monotonic()
         try:
             result, failure = job.fn(*job.args), None
         except BaseException as exc:  # noqa: BLE001 - handed to the caller, as an executor would
@@ -255,6 +271,8 @@ class InferenceLane:
         with self._lock:
             self._running -= 1
             self._admitted -= 1
+            self._ran[priority] += 1
+            self._busy_s[priority] += time.monotonic() - began
         if failure is None:
             job.future.set_result(result)
         else:

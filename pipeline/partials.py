@@ -30,6 +30,8 @@ class PartialTranscripts:
 
     `interval_s` None: no periodic partials (a turn shedding load), only those `now()` asks for.
     `give_way`: a periodic partial under way stops when `now()` asks for one.
+    `pauses_give_way`: without periodic partials, a pause's transcription stops when the caller
+        goes on (`talked_through`).
     `max_periodic_ms`: a periodic partial that took longer ends the turn's periodic partials (0: never).
 
     Each transcription is its own task (made by `spawn`, so the call's TaskGroup owns it):
@@ -46,6 +48,7 @@ class PartialTranscripts:
         interval_s: float | None,
         min_new_ms: int = 200,
         give_way: bool = True,
+        pauses_give_way: bool = True,
         max_periodic_ms: int = 0,
     ) -> None:
         self._transcriber = transcriber
@@ -53,6 +56,7 @@ class PartialTranscripts:
         self._spawn = spawn
         self._interval_s = interval_s
         self._give_way = give_way
+        self._pauses_give_way = pauses_give_way
         self._max_periodic_s = max_periodic_ms / 1000 if max_periodic_ms > 0 else None
         self._began: dict[int, float] = {}  # when each transcription under way began (time.monotonic())
         self._min_new = SAMPLE_RATE * 2 * min_new_ms // 1000
@@ -96,6 +100,20 @@ class PartialTranscripts:
                     # was said since it began.
                     self._forget_begun()
         self._wake.set()
+
+    def talked_through(self) -> None:
+        """The caller went on after a pause. Without periodic partials (shed under load, or stopped as
+        too slow), the transcriptions asked for at it are given up: the next pause's transcription
+        covers their words again (each transcribes the utterance from its start), and nothing shows
+        them meanwhile, so they would only hold the ASR lane that every turn's end waits on. One
+        still queued stops as it starts; one under way, at the encoder (pipeline.asr). With periodic
+        partials, they are shown, and kept."""
+        if self.periodic or not self._pauses_give_way:
+            return
+        for urgency in self._urgency.values():
+            if urgency.priority is Priority.AHEAD:
+                urgency.give_up()
+        self._forget_begun()
 
     async def run(self, on_partial: Callable[[Transcript], Awaitable[None]]) -> None:
         try:
@@ -149,10 +167,10 @@ class PartialTranscripts:
             # pause's transcript and the end-of-turn decision need. Pauses still ask for theirs.
             log.info("periodic partials stop for this turn: one took %d ms", 1000 * took_s)
             self._interval_s = None
-        if transcript is None and urgency is not None and urgency.priority is Priority.IDLE:
-            # A periodic one turned away (or failed): as if never begun, so the next one asked for
-            # covers its audio again. (One given up was counted out then: one asked for since
-            # already covers it.)
+        if transcript is None and urgency is not None and (urgency.priority is Priority.IDLE or not urgency.wanted):
+            # A periodic one turned away (or failed), or any given up: as if never begun, so the next
+            # one asked for covers its audio again. (One given up was counted out then: one asked
+            # for since already covers it.)
             if urgency.wanted:
                 self._forget_begun()
             await self._notify()
@@ -185,8 +203,10 @@ class PartialTranscripts:
         try:
             return await self._transcriber.transcribe(audio, priority=urgency)
         except ASRBusy as exc:
-            # The ASR is busy: a periodic one is simply skipped (the next interval tries again).
-            (log.debug if urgency.priority is Priority.IDLE else log.warning)("partial transcript not made: %s", exc)
+            # The ASR is busy: a periodic one is simply skipped (the next interval tries again);
+            # one given up was not wanted.
+            quiet = urgency.priority is Priority.IDLE or not urgency.wanted
+            (log.debug if quiet else log.warning)("partial transcript not made: %s", exc)
             return None
         except TranscriptionError as exc:
             log.warning("partial transcript failed: %s", exc)

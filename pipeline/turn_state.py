@@ -124,6 +124,7 @@ class Action(enum.Enum):
     CONTINUE_TURN = "continue turn"  # the same, going on with the turn whose reply was voided
     JUDGE_PAUSE = "judge pause"
     FORGET_JUDGEMENT = "forget judgement"
+    TALKED_THROUGH = "talked through"  # the caller went on after a pause: the words asked for at it are stale
     START_DRAFT = "start draft"
     DROP_DRAFT = "drop draft"
     END_TURN = "end turn"  # the caller's turn is over: its partial transcripts stop
@@ -193,7 +194,7 @@ class TurnPolicy:
             # The caller goes on: the pause judged is over, the draft answers only part of the turn.
             if phase.drafting:
                 actions.append(Action.DROP_DRAFT)
-            actions.append(Action.FORGET_JUDGEMENT)
+            actions += [Action.FORGET_JUDGEMENT, Action.TALKED_THROUGH]
             phase = replace(phase, caller=CallerPhase.SPEAKING, drafting=False)
         if phase.reply is ReplyPhase.SPEAKING:
             if event.voiced:

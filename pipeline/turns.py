@@ -373,6 +373,7 @@ class TurnLoop:
             spawn=lambda work, name: self._tasks.create_task(work, name=f"{name}-{self.dialog_id}"),
             interval_s=self._transcriber.config.partial_interval_ms / 1000 if plan.partials else None,
             give_way=self._transcriber.config.partials_give_way,
+            pauses_give_way=self._transcriber.config.pauses_give_way,
             max_periodic_ms=self._transcriber.config.partial_max_ms,
         )
         self._partials_task = self._tasks.create_task(
@@ -530,6 +531,9 @@ class TurnLoop:
                         self._start_judging()
                     case Action.FORGET_JUDGEMENT:
                         await self._forget_judgement()
+                    case Action.TALKED_THROUGH:
+                        assert self._partials is not None  # a pause is always within a turn
+                        self._partials.talked_through()
                     case Action.START_DRAFT:
                         await self._start_draft(self._pause_covers)
                     case Action.DROP_DRAFT:

@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from pipeline.inference import REASONS, InferenceLane
+from pipeline.inference import REASONS, InferenceLane, Priority
 
 # Latency buckets for a voice assistant's stages: 10 ms to 10 s.
 _STAGE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
@@ -73,7 +73,8 @@ CALLER_SILENCE_FILLED = Counter(
 
 
 class _InferenceLanes(Collector):
-    """Each model's inference lane, read at every scrape: jobs waiting, and jobs refused by reason.
+    """Each model's inference lane, read at every scrape: jobs waiting, jobs refused by reason, and
+    jobs run and the thread time they took by priority.
 
     The lanes count their own refusals (pipeline/ knows nothing of Prometheus); this exports
     those counts as a counter.
@@ -94,12 +95,27 @@ class _InferenceLanes(Collector):
             "Jobs an inference lane refused without running them: queue full, or waited past the deadline",
             labels=["model", "reason"],
         )
+        ran = CounterMetricFamily(
+            "parley_inference_jobs",
+            "Jobs an inference lane ran, by how urgent they were when they started",
+            labels=["model", "priority"],
+        )
+        busy = CounterMetricFamily(
+            "parley_inference_busy_seconds",
+            "Thread time an inference lane's jobs took, by how urgent they were when they started",
+            labels=["model", "priority"],
+        )
         for lane in self._lanes:
             waiting.add_metric([lane.name], lane.waiting)
             for reason in REASONS:
                 refused.add_metric([lane.name, reason], lane.refusals(reason))
+            for priority in Priority:
+                ran.add_metric([lane.name, priority.name.lower()], lane.ran(priority))
+                busy.add_metric([lane.name, priority.name.lower()], lane.busy_seconds(priority))
         yield waiting
         yield refused
+        yield ran
+        yield busy
 
 
 INFERENCE_LANES = _InferenceLanes()

@@ -135,6 +135,32 @@ async def test_the_metrics_show_each_lanes_queue_and_its_refusals_by_reason():
     assert sample("parley_inference_queue_depth", model="asr") == 0
 
 
+async def test_the_metrics_count_the_jobs_each_lane_ran_and_the_thread_time_they_took_by_priority():
+    asr = InferenceLane("asr", LaneConfig(threads=1, max_waiting=2, max_wait_ms=NEVER_MS), busy=ASRBusy)
+    metrics.INFERENCE_LANES.watch([asr])
+
+    def sample(name: str, priority: str) -> float | None:
+        return REGISTRY.get_sample_value(name, {"model": "asr", "priority": priority})
+
+    def fail() -> None:
+        raise TranscriptionError("corrupt audio")
+
+    held_for = threading.Event()
+    async with held(asr, 1):
+        ahead = asyncio.create_task(asr.run(held_for.wait, 0.05, priority=Priority.AHEAD))
+        waited = asyncio.create_task(asr.run(fail))
+        await asyncio.sleep(0)
+    await ahead
+    with pytest.raises(TranscriptionError):
+        await waited
+    # The holder and the failed job were waited for; a failed job held its thread like any other.
+    assert sample("parley_inference_jobs_total", "waited_for") == 2
+    assert sample("parley_inference_jobs_total", "ahead") == 1
+    assert sample("parley_inference_jobs_total", "idle") == 0
+    assert sample("parley_inference_busy_seconds_total", "ahead") >= 0.04
+    assert sample("parley_inference_busy_seconds_total", "idle") == 0
+
+
 def test_lanes_are_configured_in_models_toml_and_from_the_environment():
     assert load_settings(environ={}).inference == InferenceConfig()  # the file and the defaults agree
     settings = load_settings(environ={"PARLEY_INFERENCE_ASR_MAX_WAITING": "8", "PARLEY_INFERENCE_TTS_THREADS": "2"})

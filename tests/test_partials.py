@@ -222,3 +222,59 @@ async def test_a_periodic_partial_slower_than_allowed_ends_the_turns_periodic_pa
     assert await asyncio.wait_for(partials.upto(len(said[0])), 5) is not None
     runner.cancel()
     assert asr.asked[-1][0] is Priority.AHEAD
+
+
+@pytest.mark.parametrize("periodic", [False, True])
+async def test_a_pause_talked_through_gives_up_its_words_unless_partials_are_shown(transcriber, periodic, monkeypatch):
+    import faster_whisper.transcribe as fw_transcribe
+
+    samples = read_audio(JFK).tobytes()
+    said = [samples[: 16000 * 2 * 3]]  # 3 s, then a pause
+    # The pause's transcription is held in its thread just before Whisper's encoder until the caller has gone on.
+    began, release = threading.Event(), threading.Event()
+    pad_or_trim = fw_transcribe.pad_or_trim
+
+    def held(*args, **kwargs):
+        if not began.is_set():
+            began.set()
+            release.wait(30)
+        return pad_or_trim(*args, **kwargs)
+
+    monkeypatch.setattr(fw_transcribe, "pad_or_trim", held)
+    ended: list[tuple[int, str]] = []
+    shown: list[float] = []
+
+    class Noting:
+        async def transcribe(self, audio, *, priority=Priority.WAITED_FOR):
+            try:
+                transcript = await transcriber.transcribe(audio, priority=priority)
+            except TranscriptionGivenUp:
+                ended.append((len(audio), "given up"))
+                raise
+            ended.append((len(audio), "done"))
+            return transcript
+
+    async def on_partial(transcript):
+        shown.append(transcript.audio_ms)
+
+    # Shed under load: no periodic partials (interval_s None); else one an hour, never due here.
+    partials = PartialTranscripts(Noting(), lambda: said[0], spawn=spawn, interval_s=3600 if periodic else None)
+    runner = asyncio.create_task(partials.run(on_partial))
+    first = len(said[0])
+    partials.now(unless_covered=first)  # the pause
+    async with asyncio.timeout(10):
+        while not began.is_set():
+            await asyncio.sleep(0.01)
+    partials.talked_through()  # the caller went on ...
+    release.set()
+    said[0] = samples  # ... said the rest, and paused again
+    partials.now(unless_covered=len(samples))
+    final = await asyncio.wait_for(partials.upto(len(samples)), 60)
+    async with asyncio.timeout(60):
+        while len(ended) < 2:
+            await asyncio.sleep(0.01)
+    runner.cancel()
+    assert final is not None and wer(JFK_TEXT, final.text) <= 0.10
+    assert sorted(ended) == [(first, "done" if periodic else "given up"), (len(samples), "done")]
+    # Shown while the turn runs only when partials are: given up, its words never came.
+    assert (first / 32 in shown) is periodic

@@ -84,7 +84,7 @@ def test_the_caller_going_on_after_a_pause_drops_the_draft_and_the_judgement():
     policy.on(CallerStarted())
     policy.on(CallerPaused(may_draft=True))
     assert policy.on(HUSH) == []  # the pause goes on
-    assert policy.on(VOICE) == [Action.DROP_DRAFT, Action.FORGET_JUDGEMENT]
+    assert policy.on(VOICE) == [Action.DROP_DRAFT, Action.FORGET_JUDGEMENT, Action.TALKED_THROUGH]
     assert policy.phase.caller is CallerPhase.SPEAKING and not policy.phase.drafting
     assert policy.on(VOICE) == []
     # The next pause drafts anew.

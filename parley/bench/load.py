@@ -74,6 +74,9 @@ RAMP_VARIANTS: dict[str, dict[str, str]] = {
     # The ladder with every piece of speech synthesised in the order asked, none ahead of need
     # ([turns] synthesis_slack_s = 0): a reply's later sentences before another's first.
     "ladder_no_slack": {**_rungs(ALWAYS, NEVER, ALWAYS), "PARLEY_TURNS_SYNTHESIS_SLACK_S": "0"},
+    # The ladder with a pause's transcription carried on when the caller talks through the pause
+    # ([asr] pauses_give_way = false), though the next pause transcribes the words again.
+    "ladder_pauses_kept": {**_rungs(ALWAYS, NEVER, ALWAYS), "PARLEY_ASR_PAUSES_GIVE_WAY": "false"},
 }
 
 
@@ -168,6 +171,34 @@ class CpuMeter:
         into["client_cores"] = round((self.client_seconds() - client) / elapsed, 2)
 
 
+async def lane_use(url: str) -> dict[tuple[str, str], tuple[float, float]]:
+    """Each inference lane's jobs run and thread seconds so far, by (model, priority), from /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"{url}/metrics")).text
+    use: dict[tuple[str, str], list[float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            slot = {"parley_inference_jobs_total": 0, "parley_inference_busy_seconds_total": 1}.get(sample.name)
+            if slot is not None:
+                use.setdefault((sample.labels["model"], sample.labels["priority"]), [0.0, 0.0])[slot] = sample.value
+    return {key: (jobs, busy) for key, (jobs, busy) in use.items()}
+
+
+def _lane_figures(before: dict, after: dict, *, turns: int, elapsed_s: float) -> dict[str, Any]:
+    """Per model: jobs a turn by priority, and how busy the lane was (thread seconds a second)."""
+    figures: dict[str, Any] = {}
+    for model, priority in after:
+        jobs = after[(model, priority)][0] - before.get((model, priority), (0, 0))[0]
+        busy = after[(model, priority)][1] - before.get((model, priority), (0, 0))[1]
+        lane = figures.setdefault(model, {"jobs_per_turn": {}, "busy": 0.0})
+        if jobs:
+            lane["jobs_per_turn"][priority] = round(jobs / max(1, turns), 2)
+        lane["busy"] = round(lane["busy"] + busy / max(1e-6, elapsed_s), 2)
+    return figures
+
+
 def _turn_figures(records: list[CallRecord]) -> dict[str, Any]:
     """What the callers got: voice-to-voice p50/p95/max, turns, calls failed, turns unanswered."""
     v2v = [v for r in records for v in r.v2v]
@@ -187,12 +218,16 @@ async def ramp(url: str, meter: CpuMeter, speeches: list[EncodedSpeech], steps: 
     for calls in steps:
         says = max(sentences, -(-MIN_STEP_TURNS // calls))
         figures: dict[str, Any] = {"calls": calls, "sentences_per_call": says}
+        lanes_before, began = await lane_use(url), time.monotonic()
         with meter.measure(figures):
             records = await asyncio.gather(*(
                 _after(3.0 * i / calls, place_call(url, addresses.take(), _rotated(speeches, i), keep_going=lambda n: n < says))
                 for i in range(calls)
             ))
         figures.update(_turn_figures(records), refused=sum(r.refused is not None for r in records))
+        # Where the time went: how often each model ran a turn, and how busy its lane was.
+        figures["lanes"] = _lane_figures(lanes_before, await lane_use(url), turns=figures["turns"],
+                                         elapsed_s=time.monotonic() - began)
         figures["stages_p50_ms"] = stage_medians(turn.stages_ms for r in records for turn in r.turns)
         results.append(figures)
         print(f"ramp {calls} calls: {figures}")
@@ -440,8 +475,8 @@ def _growth_pct(before: float | None, after: float | None) -> float | None:
 
 
 @contextlib.asynccontextmanager
-async def bench_server(env: dict[str, str]) -> AsyncIterator[tuple[str, CpuMeter]]:
-    async with server_child(env) as (url, process):
+async def bench_server(env: dict[str, str], log_path: str | None = None) -> AsyncIterator[tuple[str, CpuMeter]]:
+    async with server_child(env, log_path=log_path) as (url, process):
         yield url, CpuMeter(process.pid)
 
 
@@ -457,7 +492,15 @@ def _merge_into(path: Path, mode: str, figures: dict[str, Any], stamp: dict[str,
 
 def _steps_row(steps: list[dict[str, Any]]) -> str:
     return "; ".join(f"{s['calls']}: {ms(s['p50_ms'])}/{ms(s['p95_ms'])}/{ms(s['max_ms'])} "
-                     f"(cpu {s['server_cores']}+{s['client_cores']})" for s in steps)
+                     f"(cpu {s['server_cores']}+{s['client_cores']}{_asr_use(s)})" for s in steps)
+
+
+def _asr_use(step: dict[str, Any]) -> str:
+    """The ASR lane's share of a step: how busy it was, and its transcriptions a turn."""
+    asr = step.get("lanes", {}).get("asr")
+    if not asr:
+        return ""
+    return f", asr {asr['busy']} busy, {round(sum(asr['jobs_per_turn'].values()), 1)} a turn"
 
 
 async def _run_ramp(args: argparse.Namespace, env: dict[str, str], speeches: list[EncodedSpeech], when: str):
@@ -469,7 +512,11 @@ async def _run_ramp(args: argparse.Namespace, env: dict[str, str], speeches: lis
     for name in args.variants.split(","):
         # The cap is lifted: the ramp measures what the machine carries, not what it is told to take.
         lifted = {"PARLEY_ADMISSION_MAX_CALLS": str(max(steps) + 1), **RAMP_VARIANTS[name]}
-        async with bench_server({**env, **lifted}) as (url, meter):
+        log_path = None
+        if args.server_logs:
+            Path(args.server_logs).mkdir(parents=True, exist_ok=True)
+            log_path = str(Path(args.server_logs) / f"ramp-{name}.log")
+        async with bench_server({**env, **lifted}, log_path) as (url, meter):
             print(f"ramp variant {name}")
             variants[name] = await ramp(url, meter, speeches, steps, args.sentences)
     # What a replica takes on is measured with every rung shed, as they are at its top.

@@ -60,6 +60,10 @@ VARIANTS: dict[str, dict[str, str]] = {
     "model_pause_100ms": {"PARLEY_TURNS_END_OF_TURN": "model", "PARLEY_VAD_PAUSE_MS": "100"},
     # A pause the model alone called unfinished heard again after 400 ms of silence instead of 800.
     "model_recheck_400ms": {"PARLEY_TURNS_END_OF_TURN": "model", "PARLEY_TURNS_RECHECK_SILENCE_MS": "400"},
+    # The model on two threads: it runs once the words are transcribed, when the ASR has let go of both cores.
+    "model_threads_2": {"PARLEY_TURNS_END_OF_TURN": "model", "PARLEY_TURN_MODEL_THREADS": "2"},
+    # The words transcribed from 20 ms of silence on instead of 40.
+    "model_transcribe_20ms": {"PARLEY_TURNS_END_OF_TURN": "model", "PARLEY_VAD_TRANSCRIBE_MS": "20"},
 }
 
 
