@@ -4,7 +4,7 @@ told `unavailable`). The figures the benchmark reports come from these same func
 
 import pytest
 
-from parley.bench.load import CpuMeter, soak, spike, text_spike
+from parley.bench.load import CpuMeter, ramp, soak, spike, text_spike
 from parley.bench.load_call import encode_speech
 from parley.bench.results import speaker_files
 from parley.server_process import server_child
@@ -49,6 +49,24 @@ async def test_a_two_minute_soak_leaves_memory_tasks_descriptors_and_redis_keys_
     assert after["voice_calls"] == 0
     assert after["tasks"] <= before["tasks"]
     assert after["fds"] <= before["fds"] + 2
+
+
+async def test_a_ramp_step_reports_what_callers_got_and_what_each_inference_lane_did(
+    shared_redis, proxy, tmp_path, speeches
+):
+    env = server_env(shared_redis.url, proxy.base_url, tmp_path, PARLEY_ADMISSION_MAX_CALLS="3")
+    async with server_child(env, log_path=str(tmp_path / "server.log")) as (url, process):
+        figures = await ramp(url, CpuMeter(process.pid), speeches, steps=[2], sentences=1)
+    (step,) = figures["steps"]
+    print(step)
+    # Two calls at once, each saying enough sentences for the step's percentiles.
+    assert step["turns"] == 8 and not (step["failed"] or step["refused"] or step["unanswered"])
+    assert 0 < step["p50_ms"] <= step["p95_ms"] <= step["max_ms"]
+    asr, tts = step["lanes"]["asr"], step["lanes"]["tts"]
+    # Every turn was transcribed (at its pause, ahead of its end) and spoken, and the lanes were busy
+    # for part of the step, never more than their one thread can be.
+    assert sum(asr["jobs_per_turn"].values()) >= 1 and sum(tts["jobs_per_turn"].values()) >= 1
+    assert 0 < asr["busy"] < 1 and 0 < tts["busy"] < 1
 
 
 async def test_a_spike_past_capacity_refuses_with_retry_after_and_drops_nobody_admitted(
