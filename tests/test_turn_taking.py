@@ -33,6 +33,7 @@ FRAME_BYTES = 640  # 20 ms at 16 kHz
 class _ASRConfig:
     partial_interval_ms: int = 300
     partials_give_way: bool = True
+    pauses_give_way: bool = True
     partial_max_ms: int = 0  # the slow stand-in takes 400 ms: its periodic partials go on regardless
 
 
