@@ -17,6 +17,24 @@ def spawn(work, name):
     return asyncio.create_task(work, name=name)
 
 
+def hold_first_before_encoder(monkeypatch) -> tuple[threading.Event, threading.Event]:
+    """Hold the next transcription in its thread just before Whisper's encoder (where a given-up one
+    stops): `began` is set once it is held, and it goes on when `release` is set."""
+    import faster_whisper.transcribe as fw_transcribe
+
+    began, release = threading.Event(), threading.Event()
+    pad_or_trim = fw_transcribe.pad_or_trim
+
+    def held(*args, **kwargs):
+        if not began.is_set():
+            began.set()
+            release.wait(30)
+        return pad_or_trim(*args, **kwargs)
+
+    monkeypatch.setattr(fw_transcribe, "pad_or_trim", held)
+    return began, release
+
+
 async def test_partials_grow_with_the_utterance_and_the_last_one_is_the_final(transcriber):
     samples = read_audio(JFK).tobytes()
     received = 0
@@ -131,21 +149,10 @@ async def test_periodic_partials_the_asr_turns_away_do_not_hold_up_the_pauses_tr
 
 @pytest.mark.parametrize("give_way", [True, False])
 async def test_a_periodic_partial_under_way_gives_way_to_the_one_a_pause_asks_for(transcriber, give_way, monkeypatch):
-    import faster_whisper.transcribe as fw_transcribe
-
     samples = read_audio(JFK).tobytes()
     said = [samples[: 16000 * 2 * 3]]  # 3 s so far
     # The periodic partial is held in its thread just before Whisper's encoder until the pause has come.
-    began, release = threading.Event(), threading.Event()
-    pad_or_trim = fw_transcribe.pad_or_trim
-
-    def held(*args, **kwargs):
-        if not began.is_set():
-            began.set()
-            release.wait(30)
-        return pad_or_trim(*args, **kwargs)
-
-    monkeypatch.setattr(fw_transcribe, "pad_or_trim", held)
+    began, release = hold_first_before_encoder(monkeypatch)
     ended: list[str] = []
     shown: list[float] = []
 
@@ -226,21 +233,10 @@ async def test_a_periodic_partial_slower_than_allowed_ends_the_turns_periodic_pa
 
 @pytest.mark.parametrize("periodic", [False, True])
 async def test_a_pause_talked_through_gives_up_its_words_unless_partials_are_shown(transcriber, periodic, monkeypatch):
-    import faster_whisper.transcribe as fw_transcribe
-
     samples = read_audio(JFK).tobytes()
     said = [samples[: 16000 * 2 * 3]]  # 3 s, then a pause
     # The pause's transcription is held in its thread just before Whisper's encoder until the caller has gone on.
-    began, release = threading.Event(), threading.Event()
-    pad_or_trim = fw_transcribe.pad_or_trim
-
-    def held(*args, **kwargs):
-        if not began.is_set():
-            began.set()
-            release.wait(30)
-        return pad_or_trim(*args, **kwargs)
-
-    monkeypatch.setattr(fw_transcribe, "pad_or_trim", held)
+    began, release = hold_first_before_encoder(monkeypatch)
     ended: list[tuple[int, str]] = []
     shown: list[float] = []
 

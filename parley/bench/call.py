@@ -10,7 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from parley.bench.results import BENCH_ENV, add_ratios, ms, percentile, speaker_files, stage_medians, write_results
+from parley.bench.results import (
+    BENCH_ENV, add_ratios, ms, percentile, server_log, speaker_files, stage_medians, write_results,
+)
 from parley.server_process import server_process
 
 
@@ -43,13 +45,11 @@ async def bench_call(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="parley-bench-") as tmp:
         files = speaker_files(Path(tmp))
         async with contextlib.AsyncExitStack() as stack:
-            if args.server_logs:
-                Path(args.server_logs).mkdir(parents=True, exist_ok=True)
             urls = {
                 name: args.server if args.server and not change else await stack.enter_async_context(
                     server_process(
                         {**env, **change},
-                        log_path=str(Path(args.server_logs) / f"variant-{n}.log") if args.server_logs else None,
+                        log_path=server_log(args.server_logs, f"variant-{n}"),
                     )
                 )
                 for n, (name, change) in enumerate(variants.items())

@@ -36,7 +36,9 @@ import psutil
 import websockets
 
 from parley.bench.load_call import EncodedSpeech, LoadCall, TurnOutcome, encode_speech
-from parley.bench.results import BENCH_ENV, RESULTS, ms, percentile, speaker_files, stage_medians, write_results
+from parley.bench.results import (
+    BENCH_ENV, RESULTS, ms, percentile, server_log, speaker_files, stage_medians, write_results,
+)
 from parley.errors import CallFailed, CallRefused
 from parley.server_process import server_child
 from parley.services.redis_server import private_redis
@@ -175,31 +177,31 @@ class CpuMeter:
         into["client_cores"] = round((self.client_seconds() - client) / elapsed, 2)
 
 
-async def lane_use(url: str) -> dict[tuple[str, str], tuple[float, float]]:
-    """Each inference lane's jobs run and thread seconds so far, by (model, priority), from /metrics."""
+async def lane_use(url: str) -> dict[tuple[str, str, str], float]:
+    """Each inference lane's jobs run and thread seconds so far, by (metric, model, priority), from /metrics."""
     from prometheus_client.parser import text_string_to_metric_families
 
     async with httpx.AsyncClient() as http:
         text = (await http.get(f"{url}/metrics")).text
-    use: dict[tuple[str, str], list[float]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            slot = {"parley_inference_jobs_total": 0, "parley_inference_busy_seconds_total": 1}.get(sample.name)
-            if slot is not None:
-                use.setdefault((sample.labels["model"], sample.labels["priority"]), [0.0, 0.0])[slot] = sample.value
-    return {key: (jobs, busy) for key, (jobs, busy) in use.items()}
+    return {
+        (sample.name, sample.labels["model"], sample.labels["priority"]): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name in ("parley_inference_jobs_total", "parley_inference_busy_seconds_total")
+    }
 
 
 def _lane_figures(before: dict, after: dict, *, turns: int, elapsed_s: float) -> dict[str, Any]:
     """Per model: jobs a turn by priority, and how busy the lane was (thread seconds a second)."""
+    grew = {key: value - before.get(key, 0.0) for key, value in after.items()}
     figures: dict[str, Any] = {}
-    for model, priority in after:
-        jobs = after[(model, priority)][0] - before.get((model, priority), (0, 0))[0]
-        busy = after[(model, priority)][1] - before.get((model, priority), (0, 0))[1]
-        lane = figures.setdefault(model, {"jobs_per_turn": {}, "busy": 0.0})
-        if jobs:
-            lane["jobs_per_turn"][priority] = round(jobs / max(1, turns), 2)
-        lane["busy"] = round(lane["busy"] + busy / max(1e-6, elapsed_s), 2)
+    for model in sorted({model for _, model, _ in grew}):
+        jobs = {p: n for (name, m, p), n in grew.items() if m == model and name == "parley_inference_jobs_total"}
+        busy = sum(s for (name, m, _), s in grew.items() if m == model and name == "parley_inference_busy_seconds_total")
+        figures[model] = {
+            "jobs_per_turn": {p: round(n / max(1, turns), 2) for p, n in jobs.items() if n},
+            "busy": round(busy / max(1e-6, elapsed_s), 2),
+        }
     return figures
 
 
@@ -516,11 +518,7 @@ async def _run_ramp(args: argparse.Namespace, env: dict[str, str], speeches: lis
     for name in args.variants.split(","):
         # The cap is lifted: the ramp measures what the machine carries, not what it is told to take.
         lifted = {"PARLEY_ADMISSION_MAX_CALLS": str(max(steps) + 1), **RAMP_VARIANTS[name]}
-        log_path = None
-        if args.server_logs:
-            Path(args.server_logs).mkdir(parents=True, exist_ok=True)
-            log_path = str(Path(args.server_logs) / f"ramp-{name}.log")
-        async with bench_server({**env, **lifted}, log_path) as (url, meter):
+        async with bench_server({**env, **lifted}, server_log(args.server_logs, f"ramp-{name}")) as (url, meter):
             print(f"ramp variant {name}")
             variants[name] = await ramp(url, meter, speeches, steps, args.sentences)
     # What a replica takes on is measured with every rung shed, as they are at its top.

@@ -75,5 +75,14 @@ def speaker_files(tmp: Path) -> list[str]:
     return files
 
 
+def server_log(folder: str | None, name: str) -> str | None:
+    """Where a benchmark's server `name` writes its log: `folder`/`name`.log (the folder made), or
+    None (no folder asked for: the log is dropped)."""
+    if not folder:
+        return None
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return str(Path(folder) / f"{name}.log")
+
+
 def ms(value: float | None) -> str:
     return "–" if value is None else f"{value:.0f}"
