@@ -192,10 +192,12 @@ async def test_a_dropped_socket_mid_call_resumes_the_session_and_the_call_goes_o
         # server replays them all, on top of the history that holds the same turns.
         replayed: list[dict] = []
         page.on("websocket", lambda ws: ws.on("framereceived", lambda frame: collect_replayed(frame, replayed)))
-        await page.evaluate("window.parley.session.last_event_id = null")
         # The page's socket closes without the page asking for it, as when the network drops. The
         # page comes back to the same session and dials again by itself, on a new peer connection.
-        await page.evaluate("window.parley.ws.close()")
+        # Both in one step: the call goes on talking, and an event arriving between the two would set
+        # the last event id again and leave nothing of the first turn to replay (a closing socket
+        # delivers no more messages to the page).
+        await page.evaluate("window.parley.session.last_event_id = null; window.parley.ws.close()")
         await page.wait_for_function(
             """() => {
               const { session, pc } = window.parley;

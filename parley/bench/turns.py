@@ -119,6 +119,7 @@ def _fields(report) -> dict[str, Any]:
         "server_turns": report.server_turns,
         "finals": report.finals,
         "end_of_turn_silence_ms": report.stages_ms.get("end_of_turn_silence"),
+        "end_of_turn_to_first_audio_ms": report.stages_ms.get("end_of_turn_to_first_audio"),
         "transcript": report.transcript,
     }
 
@@ -137,6 +138,14 @@ def _figures(whole: list[dict[str, Any]], paused: list[dict[str, Any]]) -> dict[
     silences = [r["end_of_turn_silence_ms"] for r in whole if r["end_of_turn_silence_ms"] is not None]
     v2v = [r["voice_to_voice_ms"] for r in whole + paused if r["voice_to_voice_ms"] is not None]
     v2v_whole = [r["voice_to_voice_ms"] for r in whole if r["voice_to_voice_ms"] is not None]
+    # What a whole turn waited past its end-of-turn silence, as the caller heard it, and the server's
+    # share of that (the end of the turn to its first audio sent): the rest is the way to the ear.
+    after_end = [
+        r["voice_to_voice_ms"] - r["end_of_turn_silence_ms"]
+        for r in whole
+        if r["voice_to_voice_ms"] is not None and r["end_of_turn_silence_ms"] is not None
+    ]
+    server_after_end = [r["end_of_turn_to_first_audio_ms"] for r in whole if r.get("end_of_turn_to_first_audio_ms") is not None]
     return {
         "paused_files": len(paused),
         "ended_in_pause": len(ended_in_pause),
@@ -150,6 +159,7 @@ def _figures(whole: list[dict[str, Any]], paused: list[dict[str, Any]]) -> dict[
         "end_of_turn_silence_ms": {"p50": percentile(silences, 50), "p95": percentile(silences, 95)},
         "voice_to_voice_ms": {"p50": percentile(v2v, 50), "p95": percentile(v2v, 95), "answered": len(v2v)},
         "voice_to_voice_whole_ms": {"p50": percentile(v2v_whole, 50), "p95": percentile(v2v_whole, 95)},
+        "after_end_of_turn_ms": {"p50": percentile(after_end, 50), "server_p50": percentile(server_after_end, 50)},
     }
 
 
@@ -187,6 +197,7 @@ async def bench_turns(args: argparse.Namespace) -> None:
         + f" | {ms(f['end_of_turn_silence_ms']['p50'])} | {ms(f['end_of_turn_silence_ms']['p95'])} |"
         f" {ms(f['voice_to_voice_ms']['p50'])} | {ms(f['voice_to_voice_ms']['p95'])} |"
         f" {ms(f['voice_to_voice_whole_ms']['p50'])} | {f.get('v2v_p50_vs_silence', '–')} |"
+        f" {ms(f['after_end_of_turn_ms']['p50'])} | {ms(f['after_end_of_turn_ms']['server_p50'])} |"
         for name, f in results.items()
     ]
     header = (
@@ -197,7 +208,8 @@ async def bench_turns(args: argparse.Namespace) -> None:
         " Whole files: the same sentences unpaused and the two real speakers of ../shared/audio. Talked over:"
         " bot voice received while the file's speech was still being sent.\n\n"
         "| when | variant | ended in the pause | talked over | overlap ms (total) | talked over by pause |"
-        " end-of-turn silence p50 (whole) | p95 | v2v p50 (all) | v2v p95 | v2v p50 (whole) | v2v p50 vs silence |\n"
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
+        " end-of-turn silence p50 (whole) | p95 | v2v p50 (all) | v2v p95 | v2v p50 (whole) | v2v p50 vs silence |"
+        " after the end of turn p50 (whole) | of it, server to first audio sent p50 |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
     )
     write_results("turns", document, "\n".join(rows), header)
