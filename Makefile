@@ -82,6 +82,7 @@ bench: setup bench-models
 	$(VENV)/bin/parley bench call
 	$(VENV)/bin/parley bench barge-in
 	$(VENV)/bin/parley bench turns
+	$(VENV)/bin/parley bench pipecat
 	$(VENV)/bin/parley bench long-call
 	$(VENV)/bin/parley bench load all --minutes 30
 

@@ -146,7 +146,7 @@ class _Interrupted:
     out_dir: Path
 
 
-class _Recorder:
+class Recorder:
     """Everything received, as (arrival time, 20 ms of 48 kHz mono PCM, voiced or not).
 
     Each frame's level is judged once, as it arrives: the waits below scan the recording
@@ -240,7 +240,7 @@ class CallClient:
 
     def _make_recorder(self):
         """What keeps the bot's voice as it arrives."""
-        return _Recorder()
+        return Recorder()
 
     @property
     def dropped(self) -> bool:

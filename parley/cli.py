@@ -132,6 +132,15 @@ def _parser() -> argparse.ArgumentParser:
         "--variants",
         help="comma-separated (default all): silence_500ms, model, model_transcribe_at_pause, model_pause_100ms",
     )
+    bench_pipecat = bench_kinds.add_parser(
+        "pipecat", help="Parley against pipecat 1.14 on the same models, clips and machine (pipecat in a venv of its own)"
+    )
+    bench_pipecat.add_argument(
+        "--sentences", type=int, default=6, choices=range(1, 13), metavar="1-12",
+        help="telephone sentences to say (with the two real speakers), default 6",
+    )
+    bench_pipecat.add_argument("--rounds", type=int, default=2, help="times each file is said (default 2)")
+    bench_pipecat.add_argument("--server-logs", help="keep the pipecat bot's and its llama-server's logs here")
 
     bench_load = bench_kinds.add_parser(
         "load", help="many calls at once over real WebRTC: ramp (capacity), spike (27x arrivals), soak (leaks)"

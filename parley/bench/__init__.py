@@ -50,6 +50,10 @@ async def run_bench(args: argparse.Namespace) -> None:
         from parley.bench.network import bench_network
 
         await bench_network(args)
+    elif args.bench == "pipecat":
+        from parley.bench.pipecat import bench_pipecat
+
+        await bench_pipecat(args)
     elif args.bench == "quality":
         from parley.bench.quality import bench_quality
 
