@@ -140,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
         help="telephone sentences to say (with the two real speakers), default 6",
     )
     bench_pipecat.add_argument("--rounds", type=int, default=2, help="times each file is said (default 2)")
-    bench_pipecat.add_argument("--server-logs", help="keep the pipecat bot's and its llama-server's logs here")
+    bench_pipecat.add_argument("--server-logs", help="keep the logs here: Parley's server, the pipecat bot and its llama-server")
 
     bench_load = bench_kinds.add_parser(
         "load", help="many calls at once over real WebRTC: ramp (capacity), spike (27x arrivals), soak (leaks)"

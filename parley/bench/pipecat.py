@@ -34,7 +34,7 @@ import httpx
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from media.audio_file import read_audio
-from parley.bench.results import BENCH_ENV, ms, percentile, write_results
+from parley.bench.results import BENCH_ENV, ms, percentile, server_log, write_results
 from parley.call_client import RATE, Recorder, last_voiced_offset_s
 from parley.errors import CallFailed, ParleyError
 from parley.microphone import Microphone
@@ -215,7 +215,7 @@ async def bench_pipecat(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="parley-bench-pipecat-") as tmp:
         files = make_files(Path(tmp), args.sentences)["whole"] * args.rounds
         print(f"parley: {len(files)} turns", flush=True)
-        async with server_process(env) as url:
+        async with server_process(env, log_path=server_log(args.server_logs, "parley")) as url:
             details["parley"] = await _parley_turns(url, files, Path(tmp) / "parley")
         print(f"pipecat: {len(files)} turns", flush=True)
         async with pipecat_bot(python, Path(tmp)) as url:
