@@ -239,6 +239,9 @@ class TurnConfig:
         whenever over budget (pipeline.history_window).
     first_clause_words: the reply's first piece of speech may end at a comma once it has this
         many words (0: whole sentences only), so the bot starts talking sooner.
+    first_phrase_words: a first sentence with no comma may end before a word that opens a
+        clause ("that", "because", ...) once it has this many words (0: never); piper's time
+        to first audio grows with the piece's length.
     synthesis_slack_s: a reply's next piece of speech, when the audio already queued before it
         will play for longer than this, is synthesised ahead of need (Priority.AHEAD): a reply
         another caller waits for in silence goes first. It is hurried once that slack is down to
@@ -266,6 +269,7 @@ class TurnConfig:
     history_budget_tokens: int = 600
     history_window: str = "stable"
     first_clause_words: int = 4
+    first_phrase_words: int = 0
     synthesis_slack_s: float = 0.6
     speculative: bool = True
     prime_llm: bool = True

@@ -753,7 +753,9 @@ class TurnLoop:
     async def _generate(
         self, reply: Reply, messages: list[Message], sentences: asyncio.Queue[str | None], stages: dict[str, float]
     ) -> None:
-        splitter = SentenceSplitter(first_clause_words=self.config.first_clause_words)
+        splitter = SentenceSplitter(
+            first_clause_words=self.config.first_clause_words, first_phrase_words=self.config.first_phrase_words
+        )
         started = time.monotonic()
 
         def prompt_read(usage: PromptUsage) -> None:

@@ -38,3 +38,27 @@ def test_the_first_piece_may_end_at_a_clause_once_it_is_long_enough():
 def test_a_sentence_that_ends_before_the_clause_comes_out_whole():
     splitter = SentenceSplitter(first_clause_words=4)
     assert splitter.push("Hi. I think that, on balance, yes. ") == ["Hi.", "I think that, on balance, yes."]
+
+
+def test_a_long_first_sentence_without_a_comma_may_end_before_a_word_that_opens_a_clause():
+    splitter = SentenceSplitter(first_clause_words=4, first_phrase_words=4)
+    assert splitter.push("You're asking a question that") == []  # "that" may yet be "thatch"
+    assert splitter.push(" requires a precise answer that") == ["You're asking a question"]
+    # Only the first piece is cut so: the rest comes out as sentences.
+    assert splitter.push(" matters. The bat") == ["that requires a precise answer that matters."]
+    assert splitter.flush() == "The bat"
+
+
+def test_the_first_phrase_is_cut_only_once_long_enough_and_never_before_and():
+    splitter = SentenceSplitter(first_clause_words=4, first_phrase_words=4)
+    assert splitter.push("I know that black and white cats ") == []  # "I know" is too short
+    assert splitter.push("sleep a lot when it rains ") == ["I know that black and white cats sleep a lot"]
+    assert splitter.flush() == "when it rains"
+
+
+def test_a_comma_comes_before_a_phrase_and_a_sentence_end_before_both():
+    splitter = SentenceSplitter(first_clause_words=4, first_phrase_words=4)
+    assert splitter.push("Yes, the bank is open today, but ") == ["Yes, the bank is open today,"]
+    splitter = SentenceSplitter(first_clause_words=4, first_phrase_words=4)
+    assert splitter.push("The bank is open today. So come ") == ["The bank is open today."]
+    assert SentenceSplitter().push("You're asking a question that needs an answer ") == []  # off by default
