@@ -303,6 +303,10 @@ class TurnModelConfig:
     max_audio_s: the model reads at most the last 8 s of a turn.
     after_words: the model hears a pause once its words are transcribed, not while they are: on two
         cores the two slowed each other, and the reply's draft waits for the words.
+    silence_heard_ms: the most silence after the last voiced frame the model hears: the turn as it
+        is when the model runs (the silence grew while the words were transcribed), cut there.
+        Smart Turn scores a finished sentence higher with more silence behind it (pipecat gives
+        it 200 ms); `vad.pause_ms` or less: the turn as it was at the pause.
     """
 
     wheel: str = "pipecat-ai==1.14.0"
@@ -313,8 +317,11 @@ class TurnModelConfig:
     threads: int = 1
     max_audio_s: float = 8.0
     after_words: bool = True
+    silence_heard_ms: int = 60
 
     def __post_init__(self) -> None:
+        if self.silence_heard_ms < 0:
+            raise ValueError(f"turn_model.silence_heard_ms must be 0 or more, not {self.silence_heard_ms}")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"turn_model.threshold must be between 0 and 1, not {self.threshold}")
         if self.threads < 1:

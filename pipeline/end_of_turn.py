@@ -81,12 +81,21 @@ class EndOfTurn:
         """Whether pauses are judged at all (False: silence alone ends turns)."""
         return self.model is not None
 
+    @property
+    def silence_heard_ms(self) -> int:
+        """The most silence after the words the model hears (0 with no model)."""
+        return self.model.config.silence_heard_ms if self.model is not None else 0
+
     def silence_before_judgement(self) -> int:
         """The silence that ends a turn whose pause has not been judged (yet)."""
         return self.turns.incomplete_silence_ms if self.judges else self.turns.unjudged_silence_ms
 
-    async def judge(self, audio: bytes, transcript: Callable[[], Awaitable[Transcript | None]]) -> Judgement:
-        """Judge a pause: `audio` is the turn up to now; `transcript()` gives the one made at the pause."""
+    async def judge(
+        self, audio: bytes | Callable[[], bytes], transcript: Callable[[], Awaitable[Transcript | None]]
+    ) -> Judgement:
+        """Judge a pause: `audio` is the turn so far (or gives it, as of when the model runs: the
+        silence after the words grows while they are transcribed); `transcript()` gives the
+        words made at the pause."""
         assert self.model is not None, "a pause is judged only with the model"
         # The words first (after_words): the draft needs them at once, and the model, run beside
         # the transcription, slowed it down on two cores; it costs the decision nothing, which
@@ -97,7 +106,7 @@ class EndOfTurn:
                 await asyncio.wait([heard])
             started = time.monotonic()
             try:
-                probability = await self.model.complete_probability(audio)
+                probability = await self.model.complete_probability(audio() if callable(audio) else audio)
             except TurnModelError as exc:
                 log.warning("%s; the turn ends on silence alone", exc)
                 return Judgement(None, None, self.turns.unjudged_silence_ms)

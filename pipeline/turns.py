@@ -81,7 +81,7 @@ from pipeline.turn_state import (
     ReplyRequested,
     TurnPolicy,
 )
-from pipeline.vad import SpeechLull, SpeechPaused, SpeechStarted, TurnEnded, VoiceActivityDetector
+from pipeline.vad import SAMPLE_RATE, SpeechLull, SpeechPaused, SpeechStarted, TurnEnded, VoiceActivityDetector
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +315,7 @@ class TurnLoop:
                 await self._on_turn_ended(event)
             elif self._should_recheck():
                 self._rechecked = True
-                self._start_judging()
+                self._start_judging(again=True)
 
     def _since_turn_end_ms(self) -> float | None:
         """How long ago the spoken turn the reply in progress answers ended (None: no such reply)."""
@@ -324,11 +324,22 @@ class TurnLoop:
             return None
         return 1000 * (time.monotonic() - reply.ended_at_mono)
 
-    def _start_judging(self) -> None:
+    def _start_judging(self, *, again: bool = False) -> None:
+        """Judge the pause. `again`: a pause judged unfinished heard once more, with all the
+        silence behind it so far."""
         assert self._partials is not None
-        audio = self._carry + self._vad.utterance()
         upto = functools.partial(self._partials.upto, self._pause_covers)
+        silence_ms = None if again else self._end_of_turn.silence_heard_ms
+        audio = functools.partial(self._heard_by_model, self._pause_covers, silence_ms)
         self._judging = self._tasks.create_task(self._judge(audio, upto), name=f"judge-{self._turn_id}")
+
+    def _heard_by_model(self, covers: int, silence_ms: int | None) -> bytes:
+        """The turn as the end-of-turn model hears it when it runs: the speech the pause follows
+        (`covers` bytes) and the silence since, at most `silence_ms` of it (None: all)."""
+        audio = self._carry + self._vad.utterance()
+        if silence_ms is None:
+            return audio
+        return audio[: covers + max(silence_ms, self._vad.config.pause_ms) * SAMPLE_RATE // 1000 * 2]
 
     def _should_recheck(self) -> bool:
         """A pause the model alone called unfinished is judged once more as its silence grows."""

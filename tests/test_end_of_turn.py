@@ -155,3 +155,16 @@ async def test_a_judgement_cancelled_while_it_waits_for_the_words_stops_waiting_
         await judging
     async with asyncio.timeout(10):  # a wait left behind would never end: fail instead of hanging
         await gone.wait()  # the wait for the words was cancelled with the judgement
+
+
+async def test_the_model_hears_the_turn_as_it_is_when_it_runs_after_the_words():
+    grown = bytearray(b"\1\0" * 1600)  # the turn at the pause
+
+    async def transcript() -> Transcript:
+        grown.extend(b"\0\0" * 3200)  # silence goes on coming in while the words are transcribed
+        return Transcript("The pound key.", no_speech_prob=0.01, avg_logprob=-0.2, audio_ms=1000, language="en")
+
+    model = SetModel(0.9)
+    finished = await EndOfTurn(model, vad=VAD, turns=TURNS).judge(lambda: bytes(grown), transcript)
+    assert finished.end_silence_ms == 200
+    assert model.heard == [bytes(grown)] and len(model.heard[0]) == 2 * 4800

@@ -62,6 +62,10 @@ VARIANTS: dict[str, dict[str, str]] = {
     "model_recheck_400ms": {"PARLEY_TURNS_END_OF_TURN": "model", "PARLEY_TURNS_RECHECK_SILENCE_MS": "400"},
     # The model on two threads: it runs once the words are transcribed, when the ASR has let go of both cores.
     "model_threads_2": {"PARLEY_TURNS_END_OF_TURN": "model", "PARLEY_TURN_MODEL_THREADS": "2"},
+    # The model hears up to 200 (300) ms of the silence after the words, as it is when it runs,
+    # instead of the turn as it was at the pause (60 ms).
+    "model_hears_200ms": {"PARLEY_TURNS_END_OF_TURN": "model", "PARLEY_TURN_MODEL_SILENCE_HEARD_MS": "200"},
+    "model_hears_300ms": {"PARLEY_TURNS_END_OF_TURN": "model", "PARLEY_TURN_MODEL_SILENCE_HEARD_MS": "300"},
     # The words transcribed from 20 ms of silence on instead of 40.
     "model_transcribe_20ms": {"PARLEY_TURNS_END_OF_TURN": "model", "PARLEY_VAD_TRANSCRIBE_MS": "20"},
 }
