@@ -317,7 +317,7 @@ class TurnModelConfig:
     threads: int = 1
     max_audio_s: float = 8.0
     after_words: bool = True
-    silence_heard_ms: int = 60
+    silence_heard_ms: int = 200
 
     def __post_init__(self) -> None:
         if self.silence_heard_ms < 0:
