@@ -186,6 +186,16 @@ class Recorder:
         return b"".join(pcm for at, pcm, _ in self.frames if start <= at <= end)
 
 
+async def wait_voiced_after(recorder: Recorder, t: float, timeout: float) -> float | None:
+    """When the first voiced frame `recorder` received after `t` arrived; None if none within `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (at := recorder.first_voiced_after(t)) is not None:
+            return at
+        await asyncio.sleep(0.02)
+    return None
+
+
 class CallClient:
     """One session: connect, negotiate, then `talk` file after file."""
 
@@ -437,7 +447,7 @@ class CallClient:
                 await self._dropped_in(report, seen, speech_end, out_dir, index)
             return report, None
         if barge_in_after_s is not None:
-            voiced = await self._wait_voice_after(speech_end, self.reply_timeout_s)
+            voiced = await wait_voiced_after(self._recorder, speech_end, self.reply_timeout_s)
             if voiced is not None:
                 report.voice_to_voice_ms = round(1000 * (voiced - speech_end), 1)
                 await asyncio.sleep(barge_in_after_s)
@@ -546,14 +556,6 @@ class CallClient:
             report.voice_to_voice_ms = None
             report.stages_ms = {}
             report.prompt_tokens = {}
-
-    async def _wait_voice_after(self, t: float, timeout: float) -> float | None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if (at := self._recorder.first_voiced_after(t)) is not None:
-                return at
-            await asyncio.sleep(0.02)
-        return None
 
     async def ping(self, timeout_s: float = 10.0) -> bool:
         """Send the protocol's `ping`; True once its `pong` came back within `timeout_s`."""

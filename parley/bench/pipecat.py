@@ -35,16 +35,17 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from media.audio_file import read_audio
 from parley.bench.results import BENCH_ENV, ms, percentile, server_log, write_results
-from parley.call_client import RATE, Recorder, last_voiced_offset_s
-from parley.errors import CallFailed, ParleyError
+from parley.bench.turns import FILES_PER_CALL, make_files, talk_all
+from parley.call_client import RATE, Recorder, last_voiced_offset_s, wait_voiced_after
+from parley.errors import CallFailed
 from parley.microphone import Microphone
 from parley.server_process import free_port, server_process
+from parley.services.child import ChildProcess
 
 PIPECAT = "pipecat-ai[webrtc,whisper,openai,piper]==1.14.0"
 # What the bot serves its signaling with (pipecat's examples use the same).
 BOT_SERVER = ("fastapi", "uvicorn")
 BOT = Path(__file__).resolve().parents[2] / "bench" / "pipecat_bot.py"
-FILES_PER_CALL = 4
 MAX_TOKENS = 40
 # pipecat says nothing when its reply ends: this much silence from it after its voice is the end.
 QUIET_S = 1.5
@@ -114,10 +115,7 @@ class PipecatCall:
         await self._mic.drained()
         speech_end = time.monotonic() - (samples.size / RATE - last_voiced_offset_s(samples, RATE))
         deadline = time.monotonic() + REPLY_TIMEOUT_S
-        voiced = None
-        while voiced is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-            voiced = self._recorder.first_voiced_after(speech_end)
+        voiced = await wait_voiced_after(self._recorder, speech_end, REPLY_TIMEOUT_S)
         if voiced is None:
             return None
         while time.monotonic() < deadline:
@@ -138,43 +136,39 @@ async def pipecat_bot(python: Path, log_dir: Path) -> AsyncIterator[str]:
     settings = load_settings(environ={**os.environ, **BENCH_ENV})
     llm = EmbeddedLLMServer(settings.llm_server, log_dir=log_dir)
     await llm.start()
-    port = free_port()
-    config = log_dir / "pipecat-bot.json"
-    config.write_text(json.dumps({
-        "port": port,
-        "llm_url": llm.base_url,
-        "llm_model": settings.llm.model,
-        "system_prompt": settings.llm.system_prompt,
-        "max_tokens": MAX_TOKENS,
-        "temperature": settings.llm.temperature,
-        "seed": settings.llm.seed,
-        "asr_model_dir": str(model_dir(settings.asr.model, settings.asr.source())),
-        "voice": settings.tts.voice,
-        "voice_dir": str(package_dir(settings.tts.package) / settings.tts.directory),
-    }))
-    log = open(log_dir / "pipecat-bot.log", "ab")  # noqa: SIM115 - closed below
-    bot = await asyncio.create_subprocess_exec(str(python), str(BOT), str(config), stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        async with httpx.AsyncClient(timeout=2) as http:
-            while True:
-                if bot.returncode is not None or time.monotonic() > deadline:
-                    raise ParleyError(f"the pipecat bot did not start; see {log_dir / 'pipecat-bot.log'}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await http.get(f"{url}/ready")).status_code == 200:
-                        break
-                await asyncio.sleep(0.5)
-        yield url
+        port = free_port()
+        config = log_dir / "pipecat-bot.json"
+        config.write_text(json.dumps({
+            "port": port,
+            "llm_url": llm.base_url,
+            "llm_model": settings.llm.model,
+            "system_prompt": settings.llm.system_prompt,
+            "max_tokens": MAX_TOKENS,
+            "temperature": settings.llm.temperature,
+            "seed": settings.llm.seed,
+            "asr_model_dir": str(model_dir(settings.asr.model, settings.asr.source())),
+            "voice": settings.tts.voice,
+            "voice_dir": str(package_dir(settings.tts.package) / settings.tts.directory),
+        }))
+        url = f"http://127.0.0.1:{port}"
+
+        async def answers() -> bool:
+            with contextlib.suppress(httpx.HTTPError):
+                async with httpx.AsyncClient(timeout=2) as http:
+                    return (await http.get(f"{url}/ready")).status_code == 200
+            return False
+
+        bot = ChildProcess(
+            "pipecat-bot", [str(python), str(BOT), str(config)], probe=answers, log_path=log_dir / "pipecat-bot.log",
+            ready_timeout_s=120, max_restarts=0, stop_timeout_s=15,
+        )
+        try:
+            await bot.start()
+            yield url
+        finally:
+            await bot.stop()
     finally:
-        if bot.returncode is None:
-            bot.terminate()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(bot.wait(), 15)
-            if bot.returncode is None:
-                bot.kill()
-                await bot.wait()
-        log.close()
         await llm.stop()
 
 
@@ -190,9 +184,7 @@ async def _pipecat_turns(url: str, files: list[str]) -> list[dict[str, Any]]:
 
 
 async def _parley_turns(url: str, files: list[str], out_dir: Path) -> list[dict[str, Any]]:
-    from parley.bench.turns import _talk_all
-
-    return [{"file": r["file"], "voice_to_voice_ms": r["voice_to_voice_ms"]} for r in await _talk_all(url, files, out_dir)]
+    return [{"file": r["file"], "voice_to_voice_ms": r["voice_to_voice_ms"]} for r in await talk_all(url, files, out_dir)]
 
 
 def _figures(reports: list[dict[str, Any]]) -> dict[str, Any]:
@@ -206,8 +198,6 @@ def _figures(reports: list[dict[str, Any]]) -> dict[str, Any]:
 
 async def bench_pipecat(args: argparse.Namespace) -> None:
     """Parley, then pipecat, on the same files; the ratio of their voice-to-voice p50s."""
-    from parley.bench.turns import make_files
-
     python = pipecat_python()
     env = {**BENCH_ENV, "PARLEY_LLM_MAX_TOKENS": str(MAX_TOKENS)}
     results: dict[str, dict[str, Any]] = {}

@@ -99,7 +99,8 @@ def make_files(folder: Path, sentences: int) -> dict[str, list[str]]:
     return files
 
 
-async def _talk_all(url: str, files: list[str], out_dir: Path) -> list[dict[str, Any]]:
+async def talk_all(url: str, files: list[str], out_dir: Path) -> list[dict[str, Any]]:
+    """Say `files` to the server at `url`, FILES_PER_CALL to a call; one report a file."""
     from parley.call_client import CallClient
 
     reports = []
@@ -179,8 +180,8 @@ async def bench_turns(args: argparse.Namespace) -> None:
             change = VARIANTS[name]
             print(f"variant {name}: {len(files['whole'])} whole, {len(files['paused'])} paused")
             async with server_process({**env, **change}) as url:
-                whole = await _talk_all(url, files["whole"], Path(tmp) / name / "whole")
-                paused = await _talk_all(url, files["paused"], Path(tmp) / name / "paused")
+                whole = await talk_all(url, files["whole"], Path(tmp) / name / "whole")
+                paused = await talk_all(url, files["paused"], Path(tmp) / name / "paused")
             results[name] = _figures(whole, paused)
             details[name] = {"whole": whole, "paused": paused}
     if "silence_500ms" in results:
