@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from pipeline.llm_pool import LLMPool
 from pipeline.tts import Synthesizer
 from pipeline.turn_model import TurnCompletionModel
 from signaling import metrics
+from signaling.loop_lag import watch_loop_lag
 from signaling.admission import Admission
 from signaling.client_cap import ClientCap
 from signaling.rate_limit import RateLimiter
@@ -100,6 +102,8 @@ def create_app(settings: Settings) -> FastAPI:
             stack.callback(watching.cancel)
             trimming = asyncio.create_task(trim_periodically(settings.server.malloc_trim_s), name="malloc-trim")
             stack.callback(trimming.cancel)
+            lag = asyncio.create_task(watch_loop_lag(), name="loop-lag")
+            stack.callback(lag.cancel)
             app.state.services = AppServices(
                 settings=running.settings,
                 running=running,
@@ -190,7 +194,8 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/stats")
     async def stats() -> dict[str, float]:
         """Live counters of this process: sessions, voice calls, asyncio tasks (a leak shows here
-        first) and what malloc holds (in use, and freed but kept)."""
+        first), Python's allocated blocks (objects kept grow this) and what malloc holds (in use,
+        and freed but kept)."""
         shared: AppServices | None = getattr(app.state, "services", None)
         if shared is None:
             counts = {"active_calls": 0, "sessions": 0, "voice_calls": 0}
@@ -200,7 +205,8 @@ def create_app(settings: Settings) -> FastAPI:
                 "sessions": shared.admission.active["sessions"],
                 "voice_calls": shared.admission.active["calls"],
             }
-        return {**counts, "tasks": len(asyncio.all_tasks()), **heap_figures()}
+        return {**counts, "tasks": len(asyncio.all_tasks()), "python_blocks": sys.getallocatedblocks(),
+                **heap_figures()}
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:

@@ -41,6 +41,11 @@ PROMPT_TOKENS_READ = Histogram(
     "parley_llm_prompt_tokens_read", "Prompt tokens the LLM server read for a reply (not from its cache)",
     buckets=(8, 16, 32, 64, 128, 256, 512, 1024, 2048),
 )
+LOOP_LAG = Histogram(
+    "parley_event_loop_lag_seconds",
+    "How late a timer on the event loop ran (sampled every 50 ms): time the loop was held by other work",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+)
 LLM_QUEUE = Gauge("parley_llm_queue_depth", "LLM requests waiting for a slot in the pool")
 LLM_INFLIGHT = Gauge("parley_llm_inflight", "LLM requests at the server")
 LLM_BREAKER_OPEN = Gauge("parley_llm_breaker_open", "1 while the LLM circuit breaker is open (or half open), else 0")

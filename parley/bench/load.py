@@ -183,11 +183,28 @@ async def lane_use(url: str) -> dict[tuple[str, str, str], float]:
 
     async with httpx.AsyncClient() as http:
         text = (await http.get(f"{url}/metrics")).text
+    use = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in ("parley_inference_jobs_total", "parley_inference_busy_seconds_total"):
+                use[(sample.name, sample.labels["model"], sample.labels["priority"])] = sample.value
+            elif sample.name.startswith("parley_event_loop_lag_seconds"):
+                use[(sample.name, "", sample.labels.get("le", ""))] = sample.value
+    return use
+
+
+def _loop_lag_figures(before: dict, after: dict) -> dict[str, Any]:
+    """How late the server's event loop ran its timers over the step: mean lag (ms) and the share
+    of wake-ups held past 20 ms (a frame's time: media ran late for every call)."""
+    def grew(name: str, le: str = "") -> float:
+        key = (f"parley_event_loop_lag_seconds_{name}", "", le)
+        return after.get(key, 0.0) - before.get(key, 0.0)
+    count = grew("count")
+    if not count:
+        return {}
     return {
-        (sample.name, sample.labels["model"], sample.labels["priority"]): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name in ("parley_inference_jobs_total", "parley_inference_busy_seconds_total")
+        "mean_ms": round(1000 * grew("sum") / count, 1),
+        "over_20ms": round(1 - grew("bucket", "0.02") / count, 3),
     }
 
 
@@ -195,7 +212,7 @@ def _lane_figures(before: dict, after: dict, *, turns: int, elapsed_s: float) ->
     """Per model: jobs a turn by priority, and how busy the lane was (thread seconds a second)."""
     grew = {key: value - before.get(key, 0.0) for key, value in after.items()}
     figures: dict[str, Any] = {}
-    for model in sorted({model for _, model, _ in grew}):
+    for model in sorted({model for _, model, _ in grew if model}):
         jobs = {p: n for (name, m, p), n in grew.items() if m == model and name == "parley_inference_jobs_total"}
         busy = sum(s for (name, m, _), s in grew.items() if m == model and name == "parley_inference_busy_seconds_total")
         figures[model] = {
@@ -232,8 +249,10 @@ async def ramp(url: str, meter: CpuMeter, speeches: list[EncodedSpeech], steps: 
             ))
         figures.update(_turn_figures(records), refused=sum(r.refused is not None for r in records))
         # Where the time went: how often each model ran a turn, and how busy its lane was.
-        figures["lanes"] = _lane_figures(lanes_before, await lane_use(url), turns=figures["turns"],
+        lanes_after = await lane_use(url)
+        figures["lanes"] = _lane_figures(lanes_before, lanes_after, turns=figures["turns"],
                                          elapsed_s=time.monotonic() - began)
+        figures["loop_lag"] = _loop_lag_figures(lanes_before, lanes_after)
         figures["stages_p50_ms"] = stage_medians(turn.stages_ms for r in records for turn in r.turns)
         results.append(figures)
         print(f"ramp {calls} calls: {figures}")
@@ -384,11 +403,12 @@ async def text_spike(url: str, *, base: int, surge: int, window_s: float, hold_s
 
 async def soak(
     url: str, meter: CpuMeter, speeches: list[EncodedSpeech], redis_url: str, *, calls: int, minutes: float,
-    sample_s: float = 10.0, warmup_s: float | None = None,
+    sample_s: float = 7.0, warmup_s: float | None = None,
 ) -> dict:
-    """`calls` calls talking for `warmup_s` and then `minutes`; the server's RSS, tasks, descriptors
-    and Redis keys sampled before the calls, every `sample_s` while they talk, and once they have
-    ended. Growth counts from `warmup_s` on (default: a fifth of `minutes`, at least 30 s, within them)."""
+    """`calls` calls talking for `warmup_s` and then `minutes`; the server's memory, tasks,
+    descriptors and Redis keys sampled before the calls, every `sample_s` while they talk (out of
+    step with malloc's trims, so some samples follow one), and once they have ended. Growth counts
+    from `warmup_s` on (default: a fifth of `minutes`, at least 30 s, within them)."""
     from redis.asyncio import Redis
 
     addresses = CallerAddresses()
@@ -403,8 +423,12 @@ async def soak(
 
     async def sample(http: httpx.AsyncClient, redis: Redis, start: float) -> None:
         stats = (await http.get(f"{url}/stats")).json()
+        memory = server.memory_info()
         samples.append({
-            "s": round(time.monotonic() - start), "rss_mb": round(server.memory_info().rss / 2**20, 1),
+            "s": round(time.monotonic() - start), "rss_mb": round(memory.rss / 2**20, 1),
+            # RSS less its pages backed by files (model files and libraries mapped and read in).
+            "rss_anon_mb": round((memory.rss - memory.shared) / 2**20, 1),
+            "python_blocks": stats.get("python_blocks"),
             "tasks": stats["tasks"], "fds": server.num_fds(), "redis_keys": await redis.dbsize(),
             "voice_calls": stats["voice_calls"], "heap_in_use_mb": stats.get("heap_in_use_mb"),
             "heap_free_mb": stats.get("heap_free_mb"),
@@ -437,21 +461,27 @@ async def soak(
         await redis.aclose()
     # The first samples include warming up (allocator arenas, model buffers, caches filling; the
     # 30-minute soak's RSS rose for the first minute, then held): growth counts from `warmup_s` on.
-    # One sample of RSS says little: a turn in flight holds tens of MB for a moment (features,
-    # tensors, audio), and malloc gives freed pages back only every `malloc_trim_s`, so two samples
-    # a few seconds apart differed by up to 100 MB in the same process. Growth compares the medians
-    # of the first and last thirds of the warm samples; a leak moves both the median and malloc's
-    # bytes in use.
+    # One sample of RSS says little: between two of malloc's trims (`malloc_trim_s`) it holds the
+    # pages a turn freed (features, tensors, audio), so samples 5 s apart alternated between ~380
+    # and ~475 MB in the same process, and the median of a few of them fell on either side.
+    # Memory held is the floor: RSS compares the lowest sample of the first and last thirds of the
+    # warm samples (a leak raises the floor). What is allocated and kept (malloc's bytes in use,
+    # Python's blocks) does not swing; those compare the thirds' medians.
     talking_samples = samples[:-1]
     warm_samples = [s for s in talking_samples if s["s"] >= warmup_s] or talking_samples
     third = max(1, len(warm_samples) // 3)
-    warm = _median_sample(warm_samples[:third])
-    last = _median_sample(warm_samples[-third:])
+    warm = {**_median_sample(warm_samples[:third]), **_floor_sample(warm_samples[:third], RSS_KEYS)}
+    last = {**_median_sample(warm_samples[-third:]), **_floor_sample(warm_samples[-third:], RSS_KEYS)}
     figures.update(_turn_figures(records))
     figures.update({
         "rss_mb_warm": warm["rss_mb"], "rss_mb_last": last["rss_mb"],
         "rss_growth_pct": _growth_pct(warm["rss_mb"], last["rss_mb"]),
-        # RSS counts malloc's kept free memory too; what is allocated and not freed is the leak test.
+        "rss_anon_mb_warm": warm["rss_anon_mb"], "rss_anon_mb_last": last["rss_anon_mb"],
+        "rss_anon_growth_pct": _growth_pct(warm["rss_anon_mb"], last["rss_anon_mb"]),
+        "python_blocks_warm": warm["python_blocks"], "python_blocks_last": last["python_blocks"],
+        "python_blocks_growth_pct": _growth_pct(warm["python_blocks"], last["python_blocks"]),
+        # RSS counts malloc's kept free memory too; what is allocated and not freed is the leak test,
+        # for memory of C (malloc in use) and of Python objects (their blocks).
         "heap_in_use_mb_warm": warm["heap_in_use_mb"], "heap_in_use_mb_last": last["heap_in_use_mb"],
         "heap_in_use_growth_pct": _growth_pct(warm["heap_in_use_mb"], last["heap_in_use_mb"]),
         "heap_free_mb_warm": warm["heap_free_mb"], "heap_free_mb_last": last["heap_free_mb"],
@@ -464,6 +494,15 @@ async def soak(
         "samples": samples,
     })
     return figures
+
+
+# The soak's figures of resident memory, which swing between malloc's trims (see `soak`).
+RSS_KEYS = ("rss_mb", "rss_anon_mb")
+
+
+def _floor_sample(samples: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
+    """Each of `keys`' lowest value over `samples`."""
+    return {key: min(s[key] for s in samples) for key in keys}
 
 
 def _median_sample(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -502,11 +541,13 @@ def _steps_row(steps: list[dict[str, Any]]) -> str:
 
 
 def _asr_use(step: dict[str, Any]) -> str:
-    """The ASR lane's share of a step: how busy it was, and its transcriptions a turn."""
-    asr = step.get("lanes", {}).get("asr")
-    if not asr:
-        return ""
-    return f", asr {asr['busy']} busy, {round(sum(asr['jobs_per_turn'].values()), 1)} a turn"
+    """The ASR lane's share of a step (how busy it was, its transcriptions a turn) and the event
+    loop's lag."""
+    asr, lag = step.get("lanes", {}).get("asr"), step.get("loop_lag")
+    text = f", asr {asr['busy']} busy, {round(sum(asr['jobs_per_turn'].values()), 1)} a turn" if asr else ""
+    if lag:
+        text += f", loop lag {lag['mean_ms']} ms mean, {lag['over_20ms']:.0%} past 20 ms"
+    return text
 
 
 async def _run_ramp(args: argparse.Namespace, env: dict[str, str], speeches: list[EncodedSpeech], when: str):
@@ -553,8 +594,8 @@ async def _run_soak(args: argparse.Namespace, env: dict[str, str], speeches: lis
     async with bench_server(env) as (url, meter):
         f = await soak(url, meter, speeches, env["REDIS_URL"], calls=args.calls, minutes=args.minutes)
     row = (f"| {when} | soak | {f['calls']} calls × {f['minutes']} min: failed {f['failed']},"
-           f" RSS {f['rss_mb_warm']:.1f}→{f['rss_mb_last']:.1f} MB ({f['rss_growth_pct']} %),"
-           f" malloc in use {f['heap_in_use_mb_warm']:.1f}→{f['heap_in_use_mb_last']:.1f} MB,"
+           f" RSS floor {f['rss_mb_warm']:.1f}→{f['rss_mb_last']:.1f} MB ({f['rss_growth_pct']} %),"
+           f" Python blocks {f['python_blocks_growth_pct']} %, malloc in use {f['heap_in_use_mb_warm']:.1f}→{f['heap_in_use_mb_last']:.1f} MB,"
            f" kept free {f['heap_free_mb_warm']:.1f}→{f['heap_free_mb_last']:.1f} MB,"
            f" tasks {f['tasks_warm']}→{f['tasks_last']}, fds {f['fds_warm']}→{f['fds_last']},"
            f" Redis keys {f['redis_keys_warm']}→{f['redis_keys_last']}; {f['turns']} turns, voice-to-voice p50"
