@@ -102,7 +102,7 @@ class ASRConfig:
     model: str = "tiny.en"
     models: dict[str, ModelSource] = field(default_factory=dict)
     compute_type: str = "int8"
-    cpu_threads: int = 2
+    cpu_threads: int = 1
     beam_size: int = 1
     language: str = "en"
     no_speech_threshold: float = 0.6

@@ -79,10 +79,12 @@ RAMP_VARIANTS: dict[str, dict[str, str]] = {
     # The ladder with a pause's transcription carried on when the caller talks through the pause
     # ([asr] pauses_give_way = false), though the next pause transcribes the words again.
     "ladder_pauses_kept": {**_rungs(ALWAYS, NEVER, ALWAYS), "PARLEY_ASR_PAUSES_GIVE_WAY": "false"},
-    # The ladder with one thread for each synthesis, or for each transcription, instead of one per core:
-    # fewer threads than jobs wanting the two cores at once.
+    # The ladder with one thread for each synthesis instead of one per core: fewer threads than
+    # jobs wanting the two cores at once.
     "ladder_tts_1_thread": {**_rungs(ALWAYS, NEVER, ALWAYS), "PARLEY_TTS_THREADS": "1"},
-    "ladder_asr_1_thread": {**_rungs(ALWAYS, NEVER, ALWAYS), "PARLEY_ASR_CPU_THREADS": "1"},
+    # The ladder with two threads for each transcription, the default until one measured better
+    # under load ([asr] cpu_threads in models.toml).
+    "ladder_asr_2_threads": {**_rungs(ALWAYS, NEVER, ALWAYS), "PARLEY_ASR_CPU_THREADS": "2"},
 }
 
 
