@@ -180,7 +180,8 @@ class CpuMeter:
 
 
 async def lane_use(url: str) -> dict[tuple[str, str, str], float]:
-    """Each inference lane's jobs run and thread seconds so far, by (metric, model, priority), from /metrics."""
+    """From /metrics, so far: each inference lane's jobs run and thread seconds, keyed (metric, model,
+    priority), and the event loop's lag histogram, keyed (sample, "", bucket bound or "")."""
     from prometheus_client.parser import text_string_to_metric_families
 
     async with httpx.AsyncClient() as http:
@@ -539,10 +540,10 @@ def _merge_into(path: Path, mode: str, figures: dict[str, Any], stamp: dict[str,
 
 def _steps_row(steps: list[dict[str, Any]]) -> str:
     return "; ".join(f"{s['calls']}: {ms(s['p50_ms'])}/{ms(s['p95_ms'])}/{ms(s['max_ms'])} "
-                     f"(cpu {s['server_cores']}+{s['client_cores']}{_asr_use(s)})" for s in steps)
+                     f"(cpu {s['server_cores']}+{s['client_cores']}{_step_use(s)})" for s in steps)
 
 
-def _asr_use(step: dict[str, Any]) -> str:
+def _step_use(step: dict[str, Any]) -> str:
     """The ASR lane's share of a step (how busy it was, its transcriptions a turn) and the event
     loop's lag."""
     asr, lag = step.get("lanes", {}).get("asr"), step.get("loop_lag")
