@@ -85,6 +85,9 @@ RAMP_VARIANTS: dict[str, dict[str, str]] = {
     # The ladder with two threads for each transcription, the default until one measured better
     # under load ([asr] cpu_threads in models.toml).
     "ladder_asr_2_threads": {**_rungs(ALWAYS, NEVER, ALWAYS), "PARLEY_ASR_CPU_THREADS": "2"},
+    # The ladder with a llama-server slot for each of 8 calls instead of 4 ([llm_server] parallel),
+    # so no dialog's cached prompt is pushed out by another's.
+    "ladder_slots_8": {**_rungs(ALWAYS, NEVER, ALWAYS), "PARLEY_LLM_SERVER_PARALLEL": "8"},
 }
 
 
