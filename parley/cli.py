@@ -152,7 +152,8 @@ def _parser() -> argparse.ArgumentParser:
     bench_load.add_argument(
         "--variants", default="full,no_partials,ladder",
         help="ramp: rungs of the shedding ladder applied (comma-separated from full, no_partials, ladder,"
-        " no_drafts); the capacity reported is ladder's",
+        " no_drafts, or another of parley/bench/load.py's RAMP_VARIANTS); the servers run side by side and"
+        " take each step in turn; the capacity reported is ladder's",
     )
     bench_load.add_argument(
         "--server-logs", metavar="DIR", help="ramp: write each variant's server log here (ramp-VARIANT.log)"

@@ -245,26 +245,38 @@ async def ramp(url: str, meter: CpuMeter, speeches: list[EncodedSpeech], steps: 
     addresses = CallerAddresses()
     results = []
     for calls in steps:
-        says = max(sentences, -(-MIN_STEP_TURNS // calls))
-        figures: dict[str, Any] = {"calls": calls, "sentences_per_call": says}
-        lanes_before, began = await lane_use(url), time.monotonic()
-        with meter.measure(figures):
-            records = await asyncio.gather(*(
-                _after(3.0 * i / calls, place_call(url, addresses.take(), _rotated(speeches, i), keep_going=lambda n: n < says))
-                for i in range(calls)
-            ))
-        figures.update(_turn_figures(records), refused=sum(r.refused is not None for r in records))
-        # Where the time went: how often each model ran a turn, and how busy its lane was.
-        lanes_after = await lane_use(url)
-        figures["lanes"] = _lane_figures(lanes_before, lanes_after, turns=figures["turns"],
-                                         elapsed_s=time.monotonic() - began)
-        figures["loop_lag"] = _loop_lag_figures(lanes_before, lanes_after)
-        figures["stages_p50_ms"] = stage_medians(turn.stages_ms for r in records for turn in r.turns)
+        figures = await ramp_step(url, meter, speeches, calls, sentences, addresses)
         results.append(figures)
         print(f"ramp {calls} calls: {figures}")
         if (figures["p95_ms"] or 0) > RAMP_GIVE_UP_MS:
             break
+    return ramp_summary(results)
 
+
+async def ramp_step(
+    url: str, meter: CpuMeter, speeches: list[EncodedSpeech], calls: int, sentences: int, addresses: CallerAddresses
+) -> dict[str, Any]:
+    """One step of a ramp: `calls` calls at once, started over 3 s; what callers got and where the time went."""
+    says = max(sentences, -(-MIN_STEP_TURNS // calls))
+    figures: dict[str, Any] = {"calls": calls, "sentences_per_call": says}
+    lanes_before, began = await lane_use(url), time.monotonic()
+    with meter.measure(figures):
+        records = await asyncio.gather(*(
+            _after(3.0 * i / calls, place_call(url, addresses.take(), _rotated(speeches, i), keep_going=lambda n: n < says))
+            for i in range(calls)
+        ))
+    figures.update(_turn_figures(records), refused=sum(r.refused is not None for r in records))
+    # Where the time went: how often each model ran a turn, and how busy its lane was.
+    lanes_after = await lane_use(url)
+    figures["lanes"] = _lane_figures(lanes_before, lanes_after, turns=figures["turns"],
+                                     elapsed_s=time.monotonic() - began)
+    figures["loop_lag"] = _loop_lag_figures(lanes_before, lanes_after)
+    figures["stages_p50_ms"] = stage_medians(turn.stages_ms for r in records for turn in r.turns)
+    return figures
+
+
+def ramp_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """A ramp's steps and the capacities they show."""
     def capacity(limit_ms: float | None) -> int:
         within = [s["calls"] for s in results if limit_ms and s["p95_ms"] is not None and s["p95_ms"] <= limit_ms
                   and not (s["failed"] or s["refused"] or s["unanswered"])]
@@ -272,7 +284,7 @@ async def ramp(url: str, meter: CpuMeter, speeches: list[EncodedSpeech], steps: 
 
     # Where even one call misses the goal, the latency is not the load's doing: the second figure
     # is what the machine carries before callers wait noticeably longer than a lone caller does.
-    lone = results[0]["p95_ms"] if results[0]["calls"] == 1 else None
+    lone = results[0]["p95_ms"] if results and results[0]["calls"] == 1 else None
     return {
         "steps": results, "capacity_calls": capacity(GOAL_P95_MS), "goal_p95_ms": GOAL_P95_MS,
         "capacity_calls_near_one": capacity(lone and LONE_CALL_MARGIN * lone), "lone_call_margin": LONE_CALL_MARGIN,
@@ -557,17 +569,38 @@ def _step_use(step: dict[str, Any]) -> str:
 
 
 async def _run_ramp(args: argparse.Namespace, env: dict[str, str], speeches: list[EncodedSpeech], when: str):
-    """Each variant's ramp against a server of its own; the figures and the markdown rows."""
+    """Each variant's ramp against a server of its own; the figures and the markdown rows.
+
+    The variants' servers run side by side and take each step in turn (the first variant first
+    at odd steps, last at even ones), so each step of every variant meets the machine as it is
+    within minutes of the others. Run one variant after another, the same setting measured
+    6 calls p95 1494 ms and, 45 minutes later, 2294: the machine's speed drifts that much.
+    """
     from parley.bench.load_plots import plot_ramp
 
     steps = [int(s) for s in args.steps.split(",")]
-    variants: dict[str, dict[str, Any]] = {}
-    for name in args.variants.split(","):
-        # The cap is lifted: the ramp measures what the machine carries, not what it is told to take.
-        lifted = {"PARLEY_ADMISSION_MAX_CALLS": str(max(steps) + 1), **RAMP_VARIANTS[name]}
-        async with bench_server({**env, **lifted}, server_log(args.server_logs, f"ramp-{name}")) as (url, meter):
-            print(f"ramp variant {name}")
-            variants[name] = await ramp(url, meter, speeches, steps, args.sentences)
+    names = args.variants.split(",")
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    async with contextlib.AsyncExitStack() as stack:
+        servers = {}
+        for name in names:
+            # The cap is lifted: the ramp measures what the machine carries, not what it is told to take.
+            lifted = {"PARLEY_ADMISSION_MAX_CALLS": str(max(steps) + 1), **RAMP_VARIANTS[name]}
+            servers[name] = await stack.enter_async_context(
+                bench_server({**env, **lifted}, server_log(args.server_logs, f"ramp-{name}"))
+            )
+        addresses = CallerAddresses()
+        for index, calls in enumerate(steps):
+            going = [name for name in names
+                     if not results[name] or (results[name][-1]["p95_ms"] or 0) <= RAMP_GIVE_UP_MS]
+            if not going:
+                break
+            for name in going if index % 2 == 0 else reversed(going):
+                url, meter = servers[name]
+                figures = await ramp_step(url, meter, speeches, calls, args.sentences, addresses)
+                results[name].append(figures)
+                print(f"ramp {name} {calls} calls: {figures}")
+    variants = {name: ramp_summary(steps_run) for name, steps_run in results.items()}
     # What a replica takes on is measured with every rung shed, as they are at its top.
     figures = {"variants": variants, **(variants.get("ladder") or next(iter(variants.values())))}
     plot_ramp(figures, RESULTS / "load_ramp.png")
