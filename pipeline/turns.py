@@ -414,7 +414,9 @@ class TurnLoop:
             )
             await self._llm.prime(messages, dialog_id=self.dialog_id)
 
-    async def _judge(self, audio: bytes, transcript: Callable[[], Awaitable[Transcript | None]]) -> None:
+    async def _judge(
+        self, audio: Callable[[], bytes], transcript: Callable[[], Awaitable[Transcript | None]]
+    ) -> None:
         """Decide, at a pause, how much silence ends this turn (pipeline.end_of_turn)."""
         try:
             judgement = await self._end_of_turn.judge(audio, transcript)

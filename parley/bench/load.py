@@ -242,15 +242,26 @@ def _turn_figures(records: list[CallRecord]) -> dict[str, Any]:
 async def ramp(url: str, meter: CpuMeter, speeches: list[EncodedSpeech], steps: list[int], sentences: int) -> dict:
     """Each step: that many calls at once, each saying `sentences` sentences (more when the calls
     are few, so every step's percentiles stand on at least MIN_STEP_TURNS turns)."""
+    return (await ramps({"": (url, meter)}, speeches, steps, sentences))[""]
+
+
+async def ramps(
+    servers: dict[str, tuple[str, CpuMeter]], speeches: list[EncodedSpeech], steps: list[int], sentences: int
+) -> dict[str, dict]:
+    """`ramp` against each of `servers` (name: url and meter), taken step by step: every server
+    takes a step before any takes the next (the first first at odd steps, last at even ones), so
+    each step of every server meets the machine as it is within minutes of the others. A server
+    stops after a step past RAMP_GIVE_UP_MS."""
     addresses = CallerAddresses()
-    results = []
-    for calls in steps:
-        figures = await ramp_step(url, meter, speeches, calls, sentences, addresses)
-        results.append(figures)
-        print(f"ramp {calls} calls: {figures}")
-        if (figures["p95_ms"] or 0) > RAMP_GIVE_UP_MS:
-            break
-    return ramp_summary(results)
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
+    for index, calls in enumerate(steps):
+        going = [name for name, done in results.items() if not done or (done[-1]["p95_ms"] or 0) <= RAMP_GIVE_UP_MS]
+        for name in going if index % 2 == 0 else reversed(going):
+            url, meter = servers[name]
+            figures = await ramp_step(url, meter, speeches, calls, sentences, addresses)
+            results[name].append(figures)
+            print(" ".join(filter(None, ("ramp", name, f"{calls} calls:"))), figures)
+    return {name: ramp_summary(done) for name, done in results.items()}
 
 
 async def ramp_step(
@@ -569,38 +580,21 @@ def _step_use(step: dict[str, Any]) -> str:
 
 
 async def _run_ramp(args: argparse.Namespace, env: dict[str, str], speeches: list[EncodedSpeech], when: str):
-    """Each variant's ramp against a server of its own; the figures and the markdown rows.
-
-    The variants' servers run side by side and take each step in turn (the first variant first
-    at odd steps, last at even ones), so each step of every variant meets the machine as it is
-    within minutes of the others. Run one variant after another, the same setting measured
-    6 calls p95 1494 ms and, 45 minutes later, 2294: the machine's speed drifts that much.
-    """
+    """Each variant's ramp against a server of its own, the servers side by side and taken step by
+    step (`ramps`): run one variant after another, the same setting measured 6 calls p95 1494 ms
+    and, 45 minutes later, 2294, as the machine's speed drifted. The figures and the markdown rows."""
     from parley.bench.load_plots import plot_ramp
 
     steps = [int(s) for s in args.steps.split(",")]
-    names = args.variants.split(",")
-    results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     async with contextlib.AsyncExitStack() as stack:
         servers = {}
-        for name in names:
+        for name in args.variants.split(","):
             # The cap is lifted: the ramp measures what the machine carries, not what it is told to take.
             lifted = {"PARLEY_ADMISSION_MAX_CALLS": str(max(steps) + 1), **RAMP_VARIANTS[name]}
             servers[name] = await stack.enter_async_context(
                 bench_server({**env, **lifted}, server_log(args.server_logs, f"ramp-{name}"))
             )
-        addresses = CallerAddresses()
-        for index, calls in enumerate(steps):
-            going = [name for name in names
-                     if not results[name] or (results[name][-1]["p95_ms"] or 0) <= RAMP_GIVE_UP_MS]
-            if not going:
-                break
-            for name in going if index % 2 == 0 else reversed(going):
-                url, meter = servers[name]
-                figures = await ramp_step(url, meter, speeches, calls, args.sentences, addresses)
-                results[name].append(figures)
-                print(f"ramp {name} {calls} calls: {figures}")
-    variants = {name: ramp_summary(steps_run) for name, steps_run in results.items()}
+        variants = await ramps(servers, speeches, steps, args.sentences)
     # What a replica takes on is measured with every rung shed, as they are at its top.
     figures = {"variants": variants, **(variants.get("ladder") or next(iter(variants.values())))}
     plot_ramp(figures, RESULTS / "load_ramp.png")
