@@ -129,9 +129,9 @@ def _parser() -> argparse.ArgumentParser:
         help="telephone sentences to say, whole and with each pause (default all 12)",
     )
     bench_turns.add_argument(
-        "--variants",
-        help="comma-separated (default all): silence_500ms, model, model_transcribe_at_pause, model_pause_100ms",
+        "--variants", help="comma-separated (default all): silence_500ms, model, ... (parley/bench/turns.py VARIANTS)"
     )
+    bench_turns.add_argument("--repeat", type=int, default=1, help="say every file this many times (more samples)")
     bench_pipecat = bench_kinds.add_parser(
         "pipecat", help="Parley against pipecat 1.14 on the same models, clips and machine (pipecat in a venv of its own)"
     )

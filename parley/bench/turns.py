@@ -5,7 +5,8 @@ sentences with a pause after a word that leaves them unfinished ("followed by
 the | pound key."), of 0.5, 0.8 and 1.2 s; and real speech from ../shared/audio
 (the two speakers of the stereo recording, and JFK, who pauses mid-sentence on
 his own). Each variant gets a server of its own and the same files, in calls of
-a few files each, through the headless WebRTC client.
+a few files each, through the headless WebRTC client; the servers run side by
+side and take each call in turn.
 
 Figures per variant:
 - paused files: turns ended in the pause (the server finalised the turn before
@@ -19,6 +20,7 @@ Figures per variant:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tempfile
 import time
@@ -99,21 +101,33 @@ def make_files(folder: Path, sentences: int) -> dict[str, list[str]]:
     return files
 
 
-async def talk_all(url: str, files: list[str], out_dir: Path) -> list[dict[str, Any]]:
-    """Say `files` to the server at `url`, FILES_PER_CALL to a call; one report a file."""
+def calls_of(files: list[str]) -> list[list[str]]:
+    """The files in calls of FILES_PER_CALL each."""
+    return [files[start : start + FILES_PER_CALL] for start in range(0, len(files), FILES_PER_CALL)]
+
+
+async def talk(url: str, files: list[str], out_dir: Path, *, first: int = 0, label: str = "") -> list[dict[str, Any]]:
+    """Say `files` to the server at `url` in one call; one report a file (numbered from `first`)."""
     from parley.call_client import CallClient
 
     reports = []
     out_dir.mkdir(parents=True, exist_ok=True)
-    for start in range(0, len(files), FILES_PER_CALL):
-        async with CallClient(url) as client:
-            for index, path in enumerate(files[start : start + FILES_PER_CALL], start=start):
-                report, _ = await client.talk(path, out_dir=out_dir, index=index)
-                reports.append({"file": Path(path).name, **_fields(report)})
-                print(
-                    f"  {Path(path).name}: v2v {report.voice_to_voice_ms} ms, overlap {report.overlap_ms:.0f} ms,"
-                    f" finals {report.finals}, end of turn silence {report.stages_ms.get('end_of_turn_silence')}"
-                )
+    async with CallClient(url) as client:
+        for index, path in enumerate(files, start=first):
+            report, _ = await client.talk(path, out_dir=out_dir, index=index)
+            reports.append({"file": Path(path).name, **_fields(report)})
+            print(
+                f"  {label}{Path(path).name}: v2v {report.voice_to_voice_ms} ms, overlap {report.overlap_ms:.0f} ms,"
+                f" finals {report.finals}, end of turn silence {report.stages_ms.get('end_of_turn_silence')}"
+            )
+    return reports
+
+
+async def talk_all(url: str, files: list[str], out_dir: Path) -> list[dict[str, Any]]:
+    """Say `files` to the server at `url`, FILES_PER_CALL to a call; one report a file."""
+    reports = []
+    for call in calls_of(files):
+        reports += await talk(url, call, out_dir, first=len(reports))
     return reports
 
 
@@ -169,21 +183,27 @@ def _figures(whole: list[dict[str, Any]], paused: list[dict[str, Any]]) -> dict[
 
 
 async def bench_turns(args: argparse.Namespace) -> None:
-    """Both variants on the same files, one after the other, each on a server of its own."""
+    """Every variant on the same files, each on a server of its own, the servers side by side and
+    taken call by call (which variant goes first alternates): a comparison made one variant after
+    the other rested on the machine's speed holding for the length of the run, and it drifts."""
     env = {**BENCH_ENV, "PARLEY_LLM_MAX_TOKENS": "40"}
+    chosen = args.variants.split(",") if args.variants else list(VARIANTS)
     results: dict[str, dict[str, Any]] = {}
-    details: dict[str, dict[str, list]] = {}
+    details: dict[str, dict[str, list]] = {name: {"whole": [], "paused": []} for name in chosen}
     with tempfile.TemporaryDirectory(prefix="parley-bench-turns-") as tmp:
         files = make_files(Path(tmp), args.sentences)
-        chosen = args.variants.split(",") if args.variants else list(VARIANTS)
+        calls = [(kind, call) for _ in range(args.repeat) for kind in ("whole", "paused") for call in calls_of(files[kind])]
+        print(f"variants {', '.join(chosen)}: {len(calls)} calls each, {len(files['whole'])} whole and"
+              f" {len(files['paused'])} paused files, {args.repeat} time(s)")
+        async with contextlib.AsyncExitStack() as stack:
+            urls = {name: await stack.enter_async_context(server_process({**env, **VARIANTS[name]})) for name in chosen}
+            for index, (kind, call) in enumerate(calls):
+                order = chosen[index % len(chosen):] + chosen[: index % len(chosen)]
+                for name in order:
+                    done = details[name][kind]
+                    done += await talk(urls[name], call, Path(tmp) / name / kind, first=len(done), label=f"{name}: ")
         for name in chosen:
-            change = VARIANTS[name]
-            print(f"variant {name}: {len(files['whole'])} whole, {len(files['paused'])} paused")
-            async with server_process({**env, **change}) as url:
-                whole = await talk_all(url, files["whole"], Path(tmp) / name / "whole")
-                paused = await talk_all(url, files["paused"], Path(tmp) / name / "paused")
-            results[name] = _figures(whole, paused)
-            details[name] = {"whole": whole, "paused": paused}
+            results[name] = _figures(details[name]["whole"], details[name]["paused"])
     if "silence_500ms" in results:
         add_ratios(results, "silence_500ms", lambda f: f["voice_to_voice_ms"]["p50"], "v2v_p50_vs_silence")
         add_ratios(results, "silence_500ms", lambda f: f["end_of_turn_silence_ms"]["p50"], "silence_p50_vs_silence")
@@ -191,7 +211,10 @@ async def bench_turns(args: argparse.Namespace) -> None:
     document = {
         "benchmark": "turns",
         "when": when,
-        "settings": {**env, "pauses_s": PAUSES_S, "files_per_call": FILES_PER_CALL, "machine_cores": os.cpu_count()},
+        "settings": {
+            **env, "pauses_s": PAUSES_S, "files_per_call": FILES_PER_CALL, "repeat": args.repeat,
+            "interleaved": True, "machine_cores": os.cpu_count(),
+        },
         "variants": results,
         "files": details,
     }
