@@ -303,6 +303,9 @@ class TurnModelConfig:
     max_audio_s: the model reads at most the last 8 s of a turn.
     after_words: the model hears a pause once its words are transcribed, not while they are: on two
         cores the two slowed each other, and the reply's draft waits for the words.
+    at_pause: the model also hears the pause at once, as it is (`vad.pause_ms` of silence), beside
+        the transcription: a turn that sounds finished then waits only for its words. One that
+        does not is heard again once the words are in (after_words), with more silence behind it.
     silence_heard_ms: the most silence after the last voiced frame the model hears: the turn as it
         is when the model runs (the silence grew while the words were transcribed), cut there.
         Smart Turn scores a finished sentence higher with more silence behind it (pipecat gives
@@ -317,6 +320,7 @@ class TurnModelConfig:
     threads: int = 1
     max_audio_s: float = 8.0
     after_words: bool = True
+    at_pause: bool = True
     silence_heard_ms: int = 200
 
     def __post_init__(self) -> None:

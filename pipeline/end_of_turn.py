@@ -9,7 +9,9 @@ The policy is one pure function of the two (`silence_to_end`): a turn that sound
 complete and does not stop on such a word ends after `vad.end_silence_ms`; any
 other turn waits `turns.incomplete_silence_ms`, and the caller can always go on
 sooner. Waiting for the transcript costs the reply nothing: it cannot begin
-without it. A judgement that fails (the model or the ASR raised) leaves the turn
+without it. The model hears the pause once the words are in, with the silence
+grown meanwhile (`after_words`), and may hear it at once too, beside the
+transcription (`at_pause`). A judgement that fails (the model or the ASR raised) leaves the turn
 to silence alone (`turns.unjudged_silence_ms`).
 """
 
@@ -91,22 +93,38 @@ class EndOfTurn:
         return self.turns.incomplete_silence_ms if self.judges else self.turns.unjudged_silence_ms
 
     async def judge(
-        self, audio: bytes | Callable[[], bytes], transcript: Callable[[], Awaitable[Transcript | None]]
+        self,
+        audio: bytes | Callable[[], bytes],
+        transcript: Callable[[], Awaitable[Transcript | None]],
+        *,
+        at_once: bool = True,
     ) -> Judgement:
         """Judge a pause: `audio` is the turn so far (or gives it, as of when the model runs: the
         silence after the words grows while they are transcribed); `transcript()` gives the
-        words made at the pause."""
+        words made at the pause. `at_once`: the model may hear the pause at once, beside the
+        transcription (with `at_pause`); False for a pause judged again, whose words are in,
+        and for a turn that sheds it under load."""
         assert self.model is not None, "a pause is judged only with the model"
-        # The words first (after_words): the draft needs them at once, and the model, run beside
-        # the transcription, slowed it down on two cores; it costs the decision nothing, which
-        # reads the words of a turn that sounds complete anyway.
+        model, config = self.model, self.model.config
         heard = asyncio.ensure_future(transcript())
+
+        def hear() -> Awaitable[float]:
+            return model.complete_probability(audio() if callable(audio) else audio)
+
         try:
-            if self.model.config.after_words:
-                await asyncio.wait([heard])
             started = time.monotonic()
             try:
-                probability = await self.model.complete_probability(audio() if callable(audio) else audio)
+                # at_pause: heard at once, beside the transcription; a turn that sounds finished
+                # then waits only for its words.
+                probability = await hear() if config.at_pause and at_once else None
+                if probability is None or (config.after_words and not self.model.is_complete(probability)):
+                    # The words first (after_words): the draft needs them at once, and the model,
+                    # run beside the transcription, slows it down; and the longer silence heard
+                    # then makes a finished turn sound finished.
+                    if config.after_words:
+                        await asyncio.wait([heard])
+                        started = time.monotonic()
+                    probability = await hear()
             except TurnModelError as exc:
                 log.warning("%s; the turn ends on silence alone", exc)
                 return Judgement(None, None, self.turns.unjudged_silence_ms)
@@ -114,6 +132,7 @@ class EndOfTurn:
             unfinished, words = None, None
             if self.model.is_complete(probability):
                 # Only a turn that sounds complete needs its words read: the others wait anyway.
+                # (Heard after them, it costs the decision nothing.)
                 said = await heard
                 words = "" if said is None else said.text
                 if said is not None:

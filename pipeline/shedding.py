@@ -5,6 +5,9 @@ begins. Each rung of the ladder applies from its mark up:
 - partial transcripts: the growing utterance is no longer transcribed every 400 ms while the
   caller talks (the transcript made at the pause still is: it becomes the final one);
 - short replies: the reply's token cap drops, so each turn holds the LLM and the TTS for less;
+- early judgements: the end-of-turn model hears a pause only once its words are in, not also at
+  once beside their transcription (`[turn_model] at_pause`): under load the early hearing, often
+  heard again anyway, took a core from the transcription every turn waits for;
 - drafts: no reply is drafted, unheard, at the pause (LLM work thrown away whenever the
   caller goes on); the reply starts when the turn ends. Measured, the draft's head start was
   worth more than the work it threw away at every load, so the default leaves this rung out.
@@ -25,15 +28,18 @@ class SheddingConfig:
     partials_off_at: from this load on, no periodic partial transcripts, nor any begun at a lull.
     drafts_off_at: from this load on, no speculative draft at the pause.
     short_replies_at: from this load on, replies are capped at `short_reply_tokens`.
+    early_judgements_off_at: from this load on, a pause is heard by the end-of-turn model only once
+        its words are in.
     """
 
     partials_off_at: float = 0.75
     short_replies_at: float = 0.75
     short_reply_tokens: int = 40
     drafts_off_at: float = 2.0
+    early_judgements_off_at: float = 0.75
 
     def __post_init__(self) -> None:
-        if min(self.partials_off_at, self.drafts_off_at, self.short_replies_at) < 0:
+        if min(self.partials_off_at, self.drafts_off_at, self.short_replies_at, self.early_judgements_off_at) < 0:
             raise ValueError("shedding marks must not be negative")
         if self.short_reply_tokens < 1:
             raise ValueError("shedding.short_reply_tokens must be at least 1")
@@ -41,18 +47,20 @@ class SheddingConfig:
 
 @dataclass(frozen=True, slots=True)
 class TurnPlan:
-    """What one turn does. max_tokens: the reply's cap (None: the LLM's configured one)."""
+    """What one turn does. max_tokens: the reply's cap (None: the LLM's configured one);
+    early_judgements: a pause may be heard by the end-of-turn model at once ([turn_model] at_pause)."""
 
     partials: bool = True
     drafts: bool = True
     max_tokens: int | None = None
+    early_judgements: bool = True
 
     @property
     def shed(self) -> tuple[str, ...]:
         """The rungs this plan leaves out, by name (for metrics and logs)."""
-        return tuple(name for name, kept in
-                     (("partials", self.partials), ("drafts", self.drafts), ("long_replies", self.max_tokens is None))
-                     if not kept)
+        rungs = (("partials", self.partials), ("drafts", self.drafts), ("long_replies", self.max_tokens is None),
+                 ("early_judgements", self.early_judgements))
+        return tuple(name for name, kept in rungs if not kept)
 
 
 FULL = TurnPlan()
@@ -64,6 +72,7 @@ def plan_for(load: float, config: SheddingConfig) -> TurnPlan:
         partials=load < config.partials_off_at,
         drafts=load < config.drafts_off_at,
         max_tokens=config.short_reply_tokens if load >= config.short_replies_at else None,
+        early_judgements=load < config.early_judgements_off_at,
     )
 
 

@@ -331,7 +331,9 @@ class TurnLoop:
         upto = functools.partial(self._partials.upto, self._pause_covers)
         silence_ms = None if again else self._end_of_turn.silence_heard_ms
         audio = functools.partial(self._heard_by_model, self._pause_covers, silence_ms)
-        self._judging = self._tasks.create_task(self._judge(audio, upto), name=f"judge-{self._turn_id}")
+        # A pause judged again is heard once, with all its silence: its words are in.
+        at_once = not again and self._plan.early_judgements
+        self._judging = self._tasks.create_task(self._judge(audio, upto, at_once), name=f"judge-{self._turn_id}")
 
     def _heard_by_model(self, covers: int, silence_ms: int | None) -> bytes:
         """The turn as the end-of-turn model hears it when it runs: the speech the pause follows
@@ -415,11 +417,11 @@ class TurnLoop:
             await self._llm.prime(messages, dialog_id=self.dialog_id)
 
     async def _judge(
-        self, audio: Callable[[], bytes], transcript: Callable[[], Awaitable[Transcript | None]]
+        self, audio: Callable[[], bytes], transcript: Callable[[], Awaitable[Transcript | None]], at_once: bool
     ) -> None:
         """Decide, at a pause, how much silence ends this turn (pipeline.end_of_turn)."""
         try:
-            judgement = await self._end_of_turn.judge(audio, transcript)
+            judgement = await self._end_of_turn.judge(audio, transcript, at_once=at_once)
         except Exception:
             # A judgement is never worth the call: the turn falls back on silence alone.
             log.exception("turn %s: the pause could not be judged", self._turn_id)

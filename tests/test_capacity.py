@@ -51,7 +51,8 @@ async def test_the_call_past_max_calls_is_refused_at_once_and_the_admitted_one_g
     # The one call filled the replica (load 1): its turn shed what the default ladder sheds at the top.
     shed = {line.split('"')[1]: float(line.split()[-1]) for line in exposition.splitlines()
             if line.startswith("parley_turns_shed_total{")}
-    assert shed["partials"] >= 1 and shed["long_replies"] >= 1 and "drafts" not in shed
+    assert shed["partials"] >= 1 and shed["long_replies"] >= 1 and shed["early_judgements"] >= 1
+    assert "drafts" not in shed
 
 
 async def test_the_session_past_max_sessions_is_refused_and_a_place_given_back_is_taken(shared_redis, proxy, tmp_path):

@@ -36,9 +36,11 @@ def test_a_failed_model_leaves_the_turn_to_silence_alone():
 class SetModel:
     """Answers what the test set, or raises; counts its calls."""
 
-    def __init__(self, probability: float | None, *, after_words: bool = True, log: list[str] | None = None) -> None:
+    def __init__(
+        self, probability: float | None, *, after_words: bool = True, at_pause: bool = False, log: list[str] | None = None
+    ) -> None:
         self.probability = probability
-        self.config = TurnModelConfig(after_words=after_words)
+        self.config = TurnModelConfig(after_words=after_words, at_pause=at_pause)
         self.heard: list[bytes] = []
         self.log = [] if log is None else log
 
@@ -101,6 +103,30 @@ async def test_after_words_the_model_hears_the_pause_once_its_words_are_transcri
 
     with pytest.raises(RuntimeError, match="transcription failed"):
         await EndOfTurn(SetModel(0.9), vad=VAD, turns=TURNS).judge(b"\0\0", failing_transcript)
+
+
+async def test_at_the_pause_the_model_hears_the_turn_beside_the_transcription_and_again_after_it():
+    log: list[str] = []
+
+    async def transcript():
+        await asyncio.sleep(0.05)  # the transcription under way
+        log.append("words")
+        return Transcript("The pound key.", no_speech_prob=0.01, avg_logprob=-0.2, audio_ms=1000, language="en")
+
+    # Sounds finished at once: the judgement waits only for the words.
+    finished = await EndOfTurn(SetModel(0.9, at_pause=True, log=log), vad=VAD, turns=TURNS).judge(b"\0\0", transcript)
+    assert log == ["model", "words"] and (finished.end_silence_ms, finished.words) == (200, "The pound key.")
+
+    # Sounds unfinished at once: heard again once the words are in, with more silence behind it.
+    log.clear()
+    unsure = SetModel(0.2, at_pause=True, log=log)
+    assert (await EndOfTurn(unsure, vad=VAD, turns=TURNS).judge(b"\0\0", transcript)).end_silence_ms == 2000
+    assert log == ["model", "words", "model"]
+
+    # A pause judged again (or a turn shedding the early hearing) is heard once, after its words.
+    log.clear()
+    await EndOfTurn(SetModel(0.2, at_pause=True, log=log), vad=VAD, turns=TURNS).judge(b"\0\0", transcript, at_once=False)
+    assert log == ["words", "model"]
 
 
 async def test_a_failing_model_or_transcript_still_gives_a_judgement():

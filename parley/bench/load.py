@@ -57,37 +57,42 @@ LONE_CALL_MARGIN = 1.2
 NEVER, ALWAYS = "2", "0"
 
 
-def _rungs(partials: str, drafts: str, short: str) -> dict[str, str]:
+def _rungs(partials: str, drafts: str, short: str, early: str = NEVER) -> dict[str, str]:
     return {"PARLEY_SHEDDING_PARTIALS_OFF_AT": partials, "PARLEY_SHEDDING_DRAFTS_OFF_AT": drafts,
-            "PARLEY_SHEDDING_SHORT_REPLIES_AT": short}
+            "PARLEY_SHEDDING_SHORT_REPLIES_AT": short, "PARLEY_SHEDDING_EARLY_JUDGEMENTS_OFF_AT": early}
 
 
+# Every rung shed except the drafts, as models.toml's ladder does at a full replica.
+LADDER = _rungs(ALWAYS, NEVER, ALWAYS, ALWAYS)
 RAMP_VARIANTS: dict[str, dict[str, str]] = {
     "full": _rungs(NEVER, NEVER, NEVER),
     "no_partials": _rungs(ALWAYS, NEVER, NEVER),
-    "ladder": _rungs(ALWAYS, NEVER, ALWAYS),
+    "ladder": LADDER,
     "no_drafts": _rungs(ALWAYS, ALWAYS, NEVER),
     # The ladder with aiortc encoding the bot's voice, every frame and silence too (the old way).
-    "ladder_aiortc_voice": {**_rungs(ALWAYS, NEVER, ALWAYS), "PARLEY_MEDIA_VOICE_ENCODER": "aiortc"},
+    "ladder_aiortc_voice": {**LADDER, "PARLEY_MEDIA_VOICE_ENCODER": "aiortc"},
     # The ladder with two transcriptions at once, a core each, instead of one on both cores. No gain
     # measured (2026-11-28: 4 calls p95 992 against 1046 ms, 6 calls 3749 against 3489), so not the default.
-    "ladder_asr_lanes": {**_rungs(ALWAYS, NEVER, ALWAYS), "PARLEY_INFERENCE_ASR_THREADS": "2",
+    "ladder_asr_lanes": {**LADDER, "PARLEY_INFERENCE_ASR_THREADS": "2",
                          "PARLEY_ASR_CPU_THREADS": "1"},
     # The ladder with every piece of speech synthesised in the order asked, none ahead of need
     # ([turns] synthesis_slack_s = 0): a reply's later sentences before another's first.
-    "ladder_no_slack": {**_rungs(ALWAYS, NEVER, ALWAYS), "PARLEY_TURNS_SYNTHESIS_SLACK_S": "0"},
+    "ladder_no_slack": {**LADDER, "PARLEY_TURNS_SYNTHESIS_SLACK_S": "0"},
     # The ladder with a pause's transcription carried on when the caller talks through the pause
     # ([asr] pauses_give_way = false), though the next pause transcribes the words again.
-    "ladder_pauses_kept": {**_rungs(ALWAYS, NEVER, ALWAYS), "PARLEY_ASR_PAUSES_GIVE_WAY": "false"},
+    "ladder_pauses_kept": {**LADDER, "PARLEY_ASR_PAUSES_GIVE_WAY": "false"},
     # The ladder with one thread for each synthesis instead of one per core: fewer threads than
     # jobs wanting the two cores at once.
-    "ladder_tts_1_thread": {**_rungs(ALWAYS, NEVER, ALWAYS), "PARLEY_TTS_THREADS": "1"},
+    "ladder_tts_1_thread": {**LADDER, "PARLEY_TTS_THREADS": "1"},
     # The ladder with two threads for each transcription, the default until one measured better
     # under load ([asr] cpu_threads in models.toml).
-    "ladder_asr_2_threads": {**_rungs(ALWAYS, NEVER, ALWAYS), "PARLEY_ASR_CPU_THREADS": "2"},
+    "ladder_asr_2_threads": {**LADDER, "PARLEY_ASR_CPU_THREADS": "2"},
     # The ladder with a llama-server slot for each of 8 calls instead of 4 ([llm_server] parallel),
     # so no dialog's cached prompt is pushed out by another's.
-    "ladder_slots_8": {**_rungs(ALWAYS, NEVER, ALWAYS), "PARLEY_LLM_SERVER_PARALLEL": "8"},
+    "ladder_slots_8": {**LADDER, "PARLEY_LLM_SERVER_PARALLEL": "8"},
+    # The ladder keeping the end-of-turn model's early hearing of a pause, beside its transcription
+    # ([turn_model] at_pause; [shedding] early_judgements_off_at).
+    "ladder_early_judgements_kept": {**LADDER, "PARLEY_SHEDDING_EARLY_JUDGEMENTS_OFF_AT": NEVER},
 }
 
 

@@ -68,6 +68,8 @@ VARIANTS: dict[str, dict[str, str]] = {
     # instead of the turn as it was at the pause (60 ms).
     "model_hears_200ms": {"PARLEY_TURNS_END_OF_TURN": "model", "PARLEY_TURN_MODEL_SILENCE_HEARD_MS": "200"},
     "model_hears_300ms": {"PARLEY_TURNS_END_OF_TURN": "model", "PARLEY_TURN_MODEL_SILENCE_HEARD_MS": "300"},
+    # The model hears the pause only once its words are in, not also at once ([turn_model] at_pause).
+    "model_after_words_only": {"PARLEY_TURNS_END_OF_TURN": "model", "PARLEY_TURN_MODEL_AT_PAUSE": "false"},
     # The words transcribed from 20 ms of silence on instead of 40.
     "model_transcribe_20ms": {"PARLEY_TURNS_END_OF_TURN": "model", "PARLEY_VAD_TRANSCRIBE_MS": "20"},
 }
