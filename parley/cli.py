@@ -131,7 +131,10 @@ def _parser() -> argparse.ArgumentParser:
     bench_turns.add_argument(
         "--variants", help="comma-separated (default all): silence_500ms, model, ... (parley/bench/turns.py VARIANTS)"
     )
-    bench_turns.add_argument("--repeat", type=int, default=1, help="say every file this many times (more samples)")
+    bench_turns.add_argument(
+        "--repeat", type=int, default=1, choices=range(1, 11), metavar="1-10",
+        help="say every file this many times, for more samples (default 1)",
+    )
     bench_pipecat = bench_kinds.add_parser(
         "pipecat", help="Parley against pipecat 1.14 on the same models, clips and machine (pipecat in a venv of its own)"
     )

@@ -11,8 +11,8 @@ other turn waits `turns.incomplete_silence_ms`, and the caller can always go on
 sooner. Waiting for the transcript costs the reply nothing: it cannot begin
 without it. The model hears the pause once the words are in, with the silence
 grown meanwhile (`after_words`), and may hear it at once too, beside the
-transcription (`at_pause`). A judgement that fails (the model or the ASR raised) leaves the turn
-to silence alone (`turns.unjudged_silence_ms`).
+transcription (`at_pause`). A judgement that fails (the model or the ASR raised)
+leaves the turn to silence alone (`turns.unjudged_silence_ms`).
 """
 
 from __future__ import annotations
@@ -116,8 +116,10 @@ class EndOfTurn:
             try:
                 # at_pause: heard at once, beside the transcription; a turn that sounds finished
                 # then waits only for its words.
-                probability = await hear() if config.at_pause and at_once else None
-                if probability is None or (config.after_words and not self.model.is_complete(probability)):
+                early = await hear() if config.at_pause and at_once else None
+                if early is not None and (model.is_complete(early) or not config.after_words):
+                    probability = early
+                else:
                     # The words first (after_words): the draft needs them at once, and the model,
                     # run beside the transcription, slows it down; and the longer silence heard
                     # then makes a finished turn sound finished.
@@ -130,7 +132,7 @@ class EndOfTurn:
                 return Judgement(None, None, self.turns.unjudged_silence_ms)
             model_ms = 1000 * (time.monotonic() - started)
             unfinished, words = None, None
-            if self.model.is_complete(probability):
+            if model.is_complete(probability):
                 # Only a turn that sounds complete needs its words read: the others wait anyway.
                 # (Heard after them, it costs the decision nothing.)
                 said = await heard
@@ -140,7 +142,7 @@ class EndOfTurn:
         finally:
             _forget(heard)  # whatever ended the judgement (cancelled too), nothing waits on for the words
         silence = silence_to_end(
-            probability, unfinished, threshold=self.model.config.threshold, vad=self.vad, turns=self.turns
+            probability, unfinished, threshold=config.threshold, vad=self.vad, turns=self.turns
         )
         return Judgement(probability, unfinished, silence, model_ms, words)
 
