@@ -174,6 +174,10 @@ class Recorder:
     def first_voiced_after(self, t: float) -> float | None:
         return next((at for at, _, voiced in self.frames if at >= t and voiced), None)
 
+    def first_after(self, t: float) -> float | None:
+        """When the first frame (voiced or not) received after `t` arrived."""
+        return next((at for at, _, _ in self.frames if at >= t), None)
+
     def last_voiced_between(self, start: float, end: float) -> float | None:
         voiced = [at for at, _, loud in self.frames if start <= at <= end and loud]
         return voiced[-1] if voiced else None
@@ -502,6 +506,10 @@ class CallClient:
         stop = self._recorder.last_voiced_between(next_speech_start, end)
         if stop is not None:
             turn.report.barge_in_stop_ms = round(1000 * (stop - next_speech_start), 1)
+        elif self._recorder.first_after(next_speech_start) is not None:
+            # The bot was between two sentences when the user began, and was never heard
+            # again: the caller heard it stop at once.
+            turn.report.barge_in_stop_ms = 0.0
 
     async def _turn_heard(self, since: int) -> dict[str, Any] | None:
         """The server's first sign, after message `since`, that it took what was said as a turn (a

@@ -142,6 +142,9 @@ def _fields(report) -> dict[str, Any]:
         "end_of_turn_silence_ms": report.stages_ms.get("end_of_turn_silence"),
         "end_of_turn_to_first_audio_ms": report.stages_ms.get("end_of_turn_to_first_audio"),
         "transcript": report.transcript,
+        # Every stage the server timed (ASR, LLM first token and sentence, TTS first audio, the
+        # draft's head start): where the time after the end of turn went.
+        "stages_ms": report.stages_ms,
     }
 
 
