@@ -42,6 +42,9 @@ class PromptUsage:
 
 
 UsageSink = Callable[[PromptUsage], None]
+# Told when the server stopped a reply at its max_tokens (OpenAI's finish_reason "length"), most
+# likely mid-sentence.
+CappedSink = Callable[[], None]
 
 
 def prompt_usage(chunk: dict[str, Any]) -> PromptUsage | None:
@@ -123,8 +126,10 @@ class LLMClient:
         slot: int | None = None,
         on_usage: UsageSink | None = None,
         max_tokens: int | None = None,
+        on_capped: CappedSink | None = None,
     ) -> AsyncIterator[str]:
-        """Yield the reply's text deltas as they arrive; `on_usage` hears the prompt figures once known."""
+        """Yield the reply's text deltas as they arrive; `on_usage` hears the prompt figures once
+        known, `on_capped` that the reply was stopped at max_tokens."""
         told = None
         body = self.request_body(messages, slot=slot, max_tokens=max_tokens)
         async for chunk in self._stream("/chat/completions", body):
@@ -134,16 +139,22 @@ class LLMClient:
             for choice in chunk.get("choices", ()):
                 if content := (choice.get("delta") or {}).get("content"):
                     yield content
+                if choice.get("finish_reason") == "length" and on_capped is not None:
+                    on_capped()
 
-    async def stream_completions(self, prompts: Sequence[str]) -> AsyncIterator[tuple[int, str]]:
-        """One /v1/completions request for several prompts; yields (prompt index, text delta)."""
+    async def stream_completions(self, prompts: Sequence[str]) -> AsyncIterator[tuple[int, str | None]]:
+        """One /v1/completions request for several prompts; yields (prompt index, text delta), and
+        (prompt index, None) when that prompt's reply was stopped at max_tokens."""
         body = self.request_body([])
         del body["messages"]
         body["prompt"] = list(prompts)
         async for chunk in self._stream("/completions", body):
             for choice in chunk.get("choices", ()):
+                index = int(choice.get("index", 0))
                 if text := choice.get("text"):
-                    yield int(choice.get("index", 0)), text
+                    yield index, text
+                if choice.get("finish_reason") == "length":
+                    yield index, None
 
     async def problem(self) -> str | None:
         """Why the server cannot serve now (GET /models fails), or None; for readiness probes."""

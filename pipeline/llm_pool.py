@@ -35,12 +35,13 @@ import httpx
 from pipeline.circuit_breaker import CircuitBreaker
 from pipeline.config import LLMConfig
 from pipeline.errors import LLMBusy, LLMCircuitOpen, LLMConnectError, LLMError, LLMUnavailable
-from pipeline.llm_client import LLMClient, Message, PromptUsage, UsageSink
+from pipeline.llm_client import CappedSink, LLMClient, Message, PromptUsage, UsageSink
 from pipeline.llm_slots import SlotMap
 
 log = logging.getLogger(__name__)
 
 _DONE = object()
+_CAPPED = object()  # the server stopped the reply at max_tokens
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -134,12 +135,14 @@ class LLMPool:
         dialog_id: str | None = None,
         on_usage: UsageSink | None = None,
         max_tokens: int | None = None,
+        on_capped: CappedSink | None = None,
     ) -> AsyncIterator[str]:
         """The reply's text deltas; LLMBusy, LLMCircuitOpen or another LLMError when it cannot come.
 
         `dialog_id` keeps a dialog's requests where its prompt is cached; `on_usage` hears how
         much of the prompt the server read and how much its cache held; `max_tokens` caps this
-        reply below the configured cap (a turn shedding load).
+        reply below the configured cap (a turn shedding load), and `on_capped` hears when the
+        reply was stopped there.
         """
         if self._tasks is None:
             raise RuntimeError("Cannot stream: the LLM pool is not running (use `async with`)")
@@ -163,6 +166,10 @@ class LLMPool:
                 if isinstance(item, PromptUsage):
                     if on_usage is not None:
                         on_usage(item)
+                    continue
+                if item is _CAPPED:
+                    if on_capped is not None:
+                        on_capped()
                     continue
                 yield item
             outcome = False
@@ -284,7 +291,7 @@ class LLMPool:
                 try:
                     async for delta in self.client.stream_chat(
                         request.messages, slot=slot, on_usage=lambda usage: _offer(request, usage),
-                        max_tokens=request.max_tokens,
+                        max_tokens=request.max_tokens, on_capped=lambda: _offer(request, _CAPPED),
                     ):
                         started = True
                         if request.abandoned:
@@ -315,7 +322,7 @@ class LLMPool:
             try:
                 prompts = await asyncio.gather(*(self.client.apply_template(r.messages) for r in batch))
                 async for index, text in self.client.stream_completions(prompts):
-                    await _deliver(batch[index], text)
+                    await _deliver(batch[index], _CAPPED if text is None else text)
             except LLMError as exc:
                 for request in batch:
                     await _deliver(request, exc)
@@ -337,8 +344,9 @@ async def _deliver(request: _Request, item: object) -> None:
         await request.out.put(item)
 
 
-def _offer(request: _Request, usage: PromptUsage) -> None:
-    """Pass the prompt figures on with the deltas; dropped if the caller is far behind (they are not the reply)."""
+def _offer(request: _Request, item: PromptUsage | object) -> None:
+    """Pass the prompt figures (or the cap's news) on with the deltas; dropped if the caller is far
+    behind (they are not the reply)."""
     if not request.abandoned:
         with contextlib.suppress(asyncio.QueueFull):
-            request.out.put_nowait(usage)
+            request.out.put_nowait(item)

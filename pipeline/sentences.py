@@ -10,6 +10,7 @@ _END = re.compile(r"""([.!?…]+["')\]]*)\s+|\n+""")
 _NOT_AN_END = re.compile(r"(?:\b[A-Z]|\b(?:Mr|Mrs|Ms|Dr|St|vs|etc|e\.g|i\.e|No))\.$")
 
 
+_SENTENCE_END = re.compile(r"""[.!?…]+["')\]]*\s*$""")
 _CLAUSE_END = re.compile(r"[,;:]\s+")
 # Where a long first sentence without a comma may still be cut: before a word that opens a
 # clause of its own ("a question | that needs..."), where a speaker may take a breath too. Not
@@ -17,6 +18,11 @@ _CLAUSE_END = re.compile(r"[,;:]\s+")
 _PHRASE_START = re.compile(
     r"\s+(?=(?:that|which|who|because|but|so|when|where|while|if|although|since|unless|until)\s)", re.IGNORECASE
 )
+
+
+def ends_sentence(text: str) -> bool:
+    """`text` ends as a sentence does (. ! ? or …, perhaps inside closing quotes or brackets)."""
+    return _SENTENCE_END.search(text) is not None
 
 
 class SentenceSplitter:

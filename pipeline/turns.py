@@ -64,7 +64,7 @@ from pipeline.events import (
 from pipeline.llm_client import Message, PromptUsage, UsageSink
 from pipeline.partials import PartialTranscripts
 from pipeline.playout import Playout
-from pipeline.sentences import SentenceSplitter
+from pipeline.sentences import SentenceSplitter, ends_sentence
 from pipeline.shedding import FULL, Planner, TurnPlan
 from pipeline.tts import Synthesizer
 from pipeline.turn_model import TurnCompletionModel
@@ -772,12 +772,18 @@ class TurnLoop:
             first_clause_words=self.config.first_clause_words, first_phrase_words=self.config.first_phrase_words
         )
         started = time.monotonic()
+        capped = False
 
         def prompt_read(usage: PromptUsage) -> None:
             reply.prompt = usage
 
+        def stopped_at_cap() -> None:
+            nonlocal capped
+            capped = True
+
         async for delta in self._llm.stream_chat(
-            messages, dialog_id=self.dialog_id, on_usage=prompt_read, max_tokens=reply.plan.max_tokens
+            messages, dialog_id=self.dialog_id, on_usage=prompt_read, max_tokens=reply.plan.max_tokens,
+            on_capped=stopped_at_cap,
         ):
             if not reply.text:
                 stages["llm_first_token"] = 1000 * (time.monotonic() - started)
@@ -787,8 +793,13 @@ class TurnLoop:
                 stages.setdefault("first_sentence", 1000 * (time.monotonic() - started))
                 await sentences.put(sentence)
         if (rest := splitter.flush()) is not None:
-            stages.setdefault("first_sentence", 1000 * (time.monotonic() - started))
-            await sentences.put(rest)
+            if capped and "first_sentence" in stages and not ends_sentence(rest):
+                # The token cap stopped the reply mid-sentence ("..., which is a"): the bot stops
+                # after its last whole piece, and the dialog keeps what it said.
+                reply.text = reply.text.rstrip()[: -len(rest)]
+            else:
+                stages.setdefault("first_sentence", 1000 * (time.monotonic() - started))
+                await sentences.put(rest)
         reply.text = reply.text.strip()
         await sentences.put(None)
 

@@ -161,7 +161,8 @@ async def test_text_without_webrtc_gets_reply_events(server):
                         done = message
                     else:
                         deltas.append(message["delta"])
-        assert deltas and done["text"] == "".join(deltas).strip()
+        # The whole reply, or (stopped at the token cap mid-sentence) its whole sentences.
+        assert deltas and "".join(deltas).strip().startswith(done["text"])
         assert "paris" in done["text"].lower()
 
 

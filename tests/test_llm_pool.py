@@ -213,3 +213,17 @@ async def test_after_a_prime_of_the_words_so_far_the_reply_reads_only_the_rest(l
 async def collect_usage(pool: LLMPool, messages, dialog: str, read: dict, key: str) -> None:
     async for _ in pool.stream_chat(messages, dialog_id=dialog, on_usage=lambda u: read.__setitem__(key, u), max_tokens=4):
         pass
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["concurrent", "prompts"])
+async def test_a_reply_stopped_at_its_token_cap_is_told_so(llm_config, mode):
+    # The real llama-server, in both of the pool's modes: a story capped at 6 tokens is stopped
+    # there, and the caller hears so; an answer that ends within its cap is not.
+    capped: list[str] = []
+    async with LLMPool(llm_config, PoolConfig(mode=mode)) as pool:
+        for key, question, cap in (("story", "Tell me a long story about a dragon.", 6), ("short", "Say yes.", 48)):
+            messages = pool.with_system_prompt([{"role": "user", "content": question}])
+            deltas = [d async for d in pool.stream_chat(messages, max_tokens=cap, on_capped=lambda k=key: capped.append(k))]
+            assert "".join(deltas).strip(), key
+    assert capped == ["story"]

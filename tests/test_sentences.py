@@ -1,4 +1,4 @@
-from pipeline.sentences import SentenceSplitter
+from pipeline.sentences import SentenceSplitter, ends_sentence
 
 
 def feed(deltas):
@@ -62,3 +62,8 @@ def test_a_comma_comes_before_a_phrase_and_a_sentence_end_before_both():
     splitter = SentenceSplitter(first_clause_words=4, first_phrase_words=4)
     assert splitter.push("The bank is open today. So come ") == ["The bank is open today."]
     assert SentenceSplitter().push("You're asking a question that needs an answer ") == []  # off by default
+
+
+def test_what_ends_as_a_sentence_does():
+    assert all(ends_sentence(t) for t in ("Paris.", "Really?", "Stop!", "Wait…", 'He said "no."', "(It is.) "))
+    assert not any(ends_sentence(t) for t in ("which is a", "Paris,", "the end of the", "", "3.5 kg"))

@@ -76,7 +76,9 @@ class _LLM:
         self.asked.append(("prime", list(messages)))
         return True
 
-    async def stream_chat(self, messages, *, dialog_id=None, on_usage=None, max_tokens=None) -> AsyncIterator[str]:
+    async def stream_chat(
+        self, messages, *, dialog_id=None, on_usage=None, max_tokens=None, on_capped=None
+    ) -> AsyncIterator[str]:
         self.asked.append(("chat", list(messages)))
         said = messages[-1]["content"]
         answer = "One. Two. Three. Four. Five. Six." if said.startswith("typed") else "Spoken answer."
@@ -278,7 +280,9 @@ class _ShortIsNoise(_Transcriber):
 class _SlowFirstAnswer(_LLM):
     """Thinks for seconds before its first answer, at once after."""
 
-    async def stream_chat(self, messages, *, dialog_id=None, on_usage=None, max_tokens=None) -> AsyncIterator[str]:
+    async def stream_chat(
+        self, messages, *, dialog_id=None, on_usage=None, max_tokens=None, on_capped=None
+    ) -> AsyncIterator[str]:
         if not any(kind == "chat" for kind, _ in self.asked):
             self.asked.append(("chat", list(messages)))
             await asyncio.sleep(5)

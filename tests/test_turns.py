@@ -17,6 +17,7 @@ from media.tracks import OutboundAudioTrack
 from pipeline.dialog_store import DialogStore, Turn
 from pipeline.events import ReplyDelta, ReplyDone, TranscriptEvent, TurnMetrics
 from pipeline.llm_pool import LLMPool
+from pipeline.sentences import ends_sentence
 from pipeline.shedding import SheddingConfig, plan_for
 from pipeline.turns import TurnLoop
 from tests.conftest import stored_turns
@@ -124,7 +125,7 @@ async def test_a_draft_that_reached_the_llm_is_dropped_without_a_trace_when_the_
     # Only the reply to the whole turn was said: none of the dropped draft's text got out.
     (done,) = [e for e in events if isinstance(e, ReplyDone)]
     assert not done.interrupted
-    assert "".join(e.text for e in events if isinstance(e, ReplyDelta)).strip() == done.text
+    assert "".join(e.text for e in events if isinstance(e, ReplyDelta)).strip().startswith(done.text)
     asked = [r["messages"][-1]["content"] for r in proxy.requests[asked_before:]]
     assert asked == [drafted, finals[0].text]
     (metrics,) = [e for e in events if isinstance(e, TurnMetrics)]
@@ -206,6 +207,38 @@ async def test_the_bots_turn_is_stored_as_it_plays_then_whole_when_done(
     assert bot[-1][0].text == done.text and not bot[-1][0].interrupted
     assert [(t.role, t.text, t.interrupted) for t in stored][-1] == ("assistant", done.text, False)
     assert sum(t.role == "assistant" for t in stored) == 1
+
+
+async def test_a_reply_stopped_at_the_token_cap_ends_on_its_last_whole_sentence(
+    settings, llm_config, proxy, shared_redis, transcriber, synthesizer, turn_model
+):
+    # A story asked for with replies capped at 48 tokens: the LLM is stopped mid-sentence. The bot
+    # says its whole sentences only, and the dialog keeps what it said, not "... and the".
+    events: list = []
+    said: list[str] = []
+
+    class Voice:
+        """The real synthesizer, noting each piece of text it is given."""
+
+        sample_rate = synthesizer.sample_rate
+
+        def stream(self, text, **kwargs):
+            said.append(text)
+            return synthesizer.stream(text, **kwargs)
+
+    async with _turn_loop(settings, llm_config, proxy, shared_redis, transcriber, Voice(), turn_model, events) as (_, loop):
+        assert loop.submit_text("Tell me a long story about a dragon, a knight and a castle.")
+        await _until(lambda: any(isinstance(e, ReplyDone) for e in events), 120)
+        async with asyncio.timeout(30):
+            while not [t for t in await stored_turns(shared_redis.url, loop.dialog_id) if t.role == "assistant" and not t.interrupted]:
+                await asyncio.sleep(0.05)
+        stored = await stored_turns(shared_redis.url, loop.dialog_id)
+    (done,) = [e for e in events if isinstance(e, ReplyDone)]
+    written = "".join(e.text for e in events if isinstance(e, ReplyDelta)).strip()
+    assert written.startswith(done.text) and len(written) > len(done.text), (written, done.text)
+    assert not done.interrupted and (ends_sentence(done.text) or done.text.endswith(",")), done.text
+    assert " ".join(said) == done.text
+    assert (stored[-1].role, stored[-1].text) == ("assistant", done.text)
 
 
 async def test_quiet_waits_for_a_typed_turn_that_is_replacing_the_reply_in_progress(
