@@ -93,6 +93,17 @@ RAMP_VARIANTS: dict[str, dict[str, str]] = {
     # The ladder keeping the end-of-turn model's early hearing of a pause, beside its transcription
     # ([turn_model] at_pause; [shedding] early_judgements_off_at).
     "ladder_early_judgements_kept": {**LADDER, "PARLEY_SHEDDING_EARLY_JUDGEMENTS_OFF_AT": NEVER},
+    # The ladder with short replies capped at 20 tokens instead of 40: with a reply stopped at its
+    # cap said up to its last whole sentence, about one sentence (or its first clause). No gain
+    # measured (2026-11-29, p50/p95 ms against the ladder: 4 calls 780/1179 against 849/1128, 6
+    # calls 1141/3484 against 1042/1753, 8 calls 1654/3379 against 2228/3787), so not the default.
+    "ladder_short_20": {**LADDER, "PARLEY_SHEDDING_SHORT_REPLY_TOKENS": "20"},
+    # The ladder with llama-server on two threads that sleep when idle instead of one that spins
+    # ([llm_server] threads, poll): under load the LLM's first token is the longest wait (p50 0.7 s
+    # at 8 calls) while the server's processes use about half of the two cores.
+    "ladder_llm_2_threads": {**LADDER, "PARLEY_LLM_SERVER_THREADS": "2", "PARLEY_LLM_SERVER_POLL": "0"},
+    "ladder_llm_2_threads_slots_8": {**LADDER, "PARLEY_LLM_SERVER_THREADS": "2", "PARLEY_LLM_SERVER_POLL": "0",
+                                     "PARLEY_LLM_SERVER_PARALLEL": "8"},
 }
 
 
