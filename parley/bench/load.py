@@ -100,10 +100,18 @@ RAMP_VARIANTS: dict[str, dict[str, str]] = {
     "ladder_short_20": {**LADDER, "PARLEY_SHEDDING_SHORT_REPLY_TOKENS": "20"},
     # The ladder with llama-server on two threads that sleep when idle instead of one that spins
     # ([llm_server] threads, poll): under load the LLM's first token is the longest wait (p50 0.7 s
-    # at 8 calls) while the server's processes use about half of the two cores.
+    # at 8 calls) while the server's processes use about half of the two cores. Not kept: one
+    # interleaved ramp (2026-11-29), p50/p95 ms against the ladder: 4 calls 843/1497 against
+    # 820/1243, 6 calls 2641/4815 against 1352/2887, 8 calls 3241/4008 against 2237/3400.
     "ladder_llm_2_threads": {**LADDER, "PARLEY_LLM_SERVER_THREADS": "2", "PARLEY_LLM_SERVER_POLL": "0"},
     "ladder_llm_2_threads_slots_8": {**LADDER, "PARLEY_LLM_SERVER_THREADS": "2", "PARLEY_LLM_SERVER_POLL": "0",
                                      "PARLEY_LLM_SERVER_PARALLEL": "8"},
+    # Short replies of 20 tokens and a llama-server slot for each of 8 calls: less decoding shared
+    # among the streams, and no dialog's cached prompt pushed out (read again whole) by another's.
+    # Not kept: 8 calls, 8 sentences each, one interleaved run (2026-11-29): p50/p95 1379/4640 ms
+    # against the ladder's 1986/3762 (sooner mostly, but a longer tail).
+    "ladder_short_20_slots_8": {**LADDER, "PARLEY_SHEDDING_SHORT_REPLY_TOKENS": "20", "PARLEY_LLM_SERVER_PARALLEL": "8",
+                                "PARLEY_LLM_POOL_MAX_INFLIGHT": "8"},
 }
 
 
