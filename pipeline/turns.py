@@ -61,7 +61,7 @@ from pipeline.events import (
     TurnEvent,
     TurnMetrics,
 )
-from pipeline.llm_client import Message, PromptUsage, UsageSink
+from pipeline.llm_client import CappedSink, Message, PromptUsage, UsageSink
 from pipeline.partials import PartialTranscripts
 from pipeline.playout import Playout
 from pipeline.sentences import SentenceSplitter, ends_sentence
@@ -98,6 +98,7 @@ class ChatModel(Protocol):
         dialog_id: str | None = None,
         on_usage: UsageSink | None = None,
         max_tokens: int | None = None,
+        on_capped: CappedSink | None = None,
     ) -> AsyncIterator[str]: ...
 
     async def prime(self, messages: Sequence[Message], *, dialog_id: str) -> bool: ...
