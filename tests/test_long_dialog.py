@@ -68,11 +68,13 @@ async def test_a_thirty_turn_dialog_reads_only_the_new_words_of_each_prompt(shar
                 metrics = await _ask(ws, question)
                 assert metrics is not None and "llm_first_token" in metrics["stages_ms"]
                 prompts.append(metrics["prompt_tokens"])
-    last = prompts[-1]
-    # By turn 30 the dialog is past the history budget (600 tokens): the prompt is long and was
-    # trimmed, yet the server read only a small part of it; its cache held the rest.
-    assert last["total"] >= 300, prompts
-    assert last["read"] <= last["total"] / 5, prompts
+    last = prompts[-5:]
+    # By turn 26 the dialog is past the history budget (600 tokens): the prompts are long and were
+    # trimmed, yet the server read only a small part of each; its cache held the rest. (One of
+    # them may have been read whole: the suite's llama-server is shared, and another test's
+    # server may still be using the same slot number, which evicts this dialog's cache.)
+    assert all(p["total"] >= 300 for p in last), prompts
+    assert sum(p["read"] <= p["total"] / 5 for p in last) >= 4, prompts
     # And so nearly every turn: what a turn reads is about its new words (the last reply and
     # this question), not the dialog.
     small = [p["read"] <= 120 for p in prompts[1:]]
