@@ -6,11 +6,13 @@ import re
 
 # A sentence ends at . ! ? or … (possibly followed by closing quotes or brackets) and then white
 # space, or at a line break. A lone initial or a short abbreviation ("Dr.", "e.g.") is not an end.
-_END = re.compile(r"""([.!?…]+["')\]]*)\s+|\n+""")
+# Sentence-final punctuation, possibly followed by closing quotes or brackets.
+_STOP = r"""[.!?…]+["')\]]*"""
+_END = re.compile(rf"""({_STOP})\s+|\n+""")
 _NOT_AN_END = re.compile(r"(?:\b[A-Z]|\b(?:Mr|Mrs|Ms|Dr|St|vs|etc|e\.g|i\.e|No))\.$")
 
 
-_SENTENCE_END = re.compile(r"""[.!?…]+["')\]]*\s*$""")
+_SENTENCE_END = re.compile(rf"{_STOP}\s*$")
 _CLAUSE_END = re.compile(r"[,;:]\s+")
 # Where a long first sentence without a comma may still be cut: before a word that opens a
 # clause of its own ("a question | that needs..."), where a speaker may take a breath too. Not

@@ -230,9 +230,11 @@ async def test_a_reply_stopped_at_the_token_cap_ends_on_its_last_whole_sentence(
         assert loop.submit_text("Tell me a long story about a dragon, a knight and a castle.")
         await _until(lambda: any(isinstance(e, ReplyDone) for e in events), 120)
         async with asyncio.timeout(30):
-            while not [t for t in await stored_turns(shared_redis.url, loop.dialog_id) if t.role == "assistant" and not t.interrupted]:
+            while True:
+                stored = await stored_turns(shared_redis.url, loop.dialog_id)
+                if any(t.role == "assistant" and not t.interrupted for t in stored):
+                    break
                 await asyncio.sleep(0.05)
-        stored = await stored_turns(shared_redis.url, loop.dialog_id)
     (done,) = [e for e in events if isinstance(e, ReplyDone)]
     written = "".join(e.text for e in events if isinstance(e, ReplyDelta)).strip()
     assert written.startswith(done.text) and len(written) > len(done.text), (written, done.text)
