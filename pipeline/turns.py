@@ -389,6 +389,7 @@ class TurnLoop:
             give_way=self._transcriber.config.partials_give_way,
             pauses_give_way=self._transcriber.config.pauses_give_way,
             max_periodic_ms=self._transcriber.config.partial_max_ms,
+            spoken=lambda: len(self._carry) + self._vad.speech_bytes,
         )
         self._partials_task = self._tasks.create_task(
             self._partials.run(functools.partial(self._on_partial, self._turn_id)), name=f"partials-{self.dialog_id}"

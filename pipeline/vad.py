@@ -117,6 +117,11 @@ class VoiceActivityDetector:
         """The current utterance so far (empty while nobody speaks): the input of a partial transcript."""
         return bytes(self._utterance)
 
+    @property
+    def speech_bytes(self) -> int:
+        """How much of the current utterance runs up to the end of its last voiced frame."""
+        return self._speech_bytes if self._speaking else 0
+
     def is_voiced(self, frame: AudioFrame) -> bool:
         """Whether one frame sounds like speech (webrtcvad, level and spectral flatness all agree)."""
         if frame.sample_rate != SAMPLE_RATE:

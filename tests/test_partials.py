@@ -274,3 +274,34 @@ async def test_a_pause_talked_through_gives_up_its_words_unless_partials_are_sho
     assert sorted(ended) == [(first, "done" if periodic else "given up"), (len(samples), "done")]
     # Shown while the turn runs only when partials are: given up, its words never came.
     assert (first / 32 in shown) is periodic
+
+
+async def test_no_periodic_partial_while_the_caller_is_silent():
+    # After a pause the utterance grows by silence only: a periodic partial would transcribe the
+    # same words again, on the CPU the reply's synthesis needs. New words bring them back.
+    asr = Timed(periodic_s=0.0)
+    said, spoken = [bytes(16000)], [16000]  # 0.5 s of words, then silence growing 0.2 s a read
+
+    def utterance() -> bytes:
+        said[0] += bytes(6400)
+        return said[0]
+
+    partials = PartialTranscripts(asr, utterance, spawn=spawn, interval_s=0.01, spoken=lambda: spoken[0])
+    runner = asyncio.create_task(partials.run(lambda t: asyncio.sleep(0)))
+
+    def periodic() -> list[int]:
+        return [n for p, n in asr.asked if p is Priority.IDLE]
+
+    async with asyncio.timeout(10):
+        while not periodic():
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.3)  # about thirty intervals of silence
+    assert len(periodic()) == 1, periodic()
+    spoken[0] = len(said[0])  # the caller goes on
+    async with asyncio.timeout(10):
+        while len(periodic()) < 2:
+            await asyncio.sleep(0.01)
+    assert periodic()[1] >= spoken[0]
+    partials.now()  # a pause still gets its transcript, words or not
+    assert await asyncio.wait_for(partials.upto(len(said[0])), 5) is not None
+    runner.cancel()
