@@ -191,7 +191,8 @@ class PartialTranscripts:
         """Whether voiced audio came after what the last transcription begun covers. In the silence
         of a pause (a turn's end awaited, a caller thinking for 2 s) a periodic partial would only
         transcribe the same words again, on the CPU the reply's synthesis is then using: in one
-        call, a piece's synthesis took 320-500 ms instead of 130-220 beside such a partial."""
+        call, the first piece's synthesis took 320-500 ms of wall time for 130-220 ms of CPU
+        beside such a partial."""
         return self._spoken is None or self._spoken() > self._done
 
     def _forget_begun(self) -> None:
