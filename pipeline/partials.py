@@ -1,6 +1,7 @@
 """Partial transcripts of the utterance while the user talks, and the final one ahead of time.
 
-The growing utterance is transcribed every `interval_s`, and at once when the
+The growing utterance is transcribed every `interval_s` while words come (not in the silence
+of a pause, which says nothing new), and at once when the
 user pauses or falls quiet (`now()`): the pause's transcription does not wait for a periodic one
 under way, since the end of the turn, and the reply, wait for it. At the end of
 the turn, a transcript that already covers every voiced frame *is* the final transcript: the ASR ran during the end-of-turn
