@@ -80,6 +80,9 @@ def create_app(settings: Settings) -> FastAPI:
             llm = await stack.enter_async_context(
                 LLMPool(running.settings.llm, settings.llm_pool, CircuitBreaker(settings.llm_breaker))
             )
+            # Each LLM slot reads the system prompt while the models load, before any call.
+            warming = asyncio.create_task(llm.warm(), name="llm-warm")
+            stack.callback(warming.cancel)
             # Loading takes seconds; in a plain thread, so the loop stays free and no lane refuses it.
             transcriber = await asyncio.to_thread(Transcriber, settings.asr, settings.inference.asr)
             synthesizer = await asyncio.to_thread(Synthesizer, settings.tts, settings.inference.tts)
@@ -129,9 +132,10 @@ def create_app(settings: Settings) -> FastAPI:
                 owners=owners,
             )
             metrics.bind(app.state.services)
+            warmed = await warming
             log.info(
-                "Parley ready: ASR %s, voice %s, LLM at %s, end of turn by %s",
-                settings.asr.model, settings.tts.voice, llm.base_url, settings.turns.end_of_turn,
+                "Parley ready: ASR %s, voice %s, LLM at %s (%d slots warmed), end of turn by %s",
+                settings.asr.model, settings.tts.voice, llm.base_url, warmed, settings.turns.end_of_turn,
             )
             yield
 

@@ -262,3 +262,17 @@ async def test_a_full_server_does_not_hold_up_a_request_for_another():
             assert not held.done() and not behind.done() and pool.inflight == 1
             await asyncio.gather(held, behind)
     assert slow.max_active == 1 and len(slow.requests) == 2 and len(quick.requests) == 1
+
+
+async def test_warming_reads_the_system_prompt_into_every_slot_of_every_server():
+    async with CountingServer(tokens=1, token_delay_s=0.01).running() as one, \
+            CountingServer(tokens=1, token_delay_s=0.01).running() as two:
+        config = LLMConfig(base_url=f"{one.base_url},{two.base_url}", server_slots=2, system_prompt="Be brief.")
+        async with LLMPool(config) as pool:
+            assert await pool.warm() == 4
+        async with LLMPool(dataclasses.replace(config, server_slots=0)) as pool:
+            assert await pool.warm() == 0  # servers that place requests themselves: nothing to warm
+    for server in (one, two):
+        assert sorted(r["id_slot"] for r in server.requests) == [0, 1]
+        assert all(r["messages"] == [{"role": "system", "content": "Be brief."}] and r["max_tokens"] == 1
+                   for r in server.requests)

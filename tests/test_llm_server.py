@@ -6,6 +6,7 @@ import os
 import pytest
 
 from parley.runtime import services
+from pipeline.llm_client import PromptUsage
 from pipeline.llm_pool import LLMPool
 
 pytestmark = pytest.mark.slow
@@ -38,12 +39,20 @@ async def test_two_bundled_servers_each_serve_the_dialogs_kept_on_them(settings,
         urls = running.settings.llm.base_url.split(",")
         assert len(set(urls)) == 2 and [s.name for s in running.llm_servers] == ["llama-server", "llama-server-2"]
         async with LLMPool(running.settings.llm) as pool:
+            # Every slot of both servers reads the system prompt: a dialog's first request then
+            # reads only what follows it.
+            assert await pool.warm() == 2 * settings.llm_server.parallel
+            read: list[PromptUsage] = []
             replies = {
-                dialog: "".join([d async for d in pool.stream_chat(pool.with_system_prompt(question), dialog_id=dialog)])
+                dialog: "".join([d async for d in pool.stream_chat(
+                    pool.with_system_prompt(question), dialog_id=dialog, on_usage=read.append
+                )])
                 for dialog in ("a", "b")
             }
             assert await pool.problem() is None
+    assert len(read) == 2 and all(usage.cached > 100 and usage.read < 20 for usage in read), read
     # The same question at temperature 0 on the same model: the same answer from each.
     assert replies["a"].strip() and replies["a"] == replies["b"]
     for log in ("llama-server.log", "llama-server-2.log"):
-        assert (tmp_path / log).read_text().count("launch_slot") == 1, log
+        # The slots warmed, then one dialog.
+        assert (tmp_path / log).read_text().count("launch_slot") == settings.llm_server.parallel + 1, log
