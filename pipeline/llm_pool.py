@@ -265,8 +265,8 @@ class LLMPool:
     async def prime(self, messages: Sequence[Message], *, dialog_id: str) -> bool:
         """Have the server read `messages` into the dialog's slot cache now, so that a request
         beginning the same way soon after reads only what follows. False when it is not done:
-        no slots to keep a cache in, the dialog's server or that slot busy, the breaker not closed, or a
-        prime of this dialog still under way. Best effort: a failed prime costs its request
+        no slots to keep a cache in, the dialog's server or that slot busy, the breaker not
+        closed, or a prime of this dialog still under way. Best effort: a failed prime costs its request
         only what it would have read anyway, and nothing waits for one except the dialog's
         next request, which goes to the same slot once it is over.
         """

@@ -84,6 +84,13 @@ RAMP_VARIANTS: dict[str, dict[str, str]] = {
     # The ladder with one thread for each synthesis instead of one per core: fewer threads than
     # jobs wanting the two cores at once.
     "ladder_tts_1_thread": {**LADDER, "PARLEY_TTS_THREADS": "1"},
+    # The ladder with two syntheses at once, one core each, instead of one at a time on both
+    # cores: turns end together under load, and a first piece waited in the TTS lane (8 calls:
+    # first audio p50 352 ms against 150 alone).
+    "ladder_tts_lanes": {**LADDER, "PARLEY_INFERENCE_TTS_THREADS": "2", "PARLEY_TTS_THREADS": "1"},
+    # Both: two transcriptions and two syntheses at once, a core each.
+    "ladder_lanes": {**LADDER, "PARLEY_INFERENCE_ASR_THREADS": "2", "PARLEY_ASR_CPU_THREADS": "1",
+                     "PARLEY_INFERENCE_TTS_THREADS": "2", "PARLEY_TTS_THREADS": "1"},
     # The ladder with two threads for each transcription, the default until one measured better
     # under load ([asr] cpu_threads in models.toml).
     "ladder_asr_2_threads": {**LADDER, "PARLEY_ASR_CPU_THREADS": "2"},
