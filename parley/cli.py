@@ -217,14 +217,19 @@ async def _say(settings: Settings, text: str, out: str, pause_s: float) -> None:
 
 
 async def _ask(settings: Settings, text: str) -> None:
+    from dataclasses import replace
+
     from parley.runtime import services
-    from pipeline.llm_client import LLMClient
+    from pipeline.llm_pool import LLMPool, PoolConfig
 
     if not text.strip():
         raise ValueError("nothing to ask: TEXT is empty")
+    # One question needs one llama-server, and the pool reads an [llm] base_url listing several.
+    settings = replace(settings, llm_server=replace(settings.llm_server, instances=1))
     async with services(settings, redis=False) as running:
-        async with LLMClient(running.settings.llm) as client:
-            async for delta in client.stream_chat(client.with_system_prompt([{"role": "user", "content": text}])):
+        # No retry: an unreachable server is said in one line at once.
+        async with LLMPool(running.settings.llm, PoolConfig(retries=0)) as pool:
+            async for delta in pool.stream_chat(pool.with_system_prompt([{"role": "user", "content": text}])):
                 print(delta, end="", flush=True)
     print()
 
