@@ -101,13 +101,15 @@ def _free_port(host: str) -> int:
 
 
 class EmbeddedLLMServer:
-    """A supervised llama-server child; `base_url` is its OpenAI-compatible /v1 root."""
+    """A supervised llama-server child; `base_url` is its OpenAI-compatible /v1 root, once started."""
 
     def __init__(self, config: LLMServerConfig, *, log_dir: Path, name: str = "llama-server") -> None:
         self.config = config
         self.log_dir = log_dir
         self.name = name  # of the child, in logs, and its log file
-        self.port = config.port or _free_port(config.host)
+        # With port 0 a free port is picked as it starts: servers made together and started one
+        # after another could otherwise be given the same one.
+        self.port = config.port
         self.base_url = f"http://{config.host}:{self.port}/v1"
         self._child: ChildProcess | None = None
 
@@ -126,8 +128,6 @@ class EmbeddedLLMServer:
             raise ServiceError(f"llama-server not found at {binary}: run `make setup` to build it")
         c = self.config
         if not c.port:
-            # Picked again now, not when made: servers made together and started one after
-            # another could otherwise be given the same free port.
             self.port = _free_port(c.host)
             self.base_url = f"http://{c.host}:{self.port}/v1"
         argv = [
