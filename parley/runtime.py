@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from parley.services.llm_server import EmbeddedLLMServer
+from parley.services.llm_server import EmbeddedLLMServer, embedded_llm_servers
 from parley.services.redis_server import EmbeddedRedis
 from parley.settings import Settings
 
@@ -34,15 +34,10 @@ async def services(settings: Settings, *, redis: bool = True, llm: bool = True) 
             url = await running.redis.start()
             running.settings = replace(running.settings, redis=replace(settings.redis, url=url))
         if llm and not settings.llm.base_url:
-            urls = []
-            # One after another: each picks a free port, which the one before it holds by then.
-            for index in range(settings.llm_server.instances):
-                server = EmbeddedLLMServer(
-                    settings.llm_server, log_dir=Path(settings.server.log_dir).expanduser(),
-                    name="llama-server" if index == 0 else f"llama-server-{index + 1}",
-                )
-                running.llm_servers.append(server)
-                urls.append(await server.start())
+            running.llm_servers = embedded_llm_servers(
+                settings.llm_server, log_dir=Path(settings.server.log_dir).expanduser()
+            )
+            urls = [await server.start() for server in running.llm_servers]
             # Our own llama-servers: their slots are known, so each dialog can keep one (and its cache).
             slots = settings.llm_server.parallel if settings.llm.server_slots < 0 else settings.llm.server_slots
             ours = replace(running.settings.llm, base_url=",".join(urls), server_slots=slots)

@@ -28,7 +28,7 @@ from parley.errors import ServiceError
 from parley.server_process import free_port
 from parley.services.child import ChildProcess
 from parley.services.haproxy import Balancer, BalancerConfig
-from parley.services.llm_server import EmbeddedLLMServer
+from parley.services.llm_server import EmbeddedLLMServer, embedded_llm_servers
 from parley.services.redis_server import EmbeddedRedis
 from parley.settings import Settings, load_settings
 from signaling.drain import REPLY_GRACE_S
@@ -195,10 +195,8 @@ class Cluster:
             self._stack.push_async_callback(self.redis.stop)
             services["start-redis"] = self._start_redis()
         if not self.llm_url:
-            for index in range(self.settings.llm_server.instances):
-                name = "llama-server" if index == 0 else f"llama-server-{index + 1}"
-                server = EmbeddedLLMServer(self.settings.llm_server, log_dir=self.log_dir, name=name)
-                self.llm_servers.append(server)
+            self.llm_servers = embedded_llm_servers(self.settings.llm_server, log_dir=self.log_dir)
+            for server in self.llm_servers:
                 self._stack.push_async_callback(server.stop)
             services["start-llm"] = self._start_llm()
         await _together(services)
@@ -214,8 +212,8 @@ class Cluster:
         self.redis_url = await self.redis.start()
 
     async def _start_llm(self) -> None:
-        # One after another: each picks a free port, which the one before it holds by then. The
-        # replicas get them all ([llm] base_url, comma-separated) and spread their dialogs.
+        # One after another (embedded_llm_servers); the replicas get them all ([llm] base_url,
+        # comma-separated) and spread their dialogs.
         self.llm_url = ",".join([await server.start() for server in self.llm_servers])
 
     def _new_replica(self) -> Replica:

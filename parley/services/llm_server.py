@@ -166,3 +166,13 @@ class EmbeddedLLMServer:
             return response.status_code == 200
         except httpx.HTTPError:
             return False
+
+
+def embedded_llm_servers(config: LLMServerConfig, *, log_dir: Path) -> list[EmbeddedLLMServer]:
+    """The `config.instances` llama-servers to start, named (and logged) llama-server,
+    llama-server-2, ... Start them one after another: each picks a free port as it starts,
+    which the one before it holds by then."""
+    return [
+        EmbeddedLLMServer(config, log_dir=log_dir, name="llama-server" if i == 0 else f"llama-server-{i + 1}")
+        for i in range(config.instances)
+    ]
