@@ -89,3 +89,46 @@ async def test_a_transcription_given_up_stops_at_the_encoder_and_the_thread_serv
         await transcriber.transcribe(audio, priority=given_up)
     transcript = await transcriber.transcribe(audio, priority=Urgency(Priority.IDLE))
     assert wer(JFK_TEXT, transcript.text) <= 0.10
+
+
+def test_a_segment_begun_after_the_audio_or_of_filler_alone_is_not_heard():
+    from dataclasses import dataclass
+
+    from pipeline.asr import heard_segments
+
+    @dataclass
+    class Segment:
+        start: float
+        text: str
+
+    # A 10 s window: Whisper's times are three times the audio's.
+    said = [Segment(0.0, " and so my fellow america"), Segment(6.0, " ask not"), Segment(26.0, " and so my fellow america")]
+    assert [s.text for s in heard_segments(said, audio_s=2.3, window_s=10)] == [" and so my fellow america", " ask not"]
+    # In Whisper's own 30 s window the times are the audio's.
+    assert [s.start for s in heard_segments(said, audio_s=2.3, window_s=30)] == [0.0]
+    assert [s.start for s in heard_segments(said, audio_s=9.0, window_s=10)] == [0.0, 6.0, 26.0]
+    fillers = [Segment(0.0, " Yes."), Segment(1.0, " uh..."), Segment(2.0, " Um, hmm.")]
+    assert [s.text for s in heard_segments(fillers, audio_s=5.0, window_s=30)] == [" Yes."]
+
+
+async def test_a_phrase_cut_at_a_pause_is_transcribed_once(transcriber, monkeypatch):
+    """JFK's first phrase, cut as pauses cut it (from just before the speech to 40-500 ms after
+    "Americans"): Whisper in a sized window writes some cuts twice, or adds "uh...", in the padding
+    after the audio. None of that reaches the transcript."""
+    import pipeline.asr
+
+    audio = read_audio(JFK)
+    cuts = [audio[int(a * 16000): int(b * 16000)] for a in (0.0, 0.08, 0.16, 0.24, 0.32, 0.4)
+            for b in np.arange(2.0, 2.5, 0.04)]
+
+    def doubled(text: str) -> bool:
+        words = text.lower().replace(",", "").replace(".", "").split()
+        return sum(w.startswith("fell") for w in words) > 1 or any(w.startswith("uh") for w in words)
+
+    heard = [(await transcriber.transcribe(cut)).text for cut in cuts]
+    assert not [text for text in heard if doubled(text)]
+    assert all(text.lower().startswith("and so") for text in heard), heard
+    # The same cuts, every segment kept: the padding's words are there to be left out.
+    monkeypatch.setattr(pipeline.asr, "heard_segments", lambda segments, **_: segments)
+    raw = [(await transcriber.transcribe(cut)).text for cut in cuts]
+    assert [text for text in raw if doubled(text)]
