@@ -260,7 +260,11 @@ class PartialTranscripts:
         """A transcript of at least the first `audio_bytes` of the utterance, if one is done or under way."""
         if self._latest is not None and self._latest[0] >= audio_bytes:
             return self._latest[1]
-        under_way = [covers for covers in self._running if covers >= audio_bytes]
-        if under_way:
-            return await asyncio.shield(self._running[min(under_way)])
+        # The shortest first; one that came to nothing (turned away, given up) may still be here,
+        # done, until its publishing runs: then a longer one under way is waited for. Returning
+        # None for it instead would send `upto` round again at once, without ever yielding to the
+        # loop that would finish the other: the whole server stuck, one core spinning.
+        for _, task in sorted((c, t) for c, t in self._running.items() if c >= audio_bytes):
+            if (transcript := await asyncio.shield(task)) is not None:
+                return transcript
         return None

@@ -305,3 +305,19 @@ async def test_no_periodic_partial_while_the_caller_is_silent():
     partials.now()  # a pause still gets its transcript, words or not
     assert await asyncio.wait_for(partials.upto(len(said[0])), 5) is not None
     runner.cancel()
+
+
+async def test_a_transcription_that_came_to_nothing_does_not_hide_a_longer_one_under_way():
+    """A shorter transcription turned away (None) and not yet published, a longer one under way:
+    the longer one is waited for. Returning None for the shorter one sent `upto` round again at
+    once, forever, without yielding: one core spinning and every call on the server stuck."""
+    loop = asyncio.get_running_loop()
+    partials = PartialTranscripts(object(), lambda: b"", spawn=spawn, interval_s=None)
+    said = Transcript("hello there", 0.01, -0.2, 125.0, "en")
+    nothing = loop.create_future()
+    nothing.set_result(None)
+    for ask in (partials.covering, partials.upto):
+        longer = loop.create_future()
+        partials._running = {1000: nothing, 2000: longer}
+        loop.call_later(0.05, longer.set_result, said)
+        assert await asyncio.wait_for(ask(1000), 5) is said, ask
