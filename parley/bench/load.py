@@ -123,6 +123,12 @@ RAMP_VARIANTS: dict[str, dict[str, str]] = {
     # ([llm_server] instances; two since 2026-12-06: p95 lower at 6, 8 and 10 calls in two runs).
     "ladder_llm_1_server": {**LADDER, "PARLEY_LLM_SERVER_INSTANCES": "1"},
     "ladder_llm_2_servers": {**LADDER, "PARLEY_LLM_SERVER_INSTANCES": "2"},
+    # The ladder with at most two requests at each llama-server instead of four ([llm_pool]
+    # max_inflight): one server thread decoding four streams at once makes fewer tokens a second
+    # in all than decoding one, so a third and fourth request might do better waiting their turn.
+    # Not kept: one interleaved ramp (2026-12-06 19:21), p95 ms against the ladder: 6 calls 774
+    # against 746, 8 calls 919 against 927, 10 calls 1895 against 1342 (one turn unanswered).
+    "ladder_inflight_2": {**LADDER, "PARLEY_LLM_POOL_MAX_INFLIGHT": "2"},
 }
 
 
