@@ -63,10 +63,10 @@ class _Segment(Protocol):
     text: str
 
 
-S = TypeVar("S", bound=_Segment)
+_S = TypeVar("_S", bound=_Segment)
 
 
-def heard_segments(segments: Sequence[S], *, audio_s: float, window_s: float) -> list[S]:
+def heard_segments(segments: Sequence[_S], *, audio_s: float, window_s: float) -> list[_S]:
     """The segments that transcribe the audio, not the padding after it.
 
     Whisper times segments as if its window were 30 s: in a window of `window_s` a segment

@@ -66,7 +66,9 @@ def _without_loop(words: list[str]) -> list[str]:
     """One copy of words Whisper wrote several times over.
 
     On a short stretch of speech Whisper can loop: JFK's "And so, my fellow Americans," came back
-    as "and so my fellow america and so my fellow america" in every call.
+    as "and so my fellow america and so my fellow america". Such a repeat decoded from the padding
+    after the audio no longer reaches here (pipeline.asr.heard_segments); this catches a loop
+    within the audio (a clip cut mid-word).
     """
     for n in range(1, len(words) // 2 + 1):
         if len(words) % n == 0 and words == words[:n] * (len(words) // n):

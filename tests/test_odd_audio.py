@@ -55,6 +55,13 @@ async def say(server: LoggedServer, path: Path, out: Path, **client: object) -> 
     return report
 
 
+def finals_by_turn(messages: list[dict]) -> dict[str, str | None]:
+    """Each turn's last final transcript (None while it has none), in the order the turns began."""
+    transcripts = [m for m in messages if m["type"] == "transcript"]
+    finals = {m["turn_id"]: m["text"] for m in transcripts if m["final"]}
+    return {turn_id: finals.get(turn_id) for turn_id in dict.fromkeys(m["turn_id"] for m in transcripts)}
+
+
 async def words_of_the_call(call: CallClient, timeout_s: float = 30.0) -> str:
     """Every turn's final transcript, in the order the turns began, once each turn begun has one.
 
@@ -63,14 +70,10 @@ async def words_of_the_call(call: CallClient, timeout_s: float = 30.0) -> str:
     the rest is a turn of its own: the words are all there, in two turns.
     """
     deadline = time.monotonic() + timeout_s
-    while True:
-        messages = [m for _, m in call.messages if m["type"] == "transcript"]
-        began = list(dict.fromkeys(m["turn_id"] for m in messages))
-        finals = {m["turn_id"]: m["text"] for m in messages if m["final"]}
-        if all(turn_id in finals for turn_id in began):
-            return " ".join(finals[turn_id] for turn_id in began)
-        assert time.monotonic() < deadline, ("a turn begun was never transcribed whole", messages)
+    while None in (finals := finals_by_turn([m for _, m in call.messages])).values():
+        assert time.monotonic() < deadline, ("a turn begun was never transcribed whole", finals)
         await asyncio.sleep(0.1)
+    return " ".join(finals.values())
 
 
 def jfk_at(rate: int) -> np.ndarray:
@@ -178,8 +181,7 @@ async def test_a_60_second_monologue_is_cut_into_turns_and_answered(odd_server, 
         await call.talk(str(path), out_dir=tmp_path, index=1)
         # The last turn is the last to begin: a turn cut for its length is transcribed on its own
         # while the next one runs, and its final transcript may come after that one's.
-        began = list(dict.fromkeys(m["turn_id"] for _, m in call.messages if m["type"] == "transcript"))
-        last = began[-1]
+        last = list(finals_by_turn([m for _, m in call.messages]))[-1]
         deadline = time.monotonic() + 120
         while not any(m["type"] == "reply" and m.get("done") and m["turn_id"] == last for _, m in call.messages):
             assert time.monotonic() < deadline, (
@@ -195,10 +197,7 @@ async def test_a_60_second_monologue_is_cut_into_turns_and_answered(odd_server, 
     assert "Traceback" not in odd_server.new_log()
     # Several turns (each at most [vad] max_turn_ms, 25 s, of speech), each with the words of its
     # stretch of the monologue: together they hold it all.
-    finals = {m["turn_id"]: m["text"] for m in monologue_messages if m["type"] == "transcript" and m["final"]}
-    turns = {turn_id: finals[turn_id] for turn_id in dict.fromkeys(
-        m["turn_id"] for m in monologue_messages if m["type"] == "transcript"
-    ) if turn_id in finals}
+    turns = {turn_id: text for turn_id, text in finals_by_turn(monologue_messages).items() if text is not None}
     assert len(turns) >= 3, turns
     assert wer(text, " ".join(turns.values())) <= 0.25, turns
     assert wer(STEREO_TEXT[1], after.transcript) <= 0.2 and after.reply_text, after
