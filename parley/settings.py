@@ -20,6 +20,7 @@ from parley.services.llm_server import LLMServerConfig
 from pipeline.circuit_breaker import BreakerConfig
 from pipeline.inference import InferenceConfig
 from pipeline.llm_pool import PoolConfig
+from pipeline.quick_answers import QuickAnswersConfig
 from pipeline.shedding import SheddingConfig
 from signaling.config import AdmissionConfig, SignalingConfig
 from signaling.rate_limit import RateLimitConfig
@@ -130,6 +131,7 @@ class Settings:
     tts: TTSConfig = TTSConfig()
     inference: InferenceConfig = InferenceConfig()
     llm: LLMConfig = LLMConfig()
+    quick_answers: QuickAnswersConfig = QuickAnswersConfig()
     llm_pool: PoolConfig = PoolConfig()
     llm_breaker: BreakerConfig = BreakerConfig()
     llm_server: LLMServerConfig = LLMServerConfig()

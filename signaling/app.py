@@ -26,9 +26,12 @@ from parley.settings import Settings
 from pipeline.asr import Transcriber
 from pipeline.dialog_store import DialogStore
 from pipeline.circuit_breaker import CircuitBreaker
+from pipeline import unit_questions
 from pipeline.llm_pool import LLMPool
+from pipeline.quick_answers import QuickAnswers
 from pipeline.tts import Synthesizer
 from pipeline.turn_model import TurnCompletionModel
+from pipeline.turns import ChatModel
 from signaling import metrics
 from signaling.loop_lag import watch_loop_lag
 from signaling.admission import Admission
@@ -60,6 +63,7 @@ class AppServices:
     admission: Admission
     client_cap: ClientCap
     llm: LLMPool
+    chat: ChatModel  # what the turn loops ask: the LLM pool, behind Parley's quick answers
     transcriber: Transcriber
     synthesizer: Synthesizer
     turn_model: TurnCompletionModel | None
@@ -87,6 +91,13 @@ def create_app(settings: Settings) -> FastAPI:
             transcriber = await asyncio.to_thread(Transcriber, settings.asr, settings.inference.asr)
             synthesizer = await asyncio.to_thread(Synthesizer, settings.tts, settings.inference.tts)
             await synthesizer.prepare(settings.turns.fallback_line, settings.turns.busy_line)
+            chat: ChatModel = llm
+            if settings.quick_answers.any:
+                if settings.quick_answers.conversions:
+                    await asyncio.to_thread(unit_questions.registry)  # a second to load, before any call
+                chat = QuickAnswers(
+                    llm, settings.quick_answers, on_answer=lambda kind: metrics.QUICK_ANSWERS.labels(kind).inc()
+                )
             turn_model = None
             if settings.turns.end_of_turn == "model":
                 turn_model = await asyncio.to_thread(
@@ -125,6 +136,7 @@ def create_app(settings: Settings) -> FastAPI:
                 admission=admission,
                 client_cap=client_cap,
                 llm=llm,
+                chat=chat,
                 transcriber=transcriber,
                 synthesizer=synthesizer,
                 turn_model=turn_model,

@@ -53,6 +53,9 @@ REDIS_ERRORS = Counter("parley_redis_errors_total", "Redis commands that failed,
 TURNS_SHED = Counter(
     "parley_turns_shed_total", "Turns begun without a rung of work to shed load ([shedding]), by rung", ["rung"]
 )
+QUICK_ANSWERS = Counter(
+    "parley_quick_answers_total", "Replies Parley gave without the LLM ([quick_answers]), by kind", ["kind"]
+)
 EVENTS_REPLAYED = Counter(
     "parley_events_replayed_total", "Events sent again to clients that resumed a session (missed while away)"
 )

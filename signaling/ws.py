@@ -162,7 +162,7 @@ class CallSocket:
         turns = TurnLoop(
             dialog_id=session.dialog_id,
             store=self.services.dialogs,
-            llm=self.services.llm,
+            llm=self.services.chat,
             transcriber=self.services.transcriber,
             synthesizer=self.services.synthesizer,
             emit=self.emit,

@@ -14,6 +14,9 @@ first), mean reply words, first token and first sentence (p50, ms from the reque
 tokens/s while writing, each as a ratio to today's default (models.toml's model and prompt);
 and the first token of the first request, which reads the whole system prompt (a longer
 prompt costs there, once per slot, since later requests find it in the slot's cache).
+
+Each model and prompt is measured twice: the LLM alone, and "+ quick answers", as a call
+asks it (sums, units and repeats answered by pipeline.quick_answers, the rest by the LLM).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Any
 from parley.bench.quality_scorer import AnswerCheck, score_reply
 from parley.bench.results import ROOT, add_ratios, ms, percentile, write_results
 from pipeline.llm_client import LLMClient, Message, PromptUsage
+from pipeline.quick_answers import QuickAnswers, QuickAnswersConfig
 from pipeline.sentences import SentenceSplitter
 
 QUESTIONS = ROOT / "bench" / "quality" / "questions.toml"
@@ -39,6 +43,7 @@ SEED = 42
 # The speed budget a model and prompt must keep to be chosen: the first sentence (what the voice
 # waits for) no slower than this many times today's default's.
 FIRST_SENTENCE_BUDGET = 1.5
+QUICK = " + quick answers"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,7 +98,7 @@ class Answer:
     prompt: PromptUsage | None
 
 
-async def ask(client: LLMClient, question: Question, *, slot: int | None = 0) -> Answer:
+async def ask(client: LLMClient | QuickAnswers, question: Question, *, slot: int | None = 0) -> Answer:
     """One question through the client, as a call asks it; the reply and its timings."""
     splitter = SentenceSplitter()
     usage: list[PromptUsage] = []
@@ -121,7 +126,7 @@ async def ask(client: LLMClient, question: Question, *, slot: int | None = 0) ->
     )
 
 
-async def run_set(client: LLMClient, questions: list[Question]) -> dict[str, Any]:
+async def run_set(client: LLMClient | QuickAnswers, questions: list[Question]) -> dict[str, Any]:
     """Every question once, in order; the figures and each item's reply and score."""
     # The first request reads the whole system prompt; every later one finds it in the slot's cache,
     # as every turn of a call but the first of a fresh server does.
@@ -213,14 +218,15 @@ async def bench_quality(args: argparse.Namespace) -> None:
                     temperature=0.0, seed=SEED,
                 )
                 async with LLMClient(config) as client:
-                    figures = await run_set(client, questions)
-                name = f"{model_name} / {prompt_name}"
-                results[name] = {"model": model_name, "prompt": prompt_name, "licence": candidate.licence} | figures
-                print(
-                    f"{name}: right {figures['right']}/{len(questions)}, first sentence {figures['right_first_sentence']},"
-                    f" first token p50 {ms(figures['first_token_ms_p50'])} ms, {figures['tokens_per_s']} tokens/s",
-                    flush=True,
-                )
+                    for quick in (False, True):
+                        figures = await run_set(QuickAnswers(client, QuickAnswersConfig()) if quick else client, questions)
+                        name = f"{model_name} / {prompt_name}{QUICK if quick else ''}"
+                        results[name] = {"model": model_name, "prompt": prompt_name, "quick_answers": quick, "licence": candidate.licence} | figures
+                        print(
+                            f"{name}: right {figures['right']}/{len(questions)}, first sentence {figures['right_first_sentence']},"
+                            f" first token p50 {ms(figures['first_token_ms_p50'])} ms, {figures['tokens_per_s']} tokens/s",
+                            flush=True,
+                        )
         finally:
             await server.stop()
     load_after = Path("/proc/loadavg").read_text().split()[:3]
@@ -257,7 +263,9 @@ _HEADER = (
     "# Answer quality and speed, per LLM and system prompt\n\n"
     "`parley bench quality`: the question set of bench/quality/questions.toml (facts, arithmetic, conversions,"
     " yes or no, spelling, follow-ups that need the history, \"say that again\", questions it cannot know), asked"
-    " through Parley's LLM client against the bundled llama-server, one question at a time, temperature 0, seed 42."
+    " through Parley's LLM client against the bundled llama-server, one question at a time, temperature 0, seed 42;"
+    " each model and prompt twice, the LLM alone and \"+ quick answers\" (sums, units and repeats answered by"
+    " pipeline/quick_answers.py, as in a call)."
     " Scored by parley/bench/quality_scorer.py: *right* anywhere in the reply, and *first* in its first sentence."
     " Ratios against today's default (models.toml's model and prompt). The prompts are in the JSON.\n"
 )
