@@ -8,11 +8,14 @@ import pytest
 import websockets
 from hypothesis import given, settings as hypothesis_settings, strategies as st
 
+from media.audio_file import read_audio, write_wav
+from parley.call_client import run_call
 from pipeline.llm_client import LLMClient
 from pipeline.quick_answers import QuickAnswers, QuickAnswersConfig, quick_answer
 from pipeline.spoken_sums import say_number
 from tests.conftest import stored_turns
 from tests.messages import messages_until
+from tests.speech import normalise
 from tests.test_metrics import samples
 
 
@@ -170,3 +173,19 @@ async def test_a_caller_gets_a_sum_and_its_repeat_from_the_server_and_the_dialog
         ("user", "What's six times seven?"), ("assistant", "6 times 7 is 42."),
         ("user", "Sorry, can you say that again?"), ("assistant", "6 times 7 is 42."),
     ]
+
+
+@pytest.mark.slow
+async def test_a_sum_asked_aloud_is_answered_aloud(server, synthesizer, transcriber, proxy, tmp_path):
+    # The question in the server's own voice (piper, 22.05 kHz), a breath of silence either side.
+    question = await synthesizer.synthesize("What is nine times eight?")
+    silence = bytes(2 * synthesizer.sample_rate // 2)
+    path = tmp_path / "nine-times-eight.wav"
+    write_wav(path, silence + question + silence, synthesizer.sample_rate)
+    report = await run_call(server, [str(path)], out_dir=tmp_path)
+    (turn,) = report["turns"]
+    assert normalise(turn["transcript"]) in ("what is 9 times 8", "what is nine times eight"), turn["transcript"]
+    assert turn["reply_text"] == "9 times 8 is 72."
+    assert not proxy.prompts_answering(turn["transcript"])  # the LLM was never asked this question
+    heard = normalise((await transcriber.transcribe(read_audio(turn["reply_audio"]))).text)
+    assert "72" in heard or "seventy two" in heard.replace("-", " "), heard
