@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
 from typing import Any, TypeVar
 
@@ -132,6 +132,21 @@ class InferenceConfig:
                 getattr(self, model)
             except ValueError as exc:  # "threads must be ..." names the key without its model
                 raise ValueError(f"inference.{model}_{exc}") from None
+
+    def for_calls(self, max_calls: int) -> InferenceConfig:
+        """These lanes on a replica that admits `max_calls` voice calls. Each call waits on at most
+        one transcription and one synthesis at a time (the turn's final transcript, the reply's
+        first piece): the ASR and TTS lanes let at least that many wait, so every call admission
+        let in is answered, late if the lane is slow (max_wait_ms still bounds how late), and not
+        refused for a full queue, which loses the caller's turn (seen in `parley bench load ramp`
+        at 12 calls: a lane of 1 + 4 turned the sixth waiting turn away). Jobs made ahead
+        (partials, later pieces) are still refused first when the lane fills.
+        """
+        return replace(
+            self,
+            asr_max_waiting=max(self.asr_max_waiting, max_calls),
+            tts_max_waiting=max(self.tts_max_waiting, max_calls),
+        )
 
     @property
     def asr(self) -> LaneConfig:

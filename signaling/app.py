@@ -88,8 +88,9 @@ def create_app(settings: Settings) -> FastAPI:
             warming = asyncio.create_task(llm.warm(), name="llm-warm")
             stack.callback(warming.cancel)
             # Loading takes seconds; in a plain thread, so the loop stays free and no lane refuses it.
-            transcriber = await asyncio.to_thread(Transcriber, settings.asr, settings.inference.asr)
-            synthesizer = await asyncio.to_thread(Synthesizer, settings.tts, settings.inference.tts)
+            lanes = settings.inference.for_calls(settings.admission.max_calls)
+            transcriber = await asyncio.to_thread(Transcriber, settings.asr, lanes.asr)
+            synthesizer = await asyncio.to_thread(Synthesizer, settings.tts, lanes.tts)
             await synthesizer.prepare(settings.turns.fallback_line, settings.turns.busy_line)
             chat: ChatModel = llm
             if settings.quick_answers.any:

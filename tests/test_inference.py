@@ -301,3 +301,13 @@ async def test_when_the_turn_ends_the_transcript_asked_for_at_its_pause_goes_bef
     await other
     runner.cancel()
     assert ran == ["this turn", "another turn's pause"]
+
+
+def test_every_admitted_call_may_wait_in_the_asr_and_tts_lanes():
+    config = InferenceConfig(asr_max_waiting=4, tts_max_waiting=4, turn_model_max_waiting=2)
+    assert config.for_calls(2) == config  # a lane of 1 + 4 holds two calls' waits already
+    surged = config.for_calls(13)
+    assert (surged.asr.max_waiting, surged.tts.max_waiting) == (13, 13)
+    # The end-of-turn model's refusal loses no turn (it ends on silence alone): its bound stays.
+    assert surged.turn_model == config.turn_model
+    assert (surged.asr_max_wait_ms, surged.tts_max_wait_ms) == (config.asr_max_wait_ms, config.tts_max_wait_ms)

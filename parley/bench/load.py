@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -123,6 +124,10 @@ RAMP_VARIANTS: dict[str, dict[str, str]] = {
     # ([llm_server] instances; two since 2026-12-06: p95 lower at 6, 8 and 10 calls in two runs).
     "ladder_llm_1_server": {**LADDER, "PARLEY_LLM_SERVER_INSTANCES": "1"},
     "ladder_llm_2_servers": {**LADDER, "PARLEY_LLM_SERVER_INSTANCES": "2"},
+    # The ladder with a pause heard (judged, and its words transcribed) after 140 ms of silence
+    # instead of 60 ([vad] pause_ms): fewer transcriptions of pauses the caller talks through
+    # (about 1.8 a turn under load), each a slice of the ASR every turn's end waits on.
+    "ladder_pause_140": {**LADDER, "PARLEY_VAD_PAUSE_MS": "140"},
     # The ladder with at most two requests at each llama-server instead of four ([llm_pool]
     # max_inflight): one server thread decoding four streams at once makes fewer tokens a second
     # in all than decoding one, so a third and fourth request might do better waiting their turn.
@@ -277,6 +282,7 @@ def _turn_figures(records: list[CallRecord]) -> dict[str, Any]:
         "turns": sum(len(r.turns) for r in records),
         "failed": sum(r.failed for r in records),
         "unanswered": sum(r.unanswered for r in records),
+        "unanswered_missing": dict(collections.Counter(t.missing for r in records for t in r.turns if t.missing)),
     }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import fractions
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ FRAME = RATE // 50
 DTX_HANGOVER_FRAMES = 10
 DTX_EVERY_FRAMES = 20
 _TIME_BASE = fractions.Fraction(1, RATE)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,12 +142,16 @@ class VoiceArrivals:
 
 @dataclass(frozen=True, slots=True)
 class TurnOutcome:
-    """One sentence said: when its speech ended, the voice-to-voice time (None: no reply heard),
-    and the server's own figures for the turn (its `metrics` event: ms per stage)."""
+    """One sentence said: when its speech ended, the voice-to-voice time (None: no reply heard,
+    and `missing` says what did not come), and the server's own figures for the turn (its
+    `metrics` event: ms per stage)."""
 
     speech_end: float
     voice_to_voice_ms: float | None
     stages_ms: dict[str, float] = field(default_factory=dict)
+    # None when answered; else "turn" (no final transcript nor reply), "reply" (no reply done),
+    # "text" (a reply done with no text) or "voice" (a reply, but no voice heard after the speech).
+    missing: str | None = None
 
 
 class LoadCall(CallClient):
@@ -166,9 +173,20 @@ class LoadCall(CallClient):
         heard = await self._turn_heard(seen)
         done = heard and await self._wait_for(self._reply_done_for_turns_since(seen), 120.0, since=seen)
         if not done or not done.get("text"):
-            return TurnOutcome(speech_end, None)
+            missing = "turn" if not heard else "reply" if not done else "text"
+            return self._unanswered(TurnOutcome(speech_end, None, missing=missing), seen)
         await asyncio.sleep(TAIL_S)
         voiced = self._recorder.first_voiced_after(speech_end)
         stages = next((m["stages_ms"] for _, m in reversed(self.messages[seen:])
                        if m["type"] == "metrics" and m.get("turn_id") == done["turn_id"]), {})
-        return TurnOutcome(speech_end, round(1000 * (voiced - speech_end), 1) if voiced else None, stages)
+        if voiced is None:
+            return self._unanswered(TurnOutcome(speech_end, None, stages, missing="voice"), seen)
+        return TurnOutcome(speech_end, round(1000 * (voiced - speech_end), 1), stages)
+
+    def _unanswered(self, outcome: TurnOutcome, seen: int) -> TurnOutcome:
+        """Say in the log which session missed what, and what came instead, to find in the server's log."""
+        came = [(m["type"], m.get("turn_id", "")[:8], m.get("code") or m.get("state") or "")
+                for _, m in self.messages[seen:] if m["type"] not in ("ping", "pong")]
+        log.warning("session %s: a sentence got no %s; the server sent %s",
+                    self.session.get("session_id"), outcome.missing, came)
+        return outcome
