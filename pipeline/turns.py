@@ -38,9 +38,9 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from media.frames import AudioFrame
 from pipeline.asr import Transcriber, Transcript
@@ -468,9 +468,7 @@ class TurnLoop:
             turn_id=self._turn_id, user_started_at=0.0, user_audio=audio, released=asyncio.Event(), covers=covers,
             drafted_at_mono=time.monotonic(), plan=self._plan,
         )
-        draft.task = self._tasks.create_task(
-            self._within_boundary(draft, self._respond(draft, self._partials, covers)), name=f"draft-{draft.turn_id}"
-        )
+        draft.task = self._reply_task(draft, self._respond(draft, self._partials, covers), f"draft-{draft.turn_id}")
 
     async def _drop_draft(self) -> None:
         draft, self._draft = self._draft, None
@@ -592,9 +590,17 @@ class TurnLoop:
                 return
             await asyncio.wait([reply.task])
 
-    def _start_reply(self, reply: Reply, work: Awaitable[None]) -> None:
+    def _start_reply(self, reply: Reply, work: Coroutine[Any, Any, None]) -> None:
         self._reply = reply
-        reply.task = self._tasks.create_task(self._within_boundary(reply, work), name=f"reply-{reply.turn_id}")
+        reply.task = self._reply_task(reply, work, f"reply-{reply.turn_id}")
+
+    def _reply_task(self, reply: Reply, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = self._tasks.create_task(self._within_boundary(reply, work), name=name)
+        # A reply stopped before its task first ran (frames queued behind the one that ended the
+        # turn, the caller already going on) never starts `work`: it is closed here rather than
+        # left to the garbage collector's "coroutine was never awaited" warning.
+        task.add_done_callback(lambda _: work.close())
+        return task
 
     async def _within_boundary(self, reply: Reply, work: Awaitable[None]) -> None:
         """A reply's (or a draft's) error boundary: anything unexpected fails this turn, said once
