@@ -21,13 +21,13 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pipeline.llm_client import Message
 from pipeline.spoken_sums import sum_reply
 from pipeline.unit_questions import conversion_reply
 
-KINDS = ("sum", "conversion", "repeat")
+Kind = Literal["sum", "conversion", "repeat"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -45,7 +45,7 @@ class QuickAnswersConfig:
 
 @dataclass(frozen=True, slots=True)
 class QuickAnswer:
-    kind: str  # one of KINDS
+    kind: Kind
     text: str
 
 
@@ -62,7 +62,7 @@ _OPENING = re.compile(
     r"(?:(?:can|could|would) you (?:please )?(?:tell me |work out |calculate )?|(?:please )?(?:tell me|calculate|compute|work out|convert)\b\s*|do you know\s+)?"
     r"(?:what do you get for|what(?:'s| is| are| does)?|how much is|how much are)?\s*"
 )
-# ("what 12 times 3 is, please?"; "what does 7 plus 8 make?")
+# What may close a question around its sum: "what 12 times 3 is, please?", "what does 7 plus 8 make?".
 _CLOSING = re.compile(r"(?:\s+(?:is|equals?|makes?|come to|comes to))?(?:\s*,?\s*please)?\s*$")
 # Only these marks mean anything in a sum; the rest is punctuation of the sentence.
 _PUNCTUATION = re.compile(r"[?!,;:\"]|\.(?!\d)")
@@ -117,7 +117,7 @@ class QuickAnswers:
 
     def __init__(
         self, llm: _Chat, config: QuickAnswersConfig = QuickAnswersConfig(), *,
-        on_answer: Callable[[str], None] | None = None,
+        on_answer: Callable[[Kind], None] | None = None,
     ) -> None:
         self._llm = llm
         self.config = config
