@@ -23,6 +23,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from text_to_num import alpha2digit
+
 from pipeline.llm_client import Message
 from pipeline.spoken_sums import sum_reply
 from pipeline.unit_questions import conversion_reply
@@ -97,8 +99,6 @@ def quick_answer(messages: Sequence[Message], config: QuickAnswersConfig = Quick
 
 def _question(said: str) -> str:
     """The question in digits and lower case, without its frame: "Um, what's nine times eight?" → "9 times 8"."""
-    from text_to_num import alpha2digit
-
     # threshold 0: "one" and "two" are numbers too ("what is two plus two").
     text = alpha2digit(said, "en", 0)
     text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)  # 1,000 → 1000

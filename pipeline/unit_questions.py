@@ -35,7 +35,7 @@ _NOT_UNITS = frozenset({"a", "an", "in", "are", "is", "the", "it", "one", "that"
 
 @functools.cache
 def registry() -> Any:
-    """pint's unit registry: loaded once, on first use (about a second; `warm` it at start)."""
+    """pint's unit registry: loaded once, on first use (about a second: the server calls this at start)."""
     import pint
 
     return pint.UnitRegistry()
@@ -75,6 +75,6 @@ def _unit(words: str) -> tuple[float, Any]:
     if words in _SAID_AS:
         factor, name = _SAID_AS[words]
         return factor, registry().parse_units(name)
-    if words in _NOT_UNITS or any(word in _NOT_UNITS for word in words.split()):
+    if any(word in _NOT_UNITS for word in words.split()):
         raise ValueError(f"{words!r} is no unit")
     return 1, registry().parse_units(words)
