@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from media.errors import MediaError
 from parley.errors import CallFailed, ParleyError
+from parley.blas_threads import limit_blas_threads
 from parley.settings import Settings, load_settings
 from pipeline.errors import PipelineError
 
@@ -323,6 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         settings = load_settings()
+        limit_blas_threads(settings.server.blas_threads)
         if args.command == "transcribe":
             asyncio.run(_transcribe(settings, args.file))
         elif args.command == "say":

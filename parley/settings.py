@@ -49,6 +49,7 @@ class ServerConfig:
         0 never.
     forwarded_allow_ips: proxies whose X-Forwarded-For names the client (its address is the one
         rate limits and per-address caps count): addresses or networks, comma-separated; "*" any.
+    blas_threads: threads numpy's BLAS may use (parley.blas_threads); 0 its own default.
     """
 
     host: str = "127.0.0.1"
@@ -57,6 +58,7 @@ class ServerConfig:
     drain_timeout_s: float = 60.0
     malloc_trim_s: float = 10.0
     forwarded_allow_ips: str = "127.0.0.1,::1"
+    blas_threads: int = 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -134,6 +134,9 @@ RAMP_VARIANTS: dict[str, dict[str, str]] = {
     # Not kept: one interleaved ramp (2026-12-06 19:21), p95 ms against the ladder: 6 calls 774
     # against 746, 8 calls 919 against 927, 10 calls 1895 against 1342 (one turn unanswered).
     "ladder_inflight_2": {**LADDER, "PARLEY_LLM_POOL_MAX_INFLIGHT": "2"},
+    # The ladder with numpy's OpenBLAS on a thread per core, its own default, instead of one
+    # ([server] blas_threads): its idle threads spin after each call.
+    "ladder_blas_default": {**LADDER, "PARLEY_SERVER_BLAS_THREADS": "0"},
 }
 
 

@@ -1,0 +1,33 @@
+"""How many threads numpy's BLAS (OpenBLAS) may use in this process.
+
+numpy's OpenBLAS starts a thread per core and, after each call, keeps them spinning on
+the CPU for a while before they sleep, ready for the next one. The server's BLAS calls
+are small (the log-mel features of a transcription or of an end-of-turn decision: one
+modest matrix product each), made from the inference lanes' threads while the other core
+is busy with another model: the spinning was pure waste. Measured on the ASR alone
+(66 clips, tiny.en, one thread): 285 ms of CPU a clip with OpenBLAS's own threads, 169 ms
+with one, and no slower (wall 182 against 169 ms); under load (`parley bench load ramp`,
+8 calls) its spinning thread took 0.11 of a core.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+from threadpoolctl import threadpool_info, threadpool_limits
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def limit_blas_threads(threads: int) -> None:
+    """Let BLAS libraries loaded in this process use at most `threads` threads (0: their own
+    default). Further calls with the same number do nothing."""
+    if threads <= 0:
+        return
+    import numpy  # noqa: F401  (loads the BLAS the limit applies to: threadpoolctl sees only loaded ones)
+
+    threadpool_limits(limits=threads, user_api="blas")
+    libraries = [f"{pool['internal_api']} {pool['num_threads']}" for pool in threadpool_info() if pool["user_api"] == "blas"]
+    log.debug("BLAS threads: %s", ", ".join(libraries) or "no BLAS library loaded")
