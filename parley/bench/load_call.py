@@ -2,9 +2,10 @@
 
 aiortc sends an `av.Packet` that a track's `recv()` returns as it is (it only packetizes it),
 so the speech is encoded once for every call and a client call costs far less CPU than the
-server's side of it. The bot's voice is decoded by aiortc as usual; only the arrival time of
-each voiced 20 ms frame is kept. Each `say` is one turn: the sentence, then silence until the
-reply is done, with its voice-to-voice time measured here at the client.
+server's side of it. The bot's voice is decoded on the event loop as each packet arrives
+(media.loop_decoder); only the arrival time of each voiced 20 ms frame is kept. Each `say` is
+one turn: the sentence, then silence until the reply is done, with its voice-to-voice time
+measured here at the client.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from media.audio_file import read_audio
 from media.caller_dtx import asks_for_dtx
 from media.frames import level_dbfs
+from media.loop_decoder import decode_on_loop
 from media.tracks import FramePacer
 from parley.call_client import RATE, TAIL_S, VOICE_DBFS, CallClient, last_voiced_offset_s
 
@@ -165,6 +167,10 @@ class LoadCall(CallClient):
 
     def _answered(self, sdp: str) -> None:
         self._mic.dtx = asks_for_dtx(sdp)
+        # The bot's voice decoded on the event loop as each packet arrives, as the server decodes
+        # the caller's, not in aiortc's decoder thread per call (two hops a packet, 50 packets a
+        # second whether the bot speaks or not): what the harness costs is taken from the server.
+        decode_on_loop(self._pc)
 
     async def say(self, speech: EncodedSpeech) -> TurnOutcome:
         """Say the sentence, wait until its reply is done (or the reply timeout passes without one)."""
