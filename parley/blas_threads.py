@@ -4,10 +4,11 @@ numpy's OpenBLAS starts a thread per core and, after each call, keeps them spinn
 the CPU for a while before they sleep, ready for the next one. The server's BLAS calls
 are small (the log-mel features of a transcription or of an end-of-turn decision: one
 modest matrix product each), made from the inference lanes' threads while the other core
-is busy with another model: the spinning was pure waste. Measured on the ASR alone
-(66 clips, tiny.en, one thread): 285 ms of CPU a clip with OpenBLAS's own threads, 169 ms
-with one, and no slower (wall 182 against 169 ms); under load (`parley bench load ramp`,
-8 calls) its spinning thread took 0.11 of a core.
+is busy with another model: the spinning was pure waste. Measured alone, with OpenBLAS's
+own threads against one: a transcription (66 clips, tiny.en, one thread) 285 ms of CPU
+against 169, wall 182 against 169 ms; an end-of-turn decision (Smart Turn, 4 s of speech)
+204 ms of CPU against 85, wall 103 against 85 ms. Under load (`parley bench load ramp`,
+8 calls) the spinning thread took 0.11 of a core.
 """
 
 from __future__ import annotations
