@@ -24,11 +24,13 @@ log = logging.getLogger(__name__)
 @functools.cache
 def limit_blas_threads(threads: int) -> None:
     """Let BLAS libraries loaded in this process use at most `threads` threads (0: their own
-    default). Further calls with the same number do nothing."""
+    default). `parley.cli.main` calls it before any command, `serve` included. Further calls with
+    the same number do nothing."""
     if threads <= 0:
         return
     import numpy  # noqa: F401  (loads the BLAS the limit applies to: threadpoolctl sees only loaded ones)
 
     threadpool_limits(limits=threads, user_api="blas")
-    libraries = [f"{pool['internal_api']} {pool['num_threads']}" for pool in threadpool_info() if pool["user_api"] == "blas"]
-    log.debug("BLAS threads: %s", ", ".join(libraries) or "no BLAS library loaded")
+    if log.isEnabledFor(logging.DEBUG):  # threadpool_info scans every loaded library
+        pools = [f"{p['internal_api']} {p['num_threads']}" for p in threadpool_info() if p["user_api"] == "blas"]
+        log.debug("BLAS threads: %s", ", ".join(pools) or "no BLAS library loaded")

@@ -19,7 +19,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from fastapi.staticfiles import StaticFiles
 from redis.exceptions import RedisError
 
-from parley.blas_threads import limit_blas_threads
 from parley.free_memory import heap_figures, trim_periodically
 from parley.redis_client import redis_client, sentinel_replicas
 from parley.runtime import Services, services
@@ -79,7 +78,6 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
-            limit_blas_threads(settings.server.blas_threads)
             running = await stack.enter_async_context(services(settings))
             redis = redis_client(running.settings.redis)
             stack.push_async_callback(redis.aclose)
