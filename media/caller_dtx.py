@@ -28,8 +28,9 @@ _OPUS_RTPMAP = re.compile(r"^a=rtpmap:(\d+) opus/", re.IGNORECASE)
 
 
 def ask_for_dtx(sdp: str) -> str:
-    """The answer `sdp` with `usedtx=1` on every Opus payload type: the caller's encoder may then
-    send next to nothing while its microphone hears silence. Nothing else changes."""
+    """`sdp` with `usedtx=1` on every Opus payload type: the other end's encoder may then send next
+    to nothing while it has only silence to send (the server's answer asks it of the caller's
+    microphone; a caller's offer, of the bot's voice). Nothing else changes."""
     lines = sdp.split("\r\n")
     opus = _opus_payload_types(lines)
     with_fmtp = {pt for line in lines if (pt := _fmtp_payload_type(line)) in opus}

@@ -27,6 +27,10 @@ class MediaConfig:
     caller_dtx: ask the caller's Opus encoder for DTX (`usedtx=1` in the answer): in silence it
         sends a tiny packet every 400 ms instead of 50 a second, and the server fills the gaps
         with silence (media.caller_dtx). Needs decoder "loop", which sees each packet's size.
+    bot_dtx: the bot's voice in DTX when the caller's offer asks for it (`usedtx=1` on Opus; the
+        page and `parley call` ask): while the bot is quiet, 200 ms of silence packets, then a
+        TOC byte alone every 400 ms and nothing between (media.sender_dtx). Needs voice_encoder
+        "parley", which makes the packets.
     ice_servers: STUN and TURN URLs ("stun:host:3478", "turn:host:3478?transport=udp") that
         both ends of a call use to find a path for the audio (media.ice); empty: host
         candidates only, which is enough when the caller can reach the server's address.
@@ -45,6 +49,7 @@ class MediaConfig:
     voice_encoder: str = "parley"
     decoder: str = "loop"
     caller_dtx: bool = True
+    bot_dtx: bool = True
     ice_servers: tuple[str, ...] = ()
     turn_secret: str = field(default="", repr=False)
     turn_credential_ttl_s: int = 7200

@@ -5,7 +5,8 @@ frames, in a bounded queue that drops the oldest frame rather than fall behind.
 Outbound audio follows aiortc's own tracks: `recv()` hands out 20 ms frames paced
 by their pts, silence when there is nothing to say. Once the call is known to send
 Opus, they go out as Opus packets the track makes itself, silence encoded once
-(media.voice_encoder): a quiet bot then costs next to nothing.
+(media.voice_encoder): a quiet bot then costs next to nothing. With DTX it sends next
+to nothing too: `recv` sleeps until the bot speaks or the next DTX packet is due.
 """
 
 from __future__ import annotations
@@ -132,6 +133,22 @@ class FramePacer:
                 await asyncio.sleep(wait)
         return self._pts
 
+    async def skip_until(self, pts: int, wake: asyncio.Event) -> int:
+        """Frames before `pts` send nothing (a sender in DTX): sleep until `pts` is due or `wake` is
+        set, whichever comes first, and hand out the frame due then (`next_pts` follows it). One
+        sleep instead of a wake-up every 20 ms that sends nothing."""
+        if self._start is None:
+            return await self.next_pts()
+        due = self._pts
+        try:
+            async with asyncio.timeout(max(0.0, self._start + pts / self.rate - time.monotonic())):
+                await wake.wait()
+        except TimeoutError:
+            due = pts  # due by now, though the clock read just below may round a hair short of it
+        now = int((time.monotonic() - self._start) * self.rate) // self.samples * self.samples
+        self._pts = max(self._pts, due, now)
+        return self._pts
+
 
 @dataclass(slots=True)
 class _Segment:
@@ -168,11 +185,19 @@ class OutboundAudioTrack(MediaStreamTrack):
         self._held = False
         self._segment_played = asyncio.Event()
         self._opus: OpusVoice | None = None
+        # Set when there may be speech to send: wakes a `recv` that DTX put to sleep.
+        self._speech_queued = asyncio.Event()
 
-    def send_opus(self) -> None:
+    def send_opus(self, *, dtx: bool = False) -> None:
         """Hand out Opus packets from now on instead of frames for aiortc to encode: call it once the
-        answer has chosen Opus for this track (its first codec), before media flows."""
-        self._opus = OpusVoice()
+        answer has chosen Opus for this track (its first codec), before media flows. With `dtx`
+        (the far end asked for it), a quiet bot sends as libopus does in DTX (media.sender_dtx)."""
+        self._opus = OpusVoice(dtx=dtx)
+
+    @property
+    def packets_sent(self) -> int | None:
+        """Packets handed out (None: aiortc encodes the frames)."""
+        return None if self._opus is None else self._opus.sent
 
     @property
     def frames_encoded(self) -> int | None:
@@ -190,6 +215,7 @@ class OutboundAudioTrack(MediaStreamTrack):
     def resume(self) -> None:
         """Go on from where `hold` paused."""
         self._held = False
+        self._speech_queued.set()
 
     async def play(self, pcm: bytes, sample_rate: int, text: str) -> None:
         """Queue mono 16-bit PCM at any rate; `text` is what it says."""
@@ -200,6 +226,7 @@ class OutboundAudioTrack(MediaStreamTrack):
         self._segments.append(_Segment(data, text))
         self._queued_bytes += len(data)
         self._idle.clear()
+        self._speech_queued.set()
         if self._queued_bytes > self._max_queued_bytes:
             self._space.clear()
 
@@ -237,7 +264,13 @@ class OutboundAudioTrack(MediaStreamTrack):
         pts = await self._pacer.next_pts()
         chunk = self._next_chunk()
         if self._opus is not None:
-            return self._opus.packet(chunk or None, pts)
+            while (packet := self._opus.packet(chunk or None, pts)) is None:
+                # DTX: this frame sends nothing; the next goes out when the bot has speech to
+                # send or the next DTX packet is due.
+                self._speech_queued.clear()
+                pts = await self._pacer.skip_until(self._opus.next_sent(pts + self._pacer.samples), self._speech_queued)
+                chunk = self._next_chunk()
+            return packet
         samples = np.frombuffer(chunk or bytes(OUT_FRAME_SAMPLES * 2), dtype=np.int16).reshape(1, -1)
         frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
         frame.pts = pts

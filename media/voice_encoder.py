@@ -12,6 +12,10 @@ the stereo aiortc makes of it is the same channel twice), inline (encoding 20 ms
 takes less than the thread hop did), with a fresh encoder for each stretch of
 speech so the first packet after a silence is not predicted from the end of the
 speech before it (the far end's decoder has heard silence since).
+
+With DTX (when the far end asks for it with `usedtx=1`), a quiet bot sends what
+libopus sends in DTX (media.sender_dtx): 200 ms of silence packets, then a
+TOC byte alone every 400 ms and nothing between.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from functools import cache
 import av
 import numpy as np
 from aiortc.sdp import SessionDescription
+
+from media.sender_dtx import Quiet, QuietSchedule, dtx_payload
 
 RATE = 48000
 FRAME_SAMPLES = RATE // 50  # 20 ms: the packet Opus over RTP uses by default
@@ -64,23 +70,43 @@ def silence_payload() -> bytes:
 
 
 class OpusVoice:
-    """Turns 20 ms chunks of 48 kHz mono 16-bit PCM into Opus packets stamped with `pts`."""
+    """Turns 20 ms chunks of 48 kHz mono 16-bit PCM into Opus packets stamped with `pts`.
 
-    def __init__(self) -> None:
+    dtx: a quiet bot's frames go out as libopus's DTX sends them (`packet` returns None for
+    a frame that sends nothing; `next_sent` says when the next one goes out).
+    """
+
+    def __init__(self, *, dtx: bool = False) -> None:
+        self.dtx = dtx
         self._codec: av.CodecContext | None = None
-        self._silent_frames = _FRESH_AFTER_FRAMES
-        self.encoded = 0  # frames encoded (the rest went out as the pre-encoded silence)
+        self._quiet = QuietSchedule(FRAME_SAMPLES)
+        self.encoded = 0  # frames encoded (the rest went out as the pre-encoded silence, or not at all)
+        self.sent = 0  # packets handed out
 
-    def packet(self, pcm: bytes | None, pts: int) -> av.Packet:
-        """The packet for one frame: `pcm` (exactly 20 ms) encoded, or silence when it is None."""
+    def packet(self, pcm: bytes | None, pts: int) -> av.Packet | None:
+        """The packet for one frame: `pcm` (exactly 20 ms) encoded, or silence when it is None (with
+        DTX: the TOC byte alone, or None when this frame of silence sends nothing)."""
         if pcm is None:
-            self._silent_frames += 1
-            return _stamped(silence_payload(), pts)
-        if self._codec is None or self._silent_frames >= _FRESH_AFTER_FRAMES:
+            payload = silence_payload()
+            if self.dtx:
+                quiet = self._quiet.quiet(pts)
+                if quiet is Quiet.NOTHING:
+                    return None
+                if quiet is Quiet.DTX:
+                    payload = dtx_payload(payload)
+            self.sent += 1
+            return _stamped(payload, pts)
+        quiet_frames = self._quiet.quiet_frames(pts)
+        if self._codec is None or quiet_frames is None or quiet_frames >= _FRESH_AFTER_FRAMES:
             self._codec = _encoder()
-        self._silent_frames = 0
+        self._quiet.speech(pts)
         self.encoded += 1
+        self.sent += 1
         return _stamped(_encode(self._codec, pcm), pts)
+
+    def next_sent(self, pts: int) -> int:
+        """The pts of the next frame that sends a packet if the bot stays quiet from `pts` on."""
+        return self._quiet.next_sent(pts) if self.dtx else pts
 
 
 def sends_opus(answer_sdp: str, mid: str | None) -> bool:

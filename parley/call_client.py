@@ -42,6 +42,7 @@ from aiortc.mediastreams import MediaStreamError
 from websockets.asyncio.client import ClientConnection
 
 from media.audio_file import read_audio, read_audio_channels, write_wav
+from media.caller_dtx import ask_for_dtx
 from media.frames import level_dbfs
 from media.ice import aiortc_configuration
 from media.jitter_buffer import set_audio_jitter_buffer
@@ -57,6 +58,8 @@ FRAME = RATE // 50
 VOICE_DBFS = -40.0
 # After the server says the reply is done, its last frames are still on the wire.
 TAIL_S = 0.6
+# The longest gap in the bot's timestamps recorded as silence (DTX leaves 400 ms between packets).
+MAX_GAP_S = 60.0
 # Received packets held before decoding. A browser's adaptive buffer on a clean path holds about
 # one; aiortc's fixed four would add 60 ms to every figure measured here that a browser does not.
 DEFAULT_JITTER_PACKETS = 1
@@ -150,19 +153,23 @@ class Recorder:
     """Everything received, as (arrival time, 20 ms of 48 kHz mono PCM, voiced or not).
 
     Each frame's level is judged once, as it arrives: the waits below scan the recording
-    every 20 ms, and a call's recording grows by 50 frames a second.
+    every 20 ms, and a call's recording grows by 50 frames a second. A gap in the frames'
+    timestamps (a quiet bot in DTX sends a packet every 400 ms) is recorded as silence, as
+    a browser plays it, when the frame after it arrives.
     """
 
     def __init__(self) -> None:
         self.frames: list[tuple[float, bytes, bool]] = []
         self._resampler = Resampler(RATE)
         self._pending = b""
+        self._next_pts: int | None = None  # the timestamp the next frame has if none is missing
 
     async def record(self, track) -> None:
         try:
             while True:
                 frame = await track.recv()
                 now = time.monotonic()
+                self._pending += bytes(2 * round(self._gap_s(frame) * RATE))
                 self._pending += self._resampler.convert(frame)
                 while len(self._pending) >= FRAME * 2:
                     pcm = self._pending[: FRAME * 2]
@@ -170,6 +177,15 @@ class Recorder:
                     self._pending = self._pending[FRAME * 2 :]
         except MediaStreamError:
             return
+
+    def _gap_s(self, frame) -> float:
+        """Seconds missing before `frame` (its decoder stamps it with its RTP timestamp, which wraps
+        at 2^32); a gap longer than MAX_GAP_S is a new stream, not silence."""
+        expected, self._next_pts = self._next_pts, (frame.pts + frame.samples) % 2**32
+        if expected is None:
+            return 0.0
+        gap_s = ((frame.pts - expected) % 2**32) / frame.sample_rate
+        return gap_s if 0.01 < gap_s < MAX_GAP_S else 0.0
 
     def first_voiced_after(self, t: float) -> float | None:
         return next((at for at, _, voiced in self.frames if at >= t and voiced), None)
@@ -214,11 +230,13 @@ class CallClient:
         codecs: tuple[str, ...] = (),
         impairment: Impairment | None = None,
         ping_interval_s: float | None = 20.0,
+        bot_dtx: bool = True,
     ) -> None:
         """microphone: the format the files are played in (the encoder converts it, as a browser's does).
         codecs: the only audio codecs to offer, by name ("opus", "PCMU", "PCMA"); empty: aiortc's own.
         impairment: loss and jitter on the RTP packets sent (parley.impairment).
         ping_interval_s: the WebSocket's own keepalive pings (None: none, as a browser sends none).
+        bot_dtx: ask for the bot's voice in DTX while it is quiet (`usedtx=1` in the offer), as the page does.
         """
         base = server.rstrip("/")
         # The signaling socket's source address: any of 127.0.0.0/8 makes a distinct caller on loopback.
@@ -230,6 +248,7 @@ class CallClient:
         self.codecs = codecs
         self.impairment = impairment
         self.ping_interval_s = ping_interval_s
+        self.bot_dtx = bot_dtx
         self.links: list[ImpairedLink] = []  # one per peer connection made
         self.session: dict[str, Any] = {}
         self.messages: list[tuple[float, dict[str, Any]]] = []
@@ -385,7 +404,9 @@ class CallClient:
 
         await pc.setLocalDescription(await pc.createOffer())
         seen = len(self.messages)  # after a reconnect, the earlier connection's answer is there too
-        await self._send({"type": "offer", "sdp": pc.localDescription.sdp})
+        # As the page does: the bot's voice may come in DTX while it is quiet (the Recorder fills the gaps).
+        offer = pc.localDescription.sdp
+        await self._send({"type": "offer", "sdp": ask_for_dtx(offer) if self.bot_dtx else offer})
         answer = await self._wait_for(lambda m: m["type"] in ("answer", "error"), 15.0, since=seen)
         if answer is not None and answer["type"] == "error":
             _raise_refusal(answer)

@@ -103,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     bench_media.add_argument("--calls", type=int, default=4, help="silent calls connected at once (default 4)")
     bench_media.add_argument("--window-s", type=float, default=30.0, help="seconds of CPU time read (default 30)")
     bench_media.add_argument("--settle-s", type=float, default=5.0, help="seconds let pass before each reading")
-    bench_media.add_argument("--variants", help="comma-separated (default all): aiortc_encodes, parley_encodes, loop_decodes, caller_dtx")
+    bench_media.add_argument("--variants", help="comma-separated (default all): aiortc_encodes, parley_encodes, loop_decodes, caller_dtx, bot_dtx")
     bench_media.add_argument("--json", help="also write the figures here")
     bench_barge = bench_kinds.add_parser("barge-in", help="how soon the bot falls silent when talked over")
     bench_barge.add_argument("--calls", type=int, default=10)

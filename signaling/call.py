@@ -14,7 +14,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
-from media.caller_dtx import ask_for_dtx
+from media.caller_dtx import ask_for_dtx, asks_for_dtx
 from media.config import MediaConfig
 from media.ice import aiortc_configuration, rtc_configuration
 from media.jitter_buffer import set_audio_jitter_buffer
@@ -85,7 +85,7 @@ class Call:
             await pc.setLocalDescription(await pc.createAnswer())
             mid = next(t.mid for t in pc.getTransceivers() if t.sender is sender)
             if self.config.voice_encoder == "parley" and sends_opus(pc.localDescription.sdp, mid):
-                outbound.send_opus()
+                outbound.send_opus(dtx=self.config.bot_dtx and asks_for_dtx(sdp))
         except Exception as exc:  # noqa: BLE001 - aiortc checks SDP with asserts and raises any type
             await self.close()
             raise ProtocolError("invalid_offer", f"Cannot accept the offer: {exc or type(exc).__name__}") from exc

@@ -97,6 +97,16 @@ def collect_replayed(frame: str | bytes, replayed: list[dict]) -> None:
         replayed.append(message)
 
 
+# The bot's audio as chromium received it so far: packets, and seconds played out.
+RECEIVED_AUDIO = """async () => {
+  let got = [0, 0];
+  (await window.parley.pc.getStats()).forEach((r) => {
+    if (r.type === "inbound-rtp" && r.kind === "audio") got = [r.packetsReceived, r.totalSamplesDuration];
+  });
+  return got;
+}"""
+
+
 def watch_console(page) -> list[str]:
     problems: list[str] = []
     page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
@@ -156,6 +166,13 @@ async def test_a_call_in_the_browser(playwright, server, microphone_wav):
         # The answer asked chromium's Opus encoder for DTX: in the silence after JFK it went quiet,
         # and the server filled the gaps with silence (the turn above ended in that silence).
         assert await silence_filled_s(server) > 0
+        # The page's offer asked for the bot's voice in DTX: the quiet bot now sends a packet every
+        # 400 ms, and chromium plays silence through the gaps as it did through the packets.
+        packets, played_s = await page.evaluate(RECEIVED_AUDIO)
+        await asyncio.sleep(2.0)
+        packets_after, played_after_s = await page.evaluate(RECEIVED_AUDIO)
+        assert played_after_s - played_s > 1.0
+        assert (packets_after - packets) / (played_after_s - played_s) < 10, (packets_after - packets, played_s)
         ARTIFACTS.mkdir(exist_ok=True)
         await page.screenshot(path=str(ARTIFACTS / "browser-call.png"), full_page=True)
         await page.get_by_test_id("call").click()  # hang up

@@ -166,6 +166,29 @@ async def test_text_without_webrtc_gets_reply_events(server):
         assert "paris" in done["text"].lower()
 
 
+async def packets_received(client: CallClient) -> int:
+    """The bot's audio packets the client's peer connection has received."""
+    stats = await client._pc.getStats()
+    return sum(s.packetsReceived for s in stats.values() if s.type == "inbound-rtp")
+
+
+async def test_a_quiet_bot_sends_dtx_to_a_caller_that_asks_and_every_packet_to_one_that_does_not(server):
+    received: dict[bool, int] = {}
+    for asks in (True, False):
+        async with CallClient(server, bot_dtx=asks) as client:
+            while not client._recorder.frames:  # the bot's first packet heard
+                await asyncio.sleep(0.05)
+            before, since = await packets_received(client), time.monotonic()
+            while time.monotonic() - since < 2.0:
+                await asyncio.sleep(0.1)
+            received[asks] = await packets_received(client) - before
+            seconds = time.monotonic() - since
+    # A quiet bot: a DTX packet every 400 ms (and up to the hangover's 10 while it settles) against 50
+    # packets a second.
+    assert received[True] <= 10 + 2.5 * seconds + 1, received
+    assert received[False] >= 0.8 * 50 * seconds, received
+
+
 async def test_bad_messages_get_errors_and_the_socket_stays_usable(server):
     async with websockets.connect(server.replace("http", "ws") + "/ws", max_size=None) as ws:
         await ws.recv()

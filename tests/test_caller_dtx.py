@@ -12,8 +12,9 @@ from media.caller_dtx import DTX_MAX_BYTES, SilenceFill, ask_for_dtx, asks_for_d
 from media.config import MediaConfig
 from media.frames import level_dbfs
 from media.loop_decoder import decode_on_loop
+from media.sender_dtx import EVERY_FRAMES, HANGOVER_FRAMES
 from media.tracks import InboundAudio
-from parley.bench.load_call import DTX_EVERY_FRAMES, EncodedMicrophone, EncodedSpeech, _opus_payloads, _silence_payload
+from parley.bench.load_call import EncodedMicrophone, EncodedSpeech, _opus_payloads, _silence_payload
 from parley.microphone import Microphone
 from tests.test_loop_decoder import collect, hang_up
 from tests.test_tracks import tone
@@ -115,7 +116,7 @@ async def test_a_caller_in_dtx_sends_few_packets_and_the_server_hears_whole_sile
     quiet = [size for size in packets[packets_from:] if size <= len(_silence_payload())]
     # Two seconds of silence came as the hangover's ordinary packets and a few DTX packets, and the
     # server's stream still covered the time that passed: the clock filled the rest.
-    assert len(quiet) <= 10 + 2 * 50 // DTX_EVERY_FRAMES + 1, quiet
+    assert len(quiet) <= HANGOVER_FRAMES + 2 * 50 // EVERY_FRAMES + 1, quiet
     assert any(size <= DTX_MAX_BYTES for size in quiet)
     assert inbound.filled >= 60
     assert level_dbfs(b"".join(frames[spoke + 20:])) < -60  # what was filled is silence

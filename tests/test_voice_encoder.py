@@ -1,14 +1,23 @@
-"""The bot's voice encoded by its own track: silence as one packet made once, speech as Opus that
-decodes back to the same sound, and the codec read off a real aiortc answer."""
+"""The bot's voice encoded by its own track: silence as one packet made once (or, with DTX, as libopus
+sends it in DTX), speech as Opus that decodes back to the same sound, and the codec read off a real
+aiortc answer."""
+
+import asyncio
+import time
 
 import numpy as np
-from aiortc import RTCPeerConnection, RTCRtpSender
+from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.codecs.opus import OpusDecoder
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import AudioStreamTrack
 
+from media.caller_dtx import ask_for_dtx, asks_for_dtx
+from media.frames import level_dbfs
+from media.jitter_buffer import set_audio_jitter_buffer
+from media.sender_dtx import EVERY_FRAMES, HANGOVER_FRAMES
 from media.tracks import OUT_FRAME_SAMPLES, OUT_RATE, OutboundAudioTrack
 from media.voice_encoder import OpusVoice, sends_opus, silence_payload
+from parley.call_client import DEFAULT_JITTER_PACKETS, Recorder
 from tests.test_tracks import tone
 
 
@@ -99,3 +108,91 @@ async def test_the_answer_says_whether_the_call_sends_opus():
     assert not sends_opus(*await answer_for(["audio/PCMA", "audio/opus"]))
     sdp, _ = await answer_for(["audio/opus"])
     assert not sends_opus(sdp, "no-such-mid")
+
+
+async def test_with_dtx_a_quiet_track_sends_a_toc_byte_every_400_ms_and_speech_wakes_it_at_once():
+    track = OutboundAudioTrack()
+    track.send_opus(dtx=True)
+    frame = OUT_FRAME_SAMPLES
+    # Quiet from the start: a DTX packet at once (the far end hears the stream is there), the next
+    # 20 frames later, nothing between.
+    first, second = await track.recv(), await track.recv()
+    assert (first.pts, bytes(first)) == (0, silence_payload()[:1])
+    assert (second.pts, bytes(second)) == (EVERY_FRAMES * frame, silence_payload()[:1])
+    # Speech queued while the track sleeps goes out at once, before the next DTX packet was due.
+    receiving = asyncio.ensure_future(track.recv())
+    await asyncio.sleep(0.05)
+    await track.play(tone(0.1, OUT_RATE), OUT_RATE, "Five frames.")
+    speech = [await receiving] + [await track.recv() for _ in range(4)]
+    assert second.pts < speech[0].pts < second.pts + EVERY_FRAMES * frame
+    assert silence_payload() not in {bytes(p) for p in speech}
+    assert [p.pts - speech[0].pts for p in speech] == [i * frame for i in range(5)]
+    # After speech: libopus's hangover of ordinary silence packets, then DTX every 20 frames.
+    after = [await track.recv() for _ in range(HANGOVER_FRAMES + 2)]
+    assert [bytes(p) for p in after] == [silence_payload()] * HANGOVER_FRAMES + [silence_payload()[:1]] * 2
+    end = speech[-1].pts + frame
+    assert [p.pts - end for p in after] == (
+        [i * frame for i in range(HANGOVER_FRAMES + 1)] + [(HANGOVER_FRAMES + EVERY_FRAMES) * frame]
+    )
+    assert track.packets_sent == 2 + 5 + HANGOVER_FRAMES + 2 and track.frames_encoded == 5
+
+
+async def test_with_dtx_a_held_bot_goes_quiet_and_resume_wakes_it():
+    track = OutboundAudioTrack()
+    track.send_opus(dtx=True)
+    await track.play(tone(1.0, OUT_RATE), OUT_RATE, "A second of tone.")
+    assert bytes(await track.recv()) != silence_payload()
+    track.hold()
+    held = [await track.recv() for _ in range(HANGOVER_FRAMES + 1)]
+    assert [bytes(p) for p in held] == [silence_payload()] * HANGOVER_FRAMES + [silence_payload()[:1]]
+    receiving = asyncio.ensure_future(track.recv())
+    await asyncio.sleep(0.05)
+    track.resume()
+    resumed = await receiving
+    assert bytes(resumed) not in (silence_payload(), silence_payload()[:1])
+    assert resumed.pts < held[-1].pts + EVERY_FRAMES * OUT_FRAME_SAMPLES  # woken, not at the next DTX packet
+
+
+async def test_over_webrtc_a_quiet_bot_in_dtx_sends_few_packets_and_the_callers_recording_stays_whole():
+    """The bot says a tone, then is quiet for two seconds, sending as libopus does in DTX to a caller
+    that asked for it: `parley call`'s Recorder hears the tone and, in the gaps, silence that keeps
+    pace with the clock, as a browser plays it."""
+    caller, server = RTCPeerConnection(), RTCPeerConnection()
+    bot = OutboundAudioTrack()
+    recorder = Recorder()
+    tasks: list[asyncio.Task] = []
+    try:
+        caller.addTransceiver(AudioStreamTrack(), direction="sendrecv")
+        set_audio_jitter_buffer(caller, DEFAULT_JITTER_PACKETS)  # as `parley call` receives
+        caller.on("track", lambda track: tasks.append(asyncio.create_task(recorder.record(track))))
+        await caller.setLocalDescription(await caller.createOffer())
+        offer = ask_for_dtx(caller.localDescription.sdp)
+        await server.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+        server.addTrack(bot)
+        await server.setLocalDescription(await server.createAnswer())
+        bot.send_opus(dtx=asks_for_dtx(offer))
+        await caller.setRemoteDescription(server.localDescription)
+        async with asyncio.timeout(20):
+            while not recorder.frames:  # connected: the first DTX packet heard
+                await asyncio.sleep(0.05)
+            await bot.play(tone(0.4, OUT_RATE), OUT_RATE, "A tone.")
+            await bot.drained()
+            spoke_at, sent_then = time.monotonic(), bot.packets_sent
+            while time.monotonic() - spoke_at < 2.0:
+                await asyncio.sleep(0.05)
+            quiet_packets = bot.packets_sent - sent_then
+            heard_until = time.monotonic()
+            while recorder.frames[-1][0] < heard_until:  # a packet after the quiet: its gap filled
+                await asyncio.sleep(0.05)
+    finally:
+        await caller.close()
+        await server.close()
+        await asyncio.gather(*tasks)
+    # Two seconds of quiet: the hangover's packets and about five DTX packets, not 100.
+    assert quiet_packets <= HANGOVER_FRAMES + 2 * 50 // EVERY_FRAMES + 1, quiet_packets
+    voiced = [at for at, _, loud in recorder.frames if loud]
+    assert 15 <= len(voiced) <= 25  # the tone: 20 frames
+    # After the tone the recording covers the time that passed, in silence, though few packets came.
+    after = [(at, pcm) for at, pcm, _ in recorder.frames if at > voiced[-1]]
+    assert len(after) >= 0.9 * 50 * (after[-1][0] - voiced[-1])
+    assert max(level_dbfs(pcm) for _, pcm in after) < -60

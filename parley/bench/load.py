@@ -137,6 +137,9 @@ RAMP_VARIANTS: dict[str, dict[str, str]] = {
     # The ladder with numpy's OpenBLAS on a thread per core, its own default, instead of one
     # ([server] blas_threads): its idle threads spin after each call.
     "ladder_blas_default": {**LADDER, "PARLEY_SERVER_BLAS_THREADS": "0"},
+    # The ladder with the bot's voice sent whole while it is quiet, 50 packets a second, instead of
+    # in DTX ([media] bot_dtx): each caller (the harness, on the same cores) receives them all.
+    "ladder_bot_dtx_off": {**LADDER, "PARLEY_MEDIA_BOT_DTX": "false"},
 }
 
 

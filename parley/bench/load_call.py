@@ -27,14 +27,11 @@ from media.audio_file import read_audio
 from media.caller_dtx import asks_for_dtx
 from media.frames import level_dbfs
 from media.loop_decoder import decode_on_loop
+from media.sender_dtx import Quiet, QuietSchedule, dtx_payload
 from media.tracks import FramePacer
 from parley.call_client import RATE, TAIL_S, VOICE_DBFS, CallClient, last_voiced_offset_s
 
 FRAME = RATE // 50
-# libopus in DTX: ordinary frames for 200 ms of silence, then one frame of its TOC byte alone
-# every 400 ms (NB_SPEECH_FRAMES_BEFORE_DTX, MAX_CONSECUTIVE_DTX).
-DTX_HANGOVER_FRAMES = 10
-DTX_EVERY_FRAMES = 20
 _TIME_BASE = fractions.Fraction(1, RATE)
 
 log = logging.getLogger(__name__)
@@ -75,8 +72,8 @@ class EncodedMicrophone(MediaStreamTrack):
     """Sends queued Opus payloads every 20 ms, and silence between them, without encoding anything.
 
     With `dtx` (set when the answer asks for it, as a browser's encoder does), silence goes as
-    libopus sends it in DTX: DTX_HANGOVER_FRAMES ordinary packets after speech, then a TOC byte
-    alone every DTX_EVERY_FRAMES frames and nothing between.
+    libopus sends it in DTX (media.sender_dtx): ordinary packets for 200 ms after speech, then a
+    TOC byte alone every 400 ms and nothing between.
     """
 
     kind = "audio"
@@ -87,39 +84,42 @@ class EncodedMicrophone(MediaStreamTrack):
         self._silence = _silence_payload()
         self._sent = asyncio.Event()
         self._sent.set()
+        self._queued = asyncio.Event()  # wakes a `recv` that DTX put to sleep
         self._pacer = FramePacer(RATE)
+        self._quiet = QuietSchedule(FRAME)
         self.dtx = False
-        self._quiet_frames = 0  # frames of silence since the last speech
 
     async def say(self, speech: EncodedSpeech) -> float:
         """Queue the sentence and wait until its last packet has gone; returns that moment."""
         self._queue.extend(speech.payloads)
         self._sent.clear()
+        self._queued.set()
         await self._sent.wait()
         return time.monotonic()
 
     async def recv(self) -> av.Packet:
         if self.readyState != "live":
             raise MediaStreamError
-        while True:
-            pts = await self._pacer.next_pts()
-            if (payload := self._next_payload()) is not None:
-                break  # else a frame DTX leaves unsent
+        pts = await self._pacer.next_pts()
+        while (payload := self._next_payload(pts)) is None:
+            self._queued.clear()
+            pts = await self._pacer.skip_until(self._quiet.next_sent(pts + FRAME), self._queued)
         packet = av.Packet(payload)
         packet.pts, packet.time_base = pts, _TIME_BASE
         if not self._queue:
             self._sent.set()
         return packet
 
-    def _next_payload(self) -> bytes | None:
+    def _next_payload(self, pts: int) -> bytes | None:
         if self._queue:
-            self._quiet_frames = 0
+            self._quiet.speech(pts)
             return self._queue.popleft()
-        self._quiet_frames += 1
-        dtx_frames = self._quiet_frames - DTX_HANGOVER_FRAMES
-        if not self.dtx or dtx_frames <= 0:
+        if not self.dtx:
             return self._silence
-        return self._silence[:1] if dtx_frames % DTX_EVERY_FRAMES == 1 else None
+        quiet = self._quiet.quiet(pts)
+        if quiet is Quiet.NOTHING:
+            return None
+        return dtx_payload(self._silence) if quiet is Quiet.DTX else self._silence
 
 
 class VoiceArrivals:

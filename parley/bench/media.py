@@ -7,10 +7,12 @@ whose microphone sends Opus silence (the load harness's caller, which encodes
 nothing), lets them settle, and reads the server's CPU time over a window, against the
 same server with no call. Variants run one after another, each on a
 server of its own, in one run: who encodes the bot's voice ([media] voice_encoder).
-Tried and dropped: sending one quiet packet every 400 ms, as Opus's DTX does, instead of
-every 20 ms (0.0464 of a core a call against 0.0476: sending is cheap; what is left is
-receiving the caller's packets). Hence variant caller_dtx: the caller's encoder in DTX
-([media] caller_dtx), the gaps filled on the server.
+Sending is cheap: a quiet packet every 400 ms instead of every 20 ms saved the server
+little (0.0464 of a core a call against 0.0476, 2026-11-27); receiving is what costs.
+Hence variant caller_dtx: the caller's encoder in DTX ([media] caller_dtx), the gaps
+filled on the server. The bot's DTX ([media] bot_dtx, variant bot_dtx) is for the other
+end: the caller receives 2.5 packets a second from a quiet bot instead of 50, which
+the client's CPU (this process, the callers' side) shows.
 """
 
 from __future__ import annotations
@@ -34,8 +36,11 @@ VARIANTS: dict[str, dict[str, str]] = {
     "aiortc_encodes": {"PARLEY_MEDIA_VOICE_ENCODER": "aiortc", "PARLEY_MEDIA_DECODER": "thread", **_NO_DTX},
     "parley_encodes": {"PARLEY_MEDIA_VOICE_ENCODER": "parley", "PARLEY_MEDIA_DECODER": "thread", **_NO_DTX},
     "loop_decodes": {"PARLEY_MEDIA_VOICE_ENCODER": "parley", "PARLEY_MEDIA_DECODER": "loop", **_NO_DTX},
-    # The default: the caller's encoder in DTX while silent (the load caller does as libopus does).
-    "caller_dtx": {"PARLEY_MEDIA_VOICE_ENCODER": "parley", "PARLEY_MEDIA_DECODER": "loop"},
+    # The caller's encoder in DTX while silent (the load caller does as libopus does).
+    "caller_dtx": {"PARLEY_MEDIA_VOICE_ENCODER": "parley", "PARLEY_MEDIA_DECODER": "loop",
+                   "PARLEY_MEDIA_BOT_DTX": "false"},
+    # The default: both ends in DTX while quiet.
+    "bot_dtx": {"PARLEY_MEDIA_VOICE_ENCODER": "parley", "PARLEY_MEDIA_DECODER": "loop"},
 }
 GOAL_CORES_PER_CALL = 0.02
 
@@ -59,29 +64,30 @@ async def _calls_up(url: str, calls: int, deadline_s: float = 30.0) -> None:
             await asyncio.sleep(0.2)
 
 
-async def _cores(meter: CpuMeter, seconds: float) -> float:
-    """Mean cores the server's process tree used over the next `seconds`."""
+async def _cores(meter: CpuMeter, seconds: float) -> tuple[float, float]:
+    """Mean cores the server's process tree, and this process (the callers), used over the next `seconds`."""
     figures: dict[str, Any] = {}
     with meter.measure(figures):
         await asyncio.sleep(seconds)
-    return figures["server_cores"]
+    return figures["server_cores"], figures["client_cores"]
 
 
 async def idle_cost(url: str, meter: CpuMeter, calls: int, window_s: float, settle_s: float) -> dict[str, Any]:
     """The server's cores with no call, then with `calls` silent calls connected, and per call."""
     await asyncio.sleep(settle_s)  # the server's start-up work (models warming) out of the way
-    idle = await _cores(meter, window_s)
+    idle, _ = await _cores(meter, window_s)
     addresses = CallerAddresses()
     async with contextlib.AsyncExitStack() as stack:
         for _ in range(calls):
             await stack.enter_async_context(LoadCall(url, local_address=addresses.take(), reply_timeout_s=20.0))
         await _calls_up(url, calls)
         await asyncio.sleep(settle_s)  # ICE and DTLS done, the first packets' one-off work past
-        loaded = await _cores(meter, window_s)
+        loaded, callers = await _cores(meter, window_s)
     return {
         "server_idle_cores": round(idle, 4),
         "server_cores_with_calls": round(loaded, 4),
         "cores_per_call": round((loaded - idle) / calls, 4),
+        "caller_cores_per_call": round(callers / calls, 4),
     }
 
 
@@ -103,5 +109,6 @@ async def bench_media(args: argparse.Namespace) -> None:
                 "window_s": args.window_s, "goal_cores_per_call": GOAL_CORES_PER_CALL, "variants": results}
     rows = [f"| {when} | {args.calls} | {args.window_s:g} | {name} | {f['server_idle_cores']} |"
             f" {f['server_cores_with_calls']} | {f['cores_per_call']} | {f['ratio_to_aiortc_encodes']} |"
+            f" {f['caller_cores_per_call']} |"
             for name, f in results.items()]
     write_results("media", document, "\n".join(rows), HEADER, copy_to=args.json)
