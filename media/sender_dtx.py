@@ -38,38 +38,46 @@ def dtx_payload(silence: bytes) -> bytes:
 class QuietSchedule:
     """Which frames of a sender's silence go out, by pts (samples at `frame_samples` a frame).
 
-    `speech(pts)` marks a frame of speech; `quiet(pts)` says what a frame of silence goes out as.
-    A stream that begins quiet sends its first DTX packet at once, so the far end hears it is there.
+    `speech(pts)` marks a frame of speech; `quiet(pts)` says what a frame of silence goes out as,
+    `payload` what it sends. A stream that begins quiet starts with the hangover too, as libopus
+    does (it counts its silence from the first frame).
     """
 
     def __init__(self, frame_samples: int) -> None:
         self.frame_samples = frame_samples
-        self._speech_end: int | None = None  # pts just after the last frame of speech
-        self._next_dtx: int | None = None  # pts of the next DTX packet, once past the hangover
+        self._quiet_since: int | None = None  # pts of the first frame of the silence under way
+        self._hangover_end = 0  # pts of the first frame past its hangover
+        self._next_dtx = 0  # pts of the next DTX packet, once past the hangover
 
     def speech(self, pts: int) -> None:
-        self._speech_end = pts + self.frame_samples
-        self._next_dtx = self._speech_end + HANGOVER_FRAMES * self.frame_samples
+        self._begin_quiet(pts + self.frame_samples)
 
     def quiet_frames(self, pts: int) -> int | None:
-        """Frames of silence before `pts` since the last speech (None: no speech yet)."""
-        return None if self._speech_end is None else (pts - self._speech_end) // self.frame_samples
+        """Frames of silence before `pts` since the silence began (None: none counted yet)."""
+        return None if self._quiet_since is None else (pts - self._quiet_since) // self.frame_samples
 
     def quiet(self, pts: int) -> Quiet:
-        if self._next_dtx is None:
-            self._next_dtx = pts
+        if self._quiet_since is None:
+            self._begin_quiet(pts)  # the stream begins quiet
         if pts < self._next_dtx:
-            return Quiet.SILENCE if self._speech_end is not None and pts < self._hangover_end else Quiet.NOTHING
+            return Quiet.SILENCE if pts < self._hangover_end else Quiet.NOTHING
         self._next_dtx = pts + EVERY_FRAMES * self.frame_samples
         return Quiet.DTX
 
+    def payload(self, pts: int, silence: bytes) -> bytes | None:
+        """What a frame of silence at `pts` sends, for a stream whose silence encodes to `silence`:
+        that, its DTX packet, or nothing (None)."""
+        quiet = self.quiet(pts)
+        if quiet is Quiet.NOTHING:
+            return None
+        return dtx_payload(silence) if quiet is Quiet.DTX else silence
+
     def next_sent(self, pts: int) -> int:
         """The pts of the next frame that goes out if nothing is said from `pts` on."""
-        if self._speech_end is not None and pts < self._hangover_end:
+        if self._quiet_since is None or pts < self._hangover_end:
             return pts
-        return pts if self._next_dtx is None else max(pts, self._next_dtx)
+        return max(pts, self._next_dtx)
 
-    @property
-    def _hangover_end(self) -> int:
-        assert self._speech_end is not None
-        return self._speech_end + HANGOVER_FRAMES * self.frame_samples
+    def _begin_quiet(self, pts: int) -> None:
+        self._quiet_since = pts
+        self._hangover_end = self._next_dtx = pts + HANGOVER_FRAMES * self.frame_samples

@@ -115,7 +115,8 @@ class InboundAudio:
 
 class FramePacer:
     """The pts of each outgoing 20 ms frame, handed out when that frame is due (as aiortc's own
-    tracks pace): the first at once, each next one frame's time after the first, without drift."""
+    tracks pace): the first at once, each next one frame's time after the one before, without
+    drift; `skip_until` jumps over frames that send nothing."""
 
     def __init__(self, rate: int = OUT_RATE) -> None:
         self.rate = rate
@@ -135,18 +136,20 @@ class FramePacer:
 
     async def skip_until(self, pts: int, wake: asyncio.Event) -> int:
         """Frames before `pts` send nothing (a sender in DTX): sleep until `pts` is due or `wake` is
-        set, whichever comes first, and hand out the frame due then (`next_pts` follows it). One
-        sleep instead of a wake-up every 20 ms that sends nothing."""
-        if self._start is None:
-            return await self.next_pts()
-        due = self._pts
+        set, whichever comes first, and hand out `pts`, or, woken, the frame due now (`next_pts`
+        follows either). One sleep instead of a wake-up every 20 ms that sends nothing. Call it
+        after `next_pts` has started the clock."""
+        assert self._start is not None, "skip_until before next_pts"
         try:
             async with asyncio.timeout(max(0.0, self._start + pts / self.rate - time.monotonic())):
                 await wake.wait()
         except TimeoutError:
-            due = pts  # due by now, though the clock read just below may round a hair short of it
+            # `pts` itself, even when the loop woke late: as `next_pts`, the pacer never skips a
+            # frame it was not told to (the frames after it follow at once, until they catch up).
+            self._pts = max(self._pts, pts)
+            return self._pts
         now = int((time.monotonic() - self._start) * self.rate) // self.samples * self.samples
-        self._pts = max(self._pts, due, now)
+        self._pts = max(self._pts, min(now, pts))
         return self._pts
 
 
@@ -209,7 +212,7 @@ class OutboundAudioTrack(MediaStreamTrack):
         return bool(self._segments)
 
     def hold(self) -> None:
-        """Pause at once (silence goes out, nothing queued is lost) until `resume` or `interrupt`."""
+        """Pause at once (silence goes out, or DTX's, nothing queued is lost) until `resume` or `interrupt`."""
         self._held = True
 
     def resume(self) -> None:

@@ -27,7 +27,7 @@ import av
 import numpy as np
 from aiortc.sdp import SessionDescription
 
-from media.sender_dtx import Quiet, QuietSchedule, dtx_payload
+from media.sender_dtx import QuietSchedule
 
 RATE = 48000
 FRAME_SAMPLES = RATE // 50  # 20 ms: the packet Opus over RTP uses by default
@@ -87,13 +87,9 @@ class OpusVoice:
         """The packet for one frame: `pcm` (exactly 20 ms) encoded, or silence when it is None (with
         DTX: the TOC byte alone, or None when this frame of silence sends nothing)."""
         if pcm is None:
-            payload = silence_payload()
-            if self.dtx:
-                quiet = self._quiet.quiet(pts)
-                if quiet is Quiet.NOTHING:
-                    return None
-                if quiet is Quiet.DTX:
-                    payload = dtx_payload(payload)
+            payload = self._quiet.payload(pts, silence_payload()) if self.dtx else silence_payload()
+            if payload is None:
+                return None
             self.sent += 1
             return _stamped(payload, pts)
         quiet_frames = self._quiet.quiet_frames(pts)

@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 RATE = 48000
 FRAME = RATE // 50
 VOICE_DBFS = -40.0
+# A frame this quiet is silence (a DTX packet decodes to zeros, the bot's silence to -84 dBFS).
+SILENT_DBFS = -70.0
 # After the server says the reply is done, its last frames are still on the wire.
 TAIL_S = 0.6
 # The longest gap in the bot's timestamps recorded as silence (DTX leaves 400 ms between packets).
@@ -149,43 +151,50 @@ class _Interrupted:
     out_dir: Path
 
 
+def timestamp_gap_s(expected_pts: int | None, frame) -> float:
+    """Seconds missing before `frame`, by its timestamp (its decoder stamps it with the RTP
+    timestamp, at the codec's rate, which wraps at 2^32) against the one expected after the frame
+    before; 0 for none, or for a jump past MAX_GAP_S (a new stream, not a gap)."""
+    if expected_pts is None:
+        return 0.0
+    gap_s = ((frame.pts - expected_pts) % 2**32) / frame.sample_rate
+    return gap_s if 0.01 < gap_s < MAX_GAP_S else 0.0
+
+
 class Recorder:
     """Everything received, as (arrival time, 20 ms of 48 kHz mono PCM, voiced or not).
 
     Each frame's level is judged once, as it arrives: the waits below scan the recording
     every 20 ms, and a call's recording grows by 50 frames a second. A gap in the frames'
-    timestamps (a quiet bot in DTX sends a packet every 400 ms) is recorded as silence, as
-    a browser plays it, when the frame after it arrives.
+    timestamps after a silent frame (a quiet bot in DTX sends a packet every 400 ms) is
+    recorded as the silence a browser plays there, when the frame after it arrives; a gap
+    mid-speech (packets lost) is left out, as before.
     """
 
     def __init__(self) -> None:
         self.frames: list[tuple[float, bytes, bool]] = []
         self._resampler = Resampler(RATE)
         self._pending = b""
-        self._next_pts: int | None = None  # the timestamp the next frame has if none is missing
 
     async def record(self, track) -> None:
+        expected_pts: int | None = None  # this track's next timestamp, if no packet is missing
+        after_silence = False
         try:
             while True:
                 frame = await track.recv()
                 now = time.monotonic()
-                self._pending += bytes(2 * round(self._gap_s(frame) * RATE))
+                if after_silence:
+                    self._pending += bytes(2 * round(timestamp_gap_s(expected_pts, frame) * RATE))
+                expected_pts = (frame.pts + frame.samples) % 2**32
                 self._pending += self._resampler.convert(frame)
                 while len(self._pending) >= FRAME * 2:
                     pcm = self._pending[: FRAME * 2]
-                    self.frames.append((now, pcm, level_dbfs(pcm) > VOICE_DBFS))
+                    level = level_dbfs(pcm)
+                    self.frames.append((now, pcm, level > VOICE_DBFS))
+                    after_silence = level < SILENT_DBFS
                     self._pending = self._pending[FRAME * 2 :]
         except MediaStreamError:
             return
-
-    def _gap_s(self, frame) -> float:
-        """Seconds missing before `frame` (its decoder stamps it with its RTP timestamp, which wraps
-        at 2^32); a gap longer than MAX_GAP_S is a new stream, not silence."""
-        expected, self._next_pts = self._next_pts, (frame.pts + frame.samples) % 2**32
-        if expected is None:
-            return 0.0
-        gap_s = ((frame.pts - expected) % 2**32) / frame.sample_rate
-        return gap_s if 0.01 < gap_s < MAX_GAP_S else 0.0
 
     def first_voiced_after(self, t: float) -> float | None:
         return next((at for at, _, voiced in self.frames if at >= t and voiced), None)

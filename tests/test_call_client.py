@@ -1,4 +1,4 @@
-"""The call harness's reading of the server's refusals and goodbyes (no server needed)."""
+"""The call harness's reading of the server's refusals and goodbyes, and of gaps in the bot's audio (no server needed)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from parley.call_client import CallClient, _raise_refusal
+from parley.call_client import CallClient, _raise_refusal, timestamp_gap_s
 from parley.errors import CallFailed, CallRefused
 
 
@@ -36,3 +36,18 @@ async def test_a_call_the_server_ended_for_good_is_not_resumed(reason):
     with pytest.raises(CallFailed, match="said not to come back"):
         await client.recover()
 
+
+
+class _Frame:
+    def __init__(self, pts: int, *, samples: int = 960, sample_rate: int = 48000) -> None:
+        self.pts, self.samples, self.sample_rate = pts, samples, sample_rate
+
+
+def test_a_timestamp_gap_is_measured_across_the_wrap_and_a_jump_is_not_a_gap():
+    assert timestamp_gap_s(None, _Frame(123)) == 0.0  # the first frame
+    assert timestamp_gap_s(960, _Frame(960)) == 0.0  # in order
+    assert timestamp_gap_s(960, _Frame(960 + 19 * 960)) == 0.38  # a quiet bot's DTX gap
+    assert timestamp_gap_s(2**32 - 960, _Frame(18 * 960)) == 0.38  # across the wrap of 2^32
+    assert timestamp_gap_s(160, _Frame(160 + 19 * 160, samples=160, sample_rate=8000)) == 0.38  # PCMU
+    assert timestamp_gap_s(960, _Frame(0)) == 0.0  # behind (a repeat): no gap
+    assert timestamp_gap_s(960, _Frame(960 + 48000 * 120)) == 0.0  # two minutes ahead: a new stream

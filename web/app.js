@@ -482,10 +482,11 @@ function askForDtx(sdp) {
   // usedtx=1 on every Opus payload type: while the bot is quiet the server then sends a tiny packet
   // every 400 ms instead of 50 packets a second, and the browser plays silence between them.
   const opus = new Set([...sdp.matchAll(/^a=rtpmap:(\d+) opus\//gim)].map((m) => m[1]));
+  // Browsers always write an fmtp line with parameters for Opus (minptime, useinbandfec).
   return sdp.split("\r\n").map((line) => {
-    const fmtp = /^a=fmtp:(\d+) (.*)$/.exec(line);
-    if (!fmtp || !opus.has(fmtp[1]) || /(^|;)\s*usedtx=/.test(fmtp[2])) return line;
-    return `${line};usedtx=1`;
+    const fmtp = /^a=fmtp:(\d+)(?: (.*))?$/.exec(line);
+    if (!fmtp || !opus.has(fmtp[1]) || /(^|;)\s*usedtx=/.test(fmtp[2] || "")) return line;
+    return fmtp[2] ? `${line};usedtx=1` : `${line} usedtx=1`;
   }).join("\r\n");
 }
 

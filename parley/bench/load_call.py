@@ -27,7 +27,7 @@ from media.audio_file import read_audio
 from media.caller_dtx import asks_for_dtx
 from media.frames import level_dbfs
 from media.loop_decoder import decode_on_loop
-from media.sender_dtx import Quiet, QuietSchedule, dtx_payload
+from media.sender_dtx import QuietSchedule
 from media.tracks import FramePacer
 from parley.call_client import RATE, TAIL_S, VOICE_DBFS, CallClient, last_voiced_offset_s
 
@@ -114,12 +114,7 @@ class EncodedMicrophone(MediaStreamTrack):
         if self._queue:
             self._quiet.speech(pts)
             return self._queue.popleft()
-        if not self.dtx:
-            return self._silence
-        quiet = self._quiet.quiet(pts)
-        if quiet is Quiet.NOTHING:
-            return None
-        return dtx_payload(self._silence) if quiet is Quiet.DTX else self._silence
+        return self._quiet.payload(pts, self._silence) if self.dtx else self._silence
 
 
 class VoiceArrivals:

@@ -6,13 +6,14 @@ and put to the VAD; the bot's is made from silence. This benchmark connects K ca
 whose microphone sends Opus silence (the load harness's caller, which encodes
 nothing), lets them settle, and reads the server's CPU time over a window, against the
 same server with no call. Variants run one after another, each on a
-server of its own, in one run: who encodes the bot's voice ([media] voice_encoder).
-Sending is cheap: a quiet packet every 400 ms instead of every 20 ms saved the server
-little (0.0464 of a core a call against 0.0476, 2026-11-27); receiving is what costs.
-Hence variant caller_dtx: the caller's encoder in DTX ([media] caller_dtx), the gaps
-filled on the server. The bot's DTX ([media] bot_dtx, variant bot_dtx) is for the other
-end: the caller receives 2.5 packets a second from a quiet bot instead of 50, which
-the client's CPU (this process, the callers' side) shows.
+server of its own, in one run: who encodes the bot's voice ([media] voice_encoder), who
+decodes the caller's, and DTX each way. Receiving the caller's packets cost the server
+most (variant caller_dtx: the caller's encoder in DTX, [media] caller_dtx, the gaps
+filled on the server). Sending a quiet packet every 400 ms instead of every 20 ms saved
+little while the track still woke every 20 ms (0.0464 of a core a call against 0.0476,
+2026-11-27); the bot's DTX as it is now ([media] bot_dtx, variant bot_dtx) sleeps
+between packets, and spares the callers too: this process, which runs every call's
+client, reports its own CPU beside the server's.
 """
 
 from __future__ import annotations
@@ -49,8 +50,9 @@ HEADER = (
     "`parley bench media`: K calls connected, nobody speaking; the server's CPU over a window,"
     " less the same server with no call, per call. Variants: who encodes the bot's voice"
     " ([media] voice_encoder). Goal: at most 0.02 of a core a call.\n\n"
-    "| when | calls | window s | variant | server idle cores | with calls | cores a call | vs aiortc_encodes |\n"
-    "| --- | --- | --- | --- | --- | --- | --- | --- |\n"
+    "| when | calls | window s | variant | server idle cores | with calls | cores a call | vs aiortc_encodes"
+    " | callers' cores a call |\n"
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
 )
 
 
