@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import av
 import numpy as np
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 OUT_RATE = 48000
 OUT_FRAME_SAMPLES = OUT_RATE // 50  # 20 ms
 _TIME_BASE = fractions.Fraction(1, OUT_RATE)
+T = TypeVar("T")
 
 
 class InboundAudio:
@@ -116,7 +118,7 @@ class InboundAudio:
 class FramePacer:
     """The pts of each outgoing 20 ms frame, handed out when that frame is due (as aiortc's own
     tracks pace): the first at once, each next one frame's time after the one before, without
-    drift; `skip_until` jumps over frames that send nothing."""
+    drift; `next_to_send` jumps over frames that send nothing."""
 
     def __init__(self, rate: int = OUT_RATE) -> None:
         self.rate = rate
@@ -134,12 +136,23 @@ class FramePacer:
                 await asyncio.sleep(wait)
         return self._pts
 
-    async def skip_until(self, pts: int, wake: asyncio.Event) -> int:
-        """Frames before `pts` send nothing (a sender in DTX): sleep until `pts` is due or `wake` is
-        set, whichever comes first, and hand out `pts`, or, woken, the frame due now (`next_pts`
-        follows either). One sleep instead of a wake-up every 20 ms that sends nothing. Call it
-        after `next_pts` has started the clock."""
-        assert self._start is not None, "skip_until before next_pts"
+    async def next_to_send(
+        self, make: Callable[[int], T | None], next_sent: Callable[[int], int], wake: asyncio.Event
+    ) -> tuple[int, T]:
+        """The next frame that sends something, and what: `make(pts)` makes a frame's packet, or
+        None for a frame that sends nothing (a sender in DTX). Then, rather than wake every 20 ms,
+        sleep until the frame `next_sent(pts)` says goes out next, or until `wake` is set (there
+        may be speech to send)."""
+        pts = await self.next_pts()
+        while (made := make(pts)) is None:
+            wake.clear()
+            pts = await self._skip_until(next_sent(pts + self.samples), wake)
+        return pts, made
+
+    async def _skip_until(self, pts: int, wake: asyncio.Event) -> int:
+        """Frames before `pts` send nothing: sleep until `pts` is due or `wake` is set, whichever
+        comes first, and hand out `pts`, or, woken, the frame due now (`next_pts` follows either)."""
+        assert self._start is not None, "a skip before next_pts started the clock"
         try:
             async with asyncio.timeout(max(0.0, self._start + pts / self.rate - time.monotonic())):
                 await wake.wait()
@@ -264,16 +277,14 @@ class OutboundAudioTrack(MediaStreamTrack):
     async def recv(self) -> av.AudioFrame | av.Packet:
         if self.readyState != "live":
             raise MediaStreamError
+        if self._opus is not None:
+            opus = self._opus
+            _, packet = await self._pacer.next_to_send(
+                lambda pts: opus.packet(self._next_chunk() or None, pts), opus.next_sent, self._speech_queued
+            )
+            return packet
         pts = await self._pacer.next_pts()
         chunk = self._next_chunk()
-        if self._opus is not None:
-            while (packet := self._opus.packet(chunk or None, pts)) is None:
-                # DTX: this frame sends nothing; the next goes out when the bot has speech to
-                # send or the next DTX packet is due.
-                self._speech_queued.clear()
-                pts = await self._pacer.skip_until(self._opus.next_sent(pts + self._pacer.samples), self._speech_queued)
-                chunk = self._next_chunk()
-            return packet
         samples = np.frombuffer(chunk or bytes(OUT_FRAME_SAMPLES * 2), dtype=np.int16).reshape(1, -1)
         frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
         frame.pts = pts

@@ -100,10 +100,7 @@ class EncodedMicrophone(MediaStreamTrack):
     async def recv(self) -> av.Packet:
         if self.readyState != "live":
             raise MediaStreamError
-        pts = await self._pacer.next_pts()
-        while (payload := self._next_payload(pts)) is None:
-            self._queued.clear()
-            pts = await self._pacer.skip_until(self._quiet.next_sent(pts + FRAME), self._queued)
+        pts, payload = await self._pacer.next_to_send(self._next_payload, self._quiet.next_sent, self._queued)
         packet = av.Packet(payload)
         packet.pts, packet.time_base = pts, _TIME_BASE
         if not self._queue:
