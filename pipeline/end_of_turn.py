@@ -11,7 +11,9 @@ other turn waits `turns.incomplete_silence_ms`, and the caller can always go on
 sooner. Waiting for the transcript costs the reply nothing: it cannot begin
 without it. The model hears the pause once the words are in, with the silence
 grown meanwhile (`after_words`), and may hear it at once too, beside the
-transcription (`at_pause`). A judgement that fails (the model or the ASR raised)
+transcription (`at_pause`). Under load (pipeline.shedding) the words may decide
+alone: a pause whose transcript ends a sentence ends the turn without the model,
+which then hears only the pauses the words leave in doubt. A judgement that fails (the model or the ASR raised)
 leaves the turn to silence alone (`turns.unjudged_silence_ms`).
 """
 
@@ -27,7 +29,7 @@ from pipeline.asr import Transcript
 from pipeline.config import TurnConfig, VADConfig
 from pipeline.errors import TurnModelError
 from pipeline.turn_model import TurnCompletionModel
-from pipeline.unfinished_text import ends_unfinished
+from pipeline.unfinished_text import ends_finished, ends_unfinished
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,8 @@ log = logging.getLogger(__name__)
 class Judgement:
     """What a pause showed, and the silence that ends the turn because of it.
 
-    probability: the model's probability that the turn is complete (None: it failed).
+    probability: the model's probability that the turn is complete (None: it failed, or the words
+        decided alone).
     unfinished_text: the transcript stops where a sentence cannot end (None: not read, or no
         words to judge).
     end_silence_ms: the silence after the last voiced frame that ends the turn.
@@ -55,6 +58,11 @@ class Judgement:
     def by_audio_alone(self) -> bool:
         """The model called the turn unfinished, so its words were not read: worth asking again later."""
         return self.probability is not None and self.words is None
+
+    @property
+    def by_words_alone(self) -> bool:
+        """The words ended a sentence, and the model did not hear the pause (shed under load)."""
+        return self.probability is None and self.words is not None
 
 
 def silence_to_end(
@@ -98,12 +106,14 @@ class EndOfTurn:
         transcript: Callable[[], Awaitable[Transcript | None]],
         *,
         at_once: bool = True,
+        by_words: bool = False,
     ) -> Judgement:
         """Judge a pause: `audio` is the turn so far (or gives it, as of when the model runs: the
         silence after the words grows while they are transcribed); `transcript()` gives the
         words made at the pause. `at_once`: the model may hear the pause at once, beside the
         transcription (with `at_pause`); False for a pause judged again, whose words are in,
-        and for a turn that sheds it under load."""
+        and for a turn that sheds it under load. `by_words`: the words come first, and if they end
+        a sentence the turn ends on them alone, unheard by the model (shed under load)."""
         assert self.model is not None, "a pause is judged only with the model"
         model, config = self.model, self.model.config
         heard = asyncio.ensure_future(transcript())
@@ -112,11 +122,15 @@ class EndOfTurn:
             return model.complete_probability(audio() if callable(audio) else audio)
 
         try:
+            if by_words:
+                said = await heard
+                if said is not None and ends_finished(said.text, said.language):
+                    return Judgement(None, False, self.vad.end_silence_ms, words=said.text)
             started = time.monotonic()
             try:
                 # at_pause: heard at once, beside the transcription; a turn that sounds finished
                 # then waits only for its words.
-                early = await hear() if config.at_pause and at_once else None
+                early = await hear() if config.at_pause and at_once and not by_words else None
                 if early is not None and (model.is_complete(early) or not config.after_words):
                     probability = early
                 else:

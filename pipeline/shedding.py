@@ -8,6 +8,10 @@ begins. Each rung of the ladder applies from its mark up:
 - early judgements: the end-of-turn model hears a pause only once its words are in, not also at
   once beside their transcription (`[turn_model] at_pause`): under load the early hearing, often
   heard again anyway, took a core from the transcription every turn waits for;
+- audio judgements: a pause whose words end a sentence (a full stop, a question or exclamation
+  mark, no word left hanging) ends the turn on them alone; the end-of-turn model hears only the
+  pauses the words leave in doubt. Its decision, queued behind every other call's, came after
+  the transcription every turn waits for;
 - drafts: no reply is drafted, unheard, at the pause (LLM work thrown away whenever the
   caller goes on); the reply starts when the turn ends. Measured, the draft's head start was
   worth more than the work it threw away at every load, so the default leaves this rung out.
@@ -30,6 +34,8 @@ class SheddingConfig:
     short_replies_at: from this load on, replies are capped at `short_reply_tokens`.
     early_judgements_off_at: from this load on, a pause is heard by the end-of-turn model only once
         its words are in.
+    audio_judgements_off_at: from this load on, a pause whose words end a sentence ends the turn
+        without the end-of-turn model.
     """
 
     partials_off_at: float = 0.75
@@ -37,9 +43,12 @@ class SheddingConfig:
     short_reply_tokens: int = 40
     drafts_off_at: float = 2.0
     early_judgements_off_at: float = 0.75
+    audio_judgements_off_at: float = 2.0
 
     def __post_init__(self) -> None:
-        if min(self.partials_off_at, self.drafts_off_at, self.short_replies_at, self.early_judgements_off_at) < 0:
+        marks = (self.partials_off_at, self.drafts_off_at, self.short_replies_at, self.early_judgements_off_at,
+                 self.audio_judgements_off_at)
+        if min(marks) < 0:
             raise ValueError("shedding marks must not be negative")
         if self.short_reply_tokens < 1:
             raise ValueError("shedding.short_reply_tokens must be at least 1")
@@ -48,18 +57,21 @@ class SheddingConfig:
 @dataclass(frozen=True, slots=True)
 class TurnPlan:
     """What one turn does. max_tokens: the reply's cap (None: the LLM's configured one);
-    early_judgements: a pause may be heard by the end-of-turn model at once ([turn_model] at_pause)."""
+    early_judgements: a pause may be heard by the end-of-turn model at once ([turn_model] at_pause);
+    audio_judgements: the model hears every pause judged (False: only those whose words do not end
+    a sentence)."""
 
     partials: bool = True
     drafts: bool = True
     max_tokens: int | None = None
     early_judgements: bool = True
+    audio_judgements: bool = True
 
     @property
     def shed(self) -> tuple[str, ...]:
         """The rungs this plan leaves out, by name (for metrics and logs)."""
         rungs = (("partials", self.partials), ("drafts", self.drafts), ("long_replies", self.max_tokens is None),
-                 ("early_judgements", self.early_judgements))
+                 ("early_judgements", self.early_judgements), ("audio_judgements", self.audio_judgements))
         return tuple(name for name, kept in rungs if not kept)
 
 
@@ -73,6 +85,7 @@ def plan_for(load: float, config: SheddingConfig) -> TurnPlan:
         drafts=load < config.drafts_off_at,
         max_tokens=config.short_reply_tokens if load >= config.short_replies_at else None,
         early_judgements=load < config.early_judgements_off_at,
+        audio_judgements=load < config.audio_judgements_off_at,
     )
 
 

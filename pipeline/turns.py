@@ -334,7 +334,10 @@ class TurnLoop:
         audio = functools.partial(self._heard_by_model, self._pause_covers, silence_ms)
         # A pause judged again is heard once, with all its silence: its words are in.
         at_once = not again and self._plan.early_judgements
-        self._judging = self._tasks.create_task(self._judge(audio, upto, at_once), name=f"judge-{self._turn_id}")
+        by_words = not again and not self._plan.audio_judgements
+        self._judging = self._tasks.create_task(
+            self._judge(audio, upto, at_once=at_once, by_words=by_words), name=f"judge-{self._turn_id}"
+        )
 
     def _heard_by_model(self, covers: int, silence_ms: int | None) -> bytes:
         """The turn as the end-of-turn model hears it when it runs: the speech the pause follows
@@ -419,11 +422,16 @@ class TurnLoop:
             await self._llm.prime(messages, dialog_id=self.dialog_id)
 
     async def _judge(
-        self, audio: Callable[[], bytes], transcript: Callable[[], Awaitable[Transcript | None]], at_once: bool
+        self,
+        audio: Callable[[], bytes],
+        transcript: Callable[[], Awaitable[Transcript | None]],
+        *,
+        at_once: bool,
+        by_words: bool,
     ) -> None:
         """Decide, at a pause, how much silence ends this turn (pipeline.end_of_turn)."""
         try:
-            judgement = await self._end_of_turn.judge(audio, transcript, at_once=at_once)
+            judgement = await self._end_of_turn.judge(audio, transcript, at_once=at_once, by_words=by_words)
         except Exception:
             # A judgement is never worth the call: the turn falls back on silence alone.
             log.exception("turn %s: the pause could not be judged", self._turn_id)
@@ -431,16 +439,19 @@ class TurnLoop:
             return
         self._judgement = judgement
         self._vad.end_silence_ms = judgement.end_silence_ms
-        if judgement.probability is None:
-            verdict = "unjudged"
+        if judgement.by_words_alone:
+            verdict, model = "finished by its words", "not heard"
+        elif judgement.probability is None:
+            verdict, model = "unjudged", "failed"
         else:
             verdict = "finished" if judgement.end_silence_ms < self.config.incomplete_silence_ms else "unfinished"
+            model = f"{judgement.probability:.2f}"
         log.info(
             "turn %s: pause judged %s after %d ms of silence (model %s in %s ms, words %s: %s): ends after %d ms of silence",
             self._turn_id,
             verdict,
             self._vad.silence_ms,
-            "failed" if judgement.probability is None else f"{judgement.probability:.2f}",
+            model,
             "-" if judgement.model_ms is None else f"{judgement.model_ms:.0f}",
             {None: "not read", True: "unfinished", False: "may end"}[judgement.unfinished_text],
             self._loggable(judgement.words or ""),

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import re
 
+from pipeline.sentences import ends_sentence
+
 # Never the last word of a sentence: articles, possessives, conjunctions, hesitations, "I".
 ALWAYS_UNFINISHED = frozenset(
     """a an the my your our their its of and or but nor because whose every
@@ -60,6 +62,14 @@ def ends_unfinished(text: str, language: str = "en") -> bool | None:
         if words[0] in PREFACES and not SUBJECTS.intersection(words):
             return True
     return last in UNFINISHED_UNLESS_QUESTION and not text.endswith("?")
+
+
+def ends_finished(text: str, language: str = "en") -> bool:
+    """True when `text` ends a sentence (a full stop, a question or exclamation mark after its last
+    word: `pipeline.sentences.ends_sentence`) and leaves nothing hanging (`ends_unfinished`: no
+    "..."). A turn shedding the end-of-turn model under load ends on such words alone
+    (pipeline.shedding)."""
+    return ends_sentence(text.strip()) and ends_unfinished(text, language) is False
 
 
 def _without_loop(words: list[str]) -> list[str]:

@@ -194,3 +194,36 @@ async def test_the_model_hears_the_turn_as_it_is_when_it_runs_after_the_words():
     finished = await EndOfTurn(model, vad=VAD, turns=TURNS).judge(lambda: bytes(grown), transcript)
     assert finished.end_silence_ms == 200
     assert model.heard == [bytes(grown)] and len(model.heard[0]) == 2 * 4800
+
+
+async def test_shedding_the_model_a_pause_whose_words_end_a_sentence_ends_on_them_alone():
+    log: list[str] = []
+
+    def transcript(text: str):
+        async def words() -> Transcript:
+            log.append("words")
+            return Transcript(text, no_speech_prob=0.01, avg_logprob=-0.2, audio_ms=1000, language="en")
+
+        return words
+
+    end_of_turn = EndOfTurn(SetModel(0.1, at_pause=True, log=log), vad=VAD, turns=TURNS)
+    # The model would call it unfinished; it is never asked.
+    ended = await end_of_turn.judge(b"\0\0", transcript("I need a new flight."), by_words=True)
+    assert log == ["words"]
+    assert (ended.end_silence_ms, ended.probability, ended.words, ended.unfinished_text) == (
+        200, None, "I need a new flight.", False,
+    )
+    assert ended.by_words_alone and not ended.by_audio_alone
+
+    # Words that leave the turn in doubt: the model hears it, after them, as without the rung.
+    log.clear()
+    doubtful = await end_of_turn.judge(b"\0\0", transcript("I need a new"), by_words=True)
+    assert log == ["words", "model"]
+    assert (doubtful.end_silence_ms, doubtful.probability) == (2000, 0.1)
+    assert doubtful.by_audio_alone and not doubtful.by_words_alone  # asked again with more silence
+
+    # Words that end a sentence but the model is not asked: a failed model changes nothing.
+    unjudged = await EndOfTurn(SetModel(None), vad=VAD, turns=TURNS).judge(
+        b"\0\0", transcript("Who should I talk to?"), by_words=True
+    )
+    assert (unjudged.end_silence_ms, unjudged.by_words_alone) == (200, True)

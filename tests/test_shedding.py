@@ -16,10 +16,11 @@ def test_the_default_ladder_sheds_partials_with_reply_length_and_keeps_drafts():
     assert plan_for(1.0, ladder).shed == ("partials", "long_replies", "early_judgements")
 
 
-@given(marks, marks, marks, marks, loads, loads)
-def test_more_load_never_gives_back_work_a_lighter_load_shed(partials, drafts, short, early, load, more):
+@given(marks, marks, marks, marks, marks, loads, loads)
+def test_more_load_never_gives_back_work_a_lighter_load_shed(partials, drafts, short, early, audio, load, more):
     ladder = SheddingConfig(
-        partials_off_at=partials, drafts_off_at=drafts, short_replies_at=short, early_judgements_off_at=early
+        partials_off_at=partials, drafts_off_at=drafts, short_replies_at=short, early_judgements_off_at=early,
+        audio_judgements_off_at=audio,
     )
     lighter, heavier = plan_for(min(load, more), ladder), plan_for(max(load, more), ladder)
     assert set(lighter.shed) <= set(heavier.shed)
@@ -27,7 +28,13 @@ def test_more_load_never_gives_back_work_a_lighter_load_shed(partials, drafts, s
 
 @given(loads)
 def test_a_mark_above_one_never_applies_and_a_mark_of_zero_always_does(load):
-    never = SheddingConfig(partials_off_at=2, drafts_off_at=2, short_replies_at=2, early_judgements_off_at=2)
+    never = SheddingConfig(
+        partials_off_at=2, drafts_off_at=2, short_replies_at=2, early_judgements_off_at=2, audio_judgements_off_at=2
+    )
     assert plan_for(load, never) == FULL
-    always = SheddingConfig(partials_off_at=0, drafts_off_at=0, short_replies_at=0, early_judgements_off_at=0)
-    assert plan_for(load, always) == TurnPlan(partials=False, drafts=False, max_tokens=40, early_judgements=False)
+    always = SheddingConfig(
+        partials_off_at=0, drafts_off_at=0, short_replies_at=0, early_judgements_off_at=0, audio_judgements_off_at=0
+    )
+    assert plan_for(load, always) == TurnPlan(
+        partials=False, drafts=False, max_tokens=40, early_judgements=False, audio_judgements=False
+    )

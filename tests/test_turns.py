@@ -137,7 +137,10 @@ async def test_a_turn_under_full_load_sheds_partials_drafts_and_reply_length_and
 ):
     # The same turn as above (a sentence, a pause that would draft, a second sentence), begun at
     # the replica's capacity: every rung of the ladder applies.
-    ladder = SheddingConfig(partials_off_at=0.5, short_replies_at=0.75, drafts_off_at=1.0, early_judgements_off_at=1.0)
+    ladder = SheddingConfig(
+        partials_off_at=0.5, short_replies_at=0.75, drafts_off_at=1.0, early_judgements_off_at=1.0,
+        audio_judgements_off_at=1.0,
+    )
     plans = []
 
     def planner():
@@ -155,7 +158,9 @@ async def test_a_turn_under_full_load_sheds_partials_drafts_and_reply_length_and
         for frame in frames:
             mic.put_nowait(frame)
         await _until(lambda: any(isinstance(e, ReplyDone) for e in events))
-    assert plans and all(p.shed == ("partials", "drafts", "long_replies", "early_judgements") for p in plans)
+    assert plans and all(
+        p.shed == ("partials", "drafts", "long_replies", "early_judgements", "audio_judgements") for p in plans
+    )
     (final,) = [e for e in events if isinstance(e, TranscriptEvent) and e.final]
     assert wer(f"{STEREO_TEXT[1]} {SECOND}", final.text) <= 0.15, final.text
     # No transcript every 400 ms over ~8 s of speech: only those its pauses asked for.
@@ -167,6 +172,10 @@ async def test_a_turn_under_full_load_sheds_partials_drafts_and_reply_length_and
     assert asked["max_tokens"] == ladder.short_reply_tokens
     (done,) = [e for e in events if isinstance(e, ReplyDone)]
     assert done.text and not done.interrupted
+    # The words ended a sentence: the turn ended on them, judged finished, unheard by the model.
+    (metrics,) = [e for e in events if isinstance(e, TurnMetrics)]
+    assert metrics.stages_ms["end_of_turn_silence"] < settings.turns.unjudged_silence_ms
+    assert "end_of_turn_model" not in metrics.stages_ms
 
 
 def _words(text: str) -> list[str]:

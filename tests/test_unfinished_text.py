@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.unfinished_text import ends_unfinished
+from pipeline.unfinished_text import ends_finished, ends_unfinished
 
 
 @pytest.mark.parametrize(
@@ -49,3 +49,34 @@ def test_a_sentence_that_may_end_there_is_not(text):
 @pytest.mark.parametrize("text, language", [("", "en"), ("  ", "en"), ("?!", "en"), ("Je voudrais le", "fr")])
 def test_nothing_to_judge_is_no_judgement(text, language):
     assert ends_unfinished(text, language) is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Please enter your conference number followed by the pound key.",
+        "What is the weather like in London tomorrow?",
+        "Who should I talk to?",
+        "Stop!",
+        '"I need a new flight."',  # closing quotes after the full stop
+    ],
+)
+def test_a_sentence_ended_by_its_punctuation_ends_the_turn_on_its_words(text):
+    assert ends_finished(text) is True
+
+
+@pytest.mark.parametrize(
+    ("text", "language"),
+    [
+        ("Please enter your conference number followed by the.", "en"),  # the full stop cannot finish it
+        ("I would like to book a table for.", "en"),
+        ("And so my fellow Americans.", "en"),  # a preface
+        ("My flight to Boston was cancelled and I...", "en"),  # trailing off
+        ("Send it to my manager,", "en"),
+        ("Turn the lights on", "en"),  # no mark: whatever the words, Whisper did not end a sentence
+        ("", "en"),
+        ("Je voudrais un billet.", "fr"),  # the lists are English: the model decides
+    ],
+)
+def test_words_that_do_not_end_a_sentence_leave_the_turn_to_the_model(text, language):
+    assert ends_finished(text, language) is False

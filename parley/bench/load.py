@@ -58,9 +58,10 @@ LONE_CALL_MARGIN = 1.2
 NEVER, ALWAYS = "2", "0"
 
 
-def _rungs(partials: str, drafts: str, short: str, early: str = NEVER) -> dict[str, str]:
+def _rungs(partials: str, drafts: str, short: str, early: str = NEVER, audio: str = NEVER) -> dict[str, str]:
     return {"PARLEY_SHEDDING_PARTIALS_OFF_AT": partials, "PARLEY_SHEDDING_DRAFTS_OFF_AT": drafts,
-            "PARLEY_SHEDDING_SHORT_REPLIES_AT": short, "PARLEY_SHEDDING_EARLY_JUDGEMENTS_OFF_AT": early}
+            "PARLEY_SHEDDING_SHORT_REPLIES_AT": short, "PARLEY_SHEDDING_EARLY_JUDGEMENTS_OFF_AT": early,
+            "PARLEY_SHEDDING_AUDIO_JUDGEMENTS_OFF_AT": audio}
 
 
 # Every rung shed except the drafts, as models.toml's ladder does at a full replica.
@@ -101,6 +102,9 @@ RAMP_VARIANTS: dict[str, dict[str, str]] = {
     # The ladder keeping the end-of-turn model's early hearing of a pause, beside its transcription
     # ([turn_model] at_pause; [shedding] early_judgements_off_at).
     "ladder_early_judgements_kept": {**LADDER, "PARLEY_SHEDDING_EARLY_JUDGEMENTS_OFF_AT": NEVER},
+    # The ladder with a pause whose words end a sentence ending the turn on them alone, unheard by
+    # the end-of-turn model ([shedding] audio_judgements_off_at).
+    "ladder_words_decide": {**LADDER, "PARLEY_SHEDDING_AUDIO_JUDGEMENTS_OFF_AT": ALWAYS},
     # The ladder with short replies capped at 20 tokens instead of 40: with a reply stopped at its
     # cap said up to its last whole sentence, about one sentence (or its first clause). No gain
     # measured (2026-11-29, p50/p95 ms against the ladder: 4 calls 780/1179 against 849/1128, 6

@@ -72,6 +72,9 @@ VARIANTS: dict[str, dict[str, str]] = {
     "model_after_words_only": {"PARLEY_TURNS_END_OF_TURN": "model", "PARLEY_TURN_MODEL_AT_PAUSE": "false"},
     # The words transcribed from 20 ms of silence on instead of 40.
     "model_transcribe_20ms": {"PARLEY_TURNS_END_OF_TURN": "model", "PARLEY_VAD_TRANSCRIBE_MS": "20"},
+    # The model shed as under load ([shedding] audio_judgements_off_at): a pause whose words end a
+    # sentence ends the turn on them alone; the model hears only the pauses they leave in doubt.
+    "words_decide": {"PARLEY_TURNS_END_OF_TURN": "model", "PARLEY_SHEDDING_AUDIO_JUDGEMENTS_OFF_AT": "0"},
 }
 
 
