@@ -10,8 +10,8 @@ begins. Each rung of the ladder applies from its mark up:
   heard again anyway, took a core from the transcription every turn waits for;
 - audio judgements: a pause whose words end a sentence (a full stop, a question or exclamation
   mark, no word left hanging) ends the turn on them alone; the end-of-turn model hears only the
-  pauses the words leave in doubt. Its decision, queued behind every other call's, came after
-  the transcription every turn waits for;
+  pauses the words leave in doubt. Off the default ladder: while the reply is drafted at the
+  pause, the model's decision is not on the reply's path, and the measured gain was nothing;
 - drafts: no reply is drafted, unheard, at the pause (LLM work thrown away whenever the
   caller goes on); the reply starts when the turn ends. Measured, the draft's head start was
   worth more than the work it threw away at every load, so the default leaves this rung out.

@@ -103,7 +103,8 @@ RAMP_VARIANTS: dict[str, dict[str, str]] = {
     # ([turn_model] at_pause; [shedding] early_judgements_off_at).
     "ladder_early_judgements_kept": {**LADDER, "PARLEY_SHEDDING_EARLY_JUDGEMENTS_OFF_AT": NEVER},
     # The ladder with a pause whose words end a sentence ending the turn on them alone, unheard by
-    # the end-of-turn model ([shedding] audio_judgements_off_at).
+    # the end-of-turn model ([shedding] audio_judgements_off_at). Not kept: the silence before
+    # answering fell, the wait for the draft's first audio grew as much (2026-12-07, load.md).
     "ladder_words_decide": {**LADDER, "PARLEY_SHEDDING_AUDIO_JUDGEMENTS_OFF_AT": ALWAYS},
     # The ladder with short replies capped at 20 tokens instead of 40: with a reply stopped at its
     # cap said up to its last whole sentence, about one sentence (or its first clause). No gain
