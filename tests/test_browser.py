@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -56,6 +58,20 @@ def talking_microphone_wav(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("mic") / "jfk-again-and-again.wav"
     speech = read_audio(JFK, 48000)
     write_wav(path, np.concatenate([np.zeros(48000, np.int16), speech, np.zeros(48000 * 12, np.int16)]), 48000)
+    return path
+
+
+# JFK after a second of silence, then 3 s more, over and over: one loop holds his whole sentence.
+LOOP_S = 1 + 11 + 3
+
+
+@pytest.fixture(scope="module")
+def looping_microphone_wav(tmp_path_factory) -> Path:
+    """JFK between a second and 3 s of silence, LOOP_S long, played over and over."""
+    path = tmp_path_factory.mktemp("mic") / "jfk-looping.wav"
+    speech = read_audio(JFK, 48000)
+    silence = np.zeros(48000 * (LOOP_S - 1) - speech.size, np.int16)
+    write_wav(path, np.concatenate([np.zeros(48000, np.int16), speech, silence]), 48000)
     return path
 
 
@@ -105,6 +121,27 @@ RECEIVED_AUDIO = """async () => {
   });
   return got;
 }"""
+
+
+# Seconds of audio chromium has captured from the microphone for the call so far: a muted
+# (disabled) track goes on counting them, with no energy in them.
+CAPTURED_S = """async () => {
+  let captured = 0;
+  (await window.parley.pc.getStats()).forEach((r) => {
+    if (r.type === "media-source" && r.kind === "audio") captured = r.totalSamplesDuration;
+  });
+  return captured;
+}"""
+
+
+async def until_page_says(page, script: str, done: Callable[[Any], bool], timeout_s: float) -> Any:
+    """Evaluate `script` (an async function, e.g. one reading getStats) in the page until `done` holds
+    for what it returns; that value. (Playwright's wait_for_function does not await a promise: a
+    pending one is truthy, and it returns at once.)"""
+    async with asyncio.timeout(timeout_s):
+        while not done(value := await page.evaluate(script)):
+            await asyncio.sleep(0.1)
+    return value
 
 
 def watch_console(page) -> list[str]:
@@ -169,15 +206,53 @@ async def test_a_call_in_the_browser(playwright, server, microphone_wav):
         # The page's offer asked for the bot's voice in DTX: the quiet bot now sends a packet every
         # 400 ms, and chromium plays silence through the gaps as it did through the packets.
         packets, played_s = await page.evaluate(RECEIVED_AUDIO)
-        await page.wait_for_function(  # two more seconds played out
-            f"async () => (await ({RECEIVED_AUDIO})())[1] >= {played_s + 2.0}", polling=100, timeout=30_000
+        packets_after, played_after_s = await until_page_says(  # two more seconds played out
+            page, RECEIVED_AUDIO, lambda got: got[1] >= played_s + 2.0, timeout_s=30
         )
-        packets_after, played_after_s = await page.evaluate(RECEIVED_AUDIO)
         # Up to the hangover's 10 packets as the bot settles, then one every 400 ms: not 50 a second.
         quiet_packets = packets_after - packets
         assert quiet_packets <= 10 + 2.5 * (played_after_s - played_s) + 2, (quiet_packets, played_after_s - played_s)
         ARTIFACTS.mkdir(exist_ok=True)
         await page.screenshot(path=str(ARTIFACTS / "browser-call.png"), full_page=True)
+        await page.get_by_test_id("call").click()  # hang up
+        await page.get_by_test_id("call").filter(has_text="Call").wait_for()
+        assert problems == []
+    finally:
+        await browser.close()
+
+
+async def test_a_caller_muted_before_the_call_is_not_heard_until_they_unmute(playwright, server, looping_microphone_wav):
+    browser = await launch(playwright, *fake_microphone(looping_microphone_wav))
+    try:
+        page = await browser.new_page()
+        problems = watch_console(page)
+        transcripts: list[dict] = []
+
+        def on_frame(frame: str | bytes) -> None:
+            if (message := json.loads(frame)).get("type") == "transcript":
+                transcripts.append(message)
+
+        page.on("websocket", lambda ws: ws.on("framereceived", on_frame))
+        await page.goto(server)
+        await page.get_by_test_id("state").filter(has_text="ready").wait_for()
+        mute = page.get_by_test_id("mute")
+        await mute.click()  # before the call: it opens muted
+        assert await mute.get_attribute("aria-pressed") == "true" and (await mute.text_content()).strip() == "Unmute"
+        await page.get_by_test_id("call").click()
+        await page.wait_for_function(
+            "() => window.parley.pc && window.parley.pc.connectionState === 'connected'", timeout=30_000
+        )
+        assert await page.evaluate("window.parley.mic.getAudioTracks().every((t) => !t.enabled)")
+        # A whole loop of the file captured while muted (JFK's sentence in it), and 5 s more: had the
+        # server heard him, a partial transcript would have come every 400 ms of his speech.
+        start = await page.evaluate(CAPTURED_S)
+        await until_page_says(page, CAPTURED_S, lambda captured: captured >= start + LOOP_S + 5, timeout_s=90)
+        assert transcripts == []
+        assert await page.get_by_test_id("transcript").count() == 0
+        await mute.click()  # unmuted: the next loop's sentence is heard
+        assert await mute.get_attribute("aria-pressed") == "false" and (await mute.text_content()).strip() == "Mute"
+        await page.get_by_test_id("transcript").first.wait_for(timeout=120_000)
+        assert transcripts and all(t["text"] for t in transcripts)
         await page.get_by_test_id("call").click()  # hang up
         await page.get_by_test_id("call").filter(has_text="Call").wait_for()
         assert problems == []

@@ -16,6 +16,7 @@ const $ = (id) => document.getElementById(id);
 const ui = {
   state: $("state"),
   call: $("call"),
+  mute: $("mute"),
   meter: $("meter"),
   notice: $("notice"),
   turns: $("turns"),
@@ -30,6 +31,7 @@ const parley = {
   online: false, // the socket's `session` came: the page may send (a resuming socket's first message is `resume`)
   pc: null,
   mic: null, // the microphone stream: kept while the socket is away, so the call goes on with it
+  muted: false, // the caller muted the microphone (before or during a call): its track is disabled
   audio: null,
   micAnalyser: null,
   remote: null, // {source, analyser}: the bot's voice on the current peer connection
@@ -415,6 +417,7 @@ async function openMicrophone() {
     notify(`The microphone is not available (${error.name}). You can keep typing below.`);
     return false;
   }
+  setMuted(parley.muted); // muted before the call: the microphone opens muted
   parley.audio = new AudioContext();
   parley.micAnalyser = parley.audio.createAnalyser();
   parley.micAnalyser.fftSize = 1024;
@@ -443,6 +446,17 @@ async function openMicrophone() {
   ui.call.textContent = "Hang up";
   ui.call.setAttribute("aria-pressed", "true");
   return true;
+}
+
+// Muted, the microphone's track is disabled: the browser sends silence (in DTX, next to nothing),
+// so the server hears no one, and the meter shows none. It holds from before a call, across a redial
+// (the same track), until the caller unmutes.
+function setMuted(muted) {
+  parley.muted = muted;
+  for (const track of parley.mic ? parley.mic.getAudioTracks() : []) track.enabled = !muted;
+  ui.mute.textContent = muted ? "Unmute" : "Mute";
+  ui.mute.setAttribute("aria-pressed", String(muted));
+  document.body.dataset.muted = String(muted);
 }
 
 // A new peer connection for the microphone, offered on the current socket.
@@ -549,6 +563,8 @@ ui.call.addEventListener("click", () => {
     startCall();
   }
 });
+
+ui.mute.addEventListener("click", () => setMuted(!parley.muted));
 
 ui.form.addEventListener("submit", (event) => {
   event.preventDefault();
