@@ -46,6 +46,11 @@ class AdmissionConfig:
     max_calls_per_ip, max_sessions_per_ip: voice calls and sessions one client address holds at
         once, across every replica (signaling.client_cap); 0: no cap.
     retry_after_s: what a refused caller is told to wait before trying again.
+    line_max_calls: callers who may wait in the service's line for a voice call (those whose offer
+        asks to, `wait_in_line`), each told its position; past it a refused caller gets no place.
+        0: no line.
+    line_hold_s: a place in line not claimed again (the caller trying again) within this is given
+        up: the caller left.
     heartbeat_s, replica_ttl_s: how often a replica writes its load to Redis, and how long
         after its last write the others stop counting it.
     """
@@ -56,12 +61,16 @@ class AdmissionConfig:
     max_calls_per_ip: int = 4
     max_sessions_per_ip: int = 20
     retry_after_s: float = 5.0
+    line_max_calls: int = 100
+    line_hold_s: float = 15.0
     heartbeat_s: float = 5.0
     replica_ttl_s: float = 15.0
 
     def __post_init__(self) -> None:
         caps = (self.max_calls, self.max_sessions, self.cluster_max_calls)
-        if any(cap < 0 for cap in (*caps, self.max_calls_per_ip, self.max_sessions_per_ip)):
+        if any(cap < 0 for cap in (*caps, self.max_calls_per_ip, self.max_sessions_per_ip, self.line_max_calls)):
             raise ValueError("admission limits must be 0 or more")
+        if self.line_hold_s <= self.retry_after_s:
+            raise ValueError("admission.line_hold_s must be longer than retry_after_s (a caller in line tries again then)")
         if self.replica_ttl_s <= self.heartbeat_s:
             raise ValueError("admission.replica_ttl_s must be longer than heartbeat_s")

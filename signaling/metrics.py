@@ -28,6 +28,9 @@ STAGES = (
 
 SESSIONS_ACTIVE = Gauge("parley_sessions_active", "WebSocket sessions open on this replica (text or voice)")
 CALLS_ACTIVE = Gauge("parley_calls_active", "Voice calls (admitted WebRTC audio) on this replica")
+CALLS_WAITING = Gauge(
+    "parley_calls_waiting", "Callers in the service's waiting line for a voice call, as this replica last saw it"
+)
 CAPACITY = Gauge("parley_capacity", "What this replica takes on ([admission]); 0 while draining", ["kind"])
 DRAINING = Gauge("parley_draining", "1 while this replica drains (SIGTERM), else 0")
 ADMISSIONS = Counter(

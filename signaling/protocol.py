@@ -38,7 +38,11 @@ class ProtocolError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Offer:
+    """A call's SDP offer. wait_in_line: refused for want of a line, the caller takes a place in
+    the service's waiting line and is told its position (signaling.admission)."""
+
     sdp: str
+    wait_in_line: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +126,10 @@ def parse(raw: str | bytes) -> ClientMessage:
         sdp = _string(data, "sdp")
         if "m=audio" not in sdp:
             raise ProtocolError("invalid_message", "the offer has no audio section (m=audio)")
-        return Offer(sdp)
+        wait = data.get("wait_in_line", False)
+        if not isinstance(wait, bool):
+            raise ProtocolError("invalid_message", "'wait_in_line' must be true or false")
+        return Offer(sdp, wait)
     if kind == "ice":
         index = data.get("sdpMLineIndex")
         # JSON's true is Python's 1; the protocol's integers are integers.

@@ -51,14 +51,18 @@ def over_capacity(refusal: Refusal) -> dict[str, Any]:
     why = {
         "draining": "this server is shutting down",
         "cluster": "every line in the service is busy",
+        "line": "callers who came first are waiting for the free lines",
     }.get(refusal.reason, "all lines on this server are busy")
+    place = "" if refusal.position is None else f"; you are number {refusal.position} in line"
+    line = {} if refusal.position is None else {"position": refusal.position, "waiting": refusal.waiting}
     return protocol.error(
         "over_capacity",
-        f"no room for a new {what}: {why}; try again in {refusal.retry_after_s:.0f} s",
+        f"no room for a new {what}: {why}{place}; try again in {refusal.retry_after_s:.0f} s",
         retry_after=refusal.retry_after_s,
         kind="call" if refusal.kind == "calls" else "session",
         reason=refusal.reason,
         room_elsewhere=refusal.room_elsewhere,
+        **line,
     )
 
 
@@ -345,9 +349,9 @@ class CallSocket:
     async def _handle(self, call: Call, message: protocol.ClientMessage) -> bool:
         """Act on one message; True when the client said bye."""
         match message:
-            case Offer(sdp):
+            case Offer(sdp, wait_in_line):
                 if not self._voice:
-                    if (refused := await self._admit_call()) is not None:
+                    if (refused := await self._admit_call(wait_in_line)) is not None:
                         # Refused before any media work; the client tries again later, or elsewhere.
                         await self.send(refused[0])
                         self._close_code = refused[1]
@@ -371,15 +375,18 @@ class CallSocket:
                 raise ProtocolError("out_of_order", "`resume` is only the first message of a socket opened as /ws?resume")
         return False
 
-    async def _admit_call(self) -> tuple[dict[str, Any], int] | None:
+    async def _admit_call(self, wait_in_line: bool = False) -> tuple[dict[str, Any], int] | None:
         """A voice call's places: one of its address's, then one of the replica's (and the
-        cluster's). None when both are taken; otherwise the refusal and the close code."""
+        cluster's). None when both are taken; otherwise the refusal and the close code.
+        `wait_in_line`: refused, the session holds a place in the service's line (its id is the
+        ticket: the page resumes the same session to try again)."""
         cap = self.services.client_cap
         if not await cap.take("calls", self.client_ip):
             # 1008, not 1013: trying again at once will not help while the address's calls go on.
             return too_many_calls("calls", cap.cap("calls")), 1008
         try:
-            refusal = await self.services.admission.admit("calls")
+            ticket = self._session.session_id if wait_in_line and self._session is not None else None
+            refusal = await self.services.admission.admit("calls", ticket)
             self._voice = refusal is None
         finally:
             if not self._voice:  # refused, or cut short on the way: the address's place goes back

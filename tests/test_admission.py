@@ -5,7 +5,7 @@ import redis.asyncio as aioredis
 
 from parley.redis_client import redis_client, redis_problem
 from parley.settings import RedisConfig
-from signaling.admission import Admission, count_key
+from signaling.admission import Admission, count_key, line_key
 from signaling.config import AdmissionConfig
 
 pytestmark = pytest.mark.slow
@@ -111,3 +111,63 @@ async def test_a_burst_past_the_pool_waits_for_a_connection_instead_of_failing(e
         blocked.cancel()
     finally:
         await tiny.aclose()
+
+
+async def test_callers_who_wait_in_line_get_the_free_places_in_their_order(redis):
+    a = replica(redis, "a", max_calls=1)
+    assert await a.admit("calls", "first") is None
+    second, third = await a.admit("calls", "second"), await a.admit("calls", "third")
+    assert (second.reason, second.position, third.position, third.waiting) == ("replica", 1, 2, 2)
+    assert (await a.admit("calls")).position is None  # a newcomer that does not ask to wait
+    await a.release("calls")
+    # A free place, but two came first: the third, and any newcomer, wait their turn.
+    behind = await a.admit("calls", "third")
+    assert (behind.reason, behind.position) == ("line", 2)
+    newcomer = await a.admit("calls")
+    assert (newcomer.reason, newcomer.position) == ("line", None)
+    assert await a.admit("calls", "second") is None  # first in line
+    await a.release("calls")
+    assert await a.admit("calls", "third") is None
+    assert int(await redis.zcard(line_key("calls"))) == 0
+
+
+async def test_a_free_place_on_another_replica_goes_to_the_first_in_line(redis):
+    a, b = replica(redis, "a", max_calls=1), replica(redis, "b", max_calls=1)
+    await b.publish()
+    assert await a.admit("calls") is None and await b.admit("calls") is None
+    assert (await a.admit("calls", "waiting")).position == 1
+    await b.release("calls")
+    # b's free place is the waiting caller's: a newcomer at b is refused, the caller is taken there.
+    assert (await b.admit("calls", "late")).reason == "line"
+    refused_here = await a.admit("calls", "waiting")
+    assert (refused_here.reason, refused_here.room_elsewhere, refused_here.position) == ("replica", True, 1)
+    assert await b.admit("calls", "waiting") is None
+
+
+async def test_a_caller_who_stops_trying_leaves_the_line(redis):
+    a = replica(redis, "a", max_calls=1, retry_after_s=0.1, line_hold_s=0.3)
+    assert await a.admit("calls") is None
+    assert (await a.admit("calls", "gone")).position == 1
+    assert (await a.admit("calls", "stays")).position == 2
+    await a.release("calls")
+    # "gone" never comes back; once its hold runs out, "stays" is next, and takes the place.
+    async with asyncio.timeout(10):
+        while (refusal := await a.admit("calls", "stays")) is not None:
+            assert refusal.position in (1, 2)
+            await asyncio.sleep(0.05)
+    assert int(await redis.zcard(line_key("calls"))) == 0
+
+
+async def test_the_line_holds_at_most_line_max_calls(redis):
+    a = replica(redis, "a", max_calls=1, line_max_calls=2)
+    assert await a.admit("calls") is None
+    positions = [(await a.admit("calls", f"c{i}")).position for i in range(4)]
+    assert positions == [1, 2, None, None]
+    assert (await a.admit("calls", "c1")).position == 2  # a place held is kept
+
+
+async def test_without_a_line_a_refusal_has_no_position(redis):
+    a = replica(redis, "a", max_calls=1, line_max_calls=0)
+    assert await a.admit("calls", "x") is None
+    refusal = await a.admit("calls", "y")
+    assert (refusal.reason, refusal.position) == ("replica", None)

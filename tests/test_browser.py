@@ -17,11 +17,12 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import websockets
 
 from media.audio_file import read_audio, write_wav
 from parley.server_process import server_process
 from pipeline.dialog_store import reply_turn_id
-from tests.conftest import server_env, stored_turns
+from tests.conftest import own_server, server_env, stored_turns
 from tests.speech import JFK, JFK_TEXT, wer
 from tests.test_metrics import samples
 
@@ -258,6 +259,41 @@ async def test_a_caller_muted_before_the_call_is_not_heard_until_they_unmute(pla
         assert problems == []
     finally:
         await browser.close()
+
+
+async def test_a_caller_finding_every_line_busy_waits_in_line_and_gets_the_next_free_one(
+    playwright, shared_redis, proxy, tmp_path, microphone_wav
+):
+    from aiortc import RTCPeerConnection
+
+    async with own_server(shared_redis.url, proxy.base_url, tmp_path, PARLEY_ADMISSION_MAX_CALLS="1") as url:
+        pc = RTCPeerConnection()
+        browser = await launch(playwright, *fake_microphone(microphone_wav, loop=False))
+        try:
+            # Another caller holds the one line.
+            async with websockets.connect(url.replace("http", "ws") + "/ws") as holder:
+                assert json.loads(await holder.recv())["type"] == "session"
+                pc.addTransceiver("audio", direction="sendrecv")
+                await pc.setLocalDescription(await pc.createOffer())
+                await holder.send(json.dumps({"type": "offer", "sdp": pc.localDescription.sdp}))
+                async with asyncio.timeout(30):
+                    while json.loads(await holder.recv())["type"] != "answer":
+                        pass
+                page, problems = await ready_page(browser, url)
+                await page.get_by_test_id("call").click()
+                await page.locator("#notice").filter(has_text="you are number 1 in line").wait_for(timeout=30_000)
+                await holder.send(json.dumps({"type": "bye"}))  # the line comes free
+            # The page, trying again in its turn, gets the line: its call connects.
+            await page.wait_for_function(
+                "() => window.parley.busy === null && window.parley.pc && window.parley.pc.connectionState === 'connected'",
+                timeout=60_000,
+            )
+            await page.get_by_test_id("call").click()  # hang up
+            await page.get_by_test_id("call").filter(has_text="Call").wait_for()
+            assert problems == []
+        finally:
+            await browser.close()
+            await pc.close()
 
 
 async def test_a_dropped_socket_mid_call_resumes_the_session_and_the_call_goes_on(

@@ -2,12 +2,14 @@
 told when to retry, and nobody admitted is touched."""
 
 import asyncio
+import contextlib
 import json
 import time
 
 import httpx
 import pytest
 import websockets
+from aiortc import RTCPeerConnection
 
 from parley.call_client import run_call
 from parley.errors import CallRefused
@@ -91,6 +93,61 @@ async def test_five_hundred_sessions_opened_within_a_second_each_get_a_session_o
     kinds = {outcome: outcomes.count(outcome) for outcome in set(outcomes)}
     assert set(kinds) <= {("session", None), ("error", "over_capacity")}, kinds
     assert kinds[("session", None)] >= 300 - 5, kinds  # every place taken (a few freed as others left)
+
+
+async def test_a_caller_waiting_in_line_is_told_its_place_and_takes_the_next_free_line(shared_redis, proxy, tmp_path):
+    async with own_server(shared_redis.url, proxy.base_url, tmp_path, PARLEY_ADMISSION_MAX_CALLS="1") as url:
+        async with contextlib.AsyncExitStack() as stack:
+            pcs = [RTCPeerConnection() for _ in range(3)]
+            for pc in pcs:
+                stack.push_async_callback(pc.close)
+            holder = await stack.enter_async_context(websockets.connect(ws_url(url)))
+            assert json.loads(await holder.recv())["type"] == "session"
+            await holder.send(json.dumps({"type": "offer", "sdp": await _offer(pcs[0])}))
+            assert (await _next_of(holder, {"answer"}))["type"] == "answer"  # the one line is taken
+
+            # A caller who asks to wait in line is told its place, and how many wait.
+            async with websockets.connect(ws_url(url)) as waiting:
+                session = json.loads(await waiting.recv())
+                await waiting.send(json.dumps({"type": "offer", "sdp": await _offer(pcs[1]), "wait_in_line": True}))
+                (refusal,) = [m for m in await _until_closed(waiting) if m["type"] == "error"]
+            assert (refusal["code"], refusal["reason"], refusal["position"], refusal["waiting"]) == (
+                "over_capacity", "replica", 1, 1,
+            )
+            assert "you are number 1 in line" in refusal["message"] and waiting.close_code == 1013
+
+            await holder.send(json.dumps({"type": "bye"}))  # the line comes free
+            async with asyncio.timeout(30), httpx.AsyncClient() as http:
+                while (await http.get(f"{url}/stats")).json()["voice_calls"] > 0:
+                    await asyncio.sleep(0.05)
+            # It is the waiting caller's: a newcomer is refused, though the replica has room.
+            async with websockets.connect(ws_url(url)) as newcomer:
+                assert json.loads(await newcomer.recv())["type"] == "session"
+                await newcomer.send(json.dumps({"type": "offer", "sdp": await _offer(pcs[2])}))
+                (late,) = [m for m in await _until_closed(newcomer) if m["type"] == "error"]
+            assert (late["code"], late["reason"], late.get("position")) == ("over_capacity", "line", None)
+            # The waiting caller comes back on its session and is taken.
+            async with websockets.connect(ws_url(url) + "?resume") as back:
+                await back.send(json.dumps(
+                    {"type": "resume", "session_id": session["session_id"], "resume_token": session["resume_token"]}
+                ))
+                assert (await _next_of(back, {"session"}))["resumed"] is True
+                await back.send(json.dumps({"type": "offer", "sdp": await _offer(pcs[1]), "wait_in_line": True}))
+                assert (await _next_of(back, {"answer", "error"}))["type"] == "answer"
+                await back.send(json.dumps({"type": "bye"}))
+
+
+async def _offer(pc: RTCPeerConnection) -> str:
+    pc.addTransceiver("audio", direction="sendrecv")
+    await pc.setLocalDescription(await pc.createOffer())
+    return pc.localDescription.sdp
+
+
+async def _next_of(ws, kinds: set[str]) -> dict:
+    async with asyncio.timeout(30):
+        while (message := json.loads(await ws.recv()))["type"] not in kinds:
+            pass
+    return message
 
 
 async def _until_closed(ws) -> list[dict]:

@@ -13,6 +13,7 @@ OFFER_SDP = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TL
     "raw, expected",
     [
         (json.dumps({"type": "offer", "sdp": OFFER_SDP}), Offer(OFFER_SDP)),
+        (json.dumps({"type": "offer", "sdp": OFFER_SDP, "wait_in_line": True}), Offer(OFFER_SDP, wait_in_line=True)),
         (json.dumps({"type": "ice", "candidate": "candidate:1 1 udp 1 1.2.3.4 5 typ host", "sdpMid": "0", "sdpMLineIndex": 0}),
          IceCandidate("candidate:1 1 udp 1 1.2.3.4 5 typ host", "0", 0)),
         (json.dumps({"type": "ice", "candidate": ""}), IceCandidate(None, None, None)),
@@ -35,6 +36,7 @@ def test_valid_messages_parse_to_typed_messages(raw, expected):
         ('{"type": "dance"}', "unknown_type"),
         ('{"type": "offer"}', "invalid_message"),
         ('{"type": "offer", "sdp": "v=0"}', "invalid_message"),
+        ('{"type": "offer", "sdp": "v=0\\r\\nm=audio 9", "wait_in_line": 1}', "invalid_message"),
         ('{"type": "text", "text": 5}', "invalid_message"),
         ('{"type": "text", "text": "   "}', "invalid_message"),
         (json.dumps({"type": "text", "text": "x" * 2001}), "invalid_message"),

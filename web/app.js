@@ -133,13 +133,17 @@ function saveSession() {
 }
 
 // All lines busy: wait what the server said, longer after each refusal in a row (at most a
-// minute), with jitter so that callers refused together do not all come back together.
+// minute), with jitter so that callers refused together do not all come back together. A caller
+// with a place in line (`position`) comes back each time it is told, not later: it holds its place
+// only by trying again in time, and no one behind it can take a line before it does.
 function lineBusy(message) {
   const attempts = parley.busy ? parley.busy.attempts + 1 : 1;
-  const base = Math.max(1, message.retry_after || 5) * Math.min(2 ** (attempts - 1), 8);
-  const delayMs = Math.min(base, 60) * 1000 * (0.75 + Math.random() * 0.5);
+  const position = message.position || null;
+  const growth = position ? 1 : Math.min(2 ** (attempts - 1), 8);
+  const base = Math.max(1, message.retry_after || 5) * growth;
+  const delayMs = Math.min(base, 60) * 1000 * (position ? 0.75 + Math.random() * 0.25 : 0.75 + Math.random() * 0.5);
   if (message.kind === "call") parley.redial = true; // a refused call is dialled again by itself
-  parley.busy = { until: Date.now() + delayMs, attempts };
+  parley.busy = { until: Date.now() + delayMs, attempts, position };
 }
 
 function waitForALine() {
@@ -152,7 +156,8 @@ function waitForALine() {
       connect();
       return;
     }
-    notify(`All lines are busy — trying again in ${left} s`);
+    const place = parley.busy.position ? ` — you are number ${parley.busy.position} in line` : "";
+    notify(`All lines are busy${place} — trying again in ${left} s`);
   };
   tick();
   parley.busyTimer = setInterval(tick, 250);
@@ -489,7 +494,8 @@ async function dial() {
     // The socket closed meanwhile and took this peer connection with it; the call is dialled again.
   }
   ui.call.disabled = false;
-  if (parley.pc === pc) send({ type: "offer", sdp: askForDtx(pc.localDescription.sdp) });
+  // Refused for want of a line, the page waits in the service's line (it tries again on this session).
+  if (parley.pc === pc) send({ type: "offer", sdp: askForDtx(pc.localDescription.sdp), wait_in_line: true });
 }
 
 function askForDtx(sdp) {
