@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,11 +111,12 @@ def _raise_refusal(error: dict[str, Any]) -> None:
     """A refusal for want of room or rate, or for this address's calls already in progress,
     becomes CallRefused, with when to try again (if the server said)."""
     if error.get("code") in ("over_capacity", "rate_limited", "too_many_calls"):
-        retry_after = error.get("retry_after")
+        retry_after, position = error.get("retry_after"), error.get("position")
         raise CallRefused(
             f"the server refused the call ({error['code']}): {error.get('message')}",
             code=error["code"],
             retry_after_s=float(retry_after) if isinstance(retry_after, (int, float)) else None,
+            position=position if isinstance(position, int) and not isinstance(position, bool) else None,
         )
 
 
@@ -240,12 +242,16 @@ class CallClient:
         impairment: Impairment | None = None,
         ping_interval_s: float | None = 20.0,
         bot_dtx: bool = True,
+        wait_in_line: float = 0.0,
     ) -> None:
         """microphone: the format the files are played in (the encoder converts it, as a browser's does).
         codecs: the only audio codecs to offer, by name ("opus", "PCMU", "PCMA"); empty: aiortc's own.
         impairment: loss and jitter on the RTP packets sent (parley.impairment).
         ping_interval_s: the WebSocket's own keepalive pings (None: none, as a browser sends none).
         bot_dtx: ask for the bot's voice in DTX while it is quiet (`usedtx=1` in the offer), as the page does.
+        wait_in_line: refused for want of a line, wait in the service's line up to this long (s), as
+            the page does: resume the session and offer again each time the server says, holding
+            the place it gave; 0: raise CallRefused at once.
         """
         base = server.rstrip("/")
         # The signaling socket's source address: any of 127.0.0.0/8 makes a distinct caller on loopback.
@@ -258,6 +264,9 @@ class CallClient:
         self.impairment = impairment
         self.ping_interval_s = ping_interval_s
         self.bot_dtx = bot_dtx
+        self.wait_in_line = wait_in_line
+        # Each refusal while waiting in line: (seconds since the first offer, position given).
+        self.line_positions: list[tuple[float, int | None]] = []
         self.links: list[ImpairedLink] = []  # one per peer connection made
         self.session: dict[str, Any] = {}
         self.messages: list[tuple[float, dict[str, Any]]] = []
@@ -297,8 +306,31 @@ class CallClient:
         if first is None or first["type"] == "error":
             raise CallFailed(f"the server refused the call: {first and first.get('message')}")
         self.session = first
-        await self._connect_media()
+        if self.wait_in_line:
+            await self._wait_in_line()
+        else:
+            await self._connect_media()
         return self
+
+    async def _wait_in_line(self) -> None:
+        """Offer until a line is given: each refusal with a place in line is tried again on the same
+        session (the place is the session's) after `retry_after` less a little, so it is kept."""
+        started = time.monotonic()
+        while True:
+            try:
+                await self._connect_media()
+                return
+            except CallRefused as refused:
+                waited = time.monotonic() - started
+                self.line_positions.append((round(waited, 3), refused.position))
+                if refused.code != "over_capacity" or refused.position is None or waited > self.wait_in_line:
+                    raise
+                if self._pc is not None:
+                    await self._pc.close()
+                    self._pc = None
+                await asyncio.sleep((refused.retry_after_s or 1.0) * random.uniform(0.75, 1.0))
+            self.session, _ = await self._resume()
+            self._mic = self._make_mic()
 
     async def __aexit__(self, *exc_info: object) -> None:
         if self._ws is not None:
@@ -415,7 +447,8 @@ class CallClient:
         seen = len(self.messages)  # after a reconnect, the earlier connection's answer is there too
         # As the page does: the bot's voice may come in DTX while it is quiet (the Recorder fills the gaps).
         offer = pc.localDescription.sdp
-        await self._send({"type": "offer", "sdp": ask_for_dtx(offer) if self.bot_dtx else offer})
+        line = {"wait_in_line": True} if self.wait_in_line else {}
+        await self._send({"type": "offer", "sdp": ask_for_dtx(offer) if self.bot_dtx else offer, **line})
         answer = await self._wait_for(lambda m: m["type"] in ("answer", "error"), 15.0, since=seen)
         if answer is not None and answer["type"] == "error":
             _raise_refusal(answer)

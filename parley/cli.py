@@ -149,7 +149,7 @@ def _parser() -> argparse.ArgumentParser:
     bench_load = bench_kinds.add_parser(
         "load", help="many calls at once over real WebRTC: ramp (capacity), spike (27x arrivals), soak (leaks)"
     )
-    bench_load.add_argument("mode", choices=["ramp", "spike", "soak", "all"])
+    bench_load.add_argument("mode", choices=["ramp", "spike", "soak", "line", "all"])
     bench_load.add_argument("--json", help="also write the load document here")
     bench_load.add_argument("--steps", default="1,2,3,4,6,8", help="ramp: calls at once, per step")
     bench_load.add_argument("--sentences", type=int, default=3, help="ramp: sentences each call says")
@@ -162,7 +162,7 @@ def _parser() -> argparse.ArgumentParser:
     bench_load.add_argument(
         "--server-logs", metavar="DIR", help="ramp: write each variant's server log here (ramp-VARIANT.log)"
     )
-    bench_load.add_argument("--max-calls", type=int, help="spike: the server's max_calls (default: models.toml)")
+    bench_load.add_argument("--max-calls", type=int, help="spike, line: the server's max_calls (default: models.toml; line: 2)")
     bench_load.add_argument("--base-rate", type=float, default=0.05, help="spike: calls arriving a second before and after")
     bench_load.add_argument("--before-s", type=float, default=40.0, help="spike: seconds at the base rate before it")
     bench_load.add_argument("--spike-s", type=float, default=10.0, help="spike: seconds at 27x the rate")
@@ -172,7 +172,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench_load.add_argument("--text-base", type=int, default=100, help="spike: text sessions arriving in the first 10 s")
     bench_load.add_argument("--text-hold-s", type=float, default=20.0, help="spike: how long each text session stays")
-    bench_load.add_argument("--calls", type=int, default=2, help="soak: calls talking throughout")
+    bench_load.add_argument("--calls", type=int, default=2, help="soak: calls talking throughout; line: callers")
+    bench_load.add_argument("--gap-s", type=float, default=0.5, help="line: seconds between callers arriving")
+    bench_load.add_argument(
+        "--line-variants", default="line,backoff",
+        help="line: line (wait in the service's line) and/or backoff (the page's retries without a place)",
+    )
     bench_load.add_argument("--minutes", type=float, default=30.0, help="soak: how long")
 
     serve = commands.add_parser("serve", help="run the server")

@@ -20,10 +20,12 @@ class CallFailed(ParleyError):
 class CallRefused(CallFailed):
     """The server had no room for the call (`over_capacity`) or limited the caller (`rate_limited`).
 
-    code: the protocol's error code; retry_after_s: when the server said to try again.
+    code: the protocol's error code; retry_after_s: when the server said to try again;
+    position: the call's place in the service's waiting line (None: it has none).
     """
 
-    def __init__(self, message: str, *, code: str, retry_after_s: float | None) -> None:
+    def __init__(self, message: str, *, code: str, retry_after_s: float | None, position: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.retry_after_s = retry_after_s
+        self.position = position

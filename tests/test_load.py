@@ -1,10 +1,10 @@
 """The load harness against real servers: a short soak (nothing grows), a small spike (nobody
-admitted is dropped, every refusal says when to retry), and a burst of text sessions (nobody is
-told `unavailable`). The figures the benchmark reports come from these same functions."""
+admitted is dropped, every refusal says when to retry), a burst of text sessions (nobody is
+told `unavailable`), and callers waiting in line at a full server (served in the order they came). The figures the benchmark reports come from these same functions."""
 
 import pytest
 
-from parley.bench.load import CpuMeter, ramp, soak, spike, text_spike
+from parley.bench.load import CpuMeter, line, ramp, soak, spike, text_spike
 from parley.bench.load_call import encode_speech
 from parley.bench.results import speaker_files
 from parley.server_process import server_child
@@ -100,3 +100,19 @@ async def test_a_burst_of_text_sessions_past_capacity_is_never_told_unavailable(
     assert outcomes["session"] >= 300 - 5 and outcomes.get("over_capacity", 0) >= 200
     assert 290 <= figures["most_sessions_held"] <= 300
 
+
+
+async def test_callers_waiting_in_line_at_a_full_server_get_its_line_in_the_order_they_came(
+    shared_redis, proxy, tmp_path, speeches
+):
+    # One line, four callers a moment apart, each waiting in the service's line (a database of its
+    # own: the line is the service's, in Redis). They try again every second or so.
+    env = server_env(own_database(shared_redis.url, 9), proxy.base_url, tmp_path, PARLEY_ADMISSION_MAX_CALLS="1",
+                     PARLEY_ADMISSION_RETRY_AFTER_S="1", PARLEY_ADMISSION_LINE_HOLD_S="5")
+    async with server_child(env, log_path=str(tmp_path / "server.log")) as (url, process):
+        figures = await line(url, CpuMeter(process.pid), speeches, callers=4, gap_s=0.3, sentences=1, variants=["line"])
+    got = figures["line"]
+    print(got)
+    assert got["admitted"] == 4 and got["failed"] == 0 and got["unanswered"] == 0
+    assert got["overtaken"] == 0  # nobody got the line before a caller who came earlier
+    assert got["offers_per_caller"] > 1.5  # three of them were refused, told their place, and came back

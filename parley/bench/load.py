@@ -12,6 +12,10 @@ callers. It says the benchmark's two human sentences in turn, each after the pre
   sessions: 100 arriving over 10 s, then 2,700 over 10 s, each held a while.
 - `soak`: N calls talking for M minutes: the server's RSS, asyncio tasks, open file descriptors
   and Redis keys, sampled through the run, must stay flat; no call may fail.
+- `line`: N callers arriving a moment apart at a server with fewer lines, each trying until it
+  gets one: waiting in the service's line (`wait_in_line`) against the page's backoff without a
+  place. Per variant: how long callers waited for a line (p50/p95/max), how many were overtaken
+  by a caller who came later, offers a caller made, when the last got its line.
 Figures merge into bench/results/load.json by mode (and `--json PATH`), a row per mode in
 load.md, plots in load_ramp.png and load_spike.png.
 """
@@ -24,6 +28,7 @@ import collections
 import contextlib
 import json
 import os
+import random
 import statistics
 import tempfile
 import time
@@ -424,6 +429,102 @@ async def spike(
     return figures
 
 
+# How long a caller keeps trying for a line before it gives up, in the line benchmark.
+LINE_PATIENCE_S = 300.0
+# The page's backoff without a place in line (web/app.js lineBusy): retry_after doubled after each
+# refusal in a row, at most 8 times, at most a minute, times 0.75-1.25.
+BACKOFF_MAX_FACTOR, BACKOFF_MAX_S = 8, 60.0
+
+
+@dataclass(slots=True)
+class LineCaller:
+    """One caller of the line benchmark: when it first asked for a line, when it got one, and how
+    many offers that took."""
+
+    arrived: float
+    admitted: float | None = None
+    offers: int = 0
+    record: CallRecord | None = None
+
+
+async def line_caller(url: str, address: str, speeches: list[EncodedSpeech], *, wait_in_line: bool) -> LineCaller:
+    """Keep asking for a line until given one, then say the sentences. `wait_in_line`: hold a place
+    in the service's line (CallClient.wait_in_line); otherwise the page's backoff, each try a new
+    session (without a place in line, which session asks does not matter)."""
+    caller = LineCaller(time.monotonic())
+    attempt = 0
+    while caller.admitted is None:
+        attempt += 1
+        record = CallRecord(time.monotonic())
+        try:
+            async with LoadCall(url, local_address=address, reply_timeout_s=20.0,
+                                wait_in_line=LINE_PATIENCE_S if wait_in_line else 0.0) as call:
+                caller.admitted, record.admitted = time.monotonic(), True
+                caller.offers += len(call.line_positions) + 1
+                for speech in speeches:
+                    record.turns.append(await call.say(speech))
+        except CallRefused as refused:
+            caller.offers += 1
+            if wait_in_line or refused.code != "over_capacity" or time.monotonic() - caller.arrived > LINE_PATIENCE_S:
+                record.refused, record.retry_after_s = refused.code, refused.retry_after_s
+                caller.record = record
+                return caller
+            base = (refused.retry_after_s or 5.0) * min(2 ** (attempt - 1), BACKOFF_MAX_FACTOR)
+            await asyncio.sleep(min(base, BACKOFF_MAX_S) * random.uniform(0.75, 1.25))
+            continue
+        except CallFailed as failed:
+            record.failure = str(failed)
+        caller.record = record
+    return caller
+
+
+def _overtaken(callers: list[LineCaller]) -> int:
+    """Callers who got a line after someone who asked later did."""
+    admitted = [c for c in callers if c.admitted is not None]
+    return sum(any(o.arrived > c.arrived and o.admitted < c.admitted for o in admitted) for c in admitted)
+
+
+async def line(url: str, meter: CpuMeter, speeches: list[EncodedSpeech], *, callers: int, gap_s: float,
+               sentences: int, variants: list[str]) -> dict[str, Any]:
+    """`callers` callers arriving `gap_s` apart at a server with fewer lines, each keeping at it until
+    it gets one and then saying `sentences` sentences: waiting in line against the page's blind
+    backoff, one variant after the other on the same server."""
+    if unknown := set(variants) - {"line", "backoff"}:
+        raise ValueError(f"unknown line variants {sorted(unknown)}: line, backoff")
+    results: dict[str, Any] = {}
+    addresses = CallerAddresses()
+    for name in variants:
+        figures: dict[str, Any] = {"callers": callers, "gap_s": gap_s, "sentences": sentences}
+        with meter.measure(figures):
+            tasks = []
+            for i in range(callers):
+                said = [_rotated(speeches, i)[n % len(speeches)] for n in range(sentences)]
+                tasks.append(asyncio.create_task(line_caller(url, addresses.take(), said, wait_in_line=name == "line")))
+                await asyncio.sleep(gap_s)
+            done = await asyncio.gather(*tasks)
+        waits = [c.admitted - c.arrived for c in done if c.admitted is not None]
+        records = [c.record for c in done if c.record is not None]
+        figures.update({
+            "admitted": len(waits),
+            "gave_up_or_failed": callers - len(waits),
+            "wait_s_p50": _rounded(percentile(waits, 50)),
+            "wait_s_p95": _rounded(percentile(waits, 95)),
+            "wait_s_max": _rounded(max(waits, default=None)),
+            "overtaken": _overtaken(list(done)),
+            "offers_per_caller": round(sum(c.offers for c in done) / callers, 1),
+            "last_admitted_s": _rounded(max((c.admitted for c in done if c.admitted), default=None) - done[0].arrived
+                                        if waits else None),
+            **_turn_figures(records),
+        })
+        results[name] = figures
+        print(f"line {name}:", figures)
+    return results
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
 def _mean_call_s(records: list[CallRecord]) -> float:
     """How long an admitted call lasted, on average (to its last reply)."""
     spans = [r.turns[-1].speech_end - r.offered_at for r in records if r.turns]
@@ -694,11 +795,28 @@ async def _run_soak(args: argparse.Namespace, env: dict[str, str], speeches: lis
     return f, row
 
 
-MODES = {"ramp": _run_ramp, "spike": _run_spike, "soak": _run_soak}
+async def _run_line(args: argparse.Namespace, env: dict[str, str], speeches: list[EncodedSpeech], when: str):
+    """Both ways of waiting for a line, one after the other, against one server of `--max-calls` lines."""
+    lines = {"PARLEY_ADMISSION_MAX_CALLS": str(args.max_calls or 2)}
+    async with bench_server({**env, **lines}) as (url, meter):
+        variants = await line(url, meter, speeches, callers=args.calls, gap_s=args.gap_s,
+                              sentences=args.sentences, variants=args.line_variants.split(","))
+    f = {"max_calls": int(lines["PARLEY_ADMISSION_MAX_CALLS"]), "variants": variants}
+    row = "; ".join(
+        f"{name}: {v['callers']} callers {v['gap_s']} s apart onto {f['max_calls']} lines, admitted {v['admitted']},"
+        f" wait p50/p95/max {v['wait_s_p50']}/{v['wait_s_p95']}/{v['wait_s_max']} s, overtaken {v['overtaken']},"
+        f" {v['offers_per_caller']} offers a caller, last admitted at {v['last_admitted_s']} s"
+        for name, v in variants.items()
+    )
+    return f, f"| {when} | line | {row} |"
+
+
+MODES = {"ramp": _run_ramp, "spike": _run_spike, "soak": _run_soak, "line": _run_line}
 HEADER = (
     "# Load benchmark: many calls at once over real WebRTC (`parley bench load`)\n\n"
     "Ramp: per step calls p50/p95/max voice-to-voice (ms) and CPU cores used (server tree + client)."
-    " Spike: 27× the arrival rate for 10 s. Soak: N calls for M minutes. Plots: load_ramp.png,"
+    " Spike: 27× the arrival rate for 10 s. Soak: N calls for M minutes. Line: callers arriving at"
+    " a full server, waiting in line against retrying with backoff. Plots: load_ramp.png,"
     " load_spike.png.\n\n| when | mode | figures |\n| --- | --- | --- |\n"
 )
 
