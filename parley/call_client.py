@@ -694,8 +694,10 @@ async def run_call(
     jitter_buffer_packets: int = DEFAULT_JITTER_PACKETS,
     impairment: Impairment | None = None,
     codecs: tuple[str, ...] = (),
+    wait_in_line_s: float = 0.0,
 ) -> dict[str, Any]:
-    """Call `server`, say each file in turn, and return the report.
+    """Call `server`, say each file in turn, and return the report. `wait_in_line_s`: every line
+    busy, wait in the service's line up to this long (CallClient.wait_in_line).
 
     With barge_in_after_s, each file after the first starts that long after the bot
     began answering the previous one, interrupting it. With an impairment, the report
@@ -707,7 +709,7 @@ async def run_call(
     turns: list[TurnReport] = []
     async with CallClient(
         server, reply_timeout_s=reply_timeout_s, jitter_buffer_packets=jitter_buffer_packets,
-        impairment=impairment, codecs=codecs,
+        impairment=impairment, codecs=codecs, wait_in_line=wait_in_line_s,
     ) as client:
         interrupted: _Interrupted | None = None
         for index, path in enumerate(files, start=1):

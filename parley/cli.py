@@ -58,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("--jitter-ms", type=float, default=0.0, help="delay each RTP packet sent by a random 0..J ms")
     call.add_argument("--seed", type=int, help="the loss and jitter's random seed (default: random)")
     call.add_argument("--codec", choices=["opus", "PCMU", "PCMA"], help="offer only this audio codec")
+    call.add_argument(
+        "--wait-in-line", type=float, default=0.0, metavar="SECONDS",
+        help="every line busy: wait in the service's line up to this long, as the page does (default 0: refused at once)",
+    )
 
     bench = commands.add_parser("bench", help="benchmarks; results go to bench/results/")
     bench_kinds = bench.add_subparsers(dest="bench", required=True)
@@ -263,6 +267,7 @@ async def _call(args: argparse.Namespace) -> None:
         jitter_buffer_packets=args.jitter_buffer,
         impairment=impairment,
         codecs=(args.codec,) if args.codec else (),
+        wait_in_line_s=args.wait_in_line,
     )
     text = json.dumps(report, indent=2)
     if args.report:
