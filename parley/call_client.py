@@ -242,14 +242,14 @@ class CallClient:
         impairment: Impairment | None = None,
         ping_interval_s: float | None = 20.0,
         bot_dtx: bool = True,
-        wait_in_line: float = 0.0,
+        line_patience_s: float = 0.0,
     ) -> None:
         """microphone: the format the files are played in (the encoder converts it, as a browser's does).
         codecs: the only audio codecs to offer, by name ("opus", "PCMU", "PCMA"); empty: aiortc's own.
         impairment: loss and jitter on the RTP packets sent (parley.impairment).
         ping_interval_s: the WebSocket's own keepalive pings (None: none, as a browser sends none).
         bot_dtx: ask for the bot's voice in DTX while it is quiet (`usedtx=1` in the offer), as the page does.
-        wait_in_line: refused for want of a line, wait in the service's line up to this long (s), as
+        line_patience_s: refused for want of a line, wait in the service's line up to this long, as
             the page does: resume the session and offer again each time the server says, holding
             the place it gave; 0: raise CallRefused at once.
         """
@@ -264,7 +264,7 @@ class CallClient:
         self.impairment = impairment
         self.ping_interval_s = ping_interval_s
         self.bot_dtx = bot_dtx
-        self.wait_in_line = wait_in_line
+        self.line_patience_s = line_patience_s
         # Each refusal while waiting in line: (seconds since the first offer, position given).
         self.line_positions: list[tuple[float, int | None]] = []
         self.links: list[ImpairedLink] = []  # one per peer connection made
@@ -299,6 +299,14 @@ class CallClient:
         return self._reader_done()
 
     async def __aenter__(self) -> CallClient:
+        try:
+            await self._enter()
+        except BaseException:
+            await self.__aexit__(None, None, None)  # a refused or failed call closes what it opened
+            raise
+        return self
+
+    async def _enter(self) -> None:
         await self._open(self.ws_url)
         first = await self._wait_for(lambda m: m["type"] in ("session", "error"), 10.0)
         if first is not None and first["type"] == "error":
@@ -306,11 +314,10 @@ class CallClient:
         if first is None or first["type"] == "error":
             raise CallFailed(f"the server refused the call: {first and first.get('message')}")
         self.session = first
-        if self.wait_in_line:
+        if self.line_patience_s:
             await self._wait_in_line()
         else:
             await self._connect_media()
-        return self
 
     async def _wait_in_line(self) -> None:
         """Offer until a line is given: each refusal with a place in line is tried again on the same
@@ -323,7 +330,7 @@ class CallClient:
             except CallRefused as refused:
                 waited = time.monotonic() - started
                 self.line_positions.append((round(waited, 3), refused.position))
-                if refused.code != "over_capacity" or refused.position is None or waited > self.wait_in_line:
+                if refused.code != "over_capacity" or refused.position is None or waited > self.line_patience_s:
                     raise
                 if self._pc is not None:
                     await self._pc.close()
@@ -447,7 +454,7 @@ class CallClient:
         seen = len(self.messages)  # after a reconnect, the earlier connection's answer is there too
         # As the page does: the bot's voice may come in DTX while it is quiet (the Recorder fills the gaps).
         offer = pc.localDescription.sdp
-        line = {"wait_in_line": True} if self.wait_in_line else {}
+        line = {"wait_in_line": True} if self.line_patience_s else {}
         await self._send({"type": "offer", "sdp": ask_for_dtx(offer) if self.bot_dtx else offer, **line})
         answer = await self._wait_for(lambda m: m["type"] in ("answer", "error"), 15.0, since=seen)
         if answer is not None and answer["type"] == "error":
@@ -694,10 +701,10 @@ async def run_call(
     jitter_buffer_packets: int = DEFAULT_JITTER_PACKETS,
     impairment: Impairment | None = None,
     codecs: tuple[str, ...] = (),
-    wait_in_line_s: float = 0.0,
+    line_patience_s: float = 0.0,
 ) -> dict[str, Any]:
-    """Call `server`, say each file in turn, and return the report. `wait_in_line_s`: every line
-    busy, wait in the service's line up to this long (CallClient.wait_in_line).
+    """Call `server`, say each file in turn, and return the report. `line_patience_s`: every line
+    busy, wait in the service's line up to this long (CallClient).
 
     With barge_in_after_s, each file after the first starts that long after the bot
     began answering the previous one, interrupting it. With an impairment, the report
@@ -709,7 +716,7 @@ async def run_call(
     turns: list[TurnReport] = []
     async with CallClient(
         server, reply_timeout_s=reply_timeout_s, jitter_buffer_packets=jitter_buffer_packets,
-        impairment=impairment, codecs=codecs, wait_in_line=wait_in_line_s,
+        impairment=impairment, codecs=codecs, line_patience_s=line_patience_s,
     ) as client:
         interrupted: _Interrupted | None = None
         for index, path in enumerate(files, start=1):

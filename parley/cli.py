@@ -176,7 +176,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench_load.add_argument("--text-base", type=int, default=100, help="spike: text sessions arriving in the first 10 s")
     bench_load.add_argument("--text-hold-s", type=float, default=20.0, help="spike: how long each text session stays")
-    bench_load.add_argument("--calls", type=int, default=2, help="soak: calls talking throughout; line: callers")
+    bench_load.add_argument("--calls", type=int, default=2, help="soak: calls talking throughout")
+    bench_load.add_argument("--callers", type=int, default=10, help="line: callers arriving at the full server")
     bench_load.add_argument("--gap-s", type=float, default=0.5, help="line: seconds between callers arriving")
     bench_load.add_argument(
         "--line-variants", default="line,backoff",
@@ -267,7 +268,7 @@ async def _call(args: argparse.Namespace) -> None:
         jitter_buffer_packets=args.jitter_buffer,
         impairment=impairment,
         codecs=(args.codec,) if args.codec else (),
-        wait_in_line_s=args.wait_in_line,
+        line_patience_s=args.wait_in_line,
     )
     text = json.dumps(report, indent=2)
     if args.report:

@@ -105,8 +105,9 @@ if cluster_max > 0 then free = math.min(free, math.max(cluster_max - total, 0)) 
 -- A ticket not claimed again before its hold ran out has left the line.
 for _, gone in ipairs(redis.call('ZRANGEBYSCORE', holds, '-inf', now)) do redis.call('ZREM', line, gone) end
 redis.call('ZREMRANGEBYSCORE', holds, '-inf', now)
-local ahead = redis.call('ZCARD', line)
-if ticket ~= '' then ahead = redis.call('ZRANK', line, ticket) or ahead end
+local ahead, rank = redis.call('ZCARD', line), false
+if ticket ~= '' then rank = redis.call('ZRANK', line, ticket) end
+if rank then ahead = rank end
 local why = ''
 if ARGV[6] == '0' then why = 'replica'
 elseif cluster_max > 0 and total >= cluster_max then why = 'cluster'; room_elsewhere = 0
@@ -121,8 +122,8 @@ if why == '' then
   return {1, '', room_elsewhere, 0, redis.call('ZCARD', line)}
 end
 local position = 0
-if ticket ~= '' and (redis.call('ZSCORE', line, ticket) or redis.call('ZCARD', line) < line_max) then
-  if not redis.call('ZSCORE', line, ticket) then redis.call('ZADD', line, redis.call('INCR', arrivals), ticket) end
+if ticket ~= '' and (rank or redis.call('ZCARD', line) < line_max) then
+  if not rank then redis.call('ZADD', line, redis.call('INCR', arrivals), ticket) end
   redis.call('ZADD', holds, ARGV[8], ticket)
   position = redis.call('ZRANK', line, ticket) + 1
 end
@@ -189,13 +190,15 @@ class Admission:
         except (RedisError, OSError) as exc:
             metrics.REDIS_ERRORS.labels("admission").inc()
             log.warning("admission: Redis unavailable (%s); deciding by this replica's capacity alone", exc)
-            admitted, why, elsewhere, position, waiting = take, b"replica", 0, 0, 0
-        if kind == "calls":
+            admitted, why, elsewhere, position, waiting = take, b"replica", 0, 0, None
+        if kind == "calls" and waiting is not None:
             metrics.CALLS_WAITING.set(waiting)
         if not admitted:
             self.active[kind] -= int(take)
             reason = why.decode() if isinstance(why, bytes) else str(why)
-            return self._refuse(kind, reason, room_elsewhere=bool(elsewhere), position=position or None, waiting=waiting)
+            return self._refuse(
+                kind, reason, room_elsewhere=bool(elsewhere), position=position or None, waiting=waiting or 0
+            )
         metrics.ADMISSIONS.labels(kind, "admitted").inc()
         return None
 
@@ -206,6 +209,17 @@ class Admission:
             await self._release(keys=[count_key(kind)], args=[self.replica])
         except (RedisError, OSError) as exc:
             log.warning("admission: could not give back a place in Redis (%s); the heartbeat will", exc)
+
+    async def leave_line(self, kind: Kind, ticket: str) -> None:
+        """`ticket` no longer waits for a place of `kind` (its caller hung up): the callers behind it
+        move up now, not once its hold runs out."""
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(line_key(kind), ticket)
+                pipe.zrem(holds_key(kind), ticket)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.warning("admission: could not take a ticket out of the line (%s); its hold will", exc)
 
     async def heartbeat(self) -> None:
         """Write this replica's counts and capacities to Redis, with a deadline; every `heartbeat_s`."""
@@ -224,7 +238,9 @@ class Admission:
                 # The local count is the truth: it heals a count lost in a Redis restart.
                 pipe.hset(count_key(kind), self.replica, self.active[kind])
                 pipe.hset(capacity_key(kind), self.replica, 0 if self.draining else self.capacity(kind))
-            await pipe.execute()
+            pipe.zcard(line_key("calls"))
+            *_, waiting = await pipe.execute()
+        metrics.CALLS_WAITING.set(waiting)  # fresh even when nobody calls
 
     async def withdraw(self) -> None:
         """Take no one from now on (the replica is shutting down); others see no room here."""

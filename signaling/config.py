@@ -70,7 +70,8 @@ class AdmissionConfig:
         caps = (self.max_calls, self.max_sessions, self.cluster_max_calls)
         if any(cap < 0 for cap in (*caps, self.max_calls_per_ip, self.max_sessions_per_ip, self.line_max_calls)):
             raise ValueError("admission limits must be 0 or more")
-        if self.line_hold_s <= self.retry_after_s:
-            raise ValueError("admission.line_hold_s must be longer than retry_after_s (a caller in line tries again then)")
+        if self.line_hold_s < 2 * self.retry_after_s:
+            # A caller in line comes back after retry_after_s, then resumes its session and offers again.
+            raise ValueError("admission.line_hold_s must be at least twice retry_after_s")
         if self.replica_ttl_s <= self.heartbeat_s:
             raise ValueError("admission.replica_ttl_s must be longer than heartbeat_s")

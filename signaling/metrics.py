@@ -34,7 +34,7 @@ CALLS_WAITING = Gauge(
 CAPACITY = Gauge("parley_capacity", "What this replica takes on ([admission]); 0 while draining", ["kind"])
 DRAINING = Gauge("parley_draining", "1 while this replica drains (SIGTERM), else 0")
 ADMISSIONS = Counter(
-    "parley_admissions_total", "Newcomers by outcome: admitted, or refused (replica, cluster, draining)",
+    "parley_admissions_total", "Newcomers by outcome: admitted, or refused (replica, cluster, line, draining)",
     ["kind", "outcome"],
 )
 STAGE_SECONDS = Histogram(

@@ -369,6 +369,9 @@ class CallSocket:
             case Pong():
                 pass
             case Bye():
+                if self._session is not None and not self._voice:
+                    # A caller waiting in line who hangs up gives up its place at once: those behind move up.
+                    await self.services.admission.leave_line("calls", self._session.session_id)
                 await self.send(protocol.bye("client said bye"))
                 return True
             case Resume():

@@ -120,6 +120,12 @@ async def server(shared_redis, proxy, tmp_path_factory):
         yield url
 
 
+def own_database(redis_url: str, db: int) -> str:
+    """The shared Redis, but a database of a test's own, so its keys are only its server's: no
+    other test's server is a replica beside it (admission counts every replica's free lines)."""
+    return f"{redis_url}{'&' if '?' in redis_url else '?'}db={db}"
+
+
 def own_server(redis_url: str, llm_url: str, folder: Path, **settings: str):
     """A `parley serve` of a test's own, with `settings` (PARLEY_* variables); its log in `folder`."""
     return server_process(server_env(redis_url, llm_url, folder, **settings), log_path=str(folder / "server.log"))

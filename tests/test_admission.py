@@ -171,3 +171,13 @@ async def test_without_a_line_a_refusal_has_no_position(redis):
     assert await a.admit("calls", "x") is None
     refusal = await a.admit("calls", "y")
     assert (refusal.reason, refusal.position) == ("replica", None)
+
+
+async def test_a_caller_who_hangs_up_in_line_leaves_it_at_once_and_those_behind_move_up(redis):
+    a = replica(redis, "a", max_calls=1)
+    assert await a.admit("calls") is None
+    assert [(await a.admit("calls", t)).position for t in ("gone", "stays")] == [1, 2]
+    await a.leave_line("calls", "gone")
+    assert (await a.admit("calls", "stays")).position == 1
+    await a.release("calls")
+    assert await a.admit("calls", "stays") is None  # next in line, with no hold to wait out

@@ -17,12 +17,14 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import redis.asyncio as aioredis
 import websockets
 
 from media.audio_file import read_audio, write_wav
 from parley.server_process import server_process
 from pipeline.dialog_store import reply_turn_id
-from tests.conftest import own_server, server_env, stored_turns
+from signaling.admission import line_key
+from tests.conftest import own_database, own_server, server_env, stored_turns
 from tests.speech import JFK, JFK_TEXT, wer
 from tests.test_metrics import samples
 
@@ -266,7 +268,9 @@ async def test_a_caller_finding_every_line_busy_waits_in_line_and_gets_the_next_
 ):
     from aiortc import RTCPeerConnection
 
-    async with own_server(shared_redis.url, proxy.base_url, tmp_path, PARLEY_ADMISSION_MAX_CALLS="1") as url:
+    # A database of its own: the other tests' server would be a replica with free lines beside this one.
+    async with own_server(own_database(shared_redis.url, 11), proxy.base_url, tmp_path,
+                          PARLEY_ADMISSION_MAX_CALLS="1") as url:
         pc = RTCPeerConnection()
         browser = await launch(playwright, *fake_microphone(microphone_wav, loop=False))
         try:
@@ -292,6 +296,46 @@ async def test_a_caller_finding_every_line_busy_waits_in_line_and_gets_the_next_
             await page.get_by_test_id("call").filter(has_text="Call").wait_for()
             assert problems == []
         finally:
+            await browser.close()
+            await pc.close()
+
+
+async def test_a_caller_who_hangs_up_while_in_line_leaves_it_at_once(
+    playwright, shared_redis, proxy, tmp_path, microphone_wav
+):
+    from aiortc import RTCPeerConnection
+
+    redis_url = own_database(shared_redis.url, 12)
+    # A place held for two minutes: only the page's leaving can empty the line sooner.
+    async with own_server(redis_url, proxy.base_url, tmp_path, PARLEY_ADMISSION_MAX_CALLS="1",
+                          PARLEY_ADMISSION_LINE_HOLD_S="120") as url:
+        pc = RTCPeerConnection()
+        browser = await launch(playwright, *fake_microphone(microphone_wav, loop=False))
+        redis = aioredis.from_url(redis_url)
+        try:
+            async with websockets.connect(url.replace("http", "ws") + "/ws") as holder:
+                assert json.loads(await holder.recv())["type"] == "session"
+                pc.addTransceiver("audio", direction="sendrecv")
+                await pc.setLocalDescription(await pc.createOffer())
+                await holder.send(json.dumps({"type": "offer", "sdp": pc.localDescription.sdp}))
+                async with asyncio.timeout(30):
+                    while json.loads(await holder.recv())["type"] != "answer":
+                        pass
+                page, problems = await ready_page(browser, url)
+                await page.get_by_test_id("call").click()
+                await page.locator("#notice").filter(has_text="you are number 1 in line").wait_for(timeout=30_000)
+                assert await redis.zcard(line_key("calls")) == 1
+                await page.get_by_test_id("call").click()  # hang up while in line
+                await page.get_by_test_id("call").filter(has_text="Call").wait_for()
+                async with asyncio.timeout(30):  # well within the two minutes the place is held
+                    while await redis.zcard(line_key("calls")):
+                        await asyncio.sleep(0.1)
+                await page.get_by_test_id("state").filter(has_text="ready").wait_for()
+                assert await page.locator("#notice").is_hidden()
+                assert await page.evaluate("window.parley.busy === null && !window.parley.redial")
+                assert problems == []
+        finally:
+            await redis.aclose()
             await browser.close()
             await pc.close()
 

@@ -4,18 +4,14 @@ told `unavailable`), and callers waiting in line at a full server (served in the
 
 import pytest
 
-from parley.bench.load import CpuMeter, line, ramp, soak, spike, text_spike
+from parley.bench.line import line
+from parley.bench.load import CpuMeter, ramp, soak, spike, text_spike
 from parley.bench.load_call import encode_speech
 from parley.bench.results import speaker_files
 from parley.server_process import server_child
-from tests.conftest import own_server, server_env
+from tests.conftest import own_database, own_server, server_env
 
 pytestmark = pytest.mark.slow
-
-
-def own_database(redis_url: str, db: int) -> str:
-    """The shared Redis, but a database of this test's own, so its keys are only this server's."""
-    return f"{redis_url}{'&' if '?' in redis_url else '?'}db={db}"
 
 
 @pytest.fixture(scope="module")

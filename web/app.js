@@ -48,6 +48,7 @@ const parley = {
   // Refused for want of room (over_capacity): when to try again and how often it happened in a row.
   busy: null, // {until: ms timestamp, attempts}
   busyTimer: null,
+  leaveLine: false, // the caller hung up while in line: say bye as soon as the session is back
   // Sent away by a server shutting down (bye with reconnect): come back after delayMs.
   rejoin: null, // {delayMs}
   // Dial as soon as a session is up: a call was up when the socket closed, or a refused call waits for a line.
@@ -110,7 +111,9 @@ function connect() {
       ui.call.disabled = false; // the caller can still hang up while the page reconnects
     }
     if (parley.busy) {
-      releaseMicrophone(); // the wait may last a minute: do not hold the microphone meanwhile
+      // Waiting without a place in line may last a minute: do not hold the microphone meanwhile.
+      // In line, the page comes back every few seconds: keep it (and the Hang up button) open.
+      if (!parley.busy.position) releaseMicrophone();
       setState("busy");
       waitForALine();
       return;
@@ -137,13 +140,33 @@ function saveSession() {
 // with a place in line (`position`) comes back each time it is told, not later: it holds its place
 // only by trying again in time, and no one behind it can take a line before it does.
 function lineBusy(message) {
-  const attempts = parley.busy ? parley.busy.attempts + 1 : 1;
   const position = message.position || null;
-  const growth = position ? 1 : Math.min(2 ** (attempts - 1), 8);
+  // A refusal without a place (a replica shutting down, say) after one with a place: the place
+  // is still held, for line_hold_s, so the page comes back as soon, and does not back off.
+  const held = position || (parley.busy && parley.busy.position) || null;
+  const attempts = held ? 1 : (parley.busy ? parley.busy.attempts + 1 : 1);
+  const growth = held ? 1 : Math.min(2 ** (attempts - 1), 8);
   const base = Math.max(1, message.retry_after || 5) * growth;
-  const delayMs = Math.min(base, 60) * 1000 * (position ? 0.75 + Math.random() * 0.25 : 0.75 + Math.random() * 0.5);
+  // In line with a free line on another replica: come back at once, for the balancer to send the
+  // page there (the free line is held for whoever is first in line).
+  const soon = held && message.room_elsewhere ? 0.1 : 1;
+  const delayMs = Math.min(base, 60) * 1000 * soon * (held ? 0.75 + Math.random() * 0.25 : 0.75 + Math.random() * 0.5);
   if (message.kind === "call") parley.redial = true; // a refused call is dialled again by itself
-  parley.busy = { until: Date.now() + delayMs, attempts, position };
+  parley.busy = { until: Date.now() + delayMs, attempts, position: held };
+}
+
+// Waiting for a line, the caller hung up: stop waiting, and give up a place in line at once (the
+// session's first word, once it is back, is bye), so the callers behind it move up.
+function stopWaiting() {
+  const inLine = Boolean(parley.busy && parley.busy.position);
+  parley.redial = false;
+  parley.busy = null;
+  clearInterval(parley.busyTimer);
+  releaseMicrophone();
+  notify("");
+  parley.leaveLine = inLine;
+  if (!parley.ws || parley.ws.readyState === WebSocket.CLOSED) connect();
+  else if (parley.online && inLine) send({ type: "bye" });
 }
 
 function waitForALine() {
@@ -211,6 +234,10 @@ function handle(message) {
       parley.online = true;
       setState("ready");
       if (parley.busy) notify("");
+      if (parley.leaveLine) {
+        parley.leaveLine = false;
+        send({ type: "bye" }); // gives up the place in line (the socket closes; the session comes back)
+      }
       if (parley.redial) {
         parley.redial = false;
         startCall(); // `busy` stays until the answer: a call refused again waits longer
@@ -553,8 +580,7 @@ function endCall({ notifyServer = true } = {}) {
 
 ui.call.addEventListener("click", () => {
   if (parley.busy && parley.redial) {
-    parley.redial = false; // waiting for a line, the caller changed their mind
-    notify("");
+    stopWaiting(); // waiting for a line, the caller changed their mind
     return;
   }
   if (parley.mic) {

@@ -12,10 +12,8 @@ callers. It says the benchmark's two human sentences in turn, each after the pre
   sessions: 100 arriving over 10 s, then 2,700 over 10 s, each held a while.
 - `soak`: N calls talking for M minutes: the server's RSS, asyncio tasks, open file descriptors
   and Redis keys, sampled through the run, must stay flat; no call may fail.
-- `line`: N callers arriving a moment apart at a server with fewer lines, each trying until it
-  gets one: waiting in the service's line (`wait_in_line`) against the page's backoff without a
-  place. Per variant: how long callers waited for a line (p50/p95/max), how many were overtaken
-  by a caller who came later, offers a caller made, when the last got its line.
+- `line`: callers at a full server waiting for a line, in the service's line or not
+  (parley/bench/line.py).
 Figures merge into bench/results/load.json by mode (and `--json PATH`), a row per mode in
 load.md, plots in load_ramp.png and load_spike.png.
 """
@@ -28,7 +26,6 @@ import collections
 import contextlib
 import json
 import os
-import random
 import statistics
 import tempfile
 import time
@@ -290,7 +287,7 @@ def _lane_figures(before: dict, after: dict, *, turns: int, elapsed_s: float) ->
     return figures
 
 
-def _turn_figures(records: list[CallRecord]) -> dict[str, Any]:
+def turn_figures(records: list[CallRecord]) -> dict[str, Any]:
     """What the callers got: voice-to-voice p50/p95/max, turns, calls failed, turns unanswered."""
     v2v = [v for r in records for v in r.v2v]
     return {
@@ -336,10 +333,10 @@ async def ramp_step(
     lanes_before, began = await lane_use(url), time.monotonic()
     with meter.measure(figures):
         records = await asyncio.gather(*(
-            _after(3.0 * i / calls, place_call(url, addresses.take(), _rotated(speeches, i), keep_going=lambda n: n < says))
+            _after(3.0 * i / calls, place_call(url, addresses.take(), rotated(speeches, i), keep_going=lambda n: n < says))
             for i in range(calls)
         ))
-    figures.update(_turn_figures(records), refused=sum(r.refused is not None for r in records))
+    figures.update(turn_figures(records), refused=sum(r.refused is not None for r in records))
     # Where the time went: how often each model ran a turn, and how busy its lane was.
     lanes_after = await lane_use(url)
     figures["lanes"] = _lane_figures(lanes_before, lanes_after, turns=figures["turns"],
@@ -370,7 +367,7 @@ async def _after(delay_s: float, work):
     return await work
 
 
-def _rotated(items: list, by: int) -> list:
+def rotated(items: list, by: int) -> list:
     """Callers start on different sentences, so they do not all say the same thing at once."""
     by %= len(items)
     return items[by:] + items[:by]
@@ -397,7 +394,7 @@ async def spike(
         at = start
         while at < spike_end + after_s:
             await asyncio.sleep(max(0.0, at - time.monotonic()))
-            calls.append(asyncio.create_task(place_call(url, addresses.take(), _rotated(speeches, len(calls)))))
+            calls.append(asyncio.create_task(place_call(url, addresses.take(), rotated(speeches, len(calls)))))
             following = at + 1 / (base_rate * SPIKE_FACTOR if spike_start <= at < spike_end else base_rate)
             at = spike_start if at < spike_start < following else following  # the spike begins on time
         records = await asyncio.gather(*calls)
@@ -427,102 +424,6 @@ async def spike(
     figures["p95_during_vs_before"] = round(during / before, 2) if before and during else None
     figures["timeline"] = _timeline(records, start, spike_end + after_s)
     return figures
-
-
-# How long a caller keeps trying for a line before it gives up, in the line benchmark.
-LINE_PATIENCE_S = 300.0
-# The page's backoff without a place in line (web/app.js lineBusy): retry_after doubled after each
-# refusal in a row, at most 8 times, at most a minute, times 0.75-1.25.
-BACKOFF_MAX_FACTOR, BACKOFF_MAX_S = 8, 60.0
-
-
-@dataclass(slots=True)
-class LineCaller:
-    """One caller of the line benchmark: when it first asked for a line, when it got one, and how
-    many offers that took."""
-
-    arrived: float
-    admitted: float | None = None
-    offers: int = 0
-    record: CallRecord | None = None
-
-
-async def line_caller(url: str, address: str, speeches: list[EncodedSpeech], *, wait_in_line: bool) -> LineCaller:
-    """Keep asking for a line until given one, then say the sentences. `wait_in_line`: hold a place
-    in the service's line (CallClient.wait_in_line); otherwise the page's backoff, each try a new
-    session (without a place in line, which session asks does not matter)."""
-    caller = LineCaller(time.monotonic())
-    attempt = 0
-    while caller.admitted is None:
-        attempt += 1
-        record = CallRecord(time.monotonic())
-        try:
-            async with LoadCall(url, local_address=address, reply_timeout_s=20.0,
-                                wait_in_line=LINE_PATIENCE_S if wait_in_line else 0.0) as call:
-                caller.admitted, record.admitted = time.monotonic(), True
-                caller.offers += len(call.line_positions) + 1
-                for speech in speeches:
-                    record.turns.append(await call.say(speech))
-        except CallRefused as refused:
-            caller.offers += 1
-            if wait_in_line or refused.code != "over_capacity" or time.monotonic() - caller.arrived > LINE_PATIENCE_S:
-                record.refused, record.retry_after_s = refused.code, refused.retry_after_s
-                caller.record = record
-                return caller
-            base = (refused.retry_after_s or 5.0) * min(2 ** (attempt - 1), BACKOFF_MAX_FACTOR)
-            await asyncio.sleep(min(base, BACKOFF_MAX_S) * random.uniform(0.75, 1.25))
-            continue
-        except CallFailed as failed:
-            record.failure = str(failed)
-        caller.record = record
-    return caller
-
-
-def _overtaken(callers: list[LineCaller]) -> int:
-    """Callers who got a line after someone who asked later did."""
-    admitted = [c for c in callers if c.admitted is not None]
-    return sum(any(o.arrived > c.arrived and o.admitted < c.admitted for o in admitted) for c in admitted)
-
-
-async def line(url: str, meter: CpuMeter, speeches: list[EncodedSpeech], *, callers: int, gap_s: float,
-               sentences: int, variants: list[str]) -> dict[str, Any]:
-    """`callers` callers arriving `gap_s` apart at a server with fewer lines, each keeping at it until
-    it gets one and then saying `sentences` sentences: waiting in line against the page's blind
-    backoff, one variant after the other on the same server."""
-    if unknown := set(variants) - {"line", "backoff"}:
-        raise ValueError(f"unknown line variants {sorted(unknown)}: line, backoff")
-    results: dict[str, Any] = {}
-    addresses = CallerAddresses()
-    for name in variants:
-        figures: dict[str, Any] = {"callers": callers, "gap_s": gap_s, "sentences": sentences}
-        with meter.measure(figures):
-            tasks = []
-            for i in range(callers):
-                said = [_rotated(speeches, i)[n % len(speeches)] for n in range(sentences)]
-                tasks.append(asyncio.create_task(line_caller(url, addresses.take(), said, wait_in_line=name == "line")))
-                await asyncio.sleep(gap_s)
-            done = await asyncio.gather(*tasks)
-        waits = [c.admitted - c.arrived for c in done if c.admitted is not None]
-        records = [c.record for c in done if c.record is not None]
-        figures.update({
-            "admitted": len(waits),
-            "gave_up_or_failed": callers - len(waits),
-            "wait_s_p50": _rounded(percentile(waits, 50)),
-            "wait_s_p95": _rounded(percentile(waits, 95)),
-            "wait_s_max": _rounded(max(waits, default=None)),
-            "overtaken": _overtaken(list(done)),
-            "offers_per_caller": round(sum(c.offers for c in done) / callers, 1),
-            "last_admitted_s": _rounded(max((c.admitted for c in done if c.admitted), default=None) - done[0].arrived
-                                        if waits else None),
-            **_turn_figures(records),
-        })
-        results[name] = figures
-        print(f"line {name}:", figures)
-    return results
-
-
-def _rounded(value: float | None) -> float | None:
-    return None if value is None else round(value, 1)
 
 
 def _mean_call_s(records: list[CallRecord]) -> float:
@@ -629,7 +530,7 @@ async def soak(
             await sample(http, redis, start)
             before = samples.pop()
             talking = [
-                asyncio.create_task(_after(2.0 * i, place_call(url, addresses.take(), _rotated(speeches, i),
+                asyncio.create_task(_after(2.0 * i, place_call(url, addresses.take(), rotated(speeches, i),
                                                                keep_going=lambda n: time.monotonic() < stop)))
                 for i in range(calls)
             ]
@@ -660,7 +561,7 @@ async def soak(
     third = max(1, len(warm_samples) // 3)
     warm = {**_median_sample(warm_samples[:third]), **_floor_sample(warm_samples[:third], RSS_KEYS)}
     last = {**_median_sample(warm_samples[-third:]), **_floor_sample(warm_samples[-third:], RSS_KEYS)}
-    figures.update(_turn_figures(records))
+    figures.update(turn_figures(records))
     figures.update({
         "rss_mb_warm": warm["rss_mb"], "rss_mb_last": last["rss_mb"],
         "rss_growth_pct": _growth_pct(warm["rss_mb"], last["rss_mb"]),
@@ -797,9 +698,11 @@ async def _run_soak(args: argparse.Namespace, env: dict[str, str], speeches: lis
 
 async def _run_line(args: argparse.Namespace, env: dict[str, str], speeches: list[EncodedSpeech], when: str):
     """Both ways of waiting for a line, one after the other, against one server of `--max-calls` lines."""
+    from parley.bench.line import line
+
     lines = {"PARLEY_ADMISSION_MAX_CALLS": str(args.max_calls or 2)}
     async with bench_server({**env, **lines}) as (url, meter):
-        variants = await line(url, meter, speeches, callers=args.calls, gap_s=args.gap_s,
+        variants = await line(url, meter, speeches, callers=args.callers, gap_s=args.gap_s,
                               sentences=args.sentences, variants=args.line_variants.split(","))
     f = {"max_calls": int(lines["PARLEY_ADMISSION_MAX_CALLS"]), "variants": variants}
     row = "; ".join(
