@@ -263,26 +263,36 @@ async def test_a_caller_muted_before_the_call_is_not_heard_until_they_unmute(pla
         await browser.close()
 
 
+@contextlib.asynccontextmanager
+async def line_taken(url: str):
+    """Another caller holding a line of the server at `url`: a session whose offer was answered,
+    until it says bye (or the block ends)."""
+    from aiortc import RTCPeerConnection
+
+    pc = RTCPeerConnection()
+    try:
+        async with websockets.connect(url.replace("http", "ws") + "/ws") as holder:
+            assert json.loads(await holder.recv())["type"] == "session"
+            pc.addTransceiver("audio", direction="sendrecv")
+            await pc.setLocalDescription(await pc.createOffer())
+            await holder.send(json.dumps({"type": "offer", "sdp": pc.localDescription.sdp}))
+            async with asyncio.timeout(30):
+                while json.loads(await holder.recv())["type"] != "answer":
+                    pass
+            yield holder
+    finally:
+        await pc.close()
+
+
 async def test_a_caller_finding_every_line_busy_waits_in_line_and_gets_the_next_free_one(
     playwright, shared_redis, proxy, tmp_path, microphone_wav
 ):
-    from aiortc import RTCPeerConnection
-
     # A database of its own: the other tests' server would be a replica with free lines beside this one.
     async with own_server(own_database(shared_redis.url, 11), proxy.base_url, tmp_path,
                           PARLEY_ADMISSION_MAX_CALLS="1") as url:
-        pc = RTCPeerConnection()
         browser = await launch(playwright, *fake_microphone(microphone_wav, loop=False))
         try:
-            # Another caller holds the one line.
-            async with websockets.connect(url.replace("http", "ws") + "/ws") as holder:
-                assert json.loads(await holder.recv())["type"] == "session"
-                pc.addTransceiver("audio", direction="sendrecv")
-                await pc.setLocalDescription(await pc.createOffer())
-                await holder.send(json.dumps({"type": "offer", "sdp": pc.localDescription.sdp}))
-                async with asyncio.timeout(30):
-                    while json.loads(await holder.recv())["type"] != "answer":
-                        pass
+            async with line_taken(url) as holder:  # another caller holds the one line
                 page, problems = await ready_page(browser, url)
                 await page.get_by_test_id("call").click()
                 await page.locator("#notice").filter(has_text="you are number 1 in line").wait_for(timeout=30_000)
@@ -297,30 +307,19 @@ async def test_a_caller_finding_every_line_busy_waits_in_line_and_gets_the_next_
             assert problems == []
         finally:
             await browser.close()
-            await pc.close()
 
 
 async def test_a_caller_who_hangs_up_while_in_line_leaves_it_at_once(
     playwright, shared_redis, proxy, tmp_path, microphone_wav
 ):
-    from aiortc import RTCPeerConnection
-
     redis_url = own_database(shared_redis.url, 12)
     # A place held for two minutes: only the page's leaving can empty the line sooner.
     async with own_server(redis_url, proxy.base_url, tmp_path, PARLEY_ADMISSION_MAX_CALLS="1",
                           PARLEY_ADMISSION_LINE_HOLD_S="120") as url:
-        pc = RTCPeerConnection()
         browser = await launch(playwright, *fake_microphone(microphone_wav, loop=False))
         redis = aioredis.from_url(redis_url)
         try:
-            async with websockets.connect(url.replace("http", "ws") + "/ws") as holder:
-                assert json.loads(await holder.recv())["type"] == "session"
-                pc.addTransceiver("audio", direction="sendrecv")
-                await pc.setLocalDescription(await pc.createOffer())
-                await holder.send(json.dumps({"type": "offer", "sdp": pc.localDescription.sdp}))
-                async with asyncio.timeout(30):
-                    while json.loads(await holder.recv())["type"] != "answer":
-                        pass
+            async with line_taken(url):
                 page, problems = await ready_page(browser, url)
                 await page.get_by_test_id("call").click()
                 await page.locator("#notice").filter(has_text="you are number 1 in line").wait_for(timeout=30_000)
@@ -337,7 +336,6 @@ async def test_a_caller_who_hangs_up_while_in_line_leaves_it_at_once(
         finally:
             await redis.aclose()
             await browser.close()
-            await pc.close()
 
 
 async def test_a_dropped_socket_mid_call_resumes_the_session_and_the_call_goes_on(
