@@ -28,6 +28,7 @@ only, say), and `microphone` sets the format the files are captured in.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -330,7 +331,10 @@ class CallClient:
             except CallRefused as refused:
                 waited = time.monotonic() - started
                 self.line_positions.append((round(waited, 3), refused.position))
-                if refused.code != "over_capacity" or refused.position is None or waited > self.line_patience_s:
+                if refused.code != "over_capacity" or refused.position is None:
+                    raise
+                if waited > self.line_patience_s:
+                    await self._leave_line()
                     raise
                 if self._pc is not None:
                     await self._pc.close()
@@ -405,6 +409,13 @@ class CallClient:
         resume_ms = round(1000 * (time.monotonic() - dropped_at), 1)
         self.reconnects.append(Reconnect(resume_ms, replayed, attempts))
         log.info("call resumed after %.0f ms (%d attempt(s), %d event(s) replayed)", resume_ms, attempts, replayed)
+
+    async def _leave_line(self) -> None:
+        """Give up the session's place in line at once (a bye on the session), so those behind it
+        move up, rather than hold it until it lapses."""
+        with contextlib.suppress(CallFailed, websockets.ConnectionClosed):
+            self.session, _ = await self._resume()
+            await self._send({"type": "bye"})
 
     async def _resume(self) -> tuple[dict[str, Any], int]:
         """One attempt: open /ws?resume, say which session and the last event seen; the session

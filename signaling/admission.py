@@ -238,7 +238,8 @@ class Admission:
                 # The local count is the truth: it heals a count lost in a Redis restart.
                 pipe.hset(count_key(kind), self.replica, self.active[kind])
                 pipe.hset(capacity_key(kind), self.replica, 0 if self.draining else self.capacity(kind))
-            pipe.zcard(line_key("calls"))
+            # Tickets whose hold still runs (the script drops the others only when someone calls).
+            pipe.zcount(holds_key("calls"), int(1000 * time.time()), "+inf")
             *_, waiting = await pipe.execute()
         metrics.CALLS_WAITING.set(waiting)  # fresh even when nobody calls
 

@@ -140,33 +140,43 @@ function saveSession() {
 // with a place in line (`position`) comes back each time it is told, not later: it holds its place
 // only by trying again in time, and no one behind it can take a line before it does.
 function lineBusy(message) {
+  if (message.kind === "call" && !parley.mic) {
+    // The caller hung up while this offer was on its way: no waiting; a place it got is given up.
+    if (message.position) parley.leaveLine = true;
+    return;
+  }
   const position = message.position || null;
-  // A refusal without a place (a replica shutting down, say) after one with a place: the place
-  // is still held, for line_hold_s, so the page comes back as soon, and does not back off.
-  const held = position || (parley.busy && parley.busy.position) || null;
-  const attempts = held ? 1 : (parley.busy ? parley.busy.attempts + 1 : 1);
+  const last = parley.busy;
+  // One refusal without a place (a replica shutting down, say) right after one with a place: the
+  // place is still held (line_hold_s), so the page comes back as soon and does not back off.
+  const held = position || (last && last.given ? last.position : null);
+  const attempts = held ? 1 : (last ? last.attempts + 1 : 1);
   const growth = held ? 1 : Math.min(2 ** (attempts - 1), 8);
   const base = Math.max(1, message.retry_after || 5) * growth;
-  // In line with a free line on another replica: come back at once, for the balancer to send the
-  // page there (the free line is held for whoever is first in line).
-  const soon = held && message.room_elsewhere ? 0.1 : 1;
+  // First in line, with the free line on another replica (held for it): come back at once, for the
+  // balancer to send the page there.
+  const soon = position === 1 && message.room_elsewhere ? 0.1 : 1;
   const delayMs = Math.min(base, 60) * 1000 * soon * (held ? 0.75 + Math.random() * 0.25 : 0.75 + Math.random() * 0.5);
   if (message.kind === "call") parley.redial = true; // a refused call is dialled again by itself
-  parley.busy = { until: Date.now() + delayMs, attempts, position: held };
+  parley.busy = { until: Date.now() + delayMs, attempts, position: held, given: Boolean(position) };
 }
 
-// Waiting for a line, the caller hung up: stop waiting, and give up a place in line at once (the
-// session's first word, once it is back, is bye), so the callers behind it move up.
+// Waiting for a line, the caller hung up: stop waiting, and give up a place in line at once (a bye
+// on the session, now or as soon as it is back), so the callers behind it move up.
 function stopWaiting() {
   const inLine = Boolean(parley.busy && parley.busy.position);
   parley.redial = false;
   parley.busy = null;
   clearInterval(parley.busyTimer);
+  closePeer();
   releaseMicrophone();
   notify("");
+  if (parley.online) {
+    send({ type: "bye" }); // hangs up an offer still on its way too
+    return;
+  }
   parley.leaveLine = inLine;
   if (!parley.ws || parley.ws.readyState === WebSocket.CLOSED) connect();
-  else if (parley.online && inLine) send({ type: "bye" });
 }
 
 function waitForALine() {
@@ -579,8 +589,8 @@ function endCall({ notifyServer = true } = {}) {
 }
 
 ui.call.addEventListener("click", () => {
-  if (parley.busy && parley.redial) {
-    stopWaiting(); // waiting for a line, the caller changed their mind
+  if (parley.busy && (parley.redial || parley.mic)) {
+    stopWaiting(); // waiting for a line (between tries, or with an offer on its way): the caller hung up
     return;
   }
   if (parley.mic) {
