@@ -336,9 +336,7 @@ class CallClient:
                 if waited > self.line_patience_s:
                     await self._leave_line()
                     raise
-                if self._pc is not None:
-                    await self._pc.close()
-                    self._pc = None
+                await self._close_peer()
                 await asyncio.sleep((refused.retry_after_s or 1.0) * random.uniform(0.75, 1.0))
             self.session, _ = await self._resume()
             self._mic = self._make_mic()
@@ -351,8 +349,7 @@ class CallClient:
             except websockets.ConnectionClosed:
                 pass
             await self._ws.close()
-        if self._pc is not None:
-            await self._pc.close()
+        await self._close_peer()
         for link in self.links:
             await link.aclose()
         tasks = [*self._tasks, *([self._reader] if self._reader else [])]
@@ -385,9 +382,7 @@ class CallClient:
         if self._leaving:
             raise CallFailed("the server ended the call and said not to come back")
         dropped_at = self._dropped_at or time.monotonic()
-        if self._pc is not None:
-            await self._pc.close()
-            self._pc = None
+        await self._close_peer()
         wait, attempts = RECONNECT_FIRST_S, 0
         while True:
             attempts += 1
@@ -409,6 +404,12 @@ class CallClient:
         resume_ms = round(1000 * (time.monotonic() - dropped_at), 1)
         self.reconnects.append(Reconnect(resume_ms, replayed, attempts))
         log.info("call resumed after %.0f ms (%d attempt(s), %d event(s) replayed)", resume_ms, attempts, replayed)
+
+    async def _close_peer(self) -> None:
+        """Close the peer connection that is over (refused, or dropped with its socket) before a new one."""
+        if self._pc is not None:
+            await self._pc.close()
+            self._pc = None
 
     async def _leave_line(self) -> None:
         """Give up the session's place in line at once (a bye on the session), so those behind it

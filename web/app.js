@@ -46,7 +46,8 @@ const parley = {
   closing: false,
   ended: false, // the session went on in another window, or reached its maximum length: do not come back
   // Refused for want of room (over_capacity): when to try again and how often it happened in a row.
-  busy: null, // {until: ms timestamp, attempts}
+  // position: the place in line held (given: this refusal gave it, rather than carried it over).
+  busy: null, // {until: ms timestamp, attempts, position, given}
   busyTimer: null,
   leaveLine: false, // the caller hung up while in line: say bye as soon as the session is back
   // Sent away by a server shutting down (bye with reconnect): come back after delayMs.
@@ -156,7 +157,7 @@ function lineBusy(message) {
   // First in line, with the free line on another replica (held for it): come back at once, for the
   // balancer to send the page there.
   const soon = position === 1 && message.room_elsewhere ? 0.1 : 1;
-  const delayMs = Math.min(base, 60) * 1000 * soon * (held ? 0.75 + Math.random() * 0.25 : 0.75 + Math.random() * 0.5);
+  const delayMs = Math.min(base, 60) * 1000 * soon * (0.75 + Math.random() * (held ? 0.25 : 0.5));
   if (message.kind === "call") parley.redial = true; // a refused call is dialled again by itself
   parley.busy = { until: Date.now() + delayMs, attempts, position: held, given: Boolean(position) };
 }

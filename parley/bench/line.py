@@ -93,7 +93,8 @@ async def line(url: str, meter: CpuMeter, speeches: list[EncodedSpeech], *, call
         with meter.measure(figures):
             tasks = []
             for i in range(callers):
-                said = [rotated(speeches, i)[n % len(speeches)] for n in range(sentences)]
+                order = rotated(speeches, i)
+                said = [order[n % len(order)] for n in range(sentences)]
                 tasks.append(asyncio.create_task(line_caller(url, addresses.take(), said, wait_in_line=name == "line")))
                 await asyncio.sleep(gap_s)
             done = await asyncio.gather(*tasks)
