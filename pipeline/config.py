@@ -183,6 +183,8 @@ class LLMConfig:
     max_tokens: a cap on each reply; a looping model otherwise fills its context.
     temperature, seed: sampling; seed -1 is random.
     connect_timeout_s, first_token_timeout_s, total_timeout_s: the three deadlines of a request.
+    reask_copies: a reply whose first sentence is one the bot said before in the call, unasked,
+        is dropped unheard and asked again without the dialog (pipeline.copy_guard).
     server_slots: llama-server's parallel slots. When set, each dialog is kept on a slot of its
         own (`id_slot`, `cache_prompt`), so a turn reads only its new tokens; 0 leaves placing
         requests to the server (vLLM's prefix cache needs no help); -1: the bundled
@@ -200,6 +202,7 @@ class LLMConfig:
     first_token_timeout_s: float = 10.0
     total_timeout_s: float = 30.0
     server_slots: int = -1
+    reask_copies: bool = True
 
     def __post_init__(self) -> None:
         if self.server_slots < -1:

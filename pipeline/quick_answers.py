@@ -82,7 +82,7 @@ def quick_answer(messages: Sequence[Message], config: QuickAnswersConfig = Quick
     if not messages or messages[-1]["role"] != "user":
         return None
     said = messages[-1]["content"].strip().lower().replace("\u2019", "'")
-    if config.repeats and _REPEAT.match(re.sub(r"\s+", " ", _PUNCTUATION.sub(" ", said)).strip()):
+    if config.repeats and asks_to_repeat(said):
         last = next((m["content"] for m in reversed(messages[:-1]) if m["role"] == "assistant"), None)
         if last:
             return QuickAnswer("repeat", last)
@@ -95,6 +95,12 @@ def quick_answer(messages: Sequence[Message], config: QuickAnswersConfig = Quick
     if config.conversions and (text := conversion_reply(question)) is not None:
         return QuickAnswer("conversion", text)
     return None
+
+
+def asks_to_repeat(said: str) -> bool:
+    """Whether the caller's words ask the bot to say its last answer again ("Sorry, say that again?")."""
+    said = said.strip().lower().replace("\u2019", "'")
+    return _REPEAT.match(re.sub(r"\s+", " ", _PUNCTUATION.sub(" ", said)).strip()) is not None
 
 
 def _question(said: str) -> str:

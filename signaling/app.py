@@ -26,6 +26,7 @@ from parley.settings import Settings
 from pipeline.asr import Transcriber
 from pipeline.dialog_store import DialogStore
 from pipeline.circuit_breaker import CircuitBreaker
+from pipeline.copy_guard import CopyGuard
 from pipeline import unit_questions
 from pipeline.llm_pool import LLMPool
 from pipeline.quick_answers import QuickAnswers
@@ -93,11 +94,13 @@ def create_app(settings: Settings) -> FastAPI:
             synthesizer = await asyncio.to_thread(Synthesizer, settings.tts, lanes.tts)
             await synthesizer.prepare(settings.turns.fallback_line, settings.turns.busy_line)
             chat: ChatModel = llm
+            if settings.llm.reask_copies:
+                chat = CopyGuard(llm, on_copy=metrics.LLM_COPIES.inc)
             if settings.quick_answers.any:
                 if settings.quick_answers.conversions:
                     await asyncio.to_thread(unit_questions.registry)  # a second to load, before any call
                 chat = QuickAnswers(
-                    llm, settings.quick_answers, on_answer=lambda kind: metrics.QUICK_ANSWERS.labels(kind).inc()
+                    chat, settings.quick_answers, on_answer=lambda kind: metrics.QUICK_ANSWERS.labels(kind).inc()
                 )
             turn_model = None
             if settings.turns.end_of_turn == "model":

@@ -59,6 +59,10 @@ TURNS_SHED = Counter(
 QUICK_ANSWERS = Counter(
     "parley_quick_answers_total", "Replies Parley gave without the LLM ([quick_answers]), by kind", ["kind"]
 )
+LLM_COPIES = Counter(
+    "parley_llm_copies_total",
+    "LLM replies that began by copying an earlier reply of the call, unasked, and were asked again ([llm] reask_copies)",
+)
 EVENTS_REPLAYED = Counter(
     "parley_events_replayed_total", "Events sent again to clients that resumed a session (missed while away)"
 )

@@ -15,8 +15,10 @@ tokens/s while writing, each as a ratio to today's default (models.toml's model 
 and the first token of the first request, which reads the whole system prompt (a longer
 prompt costs there, once per slot, since later requests find it in the slot's cache).
 
-Each model and prompt is measured twice: the LLM alone, and "+ quick answers", as a call
-asks it (sums, units and repeats answered by pipeline.quick_answers, the rest by the LLM).
+Each model and prompt is measured three times: the LLM alone; "+ quick answers" (sums,
+units and repeats answered by pipeline.quick_answers, the rest by the LLM); and "+ copies
+asked again", as a call asks it (a reply that copies an earlier one of the dialog asked
+again without it, pipeline.copy_guard).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 
 from parley.bench.quality_scorer import AnswerCheck, score_reply
 from parley.bench.results import ROOT, add_ratios, ms, percentile, write_results
+from pipeline.copy_guard import CopyGuard
 from pipeline.llm_client import LLMClient, Message, PromptUsage
 from pipeline.quick_answers import QuickAnswers, QuickAnswersConfig
 from pipeline.sentences import SentenceSplitter
@@ -44,6 +47,7 @@ SEED = 42
 # waits for) no slower than this many times today's default's.
 FIRST_SENTENCE_BUDGET = 1.5
 QUICK = " + quick answers"
+GUARD = " + copies asked again"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -218,10 +222,18 @@ async def bench_quality(args: argparse.Namespace) -> None:
                     temperature=0.0, seed=SEED,
                 )
                 async with LLMClient(config) as client:
-                    for quick in (False, True):
-                        figures = await run_set(QuickAnswers(client, QuickAnswersConfig()) if quick else client, questions)
-                        name = f"{model_name} / {prompt_name}{QUICK if quick else ''}"
-                        results[name] = {"model": model_name, "prompt": prompt_name, "quick_answers": quick, "licence": candidate.licence} | figures
+                    chats = {
+                        "": (client, False, False),
+                        QUICK: (QuickAnswers(client, QuickAnswersConfig()), True, False),
+                        QUICK + GUARD: (QuickAnswers(CopyGuard(client), QuickAnswersConfig()), True, True),
+                    }
+                    for suffix, (chat, quick, guard) in chats.items():
+                        figures = await run_set(chat, questions)
+                        name = f"{model_name} / {prompt_name}{suffix}"
+                        results[name] = {
+                            "model": model_name, "prompt": prompt_name, "quick_answers": quick, "reask_copies": guard,
+                            "licence": candidate.licence,
+                        } | figures
                         print(
                             f"{name}: right {figures['right']}/{len(questions)}, first sentence {figures['right_first_sentence']},"
                             f" first token p50 {ms(figures['first_token_ms_p50'])} ms, {figures['tokens_per_s']} tokens/s",
@@ -264,8 +276,8 @@ _HEADER = (
     "`parley bench quality`: the question set of bench/quality/questions.toml (facts, arithmetic, conversions,"
     " yes or no, spelling, follow-ups that need the history, \"say that again\", questions it cannot know), asked"
     " through Parley's LLM client against the bundled llama-server, one question at a time, temperature 0, seed 42;"
-    " each model and prompt twice, the LLM alone and \"+ quick answers\" (sums, units and repeats answered by"
-    " pipeline/quick_answers.py, as in a call)."
+    " each model and prompt three times: the LLM alone, \"+ quick answers\" (sums, units and repeats answered by"
+    " pipeline/quick_answers.py) and \"+ copies asked again\" (pipeline/copy_guard.py), as in a call)."
     " Scored by parley/bench/quality_scorer.py: *right* anywhere in the reply, and *first* in its first sentence."
     " Ratios against today's default (models.toml's model and prompt). The prompts are in the JSON.\n"
 )
