@@ -8,17 +8,18 @@ hears a broken record. Folding the dialog into the system message instead of cha
 turns did not cure it and lost the follow-ups (bench/results/quality.md).
 
 So the reply's beginning is watched as it streams. While it reads like the first
-sentence of one of the bot's earlier turns, it is held back (a few tokens; nothing is
-said yet); as soon as it differs from every one, what was held goes on and the rest
+sentence of one of the bot's earlier turns, it is held back (nothing of it is said
+yet); as soon as it differs from every one, what was held goes on and the rest
 streams through. A reply whose whole first sentence is an earlier one's is dropped
 unheard and asked again with the system prompt and the caller's last words alone:
 what made the model copy was the dialog. The re-asked reply goes out as it comes.
 A caller who asks to hear it again ("say that again") gets the copy, as asked.
 
-The cost, measured in `parley bench quality` (new_topic) and `parley bench call`: a
-reply that starts like an earlier one is held until it differs (usually within a few
-words); a copy costs the tokens written before it was seen, and the re-asked prompt
-is short and mostly in the slot's cache.
+Measured (bench/results/quality.md, call.md, 2026-12-07): a new question after earlier
+turns answered right 8 times in 10 against 6; voice-to-voice 491/599 ms (p50/p95) against
+480/646 without, within the run's noise. A reply that starts like an earlier one is held until
+it differs, usually within a few words; a copy costs the tokens written before it was seen, and
+the re-asked prompt is short and mostly in the slot's cache already.
 """
 
 from __future__ import annotations
