@@ -76,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     bench_call.add_argument(
         "--server-logs", metavar="DIR", help="write each variant's server log here (variant-N.log, N as given)"
     )
+    bench_call.add_argument(
+        "--speech", choices=("speakers", "requests"), default="speakers",
+        help="what each call says: the two real speakers of ../shared/audio, one sentence each (default), or four"
+        " telephone requests in a row, the bot's own voice (a small LLM refuses them alike: its copies re-asked)",
+    )
     bench_failover = bench_kinds.add_parser(
         "failover", help="calls through a 3-replica cluster, each call's replica killed at a random moment"
     )

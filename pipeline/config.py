@@ -183,8 +183,9 @@ class LLMConfig:
     max_tokens: a cap on each reply; a looping model otherwise fills its context.
     temperature, seed: sampling; seed -1 is random.
     connect_timeout_s, first_token_timeout_s, total_timeout_s: the three deadlines of a request.
-    reask_copies: a reply whose first sentence is one the bot said before in the call, unasked,
-        is dropped unheard and asked again without the dialog (pipeline.copy_guard).
+    copy_words: a reply that begins with this many words of one of the bot's earlier first
+        sentences in the call (or with all of a shorter one), unasked, is dropped unheard and
+        asked again without the dialog (pipeline.copy_guard); 0: never.
     server_slots: llama-server's parallel slots. When set, each dialog is kept on a slot of its
         own (`id_slot`, `cache_prompt`), so a turn reads only its new tokens; 0 leaves placing
         requests to the server (vLLM's prefix cache needs no help); -1: the bundled
@@ -202,9 +203,11 @@ class LLMConfig:
     first_token_timeout_s: float = 10.0
     total_timeout_s: float = 30.0
     server_slots: int = -1
-    reask_copies: bool = True
+    copy_words: int = 12
 
     def __post_init__(self) -> None:
+        if self.copy_words < 0:
+            raise ValueError(f"llm.copy_words must be 0 (off) or more, not {self.copy_words}")
         if self.server_slots < -1:
             raise ValueError(f"llm.server_slots must be -1 (automatic), 0 or more, not {self.server_slots}")
 

@@ -15,59 +15,66 @@ unheard and asked again with the system prompt and the caller's last words alone
 what made the model copy was the dialog. The re-asked reply goes out as it comes.
 A caller who asks to hear it again ("say that again") gets the copy, as asked.
 
+A first sentence of fewer than MIN_COPY_WORDS words ("Sure!") is no copy.
+
 Measured (bench/results/quality.md, call.md, 2026-12-07): a new question after earlier
 turns answered right 8 times in 10 against 6; voice-to-voice 491/599 ms (p50/p95) against
-480/646 without, within the run's noise. A reply that starts like an earlier one is held until
-it differs, usually within a few words; a copy costs the tokens written before it was seen, and
-the re-asked prompt is short and mostly in the slot's cache already.
+480/646 without, a run where nothing was copied. A reply that starts like an earlier one is
+held until it differs, usually within a few words; a copy costs the whole first sentence
+written before it was seen, then a second request, short and read mostly from the cache.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any
 
 from pipeline.llm_client import Message
-from pipeline.quick_answers import asks_to_repeat
+from pipeline.quick_answers import Chat, asks_to_repeat
+from pipeline.sentences import first_sentence
 
-# The end of a sentence: its mark (and any closing quote or bracket), then a space. A full stop
-# inside a number ("3.5") or at the very end of the text so far may not end one yet.
-_SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s")
-
-
-class _Chat(Protocol):
-    def with_system_prompt(self, messages: Sequence[Message]) -> list[Message]: ...
-
-    def stream_chat(self, messages: Sequence[Message], **options: Any) -> AsyncIterator[str]: ...
+# A first sentence shorter than this is said again without copying anything ("Sure!", "I don't
+# know."): saying it twice is no broken record, and asking again would lose the dialog for nothing.
+MIN_COPY_WORDS = 4
 
 
-class _Reading(Enum):
+class Reading(Enum):
+    """How a reply's beginning stands against the bot's earlier first sentences."""
+
     SO_FAR_ALIKE = "so far alike"  # the reply so far is the start of an earlier first sentence
     DIFFERENT = "different"
     COPY = "copy"  # its first sentence is an earlier one's
 
 
 def normalise(text: str) -> str:
-    """Words only, lower case: "I'm sorry, but..." and "i'm sorry but" read alike."""
-    return re.sub(r"[^a-z0-9']+", " ", text.lower().replace("\u2019", "'")).strip()
+    """Words only, case folded, in any script: "I'm sorry, but..." and "i'm sorry but" read alike."""
+    return re.sub(r"[^\w']+", " ", text.casefold().replace("\u2019", "'")).strip()
 
 
-def first_sentence(text: str, *, ended: bool) -> str | None:
-    """The text's first sentence, once it is complete (`ended`: the text is all there is)."""
-    if match := _SENTENCE_END.search(text):
-        return text[: match.end()]
-    return text if ended else None
+def copy_key(reply: str) -> str | None:
+    """What a later reply would copy of `reply`: its first sentence, normalised; None when that
+    sentence is too short to count (MIN_COPY_WORDS)."""
+    said = normalise(first_sentence(reply, ended=True) or "")
+    return said if len(said.split()) >= MIN_COPY_WORDS else None
 
 
-def read_reply(text: str, earlier: set[str], *, ended: bool = False) -> _Reading:
-    """How the reply so far stands against the normalised first sentences `earlier`."""
+def read_reply(text: str, earlier: set[str], copy_words: int, *, ended: bool = False) -> Reading:
+    """How the reply so far stands against `earlier` (copy keys): a copy once its first `copy_words`
+    words are an earlier sentence's first words, or its first sentence is a whole earlier one.
+    Text with no word yet ("", a quote mark) is alike: nothing is known of it."""
     sentence = first_sentence(text, ended=ended)
+    so_far = normalise(sentence if sentence is not None else text)
+    # Words known whole: the last one may be cut mid-word unless something follows it.
+    cut = sentence is None and not ended and re.match(r"[\w']", text[-1:]) is not None
+    words = so_far.split()[:-1] if cut else so_far.split()
+    if len(words) >= copy_words and any(e.split()[:copy_words] == words[:copy_words] for e in earlier):
+        return Reading.COPY
     if sentence is not None:
-        return _Reading.COPY if normalise(sentence) in earlier else _Reading.DIFFERENT
-    so_far = normalise(text)
-    return _Reading.SO_FAR_ALIKE if any(e.startswith(so_far) for e in earlier) else _Reading.DIFFERENT
+        return Reading.COPY if so_far in earlier else Reading.DIFFERENT
+    return Reading.SO_FAR_ALIKE if any(e.startswith(so_far) for e in earlier) else Reading.DIFFERENT
 
 
 class CopyGuard:
@@ -77,8 +84,11 @@ class CopyGuard:
     again (for metrics).
     """
 
-    def __init__(self, llm: _Chat, *, on_copy: Callable[[], None] | None = None) -> None:
+    def __init__(self, llm: Chat, copy_words: int = 12, *, on_copy: Callable[[], None] | None = None) -> None:
+        if copy_words < 1:
+            raise ValueError(f"copy_words must be 1 or more, not {copy_words}")
         self._llm = llm
+        self._copy_words = copy_words
         self._on_copy = on_copy
 
     def with_system_prompt(self, messages: Sequence[Message]) -> list[Message]:
@@ -91,13 +101,11 @@ class CopyGuard:
     async def stream_chat(self, messages: Sequence[Message], **options: Any) -> AsyncIterator[str]:
         """The LLM's stream for `messages` with the same options; asked again without the dialog
         when its first sentence is one the bot has said before in it."""
-        earlier = {
-            said for m in messages[:-1]
-            if m["role"] == "assistant" and (said := normalise(first_sentence(m["content"], ended=True) or ""))
-        }
-        if not earlier or not messages or asks_to_repeat(messages[-1]["content"]):
-            async for delta in self._llm.stream_chat(messages, **options):
-                yield delta
+        earlier = {key for m in messages[:-1] if m["role"] == "assistant" and (key := copy_key(m["content"]))}
+        if not earlier or asks_to_repeat(messages[-1]["content"]):
+            async with contextlib.aclosing(self._llm.stream_chat(messages, **options)) as stream:
+                async for delta in stream:
+                    yield delta
             return
         # The cap is told only for the reply that is said, once it is known which.
         on_capped = options.pop("on_capped", None)
@@ -109,27 +117,25 @@ class CopyGuard:
 
         held: list[str] | None = []
         copied = False
-        stream = self._llm.stream_chat(messages, on_capped=stopped_at_cap, **options)
-        try:
+        # Closed on leaving: a copy's request is stopped, since nobody will hear the rest.
+        async with contextlib.aclosing(self._llm.stream_chat(messages, on_capped=stopped_at_cap, **options)) as stream:
             async for delta in stream:
                 if held is None:
                     yield delta
                     continue
                 held.append(delta)
-                reading = read_reply("".join(held), earlier)
-                if reading is _Reading.COPY:
+                reading = read_reply("".join(held), earlier, self._copy_words)
+                if reading is Reading.COPY:
                     copied = True
                     break
-                if reading is _Reading.DIFFERENT:
+                if reading is Reading.DIFFERENT:
                     yield "".join(held)
                     held = None
             else:
-                if held and read_reply("".join(held), earlier, ended=True) is _Reading.COPY:
+                if held and read_reply("".join(held), earlier, self._copy_words, ended=True) is Reading.COPY:
                     copied = True
                 elif held:
                     yield "".join(held)
-        finally:
-            await stream.aclose()  # a copy's request is stopped: nobody will hear the rest
         if not copied:
             if capped and on_capped is not None:
                 on_capped()
@@ -137,5 +143,10 @@ class CopyGuard:
         if self._on_copy is not None:
             self._on_copy()
         afresh = [m for m in messages[:-1] if m["role"] == "system"] + [messages[-1]]
-        async for delta in self._llm.stream_chat(afresh, on_capped=on_capped, **options):
-            yield delta
+        # Not on the dialog's slot: it keeps the dialog's prompt cached (all of it but the copy)
+        # for the next turn, which then reads only its new words, not the whole dialog again.
+        if "dialog_id" in options:
+            options["dialog_id"] = None
+        async with contextlib.aclosing(self._llm.stream_chat(afresh, on_capped=on_capped, **options)) as stream:
+            async for delta in stream:
+                yield delta

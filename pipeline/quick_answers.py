@@ -51,7 +51,9 @@ class QuickAnswer:
     text: str
 
 
-class _Chat(Protocol):
+class Chat(Protocol):
+    """A chat model as the turn loop's wrappers see it: a system prompt and a stream of text deltas."""
+
     def with_system_prompt(self, messages: Sequence[Message]) -> list[Message]: ...
 
     def stream_chat(self, messages: Sequence[Message], **options: Any) -> AsyncIterator[str]: ...
@@ -122,7 +124,7 @@ class QuickAnswers:
     """
 
     def __init__(
-        self, llm: _Chat, config: QuickAnswersConfig = QuickAnswersConfig(), *,
+        self, llm: Chat, config: QuickAnswersConfig = QuickAnswersConfig(), *,
         on_answer: Callable[[Kind], None] | None = None,
     ) -> None:
         self._llm = llm

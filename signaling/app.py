@@ -94,8 +94,8 @@ def create_app(settings: Settings) -> FastAPI:
             synthesizer = await asyncio.to_thread(Synthesizer, settings.tts, lanes.tts)
             await synthesizer.prepare(settings.turns.fallback_line, settings.turns.busy_line)
             chat: ChatModel = llm
-            if settings.llm.reask_copies:
-                chat = CopyGuard(llm, on_copy=metrics.LLM_COPIES.inc)
+            if settings.llm.copy_words:
+                chat = CopyGuard(llm, settings.llm.copy_words, on_copy=metrics.LLM_COPIES.inc)
             if settings.quick_answers.any:
                 if settings.quick_answers.conversions:
                     await asyncio.to_thread(unit_questions.registry)  # a second to load, before any call

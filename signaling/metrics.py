@@ -61,7 +61,7 @@ QUICK_ANSWERS = Counter(
 )
 LLM_COPIES = Counter(
     "parley_llm_copies_total",
-    "LLM replies that began by copying an earlier reply of the call, unasked, and were asked again ([llm] reask_copies)",
+    "LLM replies that began by copying an earlier reply of the call, unasked, and were asked again ([llm] copy_words)",
 )
 EVENTS_REPLAYED = Counter(
     "parley_events_replayed_total", "Events sent again to clients that resumed a session (missed while away)"

@@ -26,6 +26,14 @@ def _figures(turns: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def telephone_requests(folder: Path) -> list[str]:
+    """Four telephone requests in the bot's voice, as WAV files: a conference number, a table for two,
+    the library's hours, a cancelled flight (`parley bench turns`' first four sentences, whole)."""
+    from parley.bench.turns import make_files
+
+    return make_files(folder, 4)["whole"][:4]
+
+
 async def bench_call(args: argparse.Namespace) -> None:
     """Voice-to-voice over calls one after another; with --compare, the same against a changed setting.
 
@@ -43,7 +51,7 @@ async def bench_call(args: argparse.Namespace) -> None:
         variants[change] = {key: value for key, _, value in (part.partition("=") for part in change.split())}
     turns: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory(prefix="parley-bench-") as tmp:
-        files = speaker_files(Path(tmp))
+        files = speaker_files(Path(tmp)) if args.speech == "speakers" else telephone_requests(Path(tmp))
         async with contextlib.AsyncExitStack() as stack:
             urls = {
                 name: args.server if args.server and not change else await stack.enter_async_context(
@@ -67,14 +75,14 @@ async def bench_call(args: argparse.Namespace) -> None:
         "benchmark": "call",
         "when": when,
         "calls_per_variant": args.calls,
-        "settings": {**env, "machine_cores": os.cpu_count()},
+        "settings": {**env, "machine_cores": os.cpu_count(), "speech": args.speech},
         "variants": results,
     }
     rows = []
     for name, f in results.items():
         p50 = f["stages_ms_p50"]
         rows.append(
-            f"| {when} | {name} | {f['answered']}/{f['turns']} | {ms(f['voice_to_voice_ms']['p50'])} | "
+            f"| {when} | {name}{'' if args.speech == 'speakers' else f' ({args.speech})'} | {f['answered']}/{f['turns']} | {ms(f['voice_to_voice_ms']['p50'])} | "
             f"{ms(f['voice_to_voice_ms']['p95'])} | {f['v2v_p50_vs_default']} | {ms(p50.get('asr'))} | "
             f"{ms(p50.get('llm_first_token'))} | {ms(p50.get('first_sentence'))} | "
             f"{ms(p50.get('tts_first_audio'))} | {ms(p50.get('end_of_turn_to_first_audio'))} | "

@@ -225,13 +225,13 @@ async def bench_quality(args: argparse.Namespace) -> None:
                     chats = {
                         "": (client, False, False),
                         QUICK: (QuickAnswers(client, QuickAnswersConfig()), True, False),
-                        QUICK + GUARD: (QuickAnswers(CopyGuard(client), QuickAnswersConfig()), True, True),
+                        QUICK + GUARD: (QuickAnswers(CopyGuard(client, settings.llm.copy_words or 12), QuickAnswersConfig()), True, True),
                     }
                     for suffix, (chat, quick, guard) in chats.items():
                         figures = await run_set(chat, questions)
                         name = f"{model_name} / {prompt_name}{suffix}"
                         results[name] = {
-                            "model": model_name, "prompt": prompt_name, "quick_answers": quick, "reask_copies": guard,
+                            "model": model_name, "prompt": prompt_name, "quick_answers": quick, "copy_words": settings.llm.copy_words if guard else 0,
                             "licence": candidate.licence,
                         } | figures
                         print(
