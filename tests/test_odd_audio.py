@@ -196,8 +196,10 @@ async def test_a_60_second_monologue_is_cut_into_turns_and_answered(odd_server, 
         after, _ = await call.talk(str(short), out_dir=tmp_path, index=2)
     assert "Traceback" not in odd_server.new_log()
     # Several turns (each at most [vad] max_turn_ms, 25 s, of speech), each with the words of its
-    # stretch of the monologue: together they hold it all.
+    # stretch of the monologue: together they hold it all. A turn lost would cost a third of the
+    # words (WER >= 0.33); Whisper tiny's own slips ("asked not" for "ask not") and a few words
+    # at each cut come to 0.15-0.26 (0.26 seen in a full run, with other tests' servers busy).
     turns = {turn_id: text for turn_id, text in finals_by_turn(monologue_messages).items() if text is not None}
     assert len(turns) >= 3, turns
-    assert wer(text, " ".join(turns.values())) <= 0.25, turns
+    assert wer(text, " ".join(turns.values())) <= 0.3, turns
     assert wer(STEREO_TEXT[1], after.transcript) <= 0.2 and after.reply_text, after
