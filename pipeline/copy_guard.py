@@ -86,7 +86,7 @@ class CopyGuard:
     again (for metrics).
     """
 
-    def __init__(self, llm: Chat, copy_words: int = 12, *, on_copy: Callable[[], None] | None = None) -> None:
+    def __init__(self, llm: Chat, copy_words: int, *, on_copy: Callable[[], None] | None = None) -> None:
         if copy_words < 1:
             raise ValueError(f"copy_words must be 1 or more, not {copy_words}")
         self._llm = llm

@@ -22,17 +22,6 @@ _PHRASE_START = re.compile(
 )
 
 
-def first_sentence(text: str, *, ended: bool = False, min_chars: int = 2) -> str | None:
-    """The text's first sentence as SentenceSplitter cuts it, once it is complete (`ended`: the
-    text is all there will be, so all of it is the sentence); None while it may still go on."""
-    for match in _END.finditer(text):
-        if match.group(1) and _NOT_AN_END.search(text[: match.end(1)]):
-            continue
-        if len(text[: match.end()].strip()) >= min_chars:
-            return text[: match.end()]
-    return text if ended else None
-
-
 def ends_sentence(text: str) -> bool:
     """`text` ends as a sentence does (. ! ? or …, perhaps inside closing quotes or brackets)."""
     return _SENTENCE_END.search(text) is not None
@@ -88,3 +77,14 @@ class SentenceSplitter:
         """What is left when the stream ends, if anything."""
         rest, self._buffer = self._buffer.strip(), ""
         return rest or None
+
+
+def first_sentence(text: str, *, ended: bool = False) -> str | None:
+    """The text's first sentence as SentenceSplitter cuts it (stripped), once it is complete
+    (`ended`: the text is all there will be, so all of it is the sentence); None while it may
+    still go on, and for text with nothing in it."""
+    splitter = SentenceSplitter()
+    sentences = splitter.push(text)
+    if sentences:
+        return sentences[0]
+    return splitter.flush() if ended else None

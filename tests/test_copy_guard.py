@@ -13,6 +13,7 @@ import websockets
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pipeline.config import LLMConfig
 from pipeline.copy_guard import CopyGuard, copy_key, normalise
 from pipeline.sentences import first_sentence
 from pipeline.llm_client import LLMClient, Message
@@ -20,6 +21,7 @@ from tests.conftest import stored_turns
 from tests.messages import messages_until
 from tests.test_metrics import samples
 
+COPY_WORDS = LLMConfig().copy_words
 SYSTEM: Message = {"role": "system", "content": "Answer in one short sentence."}
 REFUSAL = "I'm sorry for any confusion, but as a voice assistant, I'm unable to enter a specific number."
 DIALOG: list[Message] = [
@@ -67,7 +69,7 @@ async def test_a_copy_is_asked_again_with_the_system_prompt_and_the_callers_word
     llm = ScriptedChat(REFUSAL + " I'm designed to", "The capital of Japan is Tokyo.")
     copies = []
     question: Message = {"role": "user", "content": "What is the capital of Japan?"}
-    _, reply = await reply_of(CopyGuard(llm, on_copy=lambda: copies.append(1)), [*DIALOG, question], dialog_id="d")
+    _, reply = await reply_of(CopyGuard(llm, COPY_WORDS, on_copy=lambda: copies.append(1)), [*DIALOG, question], dialog_id="d")
     assert reply == "The capital of Japan is Tokyo."  # nothing of the copy was said
     assert llm.asked == [[*DIALOG, question], [SYSTEM, question]]
     assert copies == [1] and llm.closed == 2  # the copy's request was stopped
@@ -76,7 +78,7 @@ async def test_a_copy_is_asked_again_with_the_system_prompt_and_the_callers_word
 async def test_a_reply_that_only_begins_alike_is_held_until_it_differs_then_streams():
     reply = "I'm sorry for any confusion, but I can't book a table. Try calling the restaurant."
     llm = ScriptedChat(reply)
-    deltas, said = await reply_of(CopyGuard(llm), [*DIALOG, {"role": "user", "content": "Book a table for two."}])
+    deltas, said = await reply_of(CopyGuard(llm, COPY_WORDS), [*DIALOG, {"role": "user", "content": "Book a table for two."}])
     assert said == reply and len(llm.asked) == 1
     # Held while alike ("I'm sorry for any confusion, but "), then one piece, then as it comes.
     assert deltas[0].startswith("I'm sorry for any confusion, but ") and len(deltas[-1]) <= 3
@@ -84,13 +86,13 @@ async def test_a_reply_that_only_begins_alike_is_held_until_it_differs_then_stre
 
 async def test_an_unrelated_reply_streams_from_its_first_delta():
     llm = ScriptedChat("Tokyo is the capital of Japan.")
-    deltas, _ = await reply_of(CopyGuard(llm), [*DIALOG, {"role": "user", "content": "Capital of Japan?"}])
+    deltas, _ = await reply_of(CopyGuard(llm, COPY_WORDS), [*DIALOG, {"role": "user", "content": "Capital of Japan?"}])
     assert deltas[0] == "Tok"
 
 
 async def test_asked_to_repeat_the_copy_is_what_the_caller_wants():
     llm = ScriptedChat(REFUSAL)
-    _, said = await reply_of(CopyGuard(llm), [*DIALOG, {"role": "user", "content": "Sorry, can you say that again?"}])
+    _, said = await reply_of(CopyGuard(llm, COPY_WORDS), [*DIALOG, {"role": "user", "content": "Sorry, can you say that again?"}])
     assert said == REFUSAL and len(llm.asked) == 1
 
 
@@ -107,7 +109,7 @@ async def test_a_copy_is_known_by_its_first_words_without_waiting_for_its_senten
 
 async def test_a_whole_reply_equal_to_an_earlier_first_sentence_is_a_copy_too():
     llm = ScriptedChat(REFUSAL, "I can't book tables.")
-    _, said = await reply_of(CopyGuard(llm), [*DIALOG, {"role": "user", "content": "Book a table."}])
+    _, said = await reply_of(CopyGuard(llm, COPY_WORDS), [*DIALOG, {"role": "user", "content": "Book a table."}])
     assert said == "I can't book tables."
 
 
@@ -116,7 +118,7 @@ async def test_the_cap_is_told_of_the_reply_said_only():
     # The copy is known only once it has ended, after its own cap was told: that one is not passed on.
     llm = ScriptedChat(REFUSAL, "I can't book tables, but", capped=True)
     _, said = await reply_of(
-        CopyGuard(llm), [*DIALOG, {"role": "user", "content": "Book a table."}], on_capped=lambda: capped.append(1)
+        CopyGuard(llm, COPY_WORDS), [*DIALOG, {"role": "user", "content": "Book a table."}], on_capped=lambda: capped.append(1)
     )
     assert said == "I can't book tables, but" and capped == [1]
 
@@ -125,35 +127,35 @@ async def test_a_short_first_sentence_said_again_is_no_copy():
     earlier: list[Message] = [SYSTEM, {"role": "user", "content": "Capital of France?"},
                               {"role": "assistant", "content": "Sure! The capital of France is Paris."}]
     llm = ScriptedChat("Sure! The capital of Germany is Berlin.")
-    _, said = await reply_of(CopyGuard(llm), [*earlier, {"role": "user", "content": "And Germany?"}])
+    _, said = await reply_of(CopyGuard(llm, COPY_WORDS), [*earlier, {"role": "user", "content": "And Germany?"}])
     assert said == "Sure! The capital of Germany is Berlin." and len(llm.asked) == 1
 
 
 async def test_a_reply_in_another_script_streams_at_once():
     llm = ScriptedChat("日本の首都は東京です。")
-    deltas, _ = await reply_of(CopyGuard(llm), [*DIALOG, {"role": "user", "content": "日本の首都は?"}])
+    deltas, _ = await reply_of(CopyGuard(llm, COPY_WORDS), [*DIALOG, {"role": "user", "content": "日本の首都は?"}])
     assert deltas[0] == "日本の"
 
 
 async def test_the_copy_is_asked_again_away_from_the_dialogs_cached_slot():
     llm = ScriptedChat(REFUSAL + " I", "Tokyo.")
-    await reply_of(CopyGuard(llm), [*DIALOG, {"role": "user", "content": "Capital of Japan?"}], dialog_id="d")
+    await reply_of(CopyGuard(llm, COPY_WORDS), [*DIALOG, {"role": "user", "content": "Capital of Japan?"}], dialog_id="d")
     # The dialog's slot keeps its prompt (all but the copy) for the next turn; the short re-ask goes anywhere.
     assert llm.dialog_ids == ["d", None]
 
 
 async def test_a_first_turn_has_nothing_to_copy():
     llm = ScriptedChat(REFUSAL)
-    deltas, _ = await reply_of(CopyGuard(llm), [SYSTEM, {"role": "user", "content": "Enter my number."}])
+    deltas, _ = await reply_of(CopyGuard(llm, COPY_WORDS), [SYSTEM, {"role": "user", "content": "Enter my number."}])
     assert deltas[0] == REFUSAL[:3]
 
 
 def test_sentences_end_where_the_splitter_ends_them():
-    assert first_sentence("It is 3.5 km. Then", ended=False) == "It is 3.5 km. "
+    assert first_sentence("It is 3.5 km. Then", ended=False) == "It is 3.5 km."
     assert first_sentence("It is 3.", ended=False) is None
     assert first_sentence("It is 3.", ended=True) == "It is 3."
-    assert first_sentence("Ask Dr. Smith. Then", ended=False) == "Ask Dr. Smith. "
-    assert first_sentence("Well\nthen", ended=False) == "Well\n"
+    assert first_sentence("Ask Dr. Smith. Then", ended=False) == "Ask Dr. Smith."
+    assert first_sentence("Well\nthen", ended=False) == "Well"
     assert normalise("I\u2019m SORRY, but") == "i'm sorry but"
     assert normalise("Straße, ЕЩЁ") == "strasse ещё"
 
@@ -215,7 +217,7 @@ async def test_the_bundled_llm_answers_a_new_question_after_a_refusal_not_the_re
     ]
     dialog: list[Message] = [m for u, a in earlier for m in ({"role": "user", "content": u}, {"role": "assistant", "content": a})]
     async with LLMClient(llm_config) as client:
-        guard = CopyGuard(client)
+        guard = CopyGuard(client, COPY_WORDS)
         messages = guard.with_system_prompt([*dialog, {"role": "user", "content": "How many wheels does a bicycle have?"}])
         reply = "".join([d async for d in guard.stream_chat(messages, max_tokens=32)])
     said = copy_key(reply)

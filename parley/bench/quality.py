@@ -34,6 +34,7 @@ from typing import Any
 
 from parley.bench.quality_scorer import AnswerCheck, score_reply
 from parley.bench.results import ROOT, add_ratios, ms, percentile, write_results
+from pipeline.config import LLMConfig
 from pipeline.copy_guard import CopyGuard
 from pipeline.llm_client import LLMClient, Message, PromptUsage
 from pipeline.quick_answers import QuickAnswers, QuickAnswersConfig
@@ -207,6 +208,8 @@ async def bench_quality(args: argparse.Namespace) -> None:
         (c.name for c in CANDIDATES.values() if c.package == settings.llm_server.package and c.file == settings.llm_server.file and not settings.llm_server.path),
         None,
     )
+    # The guard as a call has it; measured at the default's length when a deployment turned it off.
+    copy_words = settings.llm.copy_words or LLMConfig().copy_words
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     results: dict[str, dict[str, Any]] = {}
     for model_name in model_names:
@@ -225,13 +228,13 @@ async def bench_quality(args: argparse.Namespace) -> None:
                     chats = {
                         "": (client, False, False),
                         QUICK: (QuickAnswers(client, QuickAnswersConfig()), True, False),
-                        QUICK + GUARD: (QuickAnswers(CopyGuard(client, settings.llm.copy_words or 12), QuickAnswersConfig()), True, True),
+                        QUICK + GUARD: (QuickAnswers(CopyGuard(client, copy_words), QuickAnswersConfig()), True, True),
                     }
                     for suffix, (chat, quick, guard) in chats.items():
                         figures = await run_set(chat, questions)
                         name = f"{model_name} / {prompt_name}{suffix}"
                         results[name] = {
-                            "model": model_name, "prompt": prompt_name, "quick_answers": quick, "copy_words": settings.llm.copy_words if guard else 0,
+                            "model": model_name, "prompt": prompt_name, "quick_answers": quick, "copy_words": copy_words if guard else 0,
                             "licence": candidate.licence,
                         } | figures
                         print(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from pipeline.sentences import SentenceSplitter
+from pipeline import sentences
 
 _UNITS = {
     "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
@@ -73,9 +73,7 @@ def _words_to_digits(words: list[str]) -> list[str]:
 
 def first_sentence(reply: str) -> str:
     """The reply's first sentence, as the voice pipeline cuts it."""
-    splitter = SentenceSplitter()
-    sentences = splitter.push(reply)
-    return sentences[0] if sentences else (splitter.flush() or "")
+    return sentences.first_sentence(reply, ended=True) or ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
