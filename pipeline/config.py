@@ -186,6 +186,9 @@ class LLMConfig:
     copy_words: a reply that begins with this many words of one of the bot's earlier first
         sentences in the call (or with all of a shorter one), unasked, is dropped unheard and
         asked again without the dialog (pipeline.copy_guard); 0: never.
+    copy_reask_words: once this many words of a reply read like an earlier first sentence, its
+        re-ask starts beside it, in case it is a copy, and is dropped if it is not; copy_words or
+        more: only once it is known to be a copy.
     server_slots: llama-server's parallel slots. When set, each dialog is kept on a slot of its
         own (`id_slot`, `cache_prompt`), so a turn reads only its new tokens; 0 leaves placing
         requests to the server (vLLM's prefix cache needs no help); -1: the bundled
@@ -204,10 +207,13 @@ class LLMConfig:
     total_timeout_s: float = 30.0
     server_slots: int = -1
     copy_words: int = 12
+    copy_reask_words: int = 12
 
     def __post_init__(self) -> None:
         if self.copy_words < 0:
             raise ValueError(f"llm.copy_words must be 0 (off) or more, not {self.copy_words}")
+        if self.copy_reask_words < 1:
+            raise ValueError(f"llm.copy_reask_words must be 1 or more, not {self.copy_reask_words}")
         if self.server_slots < -1:
             raise ValueError(f"llm.server_slots must be -1 (automatic), 0 or more, not {self.server_slots}")
 

@@ -28,6 +28,7 @@ by hand) replies that would have gone on to differ are asked again too.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -86,11 +87,18 @@ class CopyGuard:
     again (for metrics).
     """
 
-    def __init__(self, llm: Chat, copy_words: int, *, on_copy: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, llm: Chat, copy_words: int, *, ask_again_at: int, on_copy: Callable[[], None] | None = None
+    ) -> None:
         if copy_words < 1:
             raise ValueError(f"copy_words must be 1 or more, not {copy_words}")
+        if ask_again_at < 1:
+            raise ValueError(f"ask_again_at must be 1 or more, not {ask_again_at}")
         self._llm = llm
         self._copy_words = copy_words
+        # Words of the reply alike an earlier first sentence before the re-ask starts beside it;
+        # copy_words or more: only once the copy is known.
+        self._ask_again_at = ask_again_at
         self._on_copy = on_copy
 
     def with_system_prompt(self, messages: Sequence[Message]) -> list[Message]:
@@ -111,44 +119,95 @@ class CopyGuard:
             return
         # The cap is told only for the reply that is said, once it is known which.
         on_capped = options.pop("on_capped", None)
-        capped = False
-
-        def stopped_at_cap() -> None:
-            nonlocal capped
-            capped = True
-
-        held: list[str] | None = []
-        copied = False
-        # Closed on leaving: a copy's request is stopped, since nobody will hear the rest.
-        async with contextlib.aclosing(self._llm.stream_chat(messages, on_capped=stopped_at_cap, **options)) as stream:
-            async for delta in stream:
-                if held is None:
-                    yield delta
-                    continue
-                held.append(delta)
-                reading = read_reply("".join(held), earlier, self._copy_words)
-                if reading is Reading.COPY:
-                    copied = True
-                    break
-                if reading is Reading.DIFFERENT:
-                    yield "".join(held)
-                    held = None
-            else:
-                if held and read_reply("".join(held), earlier, self._copy_words, ended=True) is Reading.COPY:
-                    copied = True
-                elif held:
-                    yield "".join(held)
-        if not copied:
-            if capped and on_capped is not None:
-                on_capped()
-            return
-        if self._on_copy is not None:
-            self._on_copy()
+        capped: set[str] = set()  # which of the two requests the cap stopped
         afresh = [m for m in messages[:-1] if m["role"] == "system"] + [messages[-1]]
         # Not on the dialog's slot: it keeps the dialog's prompt cached (all of it but the copy)
         # for the next turn, which then reads only its new words, not the whole dialog again.
-        if "dialog_id" in options:
-            options["dialog_id"] = None
-        async with contextlib.aclosing(self._llm.stream_chat(afresh, on_capped=on_capped, **options)) as stream:
-            async for delta in stream:
+        again_options = {**options, "dialog_id": None} if "dialog_id" in options else options
+        again: Ahead | None = None
+
+        def ask_again() -> Ahead:
+            return Ahead(self._llm.stream_chat(afresh, on_capped=lambda: capped.add("again"), **again_options))
+
+        held: list[str] | None = []
+        copied = False
+        try:
+            # Closed on leaving: a copy's request is stopped, since nobody will hear the rest.
+            stream = self._llm.stream_chat(messages, on_capped=lambda: capped.add("reply"), **options)
+            async with contextlib.aclosing(stream):
+                async for delta in stream:
+                    if held is None:
+                        yield delta
+                        continue
+                    held.append(delta)
+                    so_far = "".join(held)
+                    reading = read_reply(so_far, earlier, self._copy_words)
+                    if reading is Reading.COPY:
+                        copied = True
+                        break
+                    if reading is Reading.DIFFERENT:
+                        if again is not None:
+                            await again.cancel()
+                            again = None
+                        yield so_far
+                        held = None
+                    elif again is None and len(normalise(so_far).split()) >= self._ask_again_at:
+                        again = ask_again()
+                else:
+                    if held and read_reply("".join(held), earlier, self._copy_words, ended=True) is Reading.COPY:
+                        copied = True
+                    elif held:
+                        yield "".join(held)
+            if not copied:
+                if again is not None:
+                    await again.cancel()
+                    again = None
+                if "reply" in capped and on_capped is not None:
+                    on_capped()
+                return
+            if self._on_copy is not None:
+                self._on_copy()
+            again = again or ask_again()
+            async for delta in again:
                 yield delta
+            if "again" in capped and on_capped is not None:
+                on_capped()
+        finally:
+            if again is not None:
+                await again.cancel()
+
+
+class Ahead:
+    """A stream read ahead by a task of its own, before it is known whether it will be heard:
+    iterated, it gives what came and what comes (and raises what the stream raised); cancelled,
+    its request is stopped. Owned by the guard's stream, which cancels it on every way out.
+    """
+
+    def __init__(self, stream: AsyncIterator[str]) -> None:
+        # Bounded, the reader waiting when full: a capped reply fits (max_tokens deltas at most),
+        # and one nobody reads is cancelled, not left holding the LLM.
+        self._deltas: asyncio.Queue[str | BaseException | None] = asyncio.Queue(maxsize=256)
+        self._task = asyncio.create_task(self._read(stream), name="llm-ask-again")
+
+    async def _read(self, stream: AsyncIterator[str]) -> None:
+        try:
+            async with contextlib.aclosing(stream):  # type: ignore[type-var]
+                async for delta in stream:
+                    await self._deltas.put(delta)
+        except Exception as exc:  # the pool's own LLMError kinds, raised again to whoever reads
+            await self._deltas.put(exc)
+        else:
+            await self._deltas.put(None)
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        while (item := await self._deltas.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    async def cancel(self) -> None:
+        """Stop the request (its stream is closed) and wait until it has stopped."""
+        self._task.cancel()
+        # Waited for, not awaited: its CancelledError is not the caller's, and the caller's own
+        # cancellation still reaches the caller.
+        await asyncio.wait([self._task])

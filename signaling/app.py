@@ -95,7 +95,12 @@ def create_app(settings: Settings) -> FastAPI:
             await synthesizer.prepare(settings.turns.fallback_line, settings.turns.busy_line)
             chat: ChatModel = llm
             if settings.llm.copy_words:
-                chat = CopyGuard(llm, settings.llm.copy_words, on_copy=metrics.LLM_COPIES.inc)
+                chat = CopyGuard(
+                    llm,
+                    settings.llm.copy_words,
+                    ask_again_at=settings.llm.copy_reask_words,
+                    on_copy=metrics.LLM_COPIES.inc,
+                )
             if settings.quick_answers.any:
                 if settings.quick_answers.conversions:
                     await asyncio.to_thread(unit_questions.registry)  # a second to load, before any call

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from pipeline.config import LLMConfig
 from pipeline.copy_guard import CopyGuard, copy_key, normalise
 from pipeline.sentences import first_sentence
+from pipeline.errors import LLMUnavailable
 from pipeline.llm_client import LLMClient, Message
 from tests.conftest import stored_turns
 from tests.messages import messages_until
@@ -39,6 +40,7 @@ class ScriptedChat:
         self.asked: list[list[Message]] = []
         self.dialog_ids: list[str | None] = []
         self.sent: list[int] = []  # characters streamed, a request
+        self.sent_when_asked: list[list[int]] = []  # what each earlier request had streamed when one was asked
         self.closed = 0
         self.capped = capped
 
@@ -48,11 +50,14 @@ class ScriptedChat:
     async def stream_chat(self, messages: Sequence[Message], **options: Any) -> AsyncIterator[str]:
         self.asked.append(list(messages))
         self.dialog_ids.append(options.get("dialog_id"))
+        self.sent_when_asked.append(list(self.sent))
         reply = self.replies.pop(0)
         self.sent.append(0)
+        request = len(self.sent) - 1
         try:
             for start in range(0, len(reply), 3):
-                self.sent[-1] += len(reply[start : start + 3])
+                await asyncio.sleep(0)  # a delta arrives from the network: others run meanwhile
+                self.sent[request] += len(reply[start : start + 3])
                 yield reply[start : start + 3]
             if self.capped and options.get("on_capped"):
                 options["on_capped"]()
@@ -69,7 +74,7 @@ async def test_a_copy_is_asked_again_with_the_system_prompt_and_the_callers_word
     llm = ScriptedChat(REFUSAL + " I'm designed to", "The capital of Japan is Tokyo.")
     copies = []
     question: Message = {"role": "user", "content": "What is the capital of Japan?"}
-    _, reply = await reply_of(CopyGuard(llm, COPY_WORDS, on_copy=lambda: copies.append(1)), [*DIALOG, question], dialog_id="d")
+    _, reply = await reply_of(CopyGuard(llm, COPY_WORDS, ask_again_at=COPY_WORDS, on_copy=lambda: copies.append(1)), [*DIALOG, question], dialog_id="d")
     assert reply == "The capital of Japan is Tokyo."  # nothing of the copy was said
     assert llm.asked == [[*DIALOG, question], [SYSTEM, question]]
     assert copies == [1] and llm.closed == 2  # the copy's request was stopped
@@ -78,7 +83,7 @@ async def test_a_copy_is_asked_again_with_the_system_prompt_and_the_callers_word
 async def test_a_reply_that_only_begins_alike_is_held_until_it_differs_then_streams():
     reply = "I'm sorry for any confusion, but I can't book a table. Try calling the restaurant."
     llm = ScriptedChat(reply)
-    deltas, said = await reply_of(CopyGuard(llm, COPY_WORDS), [*DIALOG, {"role": "user", "content": "Book a table for two."}])
+    deltas, said = await reply_of(CopyGuard(llm, COPY_WORDS, ask_again_at=COPY_WORDS), [*DIALOG, {"role": "user", "content": "Book a table for two."}])
     assert said == reply and len(llm.asked) == 1
     # Held while alike ("I'm sorry for any confusion, but "), then one piece, then as it comes.
     assert deltas[0].startswith("I'm sorry for any confusion, but ") and len(deltas[-1]) <= 3
@@ -86,20 +91,20 @@ async def test_a_reply_that_only_begins_alike_is_held_until_it_differs_then_stre
 
 async def test_an_unrelated_reply_streams_from_its_first_delta():
     llm = ScriptedChat("Tokyo is the capital of Japan.")
-    deltas, _ = await reply_of(CopyGuard(llm, COPY_WORDS), [*DIALOG, {"role": "user", "content": "Capital of Japan?"}])
+    deltas, _ = await reply_of(CopyGuard(llm, COPY_WORDS, ask_again_at=COPY_WORDS), [*DIALOG, {"role": "user", "content": "Capital of Japan?"}])
     assert deltas[0] == "Tok"
 
 
 async def test_asked_to_repeat_the_copy_is_what_the_caller_wants():
     llm = ScriptedChat(REFUSAL)
-    _, said = await reply_of(CopyGuard(llm, COPY_WORDS), [*DIALOG, {"role": "user", "content": "Sorry, can you say that again?"}])
+    _, said = await reply_of(CopyGuard(llm, COPY_WORDS, ask_again_at=COPY_WORDS), [*DIALOG, {"role": "user", "content": "Sorry, can you say that again?"}])
     assert said == REFUSAL and len(llm.asked) == 1
 
 
 async def test_a_copy_is_known_by_its_first_words_without_waiting_for_its_sentence_to_end():
     llm = ScriptedChat(REFUSAL, "I can't book tables.")
     deltas = []
-    guard = CopyGuard(llm, copy_words=8)
+    guard = CopyGuard(llm, copy_words=8, ask_again_at=8)
     async for delta in guard.stream_chat([*DIALOG, {"role": "user", "content": "Book a table."}]):
         deltas.append(delta)
     assert "".join(deltas) == "I can't book tables."
@@ -109,7 +114,7 @@ async def test_a_copy_is_known_by_its_first_words_without_waiting_for_its_senten
 
 async def test_a_whole_reply_equal_to_an_earlier_first_sentence_is_a_copy_too():
     llm = ScriptedChat(REFUSAL, "I can't book tables.")
-    _, said = await reply_of(CopyGuard(llm, COPY_WORDS), [*DIALOG, {"role": "user", "content": "Book a table."}])
+    _, said = await reply_of(CopyGuard(llm, COPY_WORDS, ask_again_at=COPY_WORDS), [*DIALOG, {"role": "user", "content": "Book a table."}])
     assert said == "I can't book tables."
 
 
@@ -118,7 +123,7 @@ async def test_the_cap_is_told_of_the_reply_said_only():
     # The copy is known only once it has ended, after its own cap was told: that one is not passed on.
     llm = ScriptedChat(REFUSAL, "I can't book tables, but", capped=True)
     _, said = await reply_of(
-        CopyGuard(llm, COPY_WORDS), [*DIALOG, {"role": "user", "content": "Book a table."}], on_capped=lambda: capped.append(1)
+        CopyGuard(llm, COPY_WORDS, ask_again_at=COPY_WORDS), [*DIALOG, {"role": "user", "content": "Book a table."}], on_capped=lambda: capped.append(1)
     )
     assert said == "I can't book tables, but" and capped == [1]
 
@@ -127,27 +132,77 @@ async def test_a_short_first_sentence_said_again_is_no_copy():
     earlier: list[Message] = [SYSTEM, {"role": "user", "content": "Capital of France?"},
                               {"role": "assistant", "content": "Sure! The capital of France is Paris."}]
     llm = ScriptedChat("Sure! The capital of Germany is Berlin.")
-    _, said = await reply_of(CopyGuard(llm, COPY_WORDS), [*earlier, {"role": "user", "content": "And Germany?"}])
+    _, said = await reply_of(CopyGuard(llm, COPY_WORDS, ask_again_at=COPY_WORDS), [*earlier, {"role": "user", "content": "And Germany?"}])
     assert said == "Sure! The capital of Germany is Berlin." and len(llm.asked) == 1
 
 
 async def test_a_reply_in_another_script_streams_at_once():
     llm = ScriptedChat("日本の首都は東京です。")
-    deltas, _ = await reply_of(CopyGuard(llm, COPY_WORDS), [*DIALOG, {"role": "user", "content": "日本の首都は?"}])
+    deltas, _ = await reply_of(CopyGuard(llm, COPY_WORDS, ask_again_at=COPY_WORDS), [*DIALOG, {"role": "user", "content": "日本の首都は?"}])
     assert deltas[0] == "日本の"
 
 
 async def test_the_copy_is_asked_again_away_from_the_dialogs_cached_slot():
     llm = ScriptedChat(REFUSAL + " I", "Tokyo.")
-    await reply_of(CopyGuard(llm, COPY_WORDS), [*DIALOG, {"role": "user", "content": "Capital of Japan?"}], dialog_id="d")
+    await reply_of(CopyGuard(llm, COPY_WORDS, ask_again_at=COPY_WORDS), [*DIALOG, {"role": "user", "content": "Capital of Japan?"}], dialog_id="d")
     # The dialog's slot keeps its prompt (all but the copy) for the next turn; the short re-ask goes anywhere.
     assert llm.dialog_ids == ["d", None]
 
 
 async def test_a_first_turn_has_nothing_to_copy():
     llm = ScriptedChat(REFUSAL)
-    deltas, _ = await reply_of(CopyGuard(llm, COPY_WORDS), [SYSTEM, {"role": "user", "content": "Enter my number."}])
+    deltas, _ = await reply_of(CopyGuard(llm, COPY_WORDS, ask_again_at=COPY_WORDS), [SYSTEM, {"role": "user", "content": "Enter my number."}])
     assert deltas[0] == REFUSAL[:3]
+
+
+async def test_a_copys_reask_starts_beside_it_once_its_first_words_read_alike():
+    llm = ScriptedChat(REFUSAL, "The capital of Japan is Tokyo.")
+    guard = CopyGuard(llm, COPY_WORDS, ask_again_at=2)
+    _, said = await reply_of(guard, [*DIALOG, {"role": "user", "content": "Capital of Japan?"}], dialog_id="d")
+    assert said == "The capital of Japan is Tokyo."
+    # Asked again while the copy had streamed only its first words ("I'm sorry f"), long before
+    # its twelfth word showed it a copy; the copy's request was then stopped.
+    assert llm.sent_when_asked[1][0] < len("I'm sorry for any")
+    assert llm.asked[1] == [SYSTEM, {"role": "user", "content": "Capital of Japan?"}] and llm.dialog_ids == ["d", None]
+    assert llm.sent[0] < len(REFUSAL) and llm.closed == 2
+
+
+async def test_a_reask_started_for_a_reply_that_then_differs_is_stopped_unheard():
+    reply = "I'm sorry for any confusion, but I can't book a table. Try calling the restaurant."
+    llm = ScriptedChat(reply, "Never to be heard." * 40)
+    _, said = await reply_of(CopyGuard(llm, COPY_WORDS, ask_again_at=2), [*DIALOG, {"role": "user", "content": "Book a table."}])
+    assert said == reply
+    assert len(llm.asked) == 2 and llm.closed == 2 and llm.sent[1] < len("Never to be heard." * 40)
+
+
+async def test_a_caller_who_interrupts_a_held_reply_stops_its_reask_too():
+    llm = ScriptedChat(REFUSAL, "Never to be heard." * 40)
+    stream = CopyGuard(llm, COPY_WORDS, ask_again_at=2).stream_chat([*DIALOG, {"role": "user", "content": "Book it."}])
+    task = asyncio.create_task(anext(stream))
+    while len(llm.asked) < 2:  # the re-ask is under way beside the held reply
+        await asyncio.sleep(0)
+    task.cancel()  # barge-in: the turn is cancelled before anything was said
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await stream.aclose()
+    assert llm.closed == 2 and llm.sent[1] < len("Never to be heard." * 40)
+
+
+async def test_a_failed_reask_fails_the_reply_only_when_it_is_the_one_heard():
+    class FailingAgain(ScriptedChat):
+        async def stream_chat(self, messages, **options):
+            if len(messages) == 2:  # the re-ask
+                self.asked.append(list(messages))
+                raise LLMUnavailable("the LLM server refused the connection")
+                yield ""
+            async for delta in super().stream_chat(messages, **options):
+                yield delta
+
+    different = "I'm sorry for any confusion, but I can't book a table."
+    _, said = await reply_of(CopyGuard(FailingAgain(different), COPY_WORDS, ask_again_at=2), [*DIALOG, {"role": "user", "content": "Book."}])
+    assert said == different
+    with pytest.raises(LLMUnavailable):
+        await reply_of(CopyGuard(FailingAgain(REFUSAL), COPY_WORDS, ask_again_at=2), [*DIALOG, {"role": "user", "content": "Book."}])
 
 
 def test_sentences_end_where_the_splitter_ends_them():
@@ -170,11 +225,13 @@ _WORDS = st.sampled_from(["I", "can't", "do", "that", "sorry", "it", "is", "Pari
 _REPLY = st.lists(_WORDS, max_size=14).map(" ".join)
 
 
-@given(st.lists(_REPLY, min_size=1, max_size=3), _REPLY, st.lists(st.integers(1, 5), min_size=1, max_size=8))
-def test_a_reply_is_said_whole_however_it_streams_or_asked_again_only_when_it_copies(earlier, reply, cuts):
-    """Whatever the dialog and however the LLM's stream is cut into deltas, the caller hears the
-    reply exactly as written, or, only when it copies an earlier one (its first sentence whole, or
-    its first `copy_words` words), the re-asked one."""
+@given(
+    st.lists(_REPLY, min_size=1, max_size=3), _REPLY, st.lists(st.integers(1, 5), min_size=1, max_size=8), st.integers(1, 4)
+)
+def test_a_reply_is_said_whole_however_it_streams_or_asked_again_only_when_it_copies(earlier, reply, cuts, ask_again_at):
+    """Whatever the dialog, however the LLM's stream is cut into deltas, and whenever the re-ask
+    starts, the caller hears the reply exactly as written, or, only when it copies an earlier one
+    (its first sentence whole, or its first `copy_words` words), the re-asked one."""
     dialog: list[Message] = [SYSTEM]
     for said in earlier:
         dialog += [{"role": "user", "content": "Hm?"}, {"role": "assistant", "content": said}]
@@ -186,11 +243,12 @@ def test_a_reply_is_said_whole_however_it_streams_or_asked_again_only_when_it_co
             for size in itertools.cycle(cuts):
                 if start >= len(text):
                     break
+                await asyncio.sleep(0)
                 yield text[start : start + size]
                 start += size
 
     llm = Chunked(reply, "Asked again.")
-    heard = asyncio.run(reply_of(CopyGuard(llm, copy_words=3), [*dialog, {"role": "user", "content": "Next?"}]))[1]
+    heard = asyncio.run(reply_of(CopyGuard(llm, copy_words=3, ask_again_at=ask_again_at), [*dialog, {"role": "user", "content": "Next?"}]))[1]
     keys = {key for said in earlier if (key := copy_key(said))}
     first = normalise(first_sentence(reply, ended=True) or "")
     copies = first in keys or (len(first.split()) >= 3 and any(k.split()[:3] == first.split()[:3] for k in keys))
@@ -217,7 +275,7 @@ async def test_the_bundled_llm_answers_a_new_question_after_a_refusal_not_the_re
     ]
     dialog: list[Message] = [m for u, a in earlier for m in ({"role": "user", "content": u}, {"role": "assistant", "content": a})]
     async with LLMClient(llm_config) as client:
-        guard = CopyGuard(client, COPY_WORDS)
+        guard = CopyGuard(client, COPY_WORDS, ask_again_at=LLMConfig().copy_reask_words)
         messages = guard.with_system_prompt([*dialog, {"role": "user", "content": "How many wheels does a bicycle have?"}])
         reply = "".join([d async for d in guard.stream_chat(messages, max_tokens=32)])
     said = copy_key(reply)

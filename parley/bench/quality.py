@@ -228,7 +228,9 @@ async def bench_quality(args: argparse.Namespace) -> None:
                     chats = {
                         "": (client, False, False),
                         QUICK: (QuickAnswers(client, QuickAnswersConfig()), True, False),
-                        QUICK + GUARD: (QuickAnswers(CopyGuard(client, copy_words), QuickAnswersConfig()), True, True),
+                        QUICK + GUARD: (QuickAnswers(
+                            CopyGuard(client, copy_words, ask_again_at=settings.llm.copy_reask_words), QuickAnswersConfig()
+                        ), True, True),
                     }
                     for suffix, (chat, quick, guard) in chats.items():
                         figures = await run_set(chat, questions)
