@@ -207,7 +207,7 @@ class LLMConfig:
     total_timeout_s: float = 30.0
     server_slots: int = -1
     copy_words: int = 12
-    copy_reask_words: int = 12
+    copy_reask_words: int = 4
 
     def __post_init__(self) -> None:
         if self.copy_words < 0:

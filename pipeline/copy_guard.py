@@ -35,7 +35,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from enum import Enum
 from typing import Any
 
-from pipeline.llm_client import Message
+from pipeline.llm_client import CappedSink, Message, UsageSink
 from pipeline.quick_answers import Chat, asks_to_repeat
 from pipeline.sentences import first_sentence
 
@@ -119,21 +119,24 @@ class CopyGuard:
             return
         # The cap is told only for the reply that is said, once it is known which.
         on_capped = options.pop("on_capped", None)
-        capped: set[str] = set()  # which of the two requests the cap stopped
+        reply_capped = False
+
+        def stopped_at_cap() -> None:
+            nonlocal reply_capped
+            reply_capped = True
+
         afresh = [m for m in messages[:-1] if m["role"] == "system"] + [messages[-1]]
         # Not on the dialog's slot: it keeps the dialog's prompt cached (all of it but the copy)
         # for the next turn, which then reads only its new words, not the whole dialog again.
-        again_options = {**options, "dialog_id": None} if "dialog_id" in options else options
+        again_options = {**options, "dialog_id": None} if "dialog_id" in options else dict(options)
+        # The re-ask's prompt figures and cap are told only if it is the reply heard.
+        on_usage = again_options.pop("on_usage", None)
         again: Ahead | None = None
-
-        def ask_again() -> Ahead:
-            return Ahead(self._llm.stream_chat(afresh, on_capped=lambda: capped.add("again"), **again_options))
-
         held: list[str] | None = []
         copied = False
         try:
             # Closed on leaving: a copy's request is stopped, since nobody will hear the rest.
-            stream = self._llm.stream_chat(messages, on_capped=lambda: capped.add("reply"), **options)
+            stream = self._llm.stream_chat(messages, on_capped=stopped_at_cap, **options)
             async with contextlib.aclosing(stream):
                 async for delta in stream:
                     if held is None:
@@ -147,12 +150,11 @@ class CopyGuard:
                         break
                     if reading is Reading.DIFFERENT:
                         if again is not None:
-                            await again.cancel()
-                            again = None
+                            again.stop()  # before a word is said: the core it runs on is the voice's now
                         yield so_far
                         held = None
                     elif again is None and len(normalise(so_far).split()) >= self._ask_again_at:
-                        again = ask_again()
+                        again = Ahead(self._llm, afresh, again_options, on_usage=on_usage, on_capped=on_capped)
                 else:
                     if held and read_reply("".join(held), earlier, self._copy_words, ended=True) is Reading.COPY:
                         copied = True
@@ -160,54 +162,90 @@ class CopyGuard:
                         yield "".join(held)
             if not copied:
                 if again is not None:
-                    await again.cancel()
-                    again = None
-                if "reply" in capped and on_capped is not None:
+                    again.stop()
+                if reply_capped and on_capped is not None:
                     on_capped()
                 return
             if self._on_copy is not None:
                 self._on_copy()
-            again = again or ask_again()
+            again = again or Ahead(self._llm, afresh, again_options, on_usage=on_usage, on_capped=on_capped)
             async for delta in again:
                 yield delta
-            if "again" in capped and on_capped is not None:
-                on_capped()
         finally:
             if again is not None:
-                await again.cancel()
+                await again.close()
+
+
+class _End:
+    """The end of a stream read ahead, once all its deltas are in."""
+
+
+class _Capped:
+    """The LLM stopped a stream read ahead at its token cap."""
 
 
 class Ahead:
-    """A stream read ahead by a task of its own, before it is known whether it will be heard:
-    iterated, it gives what came and what comes (and raises what the stream raised); cancelled,
-    its request is stopped. Owned by the guard's stream, which cancels it on every way out.
+    """A request sent, and its stream read, by a task of its own before it is known whether anyone
+    will hear it. Iterated, it gives what came and what comes, tells its prompt figures and its cap
+    as they come in the stream (so only a reply heard tells them), and raises what the request
+    raised. Stopped, its request is closed.
+
+    A bare task rather than one of the call's TaskGroup: the guard is an async generator, which
+    may not hold a TaskGroup open across its yields. The guard's stream stops and closes it on
+    every way out, a copy heard, a reply heard, an error or a caller who hung up.
     """
 
-    def __init__(self, stream: AsyncIterator[str]) -> None:
-        # Bounded, the reader waiting when full: a capped reply fits (max_tokens deltas at most),
-        # and one nobody reads is cancelled, not left holding the LLM.
-        self._deltas: asyncio.Queue[str | BaseException | None] = asyncio.Queue(maxsize=256)
+    def __init__(
+        self,
+        llm: Chat,
+        messages: Sequence[Message],
+        options: dict[str, Any],
+        *,
+        on_usage: UsageSink | None,
+        on_capped: CappedSink | None,
+    ) -> None:
+        self._on_usage = on_usage
+        self._on_capped = on_capped
+        # Not bounded here: the request's max_tokens bounds it (a delta a token, and three more
+        # items), and a reader who goes away stops the request.
+        self._items: asyncio.Queue[object] = asyncio.Queue()
+        stream = llm.stream_chat(
+            messages, on_usage=self._items.put_nowait, on_capped=lambda: self._items.put_nowait(_Capped()), **options
+        )
         self._task = asyncio.create_task(self._read(stream), name="llm-ask-again")
 
     async def _read(self, stream: AsyncIterator[str]) -> None:
+        ending: object = _End()
         try:
-            async with contextlib.aclosing(stream):  # type: ignore[type-var]
+            async with contextlib.aclosing(stream):
                 async for delta in stream:
-                    await self._deltas.put(delta)
-        except Exception as exc:  # the pool's own LLMError kinds, raised again to whoever reads
-            await self._deltas.put(exc)
-        else:
-            await self._deltas.put(None)
+                    self._items.put_nowait(delta)
+        except BaseException as exc:  # the LLM's errors (pipeline.errors), raised again to whoever reads
+            ending = exc
+            if not isinstance(exc, Exception):
+                raise  # stopped: nobody reads any more
+        finally:
+            self._items.put_nowait(ending)
 
     async def __aiter__(self) -> AsyncIterator[str]:
-        while (item := await self._deltas.get()) is not None:
-            if isinstance(item, BaseException):
+        while not isinstance(item := await self._items.get(), _End):
+            if isinstance(item, str):
+                yield item
+            elif isinstance(item, _Capped):
+                if self._on_capped is not None:
+                    self._on_capped()
+            elif isinstance(item, BaseException):
                 raise item
-            yield item
+            elif self._on_usage is not None:
+                self._on_usage(item)
 
-    async def cancel(self) -> None:
-        """Stop the request (its stream is closed) and wait until it has stopped."""
+    def stop(self) -> None:
+        """Stop the request; `close` waits until it has stopped."""
         self._task.cancel()
-        # Waited for, not awaited: its CancelledError is not the caller's, and the caller's own
-        # cancellation still reaches the caller.
+
+    async def close(self) -> None:
+        """Stop the request and wait until its stream is closed."""
+        self._task.cancel()
+        # Waited for, not awaited: the task's CancelledError is not the caller's, and the
+        # caller's own cancellation still reaches the caller.
         await asyncio.wait([self._task])

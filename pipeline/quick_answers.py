@@ -18,6 +18,7 @@ the speaker treat it as any reply. `[quick_answers]` in models.toml turns each o
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -138,8 +139,10 @@ class QuickAnswers:
         """The quick answer as one delta, or the LLM's stream with the same options."""
         answer = quick_answer(messages, self.config)
         if answer is None:
-            async for delta in self._llm.stream_chat(messages, **options):
-                yield delta
+            # Closed with this stream, so an LLM request under it stops when the caller does.
+            async with contextlib.aclosing(self._llm.stream_chat(messages, **options)) as stream:
+                async for delta in stream:
+                    yield delta
             return
         if self._on_answer is not None:
             self._on_answer(answer.kind)

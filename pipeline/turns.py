@@ -800,17 +800,21 @@ class TurnLoop:
             nonlocal capped
             capped = True
 
-        async for delta in self._llm.stream_chat(
+        stream = self._llm.stream_chat(
             messages, dialog_id=self.dialog_id, on_usage=prompt_read, max_tokens=reply.plan.max_tokens,
             on_capped=stopped_at_cap,
-        ):
-            if not reply.text:
-                stages["llm_first_token"] = 1000 * (time.monotonic() - started)
-            reply.text += delta
-            await self._say(reply, ReplyDelta(reply.turn_id, delta))
-            for sentence in splitter.push(delta):
-                stages.setdefault("first_sentence", 1000 * (time.monotonic() - started))
-                await sentences.put(sentence)
+        )
+        # Closed here when the reply is cancelled between deltas (barge-in), so the request, and any
+        # asked beside it, stop at once rather than when the stream is collected.
+        async with contextlib.aclosing(stream):
+            async for delta in stream:
+                if not reply.text:
+                    stages["llm_first_token"] = 1000 * (time.monotonic() - started)
+                reply.text += delta
+                await self._say(reply, ReplyDelta(reply.turn_id, delta))
+                for sentence in splitter.push(delta):
+                    stages.setdefault("first_sentence", 1000 * (time.monotonic() - started))
+                    await sentences.put(sentence)
         if (rest := splitter.flush()) is not None:
             if capped and "first_sentence" in stages and not ends_sentence(rest):
                 # The token cap stopped the reply mid-sentence ("..., which is a"): the bot stops

@@ -4,7 +4,7 @@ streams through as it comes."""
 import asyncio
 import itertools
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from typing import Any
 
 import httpx
@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 from pipeline.config import LLMConfig
 from pipeline.copy_guard import CopyGuard, copy_key, normalise
-from pipeline.sentences import first_sentence
 from pipeline.errors import LLMUnavailable
 from pipeline.llm_client import LLMClient, Message
+from pipeline.sentences import first_sentence
 from tests.conftest import stored_turns
 from tests.messages import messages_until
 from tests.test_metrics import samples
@@ -35,14 +35,14 @@ DIALOG: list[Message] = [
 class ScriptedChat:
     """Answers each request with the next scripted reply, a few characters a delta, and records what it was asked."""
 
-    def __init__(self, *replies: str, capped: bool = False) -> None:
+    def __init__(self, *replies: str, capped: Collection[int] = ()) -> None:
         self.replies = list(replies)
         self.asked: list[list[Message]] = []
         self.dialog_ids: list[str | None] = []
         self.sent: list[int] = []  # characters streamed, a request
         self.sent_when_asked: list[list[int]] = []  # what each earlier request had streamed when one was asked
         self.closed = 0
-        self.capped = capped
+        self.capped = capped  # the requests (0 the first asked) the token cap stops
 
     def with_system_prompt(self, messages: Sequence[Message]) -> list[Message]:
         return [SYSTEM, *messages]
@@ -54,15 +54,27 @@ class ScriptedChat:
         reply = self.replies.pop(0)
         self.sent.append(0)
         request = len(self.sent) - 1
+        if options.get("on_usage"):
+            options["on_usage"](len(messages))  # the prompt's size, as a server tells it first
         try:
             for start in range(0, len(reply), 3):
                 await asyncio.sleep(0)  # a delta arrives from the network: others run meanwhile
                 self.sent[request] += len(reply[start : start + 3])
                 yield reply[start : start + 3]
-            if self.capped and options.get("on_capped"):
+            if request in self.capped and options.get("on_capped"):
                 options["on_capped"]()
         finally:
             self.closed += 1
+
+
+def guarded(llm, *, copy_words: int = COPY_WORDS, ask_again_at: int = COPY_WORDS, **options) -> CopyGuard:
+    """The guard over `llm`; by default asking again only once a copy is known."""
+    return CopyGuard(llm, copy_words, ask_again_at=ask_again_at, **options)
+
+
+def asking(text: str) -> list[Message]:
+    """DIALOG, then the caller's `text`."""
+    return [*DIALOG, {"role": "user", "content": text}]
 
 
 async def reply_of(chat, messages, **options) -> tuple[list[str], str]:
@@ -74,7 +86,7 @@ async def test_a_copy_is_asked_again_with_the_system_prompt_and_the_callers_word
     llm = ScriptedChat(REFUSAL + " I'm designed to", "The capital of Japan is Tokyo.")
     copies = []
     question: Message = {"role": "user", "content": "What is the capital of Japan?"}
-    _, reply = await reply_of(CopyGuard(llm, COPY_WORDS, ask_again_at=COPY_WORDS, on_copy=lambda: copies.append(1)), [*DIALOG, question], dialog_id="d")
+    _, reply = await reply_of(guarded(llm, on_copy=lambda: copies.append(1)), [*DIALOG, question], dialog_id="d")
     assert reply == "The capital of Japan is Tokyo."  # nothing of the copy was said
     assert llm.asked == [[*DIALOG, question], [SYSTEM, question]]
     assert copies == [1] and llm.closed == 2  # the copy's request was stopped
@@ -83,7 +95,7 @@ async def test_a_copy_is_asked_again_with_the_system_prompt_and_the_callers_word
 async def test_a_reply_that_only_begins_alike_is_held_until_it_differs_then_streams():
     reply = "I'm sorry for any confusion, but I can't book a table. Try calling the restaurant."
     llm = ScriptedChat(reply)
-    deltas, said = await reply_of(CopyGuard(llm, COPY_WORDS, ask_again_at=COPY_WORDS), [*DIALOG, {"role": "user", "content": "Book a table for two."}])
+    deltas, said = await reply_of(guarded(llm), asking("Book a table for two."))
     assert said == reply and len(llm.asked) == 1
     # Held while alike ("I'm sorry for any confusion, but "), then one piece, then as it comes.
     assert deltas[0].startswith("I'm sorry for any confusion, but ") and len(deltas[-1]) <= 3
@@ -91,21 +103,21 @@ async def test_a_reply_that_only_begins_alike_is_held_until_it_differs_then_stre
 
 async def test_an_unrelated_reply_streams_from_its_first_delta():
     llm = ScriptedChat("Tokyo is the capital of Japan.")
-    deltas, _ = await reply_of(CopyGuard(llm, COPY_WORDS, ask_again_at=COPY_WORDS), [*DIALOG, {"role": "user", "content": "Capital of Japan?"}])
+    deltas, _ = await reply_of(guarded(llm), asking("Capital of Japan?"))
     assert deltas[0] == "Tok"
 
 
 async def test_asked_to_repeat_the_copy_is_what_the_caller_wants():
     llm = ScriptedChat(REFUSAL)
-    _, said = await reply_of(CopyGuard(llm, COPY_WORDS, ask_again_at=COPY_WORDS), [*DIALOG, {"role": "user", "content": "Sorry, can you say that again?"}])
+    _, said = await reply_of(guarded(llm), asking("Sorry, can you say that again?"))
     assert said == REFUSAL and len(llm.asked) == 1
 
 
 async def test_a_copy_is_known_by_its_first_words_without_waiting_for_its_sentence_to_end():
     llm = ScriptedChat(REFUSAL, "I can't book tables.")
     deltas = []
-    guard = CopyGuard(llm, copy_words=8, ask_again_at=8)
-    async for delta in guard.stream_chat([*DIALOG, {"role": "user", "content": "Book a table."}]):
+    guard = guarded(llm, copy_words=8, ask_again_at=8)
+    async for delta in guard.stream_chat(asking("Book a table.")):
         deltas.append(delta)
     assert "".join(deltas) == "I can't book tables."
     # Stopped at its eighth word ("... but as a"), long before its sentence ended.
@@ -114,16 +126,16 @@ async def test_a_copy_is_known_by_its_first_words_without_waiting_for_its_senten
 
 async def test_a_whole_reply_equal_to_an_earlier_first_sentence_is_a_copy_too():
     llm = ScriptedChat(REFUSAL, "I can't book tables.")
-    _, said = await reply_of(CopyGuard(llm, COPY_WORDS, ask_again_at=COPY_WORDS), [*DIALOG, {"role": "user", "content": "Book a table."}])
+    _, said = await reply_of(guarded(llm), asking("Book a table."))
     assert said == "I can't book tables."
 
 
 async def test_the_cap_is_told_of_the_reply_said_only():
     capped = []
     # The copy is known only once it has ended, after its own cap was told: that one is not passed on.
-    llm = ScriptedChat(REFUSAL, "I can't book tables, but", capped=True)
+    llm = ScriptedChat(REFUSAL, "I can't book tables, but", capped={0, 1})
     _, said = await reply_of(
-        CopyGuard(llm, COPY_WORDS, ask_again_at=COPY_WORDS), [*DIALOG, {"role": "user", "content": "Book a table."}], on_capped=lambda: capped.append(1)
+        guarded(llm), asking("Book a table."), on_capped=lambda: capped.append(1)
     )
     assert said == "I can't book tables, but" and capped == [1]
 
@@ -132,52 +144,59 @@ async def test_a_short_first_sentence_said_again_is_no_copy():
     earlier: list[Message] = [SYSTEM, {"role": "user", "content": "Capital of France?"},
                               {"role": "assistant", "content": "Sure! The capital of France is Paris."}]
     llm = ScriptedChat("Sure! The capital of Germany is Berlin.")
-    _, said = await reply_of(CopyGuard(llm, COPY_WORDS, ask_again_at=COPY_WORDS), [*earlier, {"role": "user", "content": "And Germany?"}])
+    _, said = await reply_of(guarded(llm), [*earlier, {"role": "user", "content": "And Germany?"}])
     assert said == "Sure! The capital of Germany is Berlin." and len(llm.asked) == 1
 
 
 async def test_a_reply_in_another_script_streams_at_once():
     llm = ScriptedChat("日本の首都は東京です。")
-    deltas, _ = await reply_of(CopyGuard(llm, COPY_WORDS, ask_again_at=COPY_WORDS), [*DIALOG, {"role": "user", "content": "日本の首都は?"}])
+    deltas, _ = await reply_of(guarded(llm), asking("日本の首都は?"))
     assert deltas[0] == "日本の"
 
 
 async def test_the_copy_is_asked_again_away_from_the_dialogs_cached_slot():
     llm = ScriptedChat(REFUSAL + " I", "Tokyo.")
-    await reply_of(CopyGuard(llm, COPY_WORDS, ask_again_at=COPY_WORDS), [*DIALOG, {"role": "user", "content": "Capital of Japan?"}], dialog_id="d")
+    await reply_of(guarded(llm), asking("Capital of Japan?"), dialog_id="d")
     # The dialog's slot keeps its prompt (all but the copy) for the next turn; the short re-ask goes anywhere.
     assert llm.dialog_ids == ["d", None]
 
 
 async def test_a_first_turn_has_nothing_to_copy():
     llm = ScriptedChat(REFUSAL)
-    deltas, _ = await reply_of(CopyGuard(llm, COPY_WORDS, ask_again_at=COPY_WORDS), [SYSTEM, {"role": "user", "content": "Enter my number."}])
+    deltas, _ = await reply_of(guarded(llm), [SYSTEM, {"role": "user", "content": "Enter my number."}])
     assert deltas[0] == REFUSAL[:3]
 
 
 async def test_a_copys_reask_starts_beside_it_once_its_first_words_read_alike():
     llm = ScriptedChat(REFUSAL, "The capital of Japan is Tokyo.")
-    guard = CopyGuard(llm, COPY_WORDS, ask_again_at=2)
-    _, said = await reply_of(guard, [*DIALOG, {"role": "user", "content": "Capital of Japan?"}], dialog_id="d")
+    guard = guarded(llm, ask_again_at=2)
+    _, said = await reply_of(guard, asking("Capital of Japan?"), dialog_id="d")
     assert said == "The capital of Japan is Tokyo."
     # Asked again while the copy had streamed only its first words ("I'm sorry f"), long before
     # its twelfth word showed it a copy; the copy's request was then stopped.
     assert llm.sent_when_asked[1][0] < len("I'm sorry for any")
-    assert llm.asked[1] == [SYSTEM, {"role": "user", "content": "Capital of Japan?"}] and llm.dialog_ids == ["d", None]
-    assert llm.sent[0] < len(REFUSAL) and llm.closed == 2
+    assert llm.asked[1] == [SYSTEM, {"role": "user", "content": "Capital of Japan?"}]
+    assert llm.dialog_ids == ["d", None] and llm.sent[0] < len(REFUSAL) and llm.closed == 2
 
 
-async def test_a_reask_started_for_a_reply_that_then_differs_is_stopped_unheard():
-    reply = "I'm sorry for any confusion, but I can't book a table. Try calling the restaurant."
-    llm = ScriptedChat(reply, "Never to be heard." * 40)
-    _, said = await reply_of(CopyGuard(llm, COPY_WORDS, ask_again_at=2), [*DIALOG, {"role": "user", "content": "Book a table."}])
-    assert said == reply
-    assert len(llm.asked) == 2 and llm.closed == 2 and llm.sent[1] < len("Never to be heard." * 40)
+UNHEARD = "Never to be heard. " * 40
+DIFFERS = "I'm sorry for any confusion, but I can't book a table. Try calling the restaurant."
+
+
+async def test_a_reask_started_for_a_reply_that_then_differs_is_stopped_before_a_word_is_said():
+    llm = ScriptedChat(DIFFERS, UNHEARD)
+    heard, sent_when_heard = [], None
+    async for delta in guarded(llm, ask_again_at=2).stream_chat(asking("Book.")):
+        sent_when_heard = llm.sent[1] if sent_when_heard is None else sent_when_heard
+        heard.append(delta)
+    assert "".join(heard) == DIFFERS
+    # Stopped as the reply's first words went out, not when it ended: its server is the voice's now.
+    assert len(llm.asked) == 2 and llm.closed == 2 and llm.sent[1] == sent_when_heard < len(UNHEARD)
 
 
 async def test_a_caller_who_interrupts_a_held_reply_stops_its_reask_too():
-    llm = ScriptedChat(REFUSAL, "Never to be heard." * 40)
-    stream = CopyGuard(llm, COPY_WORDS, ask_again_at=2).stream_chat([*DIALOG, {"role": "user", "content": "Book it."}])
+    llm = ScriptedChat(REFUSAL, UNHEARD)
+    stream = guarded(llm, ask_again_at=2).stream_chat(asking("Book it."))
     task = asyncio.create_task(anext(stream))
     while len(llm.asked) < 2:  # the re-ask is under way beside the held reply
         await asyncio.sleep(0)
@@ -185,7 +204,23 @@ async def test_a_caller_who_interrupts_a_held_reply_stops_its_reask_too():
     with pytest.raises(asyncio.CancelledError):
         await task
     await stream.aclose()
-    assert llm.closed == 2 and llm.sent[1] < len("Never to be heard." * 40)
+    assert llm.closed == 2 and llm.sent[1] < len(UNHEARD)
+    assert {t.get_name() for t in asyncio.all_tasks()}.isdisjoint({"llm-ask-again"})
+
+
+async def test_only_the_reply_heard_tells_its_prompt_figures_and_its_cap():
+    for replies, heard in (((DIFFERS, UNHEARD), DIFFERS), ((REFUSAL, "Tokyo, of"), "Tokyo, of")):
+        llm = ScriptedChat(*replies, capped={1})  # the cap stops the re-ask only
+        usage, capped = [], []
+        _, said = await reply_of(
+            guarded(llm, ask_again_at=2), asking("Book."),
+            on_usage=usage.append, on_capped=lambda: capped.append(1),
+        )
+        assert len(llm.asked) == 2 and said == heard
+        if heard == DIFFERS:  # the dialog's prompt (4 messages); the unheard re-ask told nothing
+            assert usage == [4] and capped == []
+        else:  # the copy's prompt, then the re-ask's (2 messages) and its cap, once it was heard
+            assert usage == [4, 2] and capped == [1]
 
 
 async def test_a_failed_reask_fails_the_reply_only_when_it_is_the_one_heard():
@@ -198,11 +233,11 @@ async def test_a_failed_reask_fails_the_reply_only_when_it_is_the_one_heard():
             async for delta in super().stream_chat(messages, **options):
                 yield delta
 
-    different = "I'm sorry for any confusion, but I can't book a table."
-    _, said = await reply_of(CopyGuard(FailingAgain(different), COPY_WORDS, ask_again_at=2), [*DIALOG, {"role": "user", "content": "Book."}])
-    assert said == different
+    question: Message = {"role": "user", "content": "Book."}
+    _, said = await asyncio.wait_for(reply_of(guarded(FailingAgain(DIFFERS), ask_again_at=2), [*DIALOG, question]), 5)
+    assert said == DIFFERS
     with pytest.raises(LLMUnavailable):
-        await reply_of(CopyGuard(FailingAgain(REFUSAL), COPY_WORDS, ask_again_at=2), [*DIALOG, {"role": "user", "content": "Book."}])
+        await asyncio.wait_for(reply_of(guarded(FailingAgain(REFUSAL), ask_again_at=2), [*DIALOG, question]), 5)
 
 
 def test_sentences_end_where_the_splitter_ends_them():
@@ -226,9 +261,14 @@ _REPLY = st.lists(_WORDS, max_size=14).map(" ".join)
 
 
 @given(
-    st.lists(_REPLY, min_size=1, max_size=3), _REPLY, st.lists(st.integers(1, 5), min_size=1, max_size=8), st.integers(1, 4)
+    st.lists(_REPLY, min_size=1, max_size=3),
+    _REPLY,
+    st.lists(st.integers(1, 5), min_size=1, max_size=8),
+    st.integers(1, 4),
 )
-def test_a_reply_is_said_whole_however_it_streams_or_asked_again_only_when_it_copies(earlier, reply, cuts, ask_again_at):
+def test_a_reply_is_said_whole_however_it_streams_or_asked_again_only_when_it_copies(
+    earlier, reply, cuts, ask_again_at
+):
     """Whatever the dialog, however the LLM's stream is cut into deltas, and whenever the re-ask
     starts, the caller hears the reply exactly as written, or, only when it copies an earlier one
     (its first sentence whole, or its first `copy_words` words), the re-asked one."""
@@ -248,7 +288,8 @@ def test_a_reply_is_said_whole_however_it_streams_or_asked_again_only_when_it_co
                 start += size
 
     llm = Chunked(reply, "Asked again.")
-    heard = asyncio.run(reply_of(CopyGuard(llm, copy_words=3, ask_again_at=ask_again_at), [*dialog, {"role": "user", "content": "Next?"}]))[1]
+    guard = guarded(llm, copy_words=3, ask_again_at=ask_again_at)
+    heard = asyncio.run(reply_of(guard, [*dialog, {"role": "user", "content": "Next?"}]))[1]
     keys = {key for said in earlier if (key := copy_key(said))}
     first = normalise(first_sentence(reply, ended=True) or "")
     copies = first in keys or (len(first.split()) >= 3 and any(k.split()[:3] == first.split()[:3] for k in keys))
@@ -270,13 +311,19 @@ REQUESTS = (
 @pytest.mark.slow
 async def test_the_bundled_llm_answers_a_new_question_after_a_refusal_not_the_refusal_again(llm_config):
     earlier = [
-        ("I want to check the balance of my savings account.", "I'm sorry, but as a voice assistant, I'm unable to access your bank account."),
+        (
+            "I want to check the balance of my savings account.",
+            "I'm sorry, but as a voice assistant, I'm unable to access your bank account.",
+        ),
         ("Please enter your conference number followed by the pound key.", REFUSAL),
     ]
-    dialog: list[Message] = [m for u, a in earlier for m in ({"role": "user", "content": u}, {"role": "assistant", "content": a})]
+    dialog: list[Message] = [
+        m for u, a in earlier for m in ({"role": "user", "content": u}, {"role": "assistant", "content": a})
+    ]
     async with LLMClient(llm_config) as client:
         guard = CopyGuard(client, COPY_WORDS, ask_again_at=LLMConfig().copy_reask_words)
-        messages = guard.with_system_prompt([*dialog, {"role": "user", "content": "How many wheels does a bicycle have?"}])
+        question: Message = {"role": "user", "content": "How many wheels does a bicycle have?"}
+        messages = guard.with_system_prompt([*dialog, question])
         reply = "".join([d async for d in guard.stream_chat(messages, max_tokens=32)])
     said = copy_key(reply)
     assert reply.strip() and (said is None or said not in {copy_key(a) for _, a in earlier}), reply
