@@ -349,8 +349,9 @@ async def test_a_caller_with_one_request_after_another_hears_a_reply_to_each(ser
             # Said again only as the answer of a request that showed no earlier reply to copy.
             assert [r for r in reasked if r["messages"][-1]["content"] == REQUESTS[i]], (i, replies)
     # Shown its refusal, this model copied it (six requests, one reply, before the guard): each copy
-    # was counted and asked again.
-    assert got[("parley_llm_copies_total", ())] >= len(reasked)
+    # was counted and asked again (and a reply that only began like one may have been asked again
+    # beside it, [llm] copy_reask_words, its re-ask stopped unheard).
+    assert 1 <= got[("parley_llm_copies_total", ())] <= len(reasked)
     # What the dialog keeps, and what the next turn's prompt shows, is what the caller heard.
     turns = await stored_turns(shared_redis.url, session["dialog_id"])
     assert [t.text for t in turns if t.role == "assistant"] == replies
