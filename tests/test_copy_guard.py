@@ -194,6 +194,14 @@ async def test_a_reask_started_for_a_reply_that_then_differs_is_stopped_before_a
     assert len(llm.asked) == 2 and llm.closed == 2 and llm.sent[1] == sent_when_heard < len(UNHEARD)
 
 
+async def test_no_reask_goes_beside_a_reply_while_callers_wait_for_the_llm():
+    llm = ScriptedChat(REFUSAL, "The capital of Japan is Tokyo.")
+    llm.queue_depth = 3  # requests waiting at the pool for a place
+    _, said = await reply_of(guarded(llm, ask_again_at=2), asking("Capital of Japan?"))
+    # Asked again only once the copy was known, by its twelfth word.
+    assert said == "The capital of Japan is Tokyo." and llm.sent_when_asked[1][0] > len("I'm sorry for any confusion")
+
+
 async def test_a_caller_who_interrupts_a_held_reply_stops_its_reask_too():
     llm = ScriptedChat(REFUSAL, UNHEARD)
     stream = guarded(llm, ask_again_at=2).stream_chat(asking("Book it."))
