@@ -186,9 +186,9 @@ class LLMConfig:
     copy_words: a reply that begins with this many words of one of the bot's earlier first
         sentences in the call (or with all of a shorter one), unasked, is dropped unheard and
         asked again without the dialog (pipeline.copy_guard); 0: never.
-    copy_reask_words: once this many words of a reply read like an earlier first sentence, its
-        re-ask starts beside it, in case it is a copy, and is dropped if it is not; copy_words or
-        more: only once it is known to be a copy.
+    copy_reask_words: once this many whole words of a reply read like an earlier first sentence,
+        its re-ask starts beside it (when the pool has an idle server), in case it is a copy, and
+        is stopped if it is not; copy_words or more: only once it is known to be a copy.
     server_slots: llama-server's parallel slots. When set, each dialog is kept on a slot of its
         own (`id_slot`, `cache_prompt`), so a turn reads only its new tokens; 0 leaves placing
         requests to the server (vLLM's prefix cache needs no help); -1: the bundled

@@ -14,15 +14,17 @@ streams through. A reply that begins with `copy_words` words of an earlier first
 sentence, or whose whole first sentence is an earlier one, is a copy: it is stopped,
 dropped unheard, and asked again with the system prompt and the caller's last words
 alone, since what made the model copy was the dialog. The re-asked reply goes out as it
-comes. It is asked beside the held reply once `ask_again_at` words of it read alike (on
-the other llama-server when there are two), in case the reply is a copy, and stopped
-the moment the reply differs, before a word of that reply is said. A caller who asks
+comes. It is asked beside the held reply once `ask_again_at` whole words of it read alike,
+in case the reply is a copy, when the pool has a server with nothing else to do (with
+two llama-servers and one call, the other one), and stopped the moment the reply
+differs, before a word of that reply is said. A caller who asks
 to hear it again ("say that again") gets the copy, as asked; a first sentence of fewer
 than MIN_COPY_WORDS words ("Sure!") is no copy.
 
 Measured (bench/results/quality.md, call.md, 2026-12-07): a new question after earlier
 turns answered right 9 times in 10 against 6. A turn that copies nothing costs nothing
-(two speakers, voice-to-voice p50/p95 491/599 ms against 480/646 without). A copy costs
+(two speakers, voice-to-voice p50/p95 491/599 ms against 480/646 without), but for a reply
+alike for four words that then differs, whose re-ask beside it was sent and stopped. A copy costs
 its first words and a second request, 300-450 ms on that turn: four telephone requests
 in a row 816/1049 ms against 577/657 with the copies said. Known by 12 words rather than
 by the whole sentence (830/1100) it is stopped sooner; by 8 (784/1282 against 757/1002,
@@ -40,6 +42,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from enum import Enum
 from typing import Any
 
+from pipeline.errors import LLMUnavailable
 from pipeline.llm_client import CappedSink, Message, UsageSink
 from pipeline.quick_answers import Chat, asks_to_repeat
 from pipeline.sentences import first_sentence
@@ -69,15 +72,22 @@ def copy_key(reply: str) -> str | None:
     return said if len(said.split()) >= MIN_COPY_WORDS else None
 
 
+def whole_words(text: str, *, ended: bool = False) -> list[str]:
+    """The words of the reply so far that are known whole, normalised, up to its first sentence's
+    end: the last one may be cut mid-word unless something follows it."""
+    sentence = first_sentence(text, ended=ended)
+    words = normalise(sentence if sentence is not None else text).split()
+    cut = sentence is None and not ended and re.match(r"[\w']", text[-1:]) is not None
+    return words[:-1] if cut else words
+
+
 def read_reply(text: str, earlier: set[str], copy_words: int, *, ended: bool = False) -> Reading:
     """How the reply so far stands against `earlier` (copy keys): a copy once its first `copy_words`
     words are an earlier sentence's first words, or its first sentence is a whole earlier one.
     Text with no word yet ("", a quote mark) is alike: nothing is known of it."""
     sentence = first_sentence(text, ended=ended)
     so_far = normalise(sentence if sentence is not None else text)
-    # Words known whole: the last one may be cut mid-word unless something follows it.
-    cut = sentence is None and not ended and re.match(r"[\w']", text[-1:]) is not None
-    words = so_far.split()[:-1] if cut else so_far.split()
+    words = whole_words(text, ended=ended)
     if len(words) >= copy_words and any(e.split()[:copy_words] == words[:copy_words] for e in earlier):
         return Reading.COPY
     if sentence is not None:
@@ -110,9 +120,11 @@ class CopyGuard:
         return self._llm.with_system_prompt(messages)
 
     def _room(self) -> bool:
-        """Whether the LLM takes a request at once: no request waits at the pool for a place. A
-        re-ask beside a reply that may not copy is only for a moment nobody waits for the LLM."""
-        return getattr(self._llm, "queue_depth", 0) == 0
+        """Whether a re-ask beside a reply that may not copy would take no one's place: the pool
+        has a server with nothing to do (LLMPool.has_idle_server). A single server of its own
+        (LLMClient) is asked regardless."""
+        has_idle_server = getattr(self._llm, "has_idle_server", None)
+        return has_idle_server is None or has_idle_server()
 
     async def prime(self, messages: Sequence[Message], *, dialog_id: str) -> bool:
         prime = getattr(self._llm, "prime", None)
@@ -163,12 +175,14 @@ class CopyGuard:
                             again.stop()  # before a word is said: the core it runs on is the voice's now
                         yield so_far
                         held = None
-                    elif again is None and len(normalise(so_far).split()) >= self._ask_again_at and self._room():
+                    elif again is None and len(whole_words(so_far)) >= self._ask_again_at and self._room():
                         again = Ahead(self._llm, afresh, again_options, on_usage=on_usage, on_capped=on_capped)
                 else:
                     if held and read_reply("".join(held), earlier, self._copy_words, ended=True) is Reading.COPY:
                         copied = True
                     elif held:
+                        if again is not None:
+                            again.stop()
                         yield "".join(held)
             if not copied:
                 if again is not None:
@@ -230,10 +244,13 @@ class Ahead:
             async with contextlib.aclosing(stream):
                 async for delta in stream:
                     self._items.put_nowait(delta)
-        except BaseException as exc:  # the LLM's errors (pipeline.errors), raised again to whoever reads
+        except Exception as exc:  # the LLM's errors (pipeline.errors), raised again to whoever reads
             ending = exc
-            if not isinstance(exc, Exception):
-                raise  # stopped: nobody reads any more
+        except BaseException:
+            # Stopped: by its guard, which reads no more, or from outside (the loop shutting
+            # down), which a reader must hear as the reply lost, not as its own cancellation.
+            ending = LLMUnavailable("the reply asked again was stopped")
+            raise
         finally:
             self._items.put_nowait(ending)
 

@@ -199,6 +199,19 @@ class LLMPool:
         self._homes.move_to_end(dialog_id)
         return server
 
+    def has_idle_server(self) -> bool:
+        """Whether a request without a dialog, sent now, starts at once on a server with nothing
+        else to do (it goes to the server with the fewest requests in flight): the pool running,
+        the breaker closed, nobody waiting for a place, and a server with none in flight. For
+        work that may be thrown away, such as a reply asked again beside one that may be a copy.
+        """
+        return (
+            self._tasks is not None
+            and self.breaker.state == "closed"
+            and self.queue_depth == 0
+            and any(server.inflight == 0 for server in self._servers)
+        )
+
     @property
     def queue_depth(self) -> int:
         """Requests waiting to be sent (for a batch to close, or for a slot)."""

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.config import LLMConfig
-from pipeline.copy_guard import CopyGuard, copy_key, normalise
+from pipeline.copy_guard import CopyGuard, copy_key, normalise, whole_words
 from pipeline.errors import LLMUnavailable
 from pipeline.llm_client import LLMClient, Message
 from pipeline.sentences import first_sentence
@@ -194,9 +194,9 @@ async def test_a_reask_started_for_a_reply_that_then_differs_is_stopped_before_a
     assert len(llm.asked) == 2 and llm.closed == 2 and llm.sent[1] == sent_when_heard < len(UNHEARD)
 
 
-async def test_no_reask_goes_beside_a_reply_while_callers_wait_for_the_llm():
+async def test_no_reask_goes_beside_a_reply_while_the_llm_has_no_idle_server():
     llm = ScriptedChat(REFUSAL, "The capital of Japan is Tokyo.")
-    llm.queue_depth = 3  # requests waiting at the pool for a place
+    llm.has_idle_server = lambda: False  # every server busy, or callers waiting for a place
     _, said = await reply_of(guarded(llm, ask_again_at=2), asking("Capital of Japan?"))
     # Asked again only once the copy was known, by its twelfth word.
     assert said == "The capital of Japan is Tokyo." and llm.sent_when_asked[1][0] > len("I'm sorry for any confusion")
@@ -256,6 +256,13 @@ def test_sentences_end_where_the_splitter_ends_them():
     assert first_sentence("Well\nthen", ended=False) == "Well"
     assert normalise("I\u2019m SORRY, but") == "i'm sorry but"
     assert normalise("Straße, ЕЩЁ") == "strasse ещё"
+
+
+def test_a_word_cut_mid_way_is_not_counted_until_something_follows_it():
+    assert whole_words("I'm sorry f") == ["i'm", "sorry"]
+    assert whole_words("I'm sorry f", ended=True) == ["i'm", "sorry", "f"]
+    assert whole_words("I'm sorry, ") == ["i'm", "sorry"]
+    assert whole_words("It is 3.5 km. Then I") == ["it", "is", "3", "5", "km"]  # the first sentence's only
 
 
 def test_only_a_first_sentence_of_a_few_words_or_more_can_be_copied():

@@ -245,6 +245,27 @@ async def test_dialogs_spread_over_the_servers_and_each_stays_on_its_own():
     assert [r["id_slot"] for r in two.requests] == [0, 0, 1]
 
 
+async def test_a_server_is_idle_while_it_has_no_request_in_flight():
+    # Work that may be thrown away (a copy's re-ask beside the reply) goes only to an idle server.
+    async with CountingServer(tokens=1, first_token_delay_s=0.5).running() as one, \
+            CountingServer(tokens=1, first_token_delay_s=0.5).running() as two:
+        config = LLMConfig(base_url=f"{one.base_url},{two.base_url}", server_slots=1)
+        async with LLMPool(config, PoolConfig(max_inflight=1)) as pool:
+            assert pool.has_idle_server()
+            replies = [asyncio.create_task(collect(pool, 0, "a"))]
+            async with asyncio.timeout(5):
+                while pool.inflight < 1:
+                    await asyncio.sleep(0.01)
+            assert pool.has_idle_server()  # the other server
+            replies.append(asyncio.create_task(collect(pool, 1, "b")))
+            async with asyncio.timeout(5):
+                while pool.inflight < 2:
+                    await asyncio.sleep(0.01)
+            assert not pool.has_idle_server()
+            await asyncio.gather(*replies)
+            assert pool.has_idle_server()
+
+
 async def test_a_full_server_does_not_hold_up_a_request_for_another():
     # max_inflight is per server: the first server busy with a long reply, a dialog kept on the
     # second is answered at once, and the first's next caller waits for its slot.

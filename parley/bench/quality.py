@@ -210,6 +210,7 @@ async def bench_quality(args: argparse.Namespace) -> None:
     )
     # The guard as a call has it; measured at the default's length when a deployment turned it off.
     copy_words = settings.llm.copy_words or LLMConfig().copy_words
+    reask_words = settings.llm.copy_reask_words
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     results: dict[str, dict[str, Any]] = {}
     for model_name in model_names:
@@ -228,15 +229,14 @@ async def bench_quality(args: argparse.Namespace) -> None:
                     chats = {
                         "": (client, False, False),
                         QUICK: (QuickAnswers(client, QuickAnswersConfig()), True, False),
-                        QUICK + GUARD: (QuickAnswers(
-                            CopyGuard(client, copy_words, ask_again_at=settings.llm.copy_reask_words), QuickAnswersConfig()
-                        ), True, True),
+                        QUICK + GUARD: (QuickAnswers(CopyGuard(client, copy_words, ask_again_at=reask_words)), True, True),
                     }
                     for suffix, (chat, quick, guard) in chats.items():
                         figures = await run_set(chat, questions)
                         name = f"{model_name} / {prompt_name}{suffix}"
                         results[name] = {
-                            "model": model_name, "prompt": prompt_name, "quick_answers": quick, "copy_words": copy_words if guard else 0,
+                            "model": model_name, "prompt": prompt_name, "quick_answers": quick,
+                            "copy_words": copy_words if guard else 0, "copy_reask_words": reask_words if guard else 0,
                             "licence": candidate.licence,
                         } | figures
                         print(
