@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from enum import Enum
@@ -72,22 +73,27 @@ def copy_key(reply: str) -> str | None:
     return said if len(said.split()) >= MIN_COPY_WORDS else None
 
 
+def _first_words(text: str, ended: bool) -> tuple[str | None, str, list[str]]:
+    """The reply so far cut once: its first sentence if complete, the words up to its end
+    (normalised), and those of them known whole."""
+    sentence = first_sentence(text, ended=ended)
+    so_far = normalise(sentence if sentence is not None else text)
+    # The last word may be cut mid-word unless something follows it.
+    cut = sentence is None and not ended and re.match(r"[\w']", text[-1:]) is not None
+    return sentence, so_far, so_far.split()[:-1] if cut else so_far.split()
+
+
 def whole_words(text: str, *, ended: bool = False) -> list[str]:
     """The words of the reply so far that are known whole, normalised, up to its first sentence's
     end: the last one may be cut mid-word unless something follows it."""
-    sentence = first_sentence(text, ended=ended)
-    words = normalise(sentence if sentence is not None else text).split()
-    cut = sentence is None and not ended and re.match(r"[\w']", text[-1:]) is not None
-    return words[:-1] if cut else words
+    return _first_words(text, ended)[2]
 
 
 def read_reply(text: str, earlier: set[str], copy_words: int, *, ended: bool = False) -> Reading:
     """How the reply so far stands against `earlier` (copy keys): a copy once its first `copy_words`
     words are an earlier sentence's first words, or its first sentence is a whole earlier one.
     Text with no word yet ("", a quote mark) is alike: nothing is known of it."""
-    sentence = first_sentence(text, ended=ended)
-    so_far = normalise(sentence if sentence is not None else text)
-    words = whole_words(text, ended=ended)
+    sentence, so_far, words = _first_words(text, ended)
     if len(words) >= copy_words and any(e.split()[:copy_words] == words[:copy_words] for e in earlier):
         return Reading.COPY
     if sentence is not None:
@@ -153,6 +159,7 @@ class CopyGuard:
         again_options = {**options, "dialog_id": None} if "dialog_id" in options else dict(options)
         # The re-ask's prompt figures and cap are told only if it is the reply heard.
         on_usage = again_options.pop("on_usage", None)
+        ask_again = functools.partial(Ahead, self._llm, afresh, again_options, on_usage=on_usage, on_capped=on_capped)
         again: Ahead | None = None
         held: list[str] | None = []
         copied = False
@@ -176,7 +183,7 @@ class CopyGuard:
                         yield so_far
                         held = None
                     elif again is None and len(whole_words(so_far)) >= self._ask_again_at and self._room():
-                        again = Ahead(self._llm, afresh, again_options, on_usage=on_usage, on_capped=on_capped)
+                        again = ask_again()
                 else:
                     if held and read_reply("".join(held), earlier, self._copy_words, ended=True) is Reading.COPY:
                         copied = True
@@ -192,7 +199,7 @@ class CopyGuard:
                 return
             if self._on_copy is not None:
                 self._on_copy()
-            again = again or Ahead(self._llm, afresh, again_options, on_usage=on_usage, on_capped=on_capped)
+            again = again or ask_again()
             async for delta in again:
                 yield delta
         finally:
