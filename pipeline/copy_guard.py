@@ -109,7 +109,13 @@ class CopyGuard:
     """
 
     def __init__(
-        self, llm: Chat, copy_words: int, *, ask_again_at: int, on_copy: Callable[[], None] | None = None
+        self,
+        llm: Chat,
+        copy_words: int,
+        *,
+        ask_again_at: int,
+        prime_again: bool = True,
+        on_copy: Callable[[], None] | None = None,
     ) -> None:
         if copy_words < 1:
             raise ValueError(f"copy_words must be 1 or more, not {copy_words}")
@@ -120,26 +126,43 @@ class CopyGuard:
         # Words of the reply alike an earlier first sentence before the re-ask starts beside it;
         # copy_words or more: only once the copy is known.
         self._ask_again_at = ask_again_at
+        # Where the pool keeps a dialog's re-ask apart from it (LLMPool.aside): its prompt, the
+        # system prompt and the caller's words so far, is then read while the caller talks, as the
+        # dialog's is, and the re-ask reads only the last words (with `prime_again`).
+        self._aside: Callable[[str], str] | None = getattr(llm, "aside", None)
+        self._prime_again = prime_again
         self._on_copy = on_copy
 
     def with_system_prompt(self, messages: Sequence[Message]) -> list[Message]:
         return self._llm.with_system_prompt(messages)
 
-    def _room(self) -> bool:
-        """Whether a re-ask beside a reply that may not copy would take no one's place: the pool
-        has a server with nothing to do (LLMPool.has_idle_server). A single server of its own
+    def _room(self, dialog_id: str | None) -> bool:
+        """Whether a re-ask beside a reply that may not copy would take no one's place: the server
+        it goes to has nothing to do (LLMPool.has_idle_server). A single server of its own
         (LLMClient) is asked regardless."""
         has_idle_server = getattr(self._llm, "has_idle_server", None)
-        return has_idle_server is None or has_idle_server()
+        return has_idle_server is None or has_idle_server(dialog_id)
+
+    def _again_id(self, dialog_id: str | None) -> str | None:
+        """Where a re-ask for the dialog goes: apart from it (LLMPool.aside), else anywhere."""
+        return None if dialog_id is None or self._aside is None else self._aside(dialog_id)
 
     async def prime(self, messages: Sequence[Message], *, dialog_id: str) -> bool:
+        """Prime the dialog's prompt; and, while a reply to these words would be watched for a copy,
+        the re-ask's prompt too, apart from it (LLMPool.aside). True when the dialog's was."""
         prime = getattr(self._llm, "prime", None)
-        return False if prime is None else await prime(messages, dialog_id=dialog_id)
+        if prime is None:
+            return False
+        primed = await prime(messages, dialog_id=dialog_id)
+        again_id = self._again_id(dialog_id)
+        if self._prime_again and again_id is not None and _watched(messages):
+            await prime(_afresh(messages), dialog_id=again_id)
+        return primed
 
     async def stream_chat(self, messages: Sequence[Message], **options: Any) -> AsyncIterator[str]:
         """The LLM's stream for `messages` with the same options; asked again without the dialog
         when its first sentence is one the bot has said before in it."""
-        earlier = {key for m in messages[:-1] if m["role"] == "assistant" and (key := copy_key(m["content"]))}
+        earlier = _earlier(messages)
         if not earlier or asks_to_repeat(messages[-1]["content"]):
             async with contextlib.aclosing(self._llm.stream_chat(messages, **options)) as stream:
                 async for delta in stream:
@@ -153,13 +176,13 @@ class CopyGuard:
             nonlocal reply_capped
             reply_capped = True
 
-        afresh = [m for m in messages[:-1] if m["role"] == "system"] + [messages[-1]]
         # Not on the dialog's slot: it keeps the dialog's prompt cached (all of it but the copy)
         # for the next turn, which then reads only its new words, not the whole dialog again.
-        again_options = {**options, "dialog_id": None} if "dialog_id" in options else dict(options)
+        again_id = self._again_id(options.get("dialog_id"))
+        again_options = {**options, "dialog_id": again_id} if "dialog_id" in options else dict(options)
         # The re-ask's prompt figures and cap are told only if it is the reply heard.
         on_usage = again_options.pop("on_usage", None)
-        ask_again = functools.partial(Ahead, self._llm, afresh, again_options, on_usage=on_usage, on_capped=on_capped)
+        ask_again = functools.partial(Ahead, self._llm, _afresh(messages), again_options, on_usage=on_usage, on_capped=on_capped)
         again: Ahead | None = None
         held: list[str] | None = []
         copied = False
@@ -182,7 +205,7 @@ class CopyGuard:
                             again.stop()  # before a word is said: the core it runs on is the voice's now
                         yield so_far
                         held = None
-                    elif again is None and len(whole_words(so_far)) >= self._ask_again_at and self._room():
+                    elif again is None and len(whole_words(so_far)) >= self._ask_again_at and self._room(again_id):
                         again = ask_again()
                 else:
                     if held and read_reply("".join(held), earlier, self._copy_words, ended=True) is Reading.COPY:
@@ -205,6 +228,23 @@ class CopyGuard:
         finally:
             if again is not None:
                 await again.close()
+
+
+def _earlier(messages: Sequence[Message]) -> set[str]:
+    """The copy keys of the bot's earlier replies in `messages`."""
+    return {key for m in messages[:-1] if m["role"] == "assistant" and (key := copy_key(m["content"]))}
+
+
+def _watched(messages: Sequence[Message]) -> bool:
+    """Whether the reply to `messages` is watched for a copy: the bot has said a first sentence
+    it could copy, and the caller does not ask to hear it again."""
+    return bool(_earlier(messages)) and not asks_to_repeat(messages[-1]["content"])
+
+
+def _afresh(messages: Sequence[Message]) -> list[Message]:
+    """What a copy is asked again with: the system prompt and the caller's last words alone, since
+    what made the model copy was the dialog."""
+    return [m for m in messages[:-1] if m["role"] == "system"] + [messages[-1]]
 
 
 class _End:

@@ -50,6 +50,8 @@ _CAPPED = object()  # the server stopped the reply at max_tokens
 # Dialogs whose server the pool remembers; one past it is forgotten (the longest unheard of), and
 # comes back to whichever server then has the fewest.
 _HOMES_KEPT = 4096
+# Ends the id of requests asked beside a dialog (LLMPool.aside).
+_ASIDE = "/aside"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -182,12 +184,22 @@ class LLMPool:
         slots = [(server, slot) for server in self._servers if server.slots for slot in range(server.slots.count)]
         return sum(await asyncio.gather(*(read(server, slot) for server, slot in slots)))
 
+    def aside(self, dialog_id: str) -> str:
+        """The id under which requests asked beside the dialog, without its history, keep a prompt
+        cache of their own (a reply asked again afresh, pipeline.copy_guard). They go to the server
+        after the dialog's, so one runs while the dialog's own request still streams, and they are
+        not counted as a dialog there: the dialogs stay spread as they were."""
+        return dialog_id + _ASIDE
+
     def _server_for(self, dialog_id: str | None) -> _Server:
         """The dialog's server: the one it was sent to before, else the one with fewest dialogs."""
         if len(self._servers) == 1:
             return self._servers[0]
         if dialog_id is None:
             return min(self._servers, key=lambda server: server.inflight)
+        if dialog_id.endswith(_ASIDE):
+            home = self._servers.index(self._server_for(dialog_id.removesuffix(_ASIDE)))
+            return self._servers[(home + 1) % len(self._servers)]
         server = self._homes.get(dialog_id)
         if server is None:
             server = min(self._servers, key=lambda server: server.dialogs)
@@ -199,17 +211,19 @@ class LLMPool:
         self._homes.move_to_end(dialog_id)
         return server
 
-    def has_idle_server(self) -> bool:
-        """Whether a request without a dialog, sent now, starts at once on a server with nothing
-        else to do (it goes to the server with the fewest requests in flight): the pool running,
-        the breaker closed, nobody waiting for a place, and a server with none in flight. For
-        work that may be thrown away, such as a reply asked again beside one that may be a copy.
+    def has_idle_server(self, dialog_id: str | None = None) -> bool:
+        """Whether a request of `dialog_id` (None: without a dialog, which goes to the server with
+        the fewest requests in flight), sent now, starts at once on a server with nothing else to
+        do: the pool running, the breaker closed, nobody waiting for a place, and that server (any
+        server, without a dialog) with none in flight. For work that may be thrown away, such as
+        a reply asked again beside one that may be a copy.
         """
+        servers = self._servers if dialog_id is None else [self._server_for(dialog_id)]
         return (
             self._tasks is not None
             and self.breaker.state == "closed"
             and self.queue_depth == 0
-            and any(server.inflight == 0 for server in self._servers)
+            and any(server.inflight == 0 for server in servers)
         )
 
     @property

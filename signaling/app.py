@@ -99,6 +99,7 @@ def create_app(settings: Settings) -> FastAPI:
                     llm,
                     settings.llm.copy_words,
                     ask_again_at=settings.llm.copy_reask_words,
+                    prime_again=settings.llm.copy_reask_primed,
                     on_copy=metrics.LLM_COPIES.inc,
                 )
             if settings.quick_answers.any:

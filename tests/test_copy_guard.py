@@ -161,6 +161,50 @@ async def test_the_copy_is_asked_again_away_from_the_dialogs_cached_slot():
     assert llm.dialog_ids == ["d", None]
 
 
+class PoolChat(ScriptedChat):
+    """A ScriptedChat that, like the LLM pool, keeps requests asked aside a dialog apart from it,
+    primes prompts and tells which server is idle; it records the primes and the idle checks."""
+
+    def __init__(self, *replies: str) -> None:
+        super().__init__(*replies)
+        self.primed: list[tuple[list[Message], str]] = []
+        self.idle_asked: list[str | None] = []
+
+    def aside(self, dialog_id: str) -> str:
+        return f"{dialog_id}/aside"
+
+    async def prime(self, messages: Sequence[Message], *, dialog_id: str) -> bool:
+        self.primed.append((list(messages), dialog_id))
+        return dialog_id == "d"  # the dialog's prime done, whatever becomes of the other
+
+    def has_idle_server(self, dialog_id: str | None = None) -> bool:
+        self.idle_asked.append(dialog_id)
+        return True
+
+
+async def test_a_copy_is_asked_again_apart_from_its_dialog_where_its_prompt_was_read():
+    llm = PoolChat(REFUSAL, "The capital of Japan is Tokyo.")
+    _, said = await reply_of(guarded(llm, ask_again_at=2), asking("Capital of Japan?"), dialog_id="d")
+    assert said == "The capital of Japan is Tokyo."
+    # The re-ask goes where its prompt was primed, and starts beside the reply only if that server is idle.
+    assert llm.dialog_ids == ["d", "d/aside"] and llm.idle_asked == ["d/aside"]
+
+
+async def test_the_reasks_prompt_is_read_while_the_caller_talks_when_a_reply_would_be_watched():
+    llm = PoolChat()
+    words: Message = {"role": "user", "content": "What is the capital of"}
+    assert await guarded(llm).prime([*DIALOG, words], dialog_id="d")
+    assert llm.primed == [([*DIALOG, words], "d"), ([SYSTEM, words], "d/aside")]
+    # Nothing said yet that a reply could copy, or a caller asking to hear it again: the dialog's alone.
+    for messages in ([SYSTEM, words], asking("Can you say that again")):
+        llm.primed.clear()
+        await guarded(llm).prime(messages, dialog_id="d")
+        assert llm.primed == [(messages, "d")]
+    llm.primed.clear()
+    await guarded(llm, prime_again=False).prime([*DIALOG, words], dialog_id="d")
+    assert llm.primed == [([*DIALOG, words], "d")]
+
+
 async def test_a_first_turn_has_nothing_to_copy():
     llm = ScriptedChat(REFUSAL)
     deltas, _ = await reply_of(guarded(llm), [SYSTEM, {"role": "user", "content": "Enter my number."}])
@@ -196,7 +240,7 @@ async def test_a_reask_started_for_a_reply_that_then_differs_is_stopped_before_a
 
 async def test_no_reask_goes_beside_a_reply_while_the_llm_has_no_idle_server():
     llm = ScriptedChat(REFUSAL, "The capital of Japan is Tokyo.")
-    llm.has_idle_server = lambda: False  # every server busy, or callers waiting for a place
+    llm.has_idle_server = lambda dialog_id=None: False  # every server busy, or callers waiting for a place
     _, said = await reply_of(guarded(llm, ask_again_at=2), asking("Capital of Japan?"))
     # Asked again only once the copy was known, by its twelfth word.
     assert said == "The capital of Japan is Tokyo." and llm.sent_when_asked[1][0] > len("I'm sorry for any confusion")

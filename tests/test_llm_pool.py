@@ -245,6 +245,28 @@ async def test_dialogs_spread_over_the_servers_and_each_stays_on_its_own():
     assert [r["id_slot"] for r in two.requests] == [0, 0, 1]
 
 
+async def test_requests_aside_a_dialog_go_to_the_next_server_and_leave_the_dialogs_spread():
+    # A copy's re-ask (pipeline.copy_guard) is kept apart from its dialog: on the other server,
+    # where it runs while the dialog's request still streams, on a slot of its own. It counts as
+    # no dialog there: with every dialog and its re-ask asked, the dialogs alternate as before.
+    async with CountingServer(tokens=1, token_delay_s=0.01).running() as one, \
+            CountingServer(tokens=1, token_delay_s=0.01).running() as two:
+        config = LLMConfig(base_url=f"{one.base_url},{two.base_url}", server_slots=2)
+        async with LLMPool(config) as pool:
+            for dialog in ["a", "b", "c", "d"]:
+                await collect(pool, 0, dialog)
+                await collect(pool, 1, pool.aside(dialog))
+            assert await pool.prime(ask(1), dialog_id=pool.aside("a"))
+            await collect(pool, 1, pool.aside("a"))
+    # a and c on the first server, their re-asks on the second; b and d the other way round.
+    assert [r["messages"][-1]["content"] for r in one.requests] == ["question 0", "question 1"] * 2
+    assert [r["messages"][-1]["content"] for r in two.requests] == ["question 1", "question 0"] * 2 + ["question 1"] * 2
+    assert [r["id_slot"] for r in one.requests] == [0, 1, 0, 1]
+    # The prime of a's re-ask and the re-ask after it, on the slot the prime read into.
+    assert [r["id_slot"] for r in two.requests] == [0, 1, 0, 1, 0, 0]
+    assert [r["max_tokens"] for r in two.requests][-2:][0] == 1
+
+
 async def test_a_server_is_idle_while_it_has_no_request_in_flight():
     # Work that may be thrown away (a copy's re-ask beside the reply) goes only to an idle server.
     async with CountingServer(tokens=1, first_token_delay_s=0.5).running() as one, \
@@ -257,6 +279,8 @@ async def test_a_server_is_idle_while_it_has_no_request_in_flight():
                 while pool.inflight < 1:
                     await asyncio.sleep(0.01)
             assert pool.has_idle_server()  # the other server
+            # Asked of a dialog's server: a's is busy; the server of requests aside a is not.
+            assert not pool.has_idle_server("a") and pool.has_idle_server(pool.aside("a"))
             replies.append(asyncio.create_task(collect(pool, 1, "b")))
             async with asyncio.timeout(5):
                 while pool.inflight < 2:

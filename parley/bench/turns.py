@@ -75,6 +75,8 @@ VARIANTS: dict[str, dict[str, str]] = {
     # The model shed as under load ([shedding] audio_judgements_off_at): a pause whose words end a
     # sentence ends the turn on them alone; the model hears only the pauses they leave in doubt.
     "words_decide": {"PARLEY_TURNS_END_OF_TURN": "model", "PARLEY_SHEDDING_AUDIO_JUDGEMENTS_OFF_AT": "0"},
+    # A turn judged finished ends after 120 ms of silence instead of [vad] end_silence_ms (200).
+    "model_end_120ms": {"PARLEY_TURNS_END_OF_TURN": "model", "PARLEY_VAD_END_SILENCE_MS": "120"},
 }
 
 
