@@ -187,11 +187,11 @@ class LLMConfig:
         sentences in the call (or with all of a shorter one), unasked, is dropped unheard and
         asked again without the dialog (pipeline.copy_guard); 0: never.
     copy_reask_words: once this many whole words of a reply read like an earlier first sentence,
-        its re-ask starts beside it (when the pool has an idle server), in case it is a copy, and
+        its re-ask starts beside it (when the server after the dialog's is idle), in case it is a copy, and
         is stopped if it is not; copy_words or more: only once it is known to be a copy.
     copy_reask_primed: the re-ask's prompt (the system prompt and the caller's words so far) is read
-        into a slot of its own while the caller talks, as the dialog's is ([turns] prime_llm), so a
-        re-ask reads only the last words.
+        into a slot of its own while the caller talks, as the dialog's is ([turns] prime_llm), on the
+        server after the dialog's when it has nothing else to do, so a re-ask reads only the last words.
     server_slots: llama-server's parallel slots. When set, each dialog is kept on a slot of its
         own (`id_slot`, `cache_prompt`), so a turn reads only its new tokens; 0 leaves placing
         requests to the server (vLLM's prefix cache needs no help); -1: the bundled

@@ -15,9 +15,11 @@ sentence, or whose whole first sentence is an earlier one, is a copy: it is stop
 dropped unheard, and asked again with the system prompt and the caller's last words
 alone, since what made the model copy was the dialog. The re-asked reply goes out as it
 comes. It is asked beside the held reply once `ask_again_at` whole words of it read alike,
-in case the reply is a copy, when the pool has a server with nothing else to do (with
-two llama-servers and one call, the other one), and stopped the moment the reply
-differs, before a word of that reply is said. A caller who asks
+in case the reply is a copy, when the server it goes to has nothing else to do (the
+pool keeps it aside the dialog, on the server after the dialog's: with two llama-servers
+and one call, the other one), and stopped the moment the reply differs, before a word of
+that reply is said. Its prompt is read there while the caller talks, as the dialog's is
+(`prime_again`), so a re-ask reads only the last words. A caller who asks
 to hear it again ("say that again") gets the copy, as asked; a first sentence of fewer
 than MIN_COPY_WORDS words ("Sure!") is no copy.
 
@@ -155,19 +157,27 @@ class CopyGuard:
             return False
         primed = await prime(messages, dialog_id=dialog_id)
         again_id = self._again_id(dialog_id)
-        if self._prime_again and again_id is not None and _watched(messages):
+        # Not before a word is said (the system prompt alone is in every slot from the start),
+        # and only on a server with nothing else to do: a re-ask may never come.
+        if (
+            self._prime_again
+            and again_id is not None
+            and messages[-1]["content"].strip()
+            and _watched(messages)
+            and self._room(again_id)
+        ):
             await prime(_afresh(messages), dialog_id=again_id)
         return primed
 
     async def stream_chat(self, messages: Sequence[Message], **options: Any) -> AsyncIterator[str]:
         """The LLM's stream for `messages` with the same options; asked again without the dialog
         when its first sentence is one the bot has said before in it."""
-        earlier = _earlier(messages)
-        if not earlier or asks_to_repeat(messages[-1]["content"]):
+        if not _watched(messages):
             async with contextlib.aclosing(self._llm.stream_chat(messages, **options)) as stream:
                 async for delta in stream:
                     yield delta
             return
+        earlier = _earlier(messages)
         # The cap is told only for the reply that is said, once it is known which.
         on_capped = options.pop("on_capped", None)
         reply_capped = False
@@ -182,7 +192,9 @@ class CopyGuard:
         again_options = {**options, "dialog_id": again_id} if "dialog_id" in options else dict(options)
         # The re-ask's prompt figures and cap are told only if it is the reply heard.
         on_usage = again_options.pop("on_usage", None)
-        ask_again = functools.partial(Ahead, self._llm, _afresh(messages), again_options, on_usage=on_usage, on_capped=on_capped)
+        ask_again = functools.partial(
+            Ahead, self._llm, _afresh(messages), again_options, on_usage=on_usage, on_capped=on_capped
+        )
         again: Ahead | None = None
         held: list[str] | None = []
         copied = False

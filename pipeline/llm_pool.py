@@ -19,7 +19,9 @@ its prompt; `max_inflight` is per server. With `[llm] server_slots` (llama-serve
 each dialog's requests also go to the slot that served it before
 (pipeline.llm_slots), so the server's prompt cache holds the dialog so far.
 `prime` has the server read a prompt's beginning into that cache ahead of time
-(the caller's words while they still talk), when the pool is idle. A
+(the caller's words while they still talk), when the pool is idle. Requests asked
+aside a dialog (`aside`: a copy's re-ask, without the dialog) go to the server after
+the dialog's, where their short prompt is kept as a spare, the first slot given up. A
 caller that gives up (barge-in, a dropped draft) cancels its request at once: the
 connection closes and the server stops working for nobody.
 """
@@ -52,6 +54,11 @@ _CAPPED = object()  # the server stopped the reply at max_tokens
 _HOMES_KEPT = 4096
 # Ends the id of requests asked beside a dialog (LLMPool.aside).
 _ASIDE = "/aside"
+
+
+def _is_aside(dialog_id: str | None) -> bool:
+    """Whether `dialog_id` is that of requests asked aside a dialog (LLMPool.aside)."""
+    return dialog_id is not None and dialog_id.endswith(_ASIDE)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -187,22 +194,27 @@ class LLMPool:
     def aside(self, dialog_id: str) -> str:
         """The id under which requests asked beside the dialog, without its history, keep a prompt
         cache of their own (a reply asked again afresh, pipeline.copy_guard). They go to the server
-        after the dialog's, so one runs while the dialog's own request still streams, and they are
-        not counted as a dialog there: the dialogs stay spread as they were."""
+        after the dialog's (with two or more), so one runs while the dialog's own request still
+        streams; they count as no dialog there, so the dialogs stay spread as they were; and their
+        slot is the first another dialog takes (SlotMap `spare`)."""
         return dialog_id + _ASIDE
 
-    def _server_for(self, dialog_id: str | None) -> _Server:
-        """The dialog's server: the one it was sent to before, else the one with fewest dialogs."""
+    def _server_for(self, dialog_id: str | None, *, place: bool = True) -> _Server:
+        """The dialog's server: the one it was sent to before, else the one with fewest dialogs
+        (`place`: now its home); for requests aside a dialog, the server after the dialog's; for
+        requests without a dialog, the one with the fewest in flight."""
         if len(self._servers) == 1:
             return self._servers[0]
         if dialog_id is None:
             return min(self._servers, key=lambda server: server.inflight)
-        if dialog_id.endswith(_ASIDE):
-            home = self._servers.index(self._server_for(dialog_id.removesuffix(_ASIDE)))
+        if _is_aside(dialog_id):
+            home = self._servers.index(self._server_for(dialog_id.removesuffix(_ASIDE), place=place))
             return self._servers[(home + 1) % len(self._servers)]
         server = self._homes.get(dialog_id)
         if server is None:
             server = min(self._servers, key=lambda server: server.dialogs)
+            if not place:
+                return server
             server.dialogs += 1
             self._homes[dialog_id] = server
             if len(self._homes) > _HOMES_KEPT:
@@ -218,7 +230,7 @@ class LLMPool:
         server, without a dialog) with none in flight. For work that may be thrown away, such as
         a reply asked again beside one that may be a copy.
         """
-        servers = self._servers if dialog_id is None else [self._server_for(dialog_id)]
+        servers = self._servers if dialog_id is None else [self._server_for(dialog_id, place=False)]
         return (
             self._tasks is not None
             and self.breaker.state == "closed"
@@ -309,7 +321,8 @@ class LLMPool:
             return False
         # A free permit is taken without suspending: nothing can come between the check and this.
         await server.permits.acquire()
-        slot = server.slots.take(dialog_id)
+        # An aside's prime gives up no dialog's cached prompt: a re-ask may never come.
+        slot = server.slots.take(dialog_id, spare=_is_aside(dialog_id), evict=not _is_aside(dialog_id))
         if slot is None:
             server.permits.release()
             return False
@@ -408,7 +421,9 @@ class LLMPool:
             # The prime holds the dialog's slot and is reading the beginning of this prompt:
             # after it, this request reads only the rest there.
             await asyncio.wait([priming])
-        slot = server.slots.take(request.dialog_id) if server.slots is not None else None
+        slot = (
+            server.slots.take(request.dialog_id, spare=_is_aside(request.dialog_id)) if server.slots is not None else None
+        )
         try:
             for attempt in range(self.pool.retries + 1):
                 started = False

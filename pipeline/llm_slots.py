@@ -8,7 +8,8 @@ the whole dialog again: at ~100 tokens a second on one thread, seconds.
 
 The map is the pool's alone: one process, one server. It remembers the home of at most
 one dialog per slot; a new dialog takes the free slot used longest ago, and the dialog
-that lived there reads its prompt afresh when it comes back.
+that lived there reads its prompt afresh when it comes back. A spare prompt (a copy's
+re-ask: the system prompt and a few words, quick to read again) is the first to go.
 """
 
 from __future__ import annotations
@@ -24,27 +25,37 @@ class SlotMap:
             raise ValueError(f"a slot map needs at least one slot, not {count}")
         self.count = count
         self._owner: list[str | None] = [None] * count  # the dialog whose prompt each slot holds
+        self._spare = [False] * count  # its prompt is quick to read again: the first to give up
         self._busy = [False] * count
         self._last_used = [0] * count
         self._clock = itertools.count(1)
 
-    def take(self, dialog_id: str | None) -> int | None:
-        """A free slot for the dialog's request: its own if free, else the one used longest ago.
+    def take(self, dialog_id: str | None, *, spare: bool = False, evict: bool = True) -> int | None:
+        """A free slot for the dialog's request: its own if free, else one nobody owns, else one
+        holding a spare prompt, else the one used longest ago.
 
-        None when every slot is busy (more requests in flight than slots): the server then
-        places the request itself.
+        `spare`: this dialog's prompt is quick to read again, so its slot is the first another
+        dialog takes. `evict=False`: no other dialog's prompt but a spare one is given up for
+        this request (a prime, worth it only if it costs no one). None when no slot is to be
+        had: every slot busy (more requests in flight than slots), the server then places the
+        request itself; or, not evicting, every free slot holding a dialog's prompt.
         """
         free = [slot for slot in range(self.count) if not self._busy[slot]]
+        own = [slot for slot in free if dialog_id is not None and self._owner[slot] == dialog_id]
+        if not evict:
+            free = [slot for slot in free if slot in own or self._owner[slot] is None or self._spare[slot]]
         if not free:
             return None
-        own = [slot for slot in free if dialog_id is not None and self._owner[slot] == dialog_id]
-        # Slots nobody owns go first, then the one whose owner was served longest ago.
-        slot = own[0] if own else min(free, key=lambda s: (self._owner[s] is not None, self._last_used[s]))
+        # Slots nobody owns go first, then spare prompts, then the one whose owner was served longest ago.
+        slot = own[0] if own else min(
+            free, key=lambda s: (self._owner[s] is not None, not self._spare[s], self._last_used[s])
+        )
         if dialog_id is not None:
             for other in range(self.count):
                 if other != slot and self._owner[other] == dialog_id:
                     self._owner[other] = None  # this slot now holds the dialog's newest prompt
         self._owner[slot] = dialog_id
+        self._spare[slot] = spare
         self._busy[slot] = True
         self._last_used[slot] = next(self._clock)
         return slot

@@ -169,6 +169,7 @@ class PoolChat(ScriptedChat):
         super().__init__(*replies)
         self.primed: list[tuple[list[Message], str]] = []
         self.idle_asked: list[str | None] = []
+        self.idle = True
 
     def aside(self, dialog_id: str) -> str:
         return f"{dialog_id}/aside"
@@ -179,7 +180,7 @@ class PoolChat(ScriptedChat):
 
     def has_idle_server(self, dialog_id: str | None = None) -> bool:
         self.idle_asked.append(dialog_id)
-        return True
+        return self.idle
 
 
 async def test_a_copy_is_asked_again_apart_from_its_dialog_where_its_prompt_was_read():
@@ -200,9 +201,20 @@ async def test_the_reasks_prompt_is_read_while_the_caller_talks_when_a_reply_wou
         llm.primed.clear()
         await guarded(llm).prime(messages, dialog_id="d")
         assert llm.primed == [(messages, "d")]
+    # Nor before a word is said, nor off (prime_again), nor while the re-ask's server is busy.
     llm.primed.clear()
+    await guarded(llm).prime([*DIALOG, {"role": "user", "content": ""}], dialog_id="d")
     await guarded(llm, prime_again=False).prime([*DIALOG, words], dialog_id="d")
-    assert llm.primed == [([*DIALOG, words], "d")]
+    llm.idle = False
+    await guarded(llm).prime([*DIALOG, words], dialog_id="d")
+    assert [dialog_id for _, dialog_id in llm.primed] == ["d", "d", "d"]
+
+
+async def test_without_a_pool_to_keep_it_apart_the_reasks_prompt_is_not_primed():
+    llm = PoolChat()
+    llm.aside = None  # a chat that primes but keeps nothing aside
+    await guarded(llm).prime(asking("What is the capital of"), dialog_id="d")
+    assert [dialog_id for _, dialog_id in llm.primed] == ["d"]
 
 
 async def test_a_first_turn_has_nothing_to_copy():

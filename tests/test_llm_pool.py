@@ -246,25 +246,38 @@ async def test_dialogs_spread_over_the_servers_and_each_stays_on_its_own():
 
 
 async def test_requests_aside_a_dialog_go_to_the_next_server_and_leave_the_dialogs_spread():
-    # A copy's re-ask (pipeline.copy_guard) is kept apart from its dialog: on the other server,
-    # where it runs while the dialog's request still streams, on a slot of its own. It counts as
-    # no dialog there: with every dialog and its re-ask asked, the dialogs alternate as before.
+    # A copy's re-ask (pipeline.copy_guard) is kept apart from its dialog, on the other server,
+    # where it can run while the dialog's reply streams. It counts as no dialog there: with each
+    # dialog's re-ask asked after it, the dialogs alternate as before. Asking whether a server is
+    # idle places no dialog.
     async with CountingServer(tokens=1, token_delay_s=0.01).running() as one, \
             CountingServer(tokens=1, token_delay_s=0.01).running() as two:
-        config = LLMConfig(base_url=f"{one.base_url},{two.base_url}", server_slots=2)
+        config = LLMConfig(base_url=f"{one.base_url},{two.base_url}", server_slots=4)
         async with LLMPool(config) as pool:
-            for dialog in ["a", "b", "c", "d"]:
+            assert pool.has_idle_server("never asked") and pool.has_idle_server(pool.aside("never asked"))
+            for dialog in "abcd":
                 await collect(pool, 0, dialog)
                 await collect(pool, 1, pool.aside(dialog))
-            assert await pool.prime(ask(1), dialog_id=pool.aside("a"))
-            await collect(pool, 1, pool.aside("a"))
-    # a and c on the first server, their re-asks on the second; b and d the other way round.
+    # a and c on the first server, their re-asks (question 1) on the second; b and d the other way round.
     assert [r["messages"][-1]["content"] for r in one.requests] == ["question 0", "question 1"] * 2
-    assert [r["messages"][-1]["content"] for r in two.requests] == ["question 1", "question 0"] * 2 + ["question 1"] * 2
-    assert [r["id_slot"] for r in one.requests] == [0, 1, 0, 1]
-    # The prime of a's re-ask and the re-ask after it, on the slot the prime read into.
-    assert [r["id_slot"] for r in two.requests] == [0, 1, 0, 1, 0, 0]
-    assert [r["max_tokens"] for r in two.requests][-2:][0] == 1
+    assert [r["messages"][-1]["content"] for r in two.requests] == ["question 1", "question 0"] * 2
+    assert [r["id_slot"] for r in one.requests] == [r["id_slot"] for r in two.requests] == [0, 1, 2, 3]
+
+
+async def test_a_reasks_prompt_is_the_first_given_up_and_its_prime_gives_up_no_dialogs():
+    async with CountingServer(tokens=1, token_delay_s=0.01).running() as one, \
+            CountingServer(tokens=1, token_delay_s=0.01).running() as two:
+        config = LLMConfig(base_url=f"{one.base_url},{two.base_url}", server_slots=1)
+        async with LLMPool(config) as pool:
+            await collect(pool, 0, "a")  # the first server's slot
+            assert await pool.prime(ask(1), dialog_id=pool.aside("a"))  # the second's, nobody's yet
+            await collect(pool, 1, pool.aside("a"))  # read there, after the prime
+            await collect(pool, 2, "b")  # b's prompt takes the second server's slot from a's re-ask
+            # No re-ask's prime takes a slot from a dialog, whose whole prompt would be read again.
+            assert not await pool.prime(ask(1), dialog_id=pool.aside("a"))
+            assert not await pool.prime(ask(3), dialog_id=pool.aside("b"))
+    assert [r["messages"][-1]["content"] for r in two.requests] == ["question 1", "question 1", "question 2"]
+    assert two.requests[0]["max_tokens"] == 1 and len(one.requests) == 1
 
 
 async def test_a_server_is_idle_while_it_has_no_request_in_flight():
