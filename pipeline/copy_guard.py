@@ -193,7 +193,7 @@ class CopyGuard:
         # The re-ask's prompt figures and cap are told only if it is the reply heard.
         on_usage = again_options.pop("on_usage", None)
         ask_again = functools.partial(
-            Ahead, self._llm, _afresh(messages), again_options, on_usage=on_usage, on_capped=on_capped
+            Ahead, self._llm, _afresh(messages), options=again_options, on_usage=on_usage, on_capped=on_capped
         )
         again: Ahead | None = None
         held: list[str] | None = []
@@ -234,7 +234,11 @@ class CopyGuard:
                 return
             if self._on_copy is not None:
                 self._on_copy()
-            again = again or ask_again()
+            if again is None:
+                # A copy known: asked where its prompt was read if that server is free, else
+                # wherever a server is (it must be asked now, whoever's prompt it pushes out).
+                busy = again_id is not None and not self._room(again_id)
+                again = ask_again(options={**again_options, "dialog_id": None}) if busy else ask_again()
             async for delta in again:
                 yield delta
         finally:

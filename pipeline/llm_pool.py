@@ -220,22 +220,29 @@ class LLMPool:
             if len(self._homes) > _HOMES_KEPT:
                 _, gone = self._homes.popitem(last=False)
                 gone.dialogs -= 1
-        self._homes.move_to_end(dialog_id)
+        if place:
+            self._homes.move_to_end(dialog_id)
         return server
 
     def has_idle_server(self, dialog_id: str | None = None) -> bool:
         """Whether a request of `dialog_id` (None: without a dialog, which goes to the server with
         the fewest requests in flight), sent now, starts at once on a server with nothing else to
         do: the pool running, the breaker closed, nobody waiting for a place, and that server (any
-        server, without a dialog) with none in flight. For work that may be thrown away, such as
+        server, without a dialog) with none in flight, and for requests aside a dialog, a slot to
+        take without giving up another dialog's prompt. For work that may be thrown away, such as
         a reply asked again beside one that may be a copy.
         """
         servers = self._servers if dialog_id is None else [self._server_for(dialog_id, place=False)]
+        # Requests aside a dialog are thrown away more often than not: they take no dialog's slot.
+        aside = _is_aside(dialog_id)
         return (
             self._tasks is not None
             and self.breaker.state == "closed"
             and self.queue_depth == 0
-            and any(server.inflight == 0 for server in servers)
+            and any(
+                server.inflight == 0 and (not aside or server.slots is None or server.slots.has_room(dialog_id))
+                for server in servers
+            )
         )
 
     @property
@@ -305,9 +312,10 @@ class LLMPool:
         """Have the server read `messages` into the dialog's slot cache now, so that a request
         beginning the same way soon after reads only what follows. False when it is not done:
         no slots to keep a cache in, the dialog's server or that slot busy, the breaker not
-        closed, or a prime of this dialog still under way. Best effort: a failed prime costs its request
-        only what it would have read anyway, and nothing waits for one except the dialog's
-        next request, which goes to the same slot once it is over.
+        closed, or a prime of this dialog still under way; for requests aside a dialog (`aside`),
+        no free slot but one holding another dialog's prompt. Best effort: a failed prime costs
+        its request only what it would have read anyway, and nothing waits for one except the
+        dialog's next request, which goes to the same slot once it is over.
         """
         server = self._server_for(dialog_id)
         if (
@@ -421,9 +429,8 @@ class LLMPool:
             # The prime holds the dialog's slot and is reading the beginning of this prompt:
             # after it, this request reads only the rest there.
             await asyncio.wait([priming])
-        slot = (
-            server.slots.take(request.dialog_id, spare=_is_aside(request.dialog_id)) if server.slots is not None else None
-        )
+        spare = _is_aside(request.dialog_id)
+        slot = server.slots.take(request.dialog_id, spare=spare) if server.slots is not None else None
         try:
             for attempt in range(self.pool.retries + 1):
                 started = False

@@ -40,12 +40,10 @@ class SlotMap:
         had: every slot busy (more requests in flight than slots), the server then places the
         request itself; or, not evicting, every free slot holding a dialog's prompt.
         """
-        free = [slot for slot in range(self.count) if not self._busy[slot]]
-        own = [slot for slot in free if dialog_id is not None and self._owner[slot] == dialog_id]
-        if not evict:
-            free = [slot for slot in free if slot in own or self._owner[slot] is None or self._spare[slot]]
+        free = self._open_to(dialog_id, evict=evict)
         if not free:
             return None
+        own = [slot for slot in free if dialog_id is not None and self._owner[slot] == dialog_id]
         # Slots nobody owns go first, then spare prompts, then the one whose owner was served longest ago.
         slot = own[0] if own else min(
             free, key=lambda s: (self._owner[s] is not None, not self._spare[s], self._last_used[s])
@@ -54,11 +52,25 @@ class SlotMap:
             for other in range(self.count):
                 if other != slot and self._owner[other] == dialog_id:
                     self._owner[other] = None  # this slot now holds the dialog's newest prompt
+                    self._spare[other] = False
         self._owner[slot] = dialog_id
         self._spare[slot] = spare
         self._busy[slot] = True
         self._last_used[slot] = next(self._clock)
         return slot
+
+    def has_room(self, dialog_id: str | None) -> bool:
+        """Whether a request of the dialog would now find a slot without giving up another
+        dialog's prompt (`take` with evict=False)."""
+        return bool(self._open_to(dialog_id, evict=False))
+
+    def _open_to(self, dialog_id: str | None, *, evict: bool) -> list[int]:
+        """The free slots the dialog may take; not evicting, only its own, nobody's, or a spare."""
+        free = [slot for slot in range(self.count) if not self._busy[slot]]
+        if evict:
+            return free
+        own = dialog_id is not None
+        return [s for s in free if self._owner[s] is None or self._spare[s] or (own and self._owner[s] == dialog_id)]
 
     def give_back(self, slot: int | None) -> None:
         """The request on `slot` is over; its prompt stays cached there for the dialog's next turn."""

@@ -191,6 +191,14 @@ async def test_a_copy_is_asked_again_apart_from_its_dialog_where_its_prompt_was_
     assert llm.dialog_ids == ["d", "d/aside"] and llm.idle_asked == ["d/aside"]
 
 
+async def test_a_known_copy_whose_reasks_server_is_busy_is_asked_wherever_a_server_is():
+    llm = PoolChat(REFUSAL, "The capital of Japan is Tokyo.")
+    llm.idle = False  # the server after the dialog's answers another caller
+    _, said = await reply_of(guarded(llm, ask_again_at=2), asking("Capital of Japan?"), dialog_id="d")
+    # Not beside the reply; once a copy, asked at once, not queued behind that other caller.
+    assert said == "The capital of Japan is Tokyo." and llm.dialog_ids == ["d", None]
+
+
 async def test_the_reasks_prompt_is_read_while_the_caller_talks_when_a_reply_would_be_watched():
     llm = PoolChat()
     words: Message = {"role": "user", "content": "What is the capital of"}

@@ -273,9 +273,11 @@ async def test_a_reasks_prompt_is_the_first_given_up_and_its_prime_gives_up_no_d
             assert await pool.prime(ask(1), dialog_id=pool.aside("a"))  # the second's, nobody's yet
             await collect(pool, 1, pool.aside("a"))  # read there, after the prime
             await collect(pool, 2, "b")  # b's prompt takes the second server's slot from a's re-ask
-            # No re-ask's prime takes a slot from a dialog, whose whole prompt would be read again.
+            # No re-ask's prime takes a slot from a dialog, whose whole prompt would be read again,
+            # nor does a re-ask beside a reply (no room on an idle server).
             assert not await pool.prime(ask(1), dialog_id=pool.aside("a"))
             assert not await pool.prime(ask(3), dialog_id=pool.aside("b"))
+            assert not pool.has_idle_server(pool.aside("a")) and pool.has_idle_server("a")
     assert [r["messages"][-1]["content"] for r in two.requests] == ["question 1", "question 1", "question 2"]
     assert two.requests[0]["max_tokens"] == 1 and len(one.requests) == 1
 

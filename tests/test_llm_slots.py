@@ -40,6 +40,7 @@ def test_a_take_that_evicts_no_one_takes_only_its_own_a_free_or_a_spare_slot():
     slots.give_back(slots.take("a"))
     slots.give_back(slots.take("b"))
     assert slots.take("x", spare=True, evict=False) is None  # both hold a dialog's prompt
+    assert not slots.has_room("x") and slots.has_room("a")
     assert {slots.owner(0), slots.owner(1)} == {"a", "b"}
     slots.give_back(slots.take("a"))
     spare = slots.take("a/aside", spare=True)  # takes b's, the older (a reply's own re-ask may)
@@ -79,6 +80,11 @@ def test_a_busy_slot_is_never_lent_twice_and_a_dialog_owns_at_most_one(steps, co
                 assert slot is None
             elif evict:
                 assert slot is not None and slot not in busy
+            elif slot is None:
+                # Not evicting, and nothing to take: every free slot holds another dialog's own prompt.
+                assert all(
+                    before[s] not in (None, dialog) and before[s] not in spares for s in range(count) if s not in busy
+                )
             if slot is not None:
                 assert slot not in busy
                 # Not evicting: the slot was its own, nobody's, or held a spare prompt.
