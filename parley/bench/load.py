@@ -82,6 +82,8 @@ RAMP_VARIANTS: dict[str, dict[str, str]] = {
     # The ladder with every piece of speech synthesised in the order asked, none ahead of need
     # ([turns] synthesis_slack_s = 0): a reply's later sentences before another's first.
     "ladder_no_slack": {**LADDER, "PARLEY_TURNS_SYNTHESIS_SLACK_S": "0"},
+    # The ladder without a copy's re-ask primed while the caller talks ([llm] copy_reask_primed).
+    "ladder_reask_unprimed": {**LADDER, "PARLEY_LLM_COPY_REASK_PRIMED": "false"},
     # The ladder with a pause's transcription carried on when the caller talks through the pause
     # ([asr] pauses_give_way = false), though the next pause transcribes the words again.
     "ladder_pauses_kept": {**LADDER, "PARLEY_ASR_PAUSES_GIVE_WAY": "false"},
