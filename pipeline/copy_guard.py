@@ -163,7 +163,7 @@ class CopyGuard:
             self._prime_again
             and again_id is not None
             and messages[-1]["content"].strip()
-            and _watched(messages)
+            and _watched_for(messages)
             and self._room(again_id)
         ):
             await prime(_afresh(messages), dialog_id=again_id)
@@ -172,12 +172,12 @@ class CopyGuard:
     async def stream_chat(self, messages: Sequence[Message], **options: Any) -> AsyncIterator[str]:
         """The LLM's stream for `messages` with the same options; asked again without the dialog
         when its first sentence is one the bot has said before in it."""
-        if not _watched(messages):
+        earlier = _watched_for(messages)
+        if not earlier:
             async with contextlib.aclosing(self._llm.stream_chat(messages, **options)) as stream:
                 async for delta in stream:
                     yield delta
             return
-        earlier = _earlier(messages)
         # The cap is told only for the reply that is said, once it is known which.
         on_capped = options.pop("on_capped", None)
         reply_capped = False
@@ -246,15 +246,12 @@ class CopyGuard:
                 await again.close()
 
 
-def _earlier(messages: Sequence[Message]) -> set[str]:
-    """The copy keys of the bot's earlier replies in `messages`."""
+def _watched_for(messages: Sequence[Message]) -> set[str]:
+    """What the reply to `messages` is watched for: the copy keys of the bot's earlier replies;
+    none when the caller asks to hear it again."""
+    if asks_to_repeat(messages[-1]["content"]):
+        return set()
     return {key for m in messages[:-1] if m["role"] == "assistant" and (key := copy_key(m["content"]))}
-
-
-def _watched(messages: Sequence[Message]) -> bool:
-    """Whether the reply to `messages` is watched for a copy: the bot has said a first sentence
-    it could copy, and the caller does not ask to hear it again."""
-    return bool(_earlier(messages)) and not asks_to_repeat(messages[-1]["content"])
 
 
 def _afresh(messages: Sequence[Message]) -> list[Message]:
