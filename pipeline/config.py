@@ -248,7 +248,8 @@ class TurnConfig:
         end after 100 ms of silence, 0.8-0.99 after 700 ms). 0: never again.
     unjudged_silence_ms: the silence that ends a turn nobody judged: every turn with
         end_of_turn = "silence", and a turn whose judgement failed.
-    max_no_speech_prob: a final transcript Whisper rates more likely silence than this is no turn.
+    max_no_speech_prob, no_speech_max_words: a final transcript of at most that many words, which
+        Whisper rates more likely silence than this, is no turn (Transcript.heard_nothing).
     history_budget_tokens: how much of the dialog goes into the prompt (newest turns first).
     history_window: "stable" drops the oldest turns half a budget at a time, so the prompt's
         beginning, and the server's cache of it, holds for many turns; "sliding" drops one turn
@@ -282,6 +283,7 @@ class TurnConfig:
     recheck_silence_ms: int = 800
     unjudged_silence_ms: int = 500
     max_no_speech_prob: float = 0.6
+    no_speech_max_words: int = 4
     history_budget_tokens: int = 600
     history_window: str = "stable"
     first_clause_words: int = 4
@@ -302,6 +304,8 @@ class TurnConfig:
             raise ValueError(f'turns.history_window must be "stable" or "sliding", not {self.history_window!r}')
         if self.synthesis_slack_s < 0:
             raise ValueError("turns.synthesis_slack_s must be 0 or more")
+        if self.no_speech_max_words < 0:
+            raise ValueError("turns.no_speech_max_words must be 0 or more")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -724,7 +724,7 @@ class TurnLoop:
         except TranscriptionError as exc:
             await self._say(reply, TurnError("asr_failed", str(exc)))
             return False
-        if not transcript.text or transcript.no_speech_prob > self.config.max_no_speech_prob:
+        if transcript.heard_nothing(self.config.max_no_speech_prob, self.config.no_speech_max_words):
             log.info("no turn: %s (no-speech probability %.2f)", self._loggable(transcript.text), transcript.no_speech_prob)
             return False
         reply.user_text = transcript.text

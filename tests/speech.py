@@ -36,3 +36,25 @@ def stereo_sentence(channel: int):
 
     samples = read_audio(STEREO, 16000, channel=channel)
     return samples[int(16000 * first_voiced_offset_s(samples, 16000)) : int(16000 * last_voiced_offset_s(samples, 16000))]
+
+
+def monologue(seconds: float):
+    """Real speech said on and on, without a pause long enough to end a turn: JFK and the two
+    stereo sentences, each trimmed to its voiced frames, 40 ms apart, until `seconds`; 16 kHz
+    int16, and what it says."""
+    import numpy as np
+
+    from media.audio_file import read_audio
+    from parley.call_client import first_voiced_offset_s, last_voiced_offset_s
+
+    jfk = read_audio(JFK, 16000)
+    jfk = jfk[int(16000 * first_voiced_offset_s(jfk, 16000)) : int(16000 * last_voiced_offset_s(jfk, 16000))]
+    clips = [(jfk, JFK_TEXT), (stereo_sentence(0), STEREO_TEXT[0]), (stereo_sentence(1), STEREO_TEXT[1])]
+    gap = np.zeros(640, np.int16)
+    pieces, texts, total = [], [], 0
+    while total < seconds * 16000:
+        clip, text = clips[len(texts) % len(clips)]
+        pieces += [clip, gap]
+        texts.append(text)
+        total += clip.size + gap.size
+    return np.concatenate(pieces), " ".join(texts)

@@ -2,10 +2,11 @@ import numpy as np
 import pytest
 
 from media.audio_file import read_audio
-from pipeline.asr import Transcriber
+from pipeline.asr import Transcript, Transcriber
+from pipeline.config import TurnConfig
 from pipeline.errors import TranscriptionGivenUp
 from pipeline.inference import Priority, Urgency
-from tests.speech import JFK, JFK_TEXT, STEREO, STEREO_TEXT, wer
+from tests.speech import JFK, JFK_TEXT, STEREO, STEREO_TEXT, monologue, wer
 
 pytestmark = pytest.mark.slow
 
@@ -27,6 +28,44 @@ async def test_each_stereo_channel_within_10_percent_wer(transcriber, channel):
 async def test_silence_gives_no_text_or_a_high_no_speech_probability(transcriber):
     transcript = await transcriber.transcribe(np.zeros(16000 * 2, np.int16))
     assert transcript.text == "" or transcript.no_speech_prob > 0.5
+
+
+def test_a_few_words_rated_likely_silence_are_nothing_and_many_are_speech_whatever_the_rating():
+    def heard(text: str, no_speech_prob: float) -> bool:
+        transcript = Transcript(text, no_speech_prob=no_speech_prob, avg_logprob=-0.5, audio_ms=1000, language="en")
+        return not transcript.heard_nothing(0.6, 4)
+
+    assert not heard("", 0.0)
+    assert not heard("Thank you.", 0.81) and not heard("Thank you for watching.", 0.61)
+    assert heard("Thank you.", 0.6) and heard("Yes.", 0.1)
+    assert heard("We choose to go to the moon.", 0.61) and heard("ask not what your country can do", 0.99)
+
+
+async def test_speech_played_backwards_heard_as_a_stock_phrase_is_no_turn(transcriber):
+    # Whisper's guess at a second of speech played backwards: a confident "Thank you." (faster-whisper
+    # keeps it: its mean log-probability is above -1), in audio it rates more likely silence.
+    speech, _ = monologue(8)
+    transcript = await transcriber.transcribe(speech[int(4.1 * 16000) : int(5.1 * 16000)][::-1].copy())
+    turns = TurnConfig()
+    assert transcript.text and transcript.no_speech_prob > turns.max_no_speech_prob, transcript
+    assert transcript.heard_nothing(turns.max_no_speech_prob, turns.no_speech_max_words), transcript
+
+
+async def test_long_turns_of_real_speech_are_heard_however_whisper_rates_their_silence(transcriber):
+    # Whisper's no-speech probability for 14 s of real speech swings with where the turn was cut:
+    # moved by one sample, 0.13 or 0.87. Every cut decodes its sentences, and every one is heard
+    # (a long turn cut where it read above max_no_speech_prob once went unanswered).
+    speech, _ = monologue(40)
+    turns = TurnConfig()
+    ratings = []
+    for start in (6.9, 21.9):
+        for shift in (-160, -16, -1, 0, 1, 16, 160):
+            at = int(start * 16000) + shift
+            transcript = await transcriber.transcribe(speech[at : at + 14 * 16000])
+            ratings.append(round(transcript.no_speech_prob, 2))
+            assert len(transcript.text.split()) >= 25, transcript
+            assert not transcript.heard_nothing(turns.max_no_speech_prob, turns.no_speech_max_words), transcript
+    assert max(ratings) > turns.max_no_speech_prob, ratings  # some cut was rated likely silence
 
 
 def test_the_window_is_the_audio_padded_rounded_up_and_within_bounds():

@@ -18,7 +18,7 @@ from media.audio_file import read_audio, read_audio_channels, write_wav
 from parley.call_client import CallClient, TurnReport
 from parley.microphone import MicrophoneFormat
 from tests.conftest import own_server
-from tests.speech import JFK, JFK_TEXT, STEREO_TEXT, stereo_sentence, wer
+from tests.speech import JFK, JFK_TEXT, STEREO_TEXT, monologue, stereo_sentence, wer
 
 pytestmark = pytest.mark.slow
 
@@ -150,24 +150,6 @@ async def test_speech_on_a_dc_offset_is_understood_and_its_silence_ends_the_turn
     assert wer(JFK_TEXT, report.transcript) <= 0.2, report.transcript
     assert report.reply_text
     assert report.server_turns == 1
-
-
-def monologue(seconds: float) -> tuple[np.ndarray, str]:
-    """Real speech said on and on, without a pause long enough to end a turn: JFK and the two
-    stereo sentences, each trimmed to its voiced frames, 40 ms apart, until `seconds`; 16 kHz."""
-    from parley.call_client import first_voiced_offset_s, last_voiced_offset_s
-
-    jfk = jfk_at(16000)
-    jfk = jfk[int(16000 * first_voiced_offset_s(jfk, 16000)) : int(16000 * last_voiced_offset_s(jfk, 16000))]
-    clips = [(jfk, JFK_TEXT), (stereo_sentence(0), STEREO_TEXT[0]), (stereo_sentence(1), STEREO_TEXT[1])]
-    gap = np.zeros(640, np.int16)
-    pieces, texts, total = [], [], 0
-    while total < seconds * 16000:
-        clip, text = clips[len(texts) % len(clips)]
-        pieces += [clip, gap]
-        texts.append(text)
-        total += clip.size + gap.size
-    return np.concatenate(pieces), " ".join(texts)
 
 
 async def test_a_60_second_monologue_is_cut_into_turns_and_answered(odd_server, tmp_path):
