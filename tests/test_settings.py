@@ -15,7 +15,7 @@ def test_models_toml_loads_into_typed_settings():
     assert settings.turns.end_of_turn == "model"
     assert settings.turns.incomplete_silence_ms == 2000
     assert settings.turn_model.file_name == "smart-turn-v3.2-cpu.onnx"
-    assert settings.llm_server.parallel == 4
+    assert settings.llm_server.parallel == 8
     assert settings.redis.url == ""
 
 

@@ -51,6 +51,8 @@ SPIKE_FACTOR = 27
 # Ramp steps go on while p95 stays below this (past it, larger steps only take longer to say so).
 RAMP_GIVE_UP_MS = 4 * GOAL_P95_MS
 MIN_STEP_TURNS = 8
+# The slowest turns a ramp step lists with their stages (load.json): what its p95 stands on.
+SLOWEST_TURNS = 3
 # A second capacity: the most calls whose p95 stays within this factor of one call's alone.
 LONE_CALL_MARGIN = 1.2
 # The ramp's variants: rungs of the shedding ladder applied at every load (a mark of 0 always
@@ -100,9 +102,11 @@ RAMP_VARIANTS: dict[str, dict[str, str]] = {
     # The ladder with two threads for each transcription, the default until one measured better
     # under load ([asr] cpu_threads in models.toml).
     "ladder_asr_2_threads": {**LADDER, "PARLEY_ASR_CPU_THREADS": "2"},
-    # The ladder with a llama-server slot for each of 8 calls instead of 4 ([llm_server] parallel),
-    # so no dialog's cached prompt is pushed out by another's.
-    "ladder_slots_8": {**LADDER, "PARLEY_LLM_SERVER_PARALLEL": "8"},
+    # The ladder with four slots a llama-server ([llm_server] parallel), the default until 2026-12-07:
+    # at 8 calls the two servers' eight slots held the eight dialogs and nothing else, so a copy's
+    # re-ask or a prime pushed some dialog's cached prompt out, and its next turn read 70-130 tokens
+    # again (0.5-0.9 s, the slowest turns' wait). `ladder_slots_8` was that ladder with eight.
+    "ladder_slots_4": {**LADDER, "PARLEY_LLM_SERVER_PARALLEL": "4", "PARLEY_LLM_SERVER_CTX_SIZE": "8192"},
     # The ladder keeping the end-of-turn model's early hearing of a pause, beside its transcription
     # ([turn_model] at_pause; [shedding] early_judgements_off_at).
     "ladder_early_judgements_kept": {**LADDER, "PARLEY_SHEDDING_EARLY_JUDGEMENTS_OFF_AT": NEVER},
@@ -121,6 +125,11 @@ RAMP_VARIANTS: dict[str, dict[str, str]] = {
     # interleaved ramp (2026-11-29), p50/p95 ms against the ladder: 4 calls 843/1497 against
     # 820/1243, 6 calls 2641/4815 against 1352/2887, 8 calls 3241/4008 against 2237/3400.
     "ladder_llm_2_threads": {**LADDER, "PARLEY_LLM_SERVER_THREADS": "2", "PARLEY_LLM_SERVER_POLL": "0"},
+    # The ladder with llama-server reading prompts on two threads ([llm_server] threads_batch) and
+    # writing on one: the slowest turns under load wait for prompts read (a turn's new words and
+    # the reply before them, 70-150 tokens at 8 calls, 0.5-1.2 s each) while a quarter of the two
+    # cores stays idle. Not kept: 8 calls (2026-12-07) p50/p95 4110/13909 ms against 1701/3887.
+    "ladder_prompt_2_threads": {**LADDER, "PARLEY_LLM_SERVER_THREADS_BATCH": "2"},
     "ladder_llm_2_threads_slots_8": {**LADDER, "PARLEY_LLM_SERVER_THREADS": "2", "PARLEY_LLM_SERVER_POLL": "0",
                                      "PARLEY_LLM_SERVER_PARALLEL": "8"},
     # Short replies of 20 tokens and a llama-server slot for each of 8 calls: less decoding shared
@@ -345,7 +354,16 @@ async def ramp_step(
                                      elapsed_s=time.monotonic() - began)
     figures["loop_lag"] = _loop_lag_figures(lanes_before, lanes_after)
     figures["stages_p50_ms"] = stage_medians(turn.stages_ms for r in records for turn in r.turns)
+    figures["slowest_turns"] = slowest_turns(records)
     return figures
+
+
+def slowest_turns(records: list[CallRecord], count: int = SLOWEST_TURNS) -> list[dict[str, float]]:
+    """The `count` slowest turns answered, slowest first: voice-to-voice and the server's ms per
+    stage for each, since a step's p95 stands on its few slowest turns, not on its medians."""
+    answered = [t for r in records for t in r.turns if t.voice_to_voice_ms is not None]
+    answered.sort(key=lambda t: t.voice_to_voice_ms or 0.0, reverse=True)
+    return [{"voice_to_voice_ms": t.voice_to_voice_ms or 0.0, **t.stages_ms} for t in answered[:count]]
 
 
 def ramp_summary(results: list[dict[str, Any]]) -> dict[str, Any]:

@@ -60,8 +60,8 @@ class LLMServerConfig:
     port: int = 0
     threads: int = 1
     threads_batch: int = 1
-    parallel: int = 4
-    ctx_size: int = 8192
+    parallel: int = 8
+    ctx_size: int = 16384
     cache_reuse: int = 16
     nice: int = 5
     poll: int = 50
