@@ -52,15 +52,20 @@ class Transcript:
     language: str
 
     def heard_nothing(self, max_no_speech_prob: float, max_words: int) -> bool:
-        """No speech at all: no words, or at most `max_words` of them in audio Whisper rates more
-        likely silence than `max_no_speech_prob` (its guess at a breath or a noise is a short
-        stock phrase: "Thank you."). More words are speech whatever the rating: faster-whisper
-        already dropped every window it was unsure of, and real speech cut into a 12 s turn, 38
-        words, was rated 0.61."""
-        return not self.text or (self.no_speech_prob > max_no_speech_prob and len(self.text.split()) <= max_words)
+        """No speech at all: no words, or at most `max_words` of them (letters and digits: "♪ ♪"
+        has none) in audio Whisper rates more likely silence than `max_no_speech_prob` (its guess at
+        a breath or a noise is a short stock phrase: "Thank you."). More words are speech whatever
+        the rating: faster-whisper already dropped what it rated likely silence *and* decoded
+        unsurely (a mean log-probability below -1), and real speech cut into a 12 s turn, 38 words,
+        was rated 0.61. `max_words` 0: only a transcript without words is nothing."""
+        words = len(_WORD.findall(self.text))
+        return words == 0 or (self.no_speech_prob > max_no_speech_prob and words <= max_words)
 
 
 _window = threading.local()
+
+# A word of a transcript, for counting: a run of letters, digits or apostrophes.
+_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
 
 # Words that say nothing alone: a segment of only these is Whisper's filler for silence.
 _FILLERS = frozenset({"uh", "um", "er", "ah", "hmm", "mm"})

@@ -80,7 +80,8 @@ class ASRConfig:
     cpu_threads: threads for one transcription.
     beam_size: 1 is greedy decoding, several times faster than 5 at a small cost in accuracy.
     language: "" lets a multilingual model detect it.
-    no_speech_threshold: segments whose no-speech probability is above this are dropped.
+    no_speech_threshold: a window whose no-speech probability is above this, and whose words were
+        decoded unsurely (a mean log-probability below -1), is dropped (faster-whisper's rule).
     partial_interval_ms: how often a growing utterance is transcribed for partial transcripts.
     partials_give_way: a periodic partial under way stops (at the encoder) when a pause asks for
         its transcript, instead of making it wait for its end.

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import jiwer
+import numpy as np
 
 SHARED_AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
 JFK = SHARED_AUDIO / "jfk.flac"
@@ -38,12 +39,10 @@ def stereo_sentence(channel: int):
     return samples[int(16000 * first_voiced_offset_s(samples, 16000)) : int(16000 * last_voiced_offset_s(samples, 16000))]
 
 
-def monologue(seconds: float):
+def monologue(seconds: float) -> tuple[np.ndarray, str]:
     """Real speech said on and on, without a pause long enough to end a turn: JFK and the two
     stereo sentences, each trimmed to its voiced frames, 40 ms apart, until `seconds`; 16 kHz
     int16, and what it says."""
-    import numpy as np
-
     from media.audio_file import read_audio
     from parley.call_client import first_voiced_offset_s, last_voiced_offset_s
 

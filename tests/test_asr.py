@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from media.audio_file import read_audio
-from pipeline.asr import Transcript, Transcriber
+from pipeline.asr import Transcriber, Transcript
 from pipeline.config import TurnConfig
 from pipeline.errors import TranscriptionGivenUp
 from pipeline.inference import Priority, Urgency
@@ -39,11 +39,14 @@ def test_a_few_words_rated_likely_silence_are_nothing_and_many_are_speech_whatev
     assert not heard("Thank you.", 0.81) and not heard("Thank you for watching.", 0.61)
     assert heard("Thank you.", 0.6) and heard("Yes.", 0.1)
     assert heard("We choose to go to the moon.", 0.61) and heard("ask not what your country can do", 0.99)
+    assert heard("Thank you for watching, friends.", 0.61)  # five words: one more than a stock phrase
+    assert not heard("♪ ♪ ♪ ♪ ♪ ♪", 0.1) and not heard("- Thank you. - Thank you.", 0.9)  # signs are no words
 
 
 async def test_speech_played_backwards_heard_as_a_stock_phrase_is_no_turn(transcriber):
     # Whisper's guess at a second of speech played backwards: a confident "Thank you." (faster-whisper
-    # keeps it: its mean log-probability is above -1), in audio it rates more likely silence.
+    # keeps it: its mean log-probability is above -1), in audio it rates more likely silence. The
+    # first assertion holds for this model build (Whisper tiny.en, int8): it keeps the test honest.
     speech, _ = monologue(8)
     transcript = await transcriber.transcribe(speech[int(4.1 * 16000) : int(5.1 * 16000)][::-1].copy())
     turns = TurnConfig()
@@ -65,7 +68,8 @@ async def test_long_turns_of_real_speech_are_heard_however_whisper_rates_their_s
             ratings.append(round(transcript.no_speech_prob, 2))
             assert len(transcript.text.split()) >= 25, transcript
             assert not transcript.heard_nothing(turns.max_no_speech_prob, turns.no_speech_max_words), transcript
-    assert max(ratings) > turns.max_no_speech_prob, ratings  # some cut was rated likely silence
+    # Some cut was rated likely silence (so with this model build), or the test proves nothing.
+    assert max(ratings) > turns.max_no_speech_prob, ratings
 
 
 def test_the_window_is_the_audio_padded_rounded_up_and_within_bounds():

@@ -59,8 +59,12 @@ async def _ask(ws, text: str) -> dict:
 
 
 async def test_a_thirty_turn_dialog_reads_only_the_new_words_of_each_prompt(shared_redis, proxy, tmp_path):
-    # The session's llama-server has four slots; the server is told so, as for any external llama-server.
-    async with own_server(shared_redis.url, proxy.base_url, tmp_path, PARLEY_LLM_SERVER_SLOTS="4") as url:
+    # The server is told the slots to keep dialogs on, as for any external llama-server (four of the
+    # eight). No copy guard: a reply asked again without the dialog (a copy) reads a prompt of the
+    # system prompt and the question alone, and at temperature 0.7 any turn may copy, or none.
+    async with own_server(
+        shared_redis.url, proxy.base_url, tmp_path, PARLEY_LLM_SERVER_SLOTS="4", PARLEY_LLM_COPY_WORDS="0"
+    ) as url:
         async with websockets.connect(url.replace("http", "ws") + "/ws") as ws:
             assert json.loads(await ws.recv())["type"] == "session"
             prompts = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,6 +276,36 @@ class _ShortIsNoise(_Transcriber):
         if len(audio) <= 32000:
             return Transcript("", 0.9, -1.0, len(audio) / 32, "en")
         return await super().transcribe(audio)
+
+
+class _RatedSilence(_Transcriber):
+    """Rates every utterance more likely silence than speech (0.87), as Whisper may rate long real
+    speech: a short one it hears as a stock phrase, a longer one as the words it says."""
+
+    def __init__(self) -> None:
+        self.heard = 0
+
+    async def transcribe(self, audio: bytes, *, priority: Priority = Priority.WAITED_FOR) -> Transcript:
+        self.heard += 1
+        text = "Thank you." if len(audio) <= 32000 else "and so my fellow americans ask not"
+        return Transcript(text, 0.87, -0.5, len(audio) / 32, "en")
+
+
+async def test_words_rated_likely_silence_are_a_turn_unless_they_are_few(caplog):
+    caplog.set_level(logging.INFO, logger="pipeline.turns")
+    events: list = []
+    transcriber = _RatedSilence()
+    config = TurnConfig(end_of_turn="silence", speculative=False)
+    async with _call(events, transcriber=transcriber, config=config) as (said, _):
+        for frame in _speech_frames()[40:52]:  # 240 ms voiced, heard as "Thank you.": no turn
+            said.put_nowait(frame)
+        await _until(lambda: any(r.getMessage().startswith("no turn") for r in caplog.records))
+        for frame in _speech_frames()[16:112]:  # two seconds, heard as seven words: a turn
+            said.put_nowait(frame)
+        await _until(lambda: _done(events))
+    finals = [e.text for e in events if isinstance(e, TranscriptEvent) and e.final]
+    assert finals == ["and so my fellow americans ask not"], finals
+    assert len(_done(events)) == 1
 
 
 class _SlowFirstAnswer(_LLM):

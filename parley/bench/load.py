@@ -125,20 +125,20 @@ RAMP_VARIANTS: dict[str, dict[str, str]] = {
     # interleaved ramp (2026-11-29), p50/p95 ms against the ladder: 4 calls 843/1497 against
     # 820/1243, 6 calls 2641/4815 against 1352/2887, 8 calls 3241/4008 against 2237/3400.
     "ladder_llm_2_threads": {**LADDER, "PARLEY_LLM_SERVER_THREADS": "2", "PARLEY_LLM_SERVER_POLL": "0"},
+    "ladder_llm_2_threads_slots_8": {**LADDER, "PARLEY_LLM_SERVER_THREADS": "2", "PARLEY_LLM_SERVER_POLL": "0",
+                                     "PARLEY_LLM_SERVER_PARALLEL": "8"},
     # The ladder with llama-server reading prompts on two threads ([llm_server] threads_batch) and
     # writing on one: the slowest turns under load wait for prompts read (a turn's new words and
     # the reply before them, 70-150 tokens at 8 calls, 0.5-1.2 s each) while a quarter of the two
     # cores stays idle. Not kept: 8 calls (2026-12-07) p50/p95 4110/13909 ms against 1701/3887.
     "ladder_prompt_2_threads": {**LADDER, "PARLEY_LLM_SERVER_THREADS_BATCH": "2"},
-    "ladder_llm_2_threads_slots_8": {**LADDER, "PARLEY_LLM_SERVER_THREADS": "2", "PARLEY_LLM_SERVER_POLL": "0",
-                                     "PARLEY_LLM_SERVER_PARALLEL": "8"},
     # Short replies of 20 tokens and a llama-server slot for each of 8 calls: less decoding shared
     # among the streams, and no dialog's cached prompt pushed out (read again whole) by another's.
     # Not kept: 8 calls, 8 sentences each, one interleaved run (2026-11-29): p50/p95 1379/4640 ms
     # against the ladder's 1986/3762 (sooner mostly, but a longer tail).
     "ladder_short_20_slots_8": {**LADDER, "PARLEY_SHEDDING_SHORT_REPLY_TOKENS": "20", "PARLEY_LLM_SERVER_PARALLEL": "8",
                                 "PARLEY_LLM_POOL_MAX_INFLIGHT": "8"},
-    # The ladder with one llama-server (one thread, four slots) or two, each dialog kept on one
+    # The ladder with one llama-server (one thread, [llm_server] parallel slots) or two, each dialog kept on one
     # ([llm_server] instances; two since 2026-12-06: p95 lower at 6, 8 and 10 calls in two runs).
     "ladder_llm_1_server": {**LADDER, "PARLEY_LLM_SERVER_INSTANCES": "1"},
     "ladder_llm_2_servers": {**LADDER, "PARLEY_LLM_SERVER_INSTANCES": "2"},
@@ -361,9 +361,9 @@ async def ramp_step(
 def slowest_turns(records: list[CallRecord], count: int = SLOWEST_TURNS) -> list[dict[str, float]]:
     """The `count` slowest turns answered, slowest first: voice-to-voice and the server's ms per
     stage for each, since a step's p95 stands on its few slowest turns, not on its medians."""
-    answered = [t for r in records for t in r.turns if t.voice_to_voice_ms is not None]
-    answered.sort(key=lambda t: t.voice_to_voice_ms or 0.0, reverse=True)
-    return [{"voice_to_voice_ms": t.voice_to_voice_ms or 0.0, **t.stages_ms} for t in answered[:count]]
+    answered = sorted(((t.voice_to_voice_ms, t.stages_ms) for r in records for t in r.turns
+                       if t.voice_to_voice_ms is not None), key=lambda pair: pair[0], reverse=True)
+    return [{"voice_to_voice_ms": v2v, **stages} for v2v, stages in answered[:count]]
 
 
 def ramp_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
