@@ -282,11 +282,7 @@ class _RatedSilence(_Transcriber):
     """Rates every utterance more likely silence than speech (0.87), as Whisper may rate long real
     speech: a short one it hears as a stock phrase, a longer one as the words it says."""
 
-    def __init__(self) -> None:
-        self.heard = 0
-
     async def transcribe(self, audio: bytes, *, priority: Priority = Priority.WAITED_FOR) -> Transcript:
-        self.heard += 1
         text = "Thank you." if len(audio) <= 32000 else "and so my fellow americans ask not"
         return Transcript(text, 0.87, -0.5, len(audio) / 32, "en")
 
@@ -294,9 +290,8 @@ class _RatedSilence(_Transcriber):
 async def test_words_rated_likely_silence_are_a_turn_unless_they_are_few(caplog):
     caplog.set_level(logging.INFO, logger="pipeline.turns")
     events: list = []
-    transcriber = _RatedSilence()
     config = TurnConfig(end_of_turn="silence", speculative=False)
-    async with _call(events, transcriber=transcriber, config=config) as (said, _):
+    async with _call(events, transcriber=_RatedSilence(), config=config) as (said, _):
         for frame in _speech_frames()[40:52]:  # 240 ms voiced, heard as "Thank you.": no turn
             said.put_nowait(frame)
         await _until(lambda: any(r.getMessage().startswith("no turn") for r in caplog.records))
